@@ -1,0 +1,454 @@
+//! The workflow DAG and the planner that advances a run.
+//!
+//! The planner is pure: given each step's status it says which steps may start
+//! now and whether the run has finished. The engine calls it inside the
+//! transaction that applied a result, so planning always sees committed state.
+//!
+//! Rules:
+//! * a step starts once every step it `needs` is `succeeded` or `skipped`;
+//! * a skipped step (its `if` was false) satisfies its dependents' `needs`:
+//!   they still run, and read `steps.<skipped>.outputs` as an empty object
+//!   (`steps.<id>.status` tells them it was skipped);
+//! * once a step has failed for good, nothing new starts; the run finishes as
+//!   `failed` when nothing is in flight any more.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// Status of a step within a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Waiting for its needs.
+    Pending,
+    /// Task dispatched, not yet reported by a worker.
+    Ready,
+    /// A worker reported it started.
+    Running,
+    /// Failed, next attempt scheduled.
+    Retrying,
+    /// Waiting for an operator's approval.
+    Waiting,
+    Succeeded,
+    Failed,
+    /// Its `if` condition was false.
+    Skipped,
+    Cancelled,
+    Compensated,
+}
+
+impl StepStatus {
+    pub const ALL: [StepStatus; 10] = [
+        Self::Pending,
+        Self::Ready,
+        Self::Running,
+        Self::Retrying,
+        Self::Waiting,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Skipped,
+        Self::Cancelled,
+        Self::Compensated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Waiting => "waiting",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+            Self::Compensated => "compensated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether dependents may start.
+    pub fn satisfies_needs(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Skipped)
+    }
+
+    /// Dispatched or scheduled, and not finished.
+    pub fn is_in_flight(self) -> bool {
+        matches!(
+            self,
+            Self::Ready | Self::Running | Self::Retrying | Self::Waiting
+        )
+    }
+}
+
+/// Status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Compensating,
+    Compensated,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 7] = [
+        Self::Pending,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Compensating,
+        Self::Compensated,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Compensating => "compensating",
+            Self::Compensated => "compensated",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Compensated | Self::Cancelled
+        )
+    }
+}
+
+/// How a finished run ended, as far as the planner can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// Names the steps that failed.
+    Failed {
+        failed_steps: Vec<String>,
+    },
+}
+
+/// What the planner decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Pending steps whose needs are all satisfied, in workflow order.
+    pub start: Vec<String>,
+    /// Set once nothing can happen any more.
+    pub outcome: Option<Outcome>,
+}
+
+/// Steps and their `needs`, in workflow order.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    ids: Vec<String>,
+    needs: Vec<Vec<usize>>,
+    index: HashMap<String, usize>,
+}
+
+impl Graph {
+    /// Builds the graph; needs naming unknown steps are dropped (validation
+    /// reports them before a graph is ever planned).
+    pub fn new(steps: impl IntoIterator<Item = (String, Vec<String>)>) -> Graph {
+        let steps: Vec<(String, Vec<String>)> = steps.into_iter().collect();
+        let index: HashMap<String, usize> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), i))
+            .collect();
+        let needs = steps
+            .iter()
+            .map(|(_, needs)| needs.iter().filter_map(|n| index.get(n).copied()).collect())
+            .collect();
+        Graph {
+            ids: steps.into_iter().map(|(id, _)| id).collect(),
+            needs,
+            index,
+        }
+    }
+
+    pub fn from_workflow(workflow: &crate::promise::Workflow) -> Graph {
+        Graph::new(
+            workflow
+                .steps
+                .iter()
+                .map(|s| (s.id.clone(), s.needs.clone())),
+        )
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.ids.iter().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// A dependency cycle as step ids, first id repeated at the end.
+    pub fn find_cycle(&self) -> Option<Vec<String>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            OnPath,
+            Done,
+        }
+        let mut marks = vec![Mark::New; self.ids.len()];
+        let mut path: Vec<usize> = Vec::new();
+        for start in 0..self.ids.len() {
+            if marks[start] != Mark::New {
+                continue;
+            }
+            // Iterative DFS along `needs` edges: (node, next edge to follow).
+            let mut stack = vec![(start, 0usize)];
+            marks[start] = Mark::OnPath;
+            path.push(start);
+            while let Some((node, edge)) = stack.last_mut() {
+                let node = *node;
+                if let Some(&next) = self.needs[node].get(*edge) {
+                    *edge += 1;
+                    match marks[next] {
+                        Mark::OnPath => {
+                            let from = path.iter().position(|&n| n == next).unwrap_or(0);
+                            // Edges point from a step to what it needs; report
+                            // the cycle in execution order (needed step first).
+                            let mut cycle: Vec<String> = path[from..]
+                                .iter()
+                                .rev()
+                                .map(|&n| self.ids[n].clone())
+                                .collect();
+                            cycle.push(cycle[0].clone());
+                            return Some(cycle);
+                        }
+                        Mark::New => {
+                            marks[next] = Mark::OnPath;
+                            path.push(next);
+                            stack.push((next, 0));
+                        }
+                        Mark::Done => {}
+                    }
+                } else {
+                    marks[node] = Mark::Done;
+                    path.pop();
+                    stack.pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Every step `id` needs, directly or transitively.
+    pub fn ancestors(&self, id: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let Some(&start) = self.index.get(id) else {
+            return seen;
+        };
+        let mut stack = self.needs[start].clone();
+        while let Some(n) = stack.pop() {
+            if seen.insert(self.ids[n].clone()) {
+                stack.extend(self.needs[n].iter().copied());
+            }
+        }
+        seen
+    }
+
+    /// Decides what happens next given each step's status; steps missing
+    /// from `status` count as pending.
+    pub fn plan(&self, status: &HashMap<String, StepStatus>) -> Plan {
+        let of = |i: usize| {
+            status
+                .get(&self.ids[i])
+                .copied()
+                .unwrap_or(StepStatus::Pending)
+        };
+        let failed: Vec<String> = (0..self.ids.len())
+            .filter(|&i| of(i) == StepStatus::Failed)
+            .map(|i| self.ids[i].clone())
+            .collect();
+        let in_flight = (0..self.ids.len()).any(|i| of(i).is_in_flight());
+        if !failed.is_empty() {
+            return Plan {
+                start: Vec::new(),
+                outcome: (!in_flight).then_some(Outcome::Failed {
+                    failed_steps: failed,
+                }),
+            };
+        }
+        let start: Vec<String> = (0..self.ids.len())
+            .filter(|&i| of(i) == StepStatus::Pending)
+            .filter(|&i| self.needs[i].iter().all(|&n| of(n).satisfies_needs()))
+            .map(|i| self.ids[i].clone())
+            .collect();
+        if !start.is_empty() || in_flight {
+            return Plan {
+                start,
+                outcome: None,
+            };
+        }
+        let unfinished: Vec<String> = (0..self.ids.len())
+            .filter(|&i| !of(i).satisfies_needs())
+            .map(|i| self.ids[i].clone())
+            .collect();
+        Plan {
+            start,
+            outcome: Some(if unfinished.is_empty() {
+                Outcome::Succeeded
+            } else {
+                // Only reachable when steps were cancelled: they did not fail,
+                // but the run cannot succeed without them.
+                Outcome::Failed {
+                    failed_steps: unfinished,
+                }
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn graph(edges: &[(&str, &[&str])]) -> Graph {
+        Graph::new(edges.iter().map(|(id, needs)| {
+            (
+                id.to_string(),
+                needs.iter().map(|n| n.to_string()).collect(),
+            )
+        }))
+    }
+
+    #[test]
+    fn diamond_joins_and_failure_stops_new_work() {
+        let g = graph(&[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])]);
+        let mut status = HashMap::new();
+        assert_eq!(g.plan(&status).start, vec!["a"]);
+        status.insert("a".to_string(), StepStatus::Succeeded);
+        assert_eq!(g.plan(&status).start, vec!["b", "c"]);
+        status.insert("b".to_string(), StepStatus::Succeeded);
+        status.insert("c".to_string(), StepStatus::Ready);
+        assert_eq!(g.plan(&status), Plan::default());
+        status.insert("c".to_string(), StepStatus::Skipped);
+        assert_eq!(g.plan(&status).start, vec!["d"]);
+        status.insert("d".to_string(), StepStatus::Succeeded);
+        assert_eq!(g.plan(&status).outcome, Some(Outcome::Succeeded));
+
+        status.insert("b".to_string(), StepStatus::Failed);
+        status.insert("c".to_string(), StepStatus::Running);
+        status.insert("d".to_string(), StepStatus::Pending);
+        assert_eq!(
+            g.plan(&status),
+            Plan::default(),
+            "waits for in-flight c, starts nothing"
+        );
+        status.insert("c".to_string(), StepStatus::Succeeded);
+        assert_eq!(
+            g.plan(&status).outcome,
+            Some(Outcome::Failed {
+                failed_steps: vec!["b".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn finds_cycles_in_execution_order() {
+        let g = graph(&[("a", &["c"]), ("b", &["a"]), ("c", &["b"]), ("d", &[])]);
+        let cycle = g.find_cycle().unwrap();
+        assert_eq!(cycle.first(), cycle.last());
+        assert_eq!(cycle.len(), 4);
+        let mut members: Vec<_> = cycle[..3].to_vec();
+        members.sort();
+        assert_eq!(members, vec!["a", "b", "c"]);
+        // Each step in the reported order is needed by the next one.
+        for pair in cycle.windows(2) {
+            let needs = &g.needs[g.index[&pair[1]]];
+            assert!(needs.contains(&g.index[&pair[0]]), "{pair:?}");
+        }
+        assert!(graph(&[("a", &[]), ("b", &["a"])]).find_cycle().is_none());
+        assert_eq!(
+            g.ancestors("b"),
+            ["a", "b", "c"].into_iter().map(String::from).collect()
+        );
+    }
+
+    /// Random DAGs: edges only go from a lower to a higher index, so there is
+    /// never a cycle. `picks` drives which in-flight step finishes next and
+    /// whether a started step is skipped instead of run.
+    fn dag_strategy() -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<usize>, Vec<bool>)> {
+        (1usize..25).prop_flat_map(|n| {
+            let needs = (0..n)
+                .map(|i| proptest::collection::vec(0..i.max(1), 0..=i.min(4)))
+                .collect::<Vec<_>>();
+            (
+                needs,
+                proptest::collection::vec(any::<usize>(), 200),
+                proptest::collection::vec(proptest::bool::weighted(0.2), n),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_step_runs_once_after_its_needs((needs, picks, skips) in dag_strategy()) {
+            let n = needs.len();
+            let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+            let g = Graph::new((0..n).map(|i| {
+                let mut ns: Vec<String> = needs[i].iter().filter(|&&j| j < i).map(|&j| ids[j].clone()).collect();
+                ns.sort();
+                ns.dedup();
+                (ids[i].clone(), ns)
+            }));
+            let mut status: HashMap<String, StepStatus> = HashMap::new();
+            let mut started = vec![0u32; n];
+            let mut in_flight: Vec<usize> = Vec::new();
+            let mut pick = picks.iter().cycle();
+            let mut rounds = 0;
+            let outcome = loop {
+                rounds += 1;
+                prop_assert!(rounds < 10 * n + 10, "planner did not converge");
+                let plan = g.plan(&status);
+                for id in &plan.start {
+                    let i = g.index[id];
+                    started[i] += 1;
+                    for &need in &g.needs[i] {
+                        prop_assert!(status[&ids[need]].satisfies_needs(), "{id} started before {}", ids[need]);
+                    }
+                    if skips[i] {
+                        status.insert(id.clone(), StepStatus::Skipped);
+                    } else {
+                        status.insert(id.clone(), StepStatus::Ready);
+                        in_flight.push(i);
+                    }
+                }
+                if let Some(outcome) = plan.outcome {
+                    break outcome;
+                }
+                if plan.start.is_empty() {
+                    prop_assert!(!in_flight.is_empty(), "nothing to start and nothing in flight");
+                    let k = pick.next().copied().unwrap_or(0) % in_flight.len();
+                    let done = in_flight.swap_remove(k);
+                    status.insert(ids[done].clone(), StepStatus::Succeeded);
+                }
+            };
+            prop_assert_eq!(outcome, Outcome::Succeeded);
+            prop_assert!(started.iter().all(|&c| c == 1), "start counts {:?}", started);
+        }
+    }
+}

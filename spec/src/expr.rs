@@ -1,0 +1,416 @@
+//! `${{ expression }}` templates and `if` conditions.
+//!
+//! Expressions are [CEL](https://cel.dev), the language Kubernetes uses for
+//! validation rules, evaluated over five variables: `params` (the request's
+//! validated parameters), `request` (`id`, `promise`, `promise_version`),
+//! `env` (environment variables the Promise names, captured when the run is
+//! created so every engine renders the same value), and `steps` (for every
+//! finished upstream step, `steps.<id>.outputs` and `steps.<id>.status`).
+//!
+//! A string that is exactly one `${{ }}` keeps the expression's JSON type, so
+//! `replicas: "${{ params.replicas }}"` renders a number; a string mixing text
+//! and expressions renders to text. Rendering is pure: the same context always
+//! gives the same input, which is what makes a step's attempts comparable.
+
+use cel::common::ast::{Expr, LiteralValue};
+use cel::{IdedExpr, Program};
+use serde_json::Value;
+
+/// Root variables an expression may read.
+pub const ROOTS: [&str; 4] = ["params", "request", "env", "steps"];
+
+/// A string split into literal text and expressions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Expr(String),
+}
+
+/// A parsed expression together with what it reads.
+pub struct ParsedExpression {
+    pub source: String,
+    program: Program,
+}
+
+impl std::fmt::Debug for ParsedExpression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedExpression")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Why a template or expression could not be rendered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RenderError {
+    /// The text is not a well-formed template or CEL expression.
+    #[error("cannot parse {expression:?}: {message}")]
+    Parse { expression: String, message: String },
+    /// Evaluation failed, for example a missing key.
+    #[error("cannot evaluate {expression:?}: {message}")]
+    Evaluate { expression: String, message: String },
+    /// An `if` condition did not evaluate to a boolean.
+    #[error("condition {expression:?} evaluated to {value}, not a boolean")]
+    NotBoolean { expression: String, value: String },
+}
+
+impl Template {
+    /// Splits `text` at `${{ ... }}` markers. An opening marker without a
+    /// closing one is an error.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${{") {
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_string()));
+            }
+            let after = &rest[start + 3..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("unterminated '${{{{' in {text:?}: expected '}}}}'"))?;
+            let source = after[..end].trim();
+            if source.is_empty() {
+                return Err(format!("empty expression '${{{{ }}}}' in {text:?}"));
+            }
+            parts.push(Part::Expr(source.to_string()));
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Ok(Template { parts })
+    }
+
+    /// Sources of the expressions in this template.
+    pub fn expressions(&self) -> impl Iterator<Item = ParsedExpressionRef<'_>> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Expr(s) => Some(ParsedExpressionRef(s)),
+            Part::Text(_) => None,
+        })
+    }
+
+    pub fn is_literal(&self) -> bool {
+        self.parts.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
+    /// Renders the template: a lone expression keeps its JSON type.
+    pub fn render(&self, context: &RenderContext) -> Result<Value, RenderError> {
+        if let [Part::Expr(source)] = self.parts.as_slice() {
+            return evaluate(source, context);
+        }
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Expr(source) => match evaluate(source, context)? {
+                    Value::String(s) => out.push_str(&s),
+                    Value::Null => {}
+                    other => out.push_str(&other.to_string()),
+                },
+            }
+        }
+        Ok(Value::String(out))
+    }
+}
+
+/// An expression's source inside a [`Template`].
+#[derive(Debug, Clone, Copy)]
+pub struct ParsedExpressionRef<'a>(pub &'a str);
+
+impl ParsedExpressionRef<'_> {
+    /// `env.X` names this expression reads; empty if it does not parse.
+    pub fn env_references(&self) -> Vec<String> {
+        ParsedExpression::parse(self.0)
+            .map(|e| e.selected_fields("env"))
+            .unwrap_or_default()
+    }
+}
+
+impl ParsedExpression {
+    pub fn parse(source: &str) -> Result<ParsedExpression, String> {
+        let program = Program::compile(source).map_err(|e| e.to_string())?;
+        Ok(ParsedExpression {
+            source: source.to_string(),
+            program,
+        })
+    }
+
+    /// Root variables read by the expression (`params`, `steps`, ...).
+    pub fn variables(&self) -> Vec<String> {
+        let mut vars: Vec<String> = self
+            .program
+            .references()
+            .variables()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        vars.sort();
+        vars.dedup();
+        vars
+    }
+
+    /// Names selected directly under `root`: for `steps.a.outputs.x` and
+    /// `steps['b'].outputs`, the fields of `steps` are `a` and `b`.
+    pub fn selected_fields(&self, root: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        collect_fields(self.program.expression(), root, &mut found);
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    pub fn evaluate(&self, context: &RenderContext) -> Result<Value, RenderError> {
+        let cel_context = context.to_cel();
+        let value = self
+            .program
+            .execute(&cel_context)
+            .map_err(|e| RenderError::Evaluate {
+                expression: self.source.clone(),
+                message: e.to_string(),
+            })?;
+        value.json().map_err(|e| RenderError::Evaluate {
+            expression: self.source.clone(),
+            message: format!("result cannot be represented as JSON: {e}"),
+        })
+    }
+}
+
+fn collect_fields(node: &IdedExpr, root: &str, found: &mut Vec<String>) {
+    match &node.expr {
+        Expr::Select(select) => {
+            if matches!(&select.operand.expr, Expr::Ident(name) if name == root) {
+                found.push(select.field.clone());
+            }
+            collect_fields(&select.operand, root, found);
+        }
+        Expr::Call(call) => {
+            if call.func_name == "_[_]"
+                && let [target, key] = call.args.as_slice()
+                && matches!(&target.expr, Expr::Ident(name) if name == root)
+                && let Expr::Literal(LiteralValue::String(key)) = &key.expr
+            {
+                found.push(key.inner().to_string());
+            }
+            if let Some(target) = &call.target {
+                collect_fields(target, root, found);
+            }
+            for arg in &call.args {
+                collect_fields(arg, root, found);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for e in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                collect_fields(e, root, found);
+            }
+        }
+        Expr::List(list) => {
+            for e in &list.elements {
+                collect_fields(e, root, found);
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(e) = &entry.expr {
+                    collect_fields(&e.key, root, found);
+                    collect_fields(&e.value, root, found);
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
+                    collect_fields(&f.value, root, found);
+                }
+            }
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+fn evaluate(source: &str, context: &RenderContext) -> Result<Value, RenderError> {
+    ParsedExpression::parse(source)
+        .map_err(|message| RenderError::Parse {
+            expression: source.to_string(),
+            message,
+        })?
+        .evaluate(context)
+}
+
+/// The variables an expression is evaluated over.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RenderContext {
+    pub params: Value,
+    pub request: Value,
+    pub env: Value,
+    /// `{ "<step id>": { "outputs": ..., "status": ... } }`.
+    pub steps: Value,
+}
+
+impl RenderContext {
+    fn to_cel(&self) -> cel::Context<'static, 'static> {
+        let mut context = cel::Context::default();
+        for (name, value) in [
+            ("params", &self.params),
+            ("request", &self.request),
+            ("env", &self.env),
+            ("steps", &self.steps),
+        ] {
+            let value = if value.is_null() {
+                cel::Value::Map(std::collections::HashMap::<String, cel::Value>::new().into())
+            } else {
+                json_to_cel(value)
+            };
+            context.add_variable_from_value(name, value);
+        }
+        context
+    }
+}
+
+/// Converts JSON to CEL, keeping integers signed: CEL does not add `uint`
+/// to `int`, and `params.replicas + 1` must work.
+fn json_to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(std::sync::Arc::new(s.clone())),
+        Value::Array(items) => {
+            cel::Value::List(std::sync::Arc::new(items.iter().map(json_to_cel).collect()))
+        }
+        Value::Object(map) => cel::Value::Map(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json_to_cel(v)))
+                .collect::<std::collections::HashMap<String, cel::Value>>()
+                .into(),
+        ),
+    }
+}
+
+/// Renders every string of a JSON value as a template; keys stay as written.
+pub fn render_value(value: &Value, context: &RenderContext) -> Result<Value, RenderError> {
+    Ok(match value {
+        Value::String(text) => {
+            let template = Template::parse(text).map_err(|message| RenderError::Parse {
+                expression: text.clone(),
+                message,
+            })?;
+            if template.is_literal() {
+                value.clone()
+            } else {
+                template.render(context)?
+            }
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| render_value(item, context))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_value(v, context)?)))
+                .collect::<Result<_, RenderError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Strips an optional `${{ }}` around a condition.
+pub fn condition_source(condition: &str) -> &str {
+    let trimmed = condition.trim();
+    trimmed
+        .strip_prefix("${{")
+        .and_then(|s| s.strip_suffix("}}"))
+        .map(str::trim)
+        .unwrap_or(trimmed)
+}
+
+/// Evaluates an `if` condition; anything but a boolean is an error.
+pub fn evaluate_condition(condition: &str, context: &RenderContext) -> Result<bool, RenderError> {
+    let source = condition_source(condition);
+    match evaluate(source, context)? {
+        Value::Bool(b) => Ok(b),
+        other => Err(RenderError::NotBoolean {
+            expression: source.to_string(),
+            value: other.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn context() -> RenderContext {
+        RenderContext {
+            params: json!({"name": "orders", "size": "large", "replicas": 3}),
+            request: json!({"id": "r1"}),
+            env: json!({"PROVISIONER_URL": "http://127.0.0.1:9"}),
+            steps: json!({"provision": {"status": "succeeded", "outputs": {"endpoint": "db:5432"}},
+                           "provision-b": {"status": "succeeded", "outputs": {"n": 1}}}),
+        }
+    }
+
+    #[test]
+    fn renders_typed_values_and_interpolated_text() {
+        let input = json!({
+            "url": "${{ env.PROVISIONER_URL }}/databases/${{ params.name }}",
+            "replicas": "${{ params.replicas }}",
+            "endpoint": "${{ steps.provision.outputs.endpoint }}",
+            "n": "${{ steps['provision-b'].outputs.n + 1 }}",
+            "list": ["${{ params.size == 'large' }}", "plain"],
+        });
+        let out = render_value(&input, &context()).unwrap();
+        assert_eq!(
+            out,
+            json!({
+                "url": "http://127.0.0.1:9/databases/orders",
+                "replicas": 3,
+                "endpoint": "db:5432",
+                "n": 2,
+                "list": [true, "plain"],
+            })
+        );
+        let missing = render_value(&json!("${{ params.nope }}"), &context()).unwrap_err();
+        assert!(matches!(missing, RenderError::Evaluate { .. }), "{missing}");
+    }
+
+    #[test]
+    fn conditions_must_be_boolean() {
+        assert!(evaluate_condition("params.size == 'large'", &context()).unwrap());
+        assert!(!evaluate_condition("${{ params.size == 'small' }}", &context()).unwrap());
+        assert!(matches!(
+            evaluate_condition("params.name", &context()),
+            Err(RenderError::NotBoolean { .. })
+        ));
+    }
+
+    #[test]
+    fn finds_referenced_steps_and_env() {
+        let e =
+            ParsedExpression::parse("steps.a.outputs.x + steps['b-c'].outputs.y + size(env.TOKEN)")
+                .unwrap();
+        assert_eq!(e.selected_fields("steps"), vec!["a", "b-c"]);
+        assert_eq!(e.selected_fields("env"), vec!["TOKEN"]);
+        assert_eq!(e.variables(), vec!["env", "steps"]);
+        assert!(Template::parse("x ${{ a").is_err());
+        assert!(Template::parse("${{ }}").is_err());
+        assert!(ParsedExpression::parse("params.size ==").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! Types shared by the Fulfil engine and workers: the Promise spec and its
+//! validation, the DAG planner, template expressions, and the wire messages.
+//!
+//! A worker depends on this crate for [`wire`] alone and never links the
+//! engine or a database driver.
+
+pub mod dag;
+pub mod expr;
+pub mod params;
+pub mod promise;
+pub mod validate;
+pub mod wire;
+
+pub use dag::{Graph, Plan, RunStatus, StepStatus};
+pub use promise::{Promise, RetryPolicy, Step};
+pub use validate::{SpecError, SpecErrors};

@@ -1,0 +1,272 @@
+//! The Promise document: a platform capability with a request schema and the
+//! DAG workflow that fulfils a request.
+//!
+//! [`Promise::parse`] accepts YAML or JSON and returns a [`Promise`] only when
+//! the whole document is valid; otherwise every problem found is returned at
+//! its path (see [`crate::validate`]). A parsed `Promise` is immutable and its
+//! durations and expressions are known to be well-formed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::validate::{SpecError, SpecErrors};
+
+pub const API_VERSION: &str = "fulfil.dev/v1";
+pub const KIND: &str = "Promise";
+
+/// A validated Promise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Promise {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: PromiseSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromiseSpec {
+    /// JSON Schema of a request's `params`; must describe an object.
+    #[serde(default = "empty_object_schema")]
+    pub api: Value,
+    pub workflow: Workflow,
+    /// Teardown workflow, run when a request is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete: Option<Workflow>,
+    /// Run outputs: each value is a template rendered once every step has
+    /// finished, over the same context as step inputs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, Value>,
+    /// Step settings applied where a step does not set its own.
+    #[serde(default)]
+    pub defaults: StepDefaults,
+}
+
+fn empty_object_schema() -> Value {
+    serde_json::json!({ "type": "object" })
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub id: String,
+    /// Handler name: a built-in (`noop`, `echo`, `http`, `nats.publish`) or
+    /// one a custom worker registers.
+    pub uses: String,
+    /// Handler input; strings may hold `${{ expression }}` templates.
+    #[serde(default = "empty_object", skip_serializing_if = "Value::is_null")]
+    pub with: Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// CEL condition; when false the step is skipped.
+    #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Per-attempt timeout, e.g. `30s`, `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Worker queue; tasks go to `<prefix>.tasks.<queue>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<Compensation>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compensation {
+    pub uses: String,
+    #[serde(default = "empty_object", skip_serializing_if = "Value::is_null")]
+    pub with: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_initial")]
+    pub initial: String,
+    #[serde(default = "default_max")]
+    pub max: String,
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+}
+
+fn default_max_attempts() -> u32 {
+    1
+}
+fn default_initial() -> String {
+    "1s".into()
+}
+fn default_max() -> String {
+    "1m".into()
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+
+/// Used when neither the step nor `spec.defaults` sets a timeout.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A retry policy with its durations parsed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+impl RetryPolicy {
+    /// One attempt, no retry: the default until a Promise asks for more.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        max_attempts: 1,
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+        multiplier: 2.0,
+    };
+
+    /// Delay before attempt `next_attempt` (2 for the first retry).
+    pub fn backoff(&self, next_attempt: u32) -> Duration {
+        let exponent = next_attempt.saturating_sub(2).min(64) as i32;
+        let secs = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
+        Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
+    }
+}
+
+/// Parses a duration such as `500ms`, `10s`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?}: {e}; use forms like 500ms, 10s, 5m, 1h"))
+}
+
+impl Promise {
+    /// Parses and validates a Promise from YAML (JSON is valid YAML).
+    pub fn parse(text: &str) -> Result<Promise, SpecErrors> {
+        let value: Value = serde_yaml::from_str(text).map_err(|e| {
+            let path = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            SpecErrors::one(SpecError::new(
+                "",
+                "syntax",
+                format!("not valid YAML or JSON: {e} {path}").trim_end(),
+            ))
+        })?;
+        Self::from_value(value)
+    }
+
+    /// Validates a Promise given as a JSON value.
+    pub fn from_value(value: Value) -> Result<Promise, SpecErrors> {
+        let promise: Promise = serde_path_to_error::deserialize(&value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            SpecErrors::one(SpecError::new(
+                path,
+                "structure",
+                e.into_inner().to_string(),
+            ))
+        })?;
+        crate::validate::validate(&promise)?;
+        Ok(promise)
+    }
+
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.spec.workflow.steps.iter().find(|s| s.id == id)
+    }
+
+    /// The step's queue, falling back to `spec.defaults.queue`, then `default`.
+    pub fn queue_of<'a>(&'a self, step: &'a Step) -> &'a str {
+        step.queue
+            .as_deref()
+            .or(self.spec.defaults.queue.as_deref())
+            .unwrap_or(crate::wire::DEFAULT_QUEUE)
+    }
+
+    /// The step's per-attempt timeout. Validation guarantees it parses.
+    pub fn timeout_of(&self, step: &Step) -> Duration {
+        step.timeout
+            .as_deref()
+            .or(self.spec.defaults.timeout.as_deref())
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_STEP_TIMEOUT)
+    }
+
+    /// The step's retry policy. Validation guarantees its durations parse.
+    pub fn retry_of(&self, step: &Step) -> RetryPolicy {
+        step.retry
+            .as_ref()
+            .or(self.spec.defaults.retry.as_ref())
+            .and_then(|r| r.policy().ok())
+            .unwrap_or(RetryPolicy::NONE)
+    }
+
+    /// Environment variable names the Promise's expressions read as `env.X`.
+    pub fn env_references(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        crate::validate::for_each_template(self, |_, template| {
+            for expr in template.expressions() {
+                names.extend(expr.env_references());
+            }
+        });
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+impl RetrySpec {
+    pub fn policy(&self) -> Result<RetryPolicy, String> {
+        Ok(RetryPolicy {
+            max_attempts: self.max_attempts,
+            initial: parse_duration(&self.initial)?,
+            max: parse_duration(&self.max)?,
+            multiplier: self.multiplier,
+        })
+    }
+}

@@ -1,0 +1,497 @@
+//! Semantic validation of a Promise: everything serde cannot check.
+//!
+//! Validation never stops at the first problem: it collects every one, each at
+//! its path into the document (`spec.workflow.steps[2].needs[0]`), so a
+//! platform engineer fixes a Promise in one round trip.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::dag::Graph;
+use crate::expr::{ParsedExpression, ROOTS, Template, condition_source};
+use crate::promise::{API_VERSION, KIND, Promise, RetrySpec, Step, parse_duration};
+
+/// One problem in a Promise document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecError {
+    /// Path into the document, e.g. `spec.workflow.steps[1].timeout`.
+    pub path: String,
+    /// Stable code: `syntax`, `structure`, `invalid_value`, `duplicate_step`,
+    /// `unknown_need`, `cycle`, `invalid_duration`, `invalid_schema`,
+    /// `invalid_expression`, `unknown_step_reference`, `unknown_variable`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(path: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a Promise document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(transparent)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl SpecErrors {
+    pub fn one(error: SpecError) -> Self {
+        Self(vec![error])
+    }
+}
+
+impl std::fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid Promise ({} problem(s)):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e} [{}]", e.code)?;
+        }
+        Ok(())
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_step_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn is_version(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'))
+}
+
+/// Checks everything about `promise` that its types do not.
+pub fn validate(promise: &Promise) -> Result<(), SpecErrors> {
+    let mut errors = Vec::new();
+    let mut err = |path: String, code: &'static str, message: String| {
+        errors.push(SpecError::new(path, code, message));
+    };
+
+    if promise.api_version != API_VERSION {
+        err(
+            "apiVersion".into(),
+            "invalid_value",
+            format!(
+                "unsupported apiVersion {:?}; expected {API_VERSION:?}",
+                promise.api_version
+            ),
+        );
+    }
+    if promise.kind != KIND {
+        err(
+            "kind".into(),
+            "invalid_value",
+            format!("unsupported kind {:?}; expected {KIND:?}", promise.kind),
+        );
+    }
+    if !is_dns_label(&promise.metadata.name) {
+        err(
+            "metadata.name".into(),
+            "invalid_value",
+            format!(
+                "{:?} is not a valid name: use 1-63 lowercase letters, digits and '-', starting with a letter",
+                promise.metadata.name
+            ),
+        );
+    }
+    if !is_version(&promise.metadata.version) {
+        err(
+            "metadata.version".into(),
+            "invalid_value",
+            format!(
+                "{:?} is not a valid version: use letters, digits, '.', '-', '+', e.g. 1.2.0",
+                promise.metadata.version
+            ),
+        );
+    }
+
+    check_schema(&promise.spec.api, &mut err);
+
+    if let Some(retry) = &promise.spec.defaults.retry {
+        check_retry("spec.defaults.retry", retry, &mut err);
+    }
+    if let Some(timeout) = &promise.spec.defaults.timeout {
+        check_duration("spec.defaults.timeout", timeout, &mut err);
+    }
+    if let Some(queue) = &promise.spec.defaults.queue {
+        check_queue("spec.defaults.queue", queue, &mut err);
+    }
+
+    let graph = check_workflow("spec.workflow", &promise.spec.workflow.steps, &mut err);
+    if let Some(delete) = &promise.spec.delete {
+        check_workflow("spec.delete", &delete.steps, &mut err);
+    }
+
+    // Run outputs may read any step of the workflow.
+    if let Some(graph) = &graph {
+        let all: BTreeSet<&str> = graph.ids().collect();
+        for (name, value) in &promise.spec.outputs {
+            check_templates(&format!("spec.outputs.{name}"), value, &all, &mut err);
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecErrors(errors))
+    }
+}
+
+type Report<'a> = dyn FnMut(String, &'static str, String) + 'a;
+
+fn check_schema(schema: &Value, err: &mut Report<'_>) {
+    if let Err(e) = jsonschema::meta::validate(schema) {
+        let at = e.instance_path().to_string();
+        err(
+            format!("spec.api{}", at.replace('/', ".")),
+            "invalid_schema",
+            format!("not a valid JSON Schema: {e}"),
+        );
+        return;
+    }
+    if let Err(e) = jsonschema::validator_for(schema) {
+        err(
+            "spec.api".into(),
+            "invalid_schema",
+            format!("not a usable JSON Schema: {e}"),
+        );
+        return;
+    }
+    match schema.get("type") {
+        Some(Value::String(t)) if t == "object" => {}
+        None => {}
+        Some(other) => err(
+            "spec.api.type".into(),
+            "invalid_schema",
+            format!(
+                "request parameters are an object; the schema's type must be \"object\", not {other}"
+            ),
+        ),
+    }
+}
+
+fn check_duration(path: &str, text: &str, err: &mut Report<'_>) {
+    match parse_duration(text) {
+        Ok(d) if d.is_zero() => err(
+            path.into(),
+            "invalid_duration",
+            format!("{text:?} must be longer than zero"),
+        ),
+        Ok(_) => {}
+        Err(message) => err(path.into(), "invalid_duration", message),
+    }
+}
+
+fn check_retry(path: &str, retry: &RetrySpec, err: &mut Report<'_>) {
+    if retry.max_attempts == 0 {
+        err(
+            format!("{path}.max_attempts"),
+            "invalid_value",
+            "max_attempts must be at least 1 (1 means no retry)".into(),
+        );
+    }
+    check_duration(&format!("{path}.initial"), &retry.initial, err);
+    check_duration(&format!("{path}.max"), &retry.max, err);
+    if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
+        err(
+            format!("{path}.multiplier"),
+            "invalid_value",
+            format!("multiplier must be a number >= 1, not {}", retry.multiplier),
+        );
+    }
+}
+
+fn check_queue(path: &str, queue: &str, err: &mut Report<'_>) {
+    if !crate::wire::is_valid_queue_name(queue) {
+        err(
+            path.into(),
+            "invalid_value",
+            format!("{queue:?} is not a valid queue name: use letters, digits, '-' and '_'"),
+        );
+    }
+}
+
+/// Checks one workflow; returns its graph when the step structure is sound
+/// enough to reason about references.
+fn check_workflow(path: &str, steps: &[Step], err: &mut Report<'_>) -> Option<Graph> {
+    let mut first_index: HashMap<&str, usize> = HashMap::new();
+    let mut structure_ok = true;
+    for (i, step) in steps.iter().enumerate() {
+        let at = format!("{path}.steps[{i}]");
+        if !is_step_id(&step.id) {
+            err(
+                format!("{at}.id"),
+                "invalid_value",
+                format!(
+                    "{:?} is not a valid step id: use lowercase letters, digits, '-' and '_', starting with a letter",
+                    step.id
+                ),
+            );
+        }
+        if let Some(first) = first_index.get(step.id.as_str()) {
+            structure_ok = false;
+            err(
+                format!("{at}.id"),
+                "duplicate_step",
+                format!(
+                    "duplicate step id {:?} (first used at {path}.steps[{first}])",
+                    step.id
+                ),
+            );
+        } else {
+            first_index.insert(&step.id, i);
+        }
+        if step.uses.trim().is_empty() {
+            err(
+                format!("{at}.uses"),
+                "invalid_value",
+                "uses must name a handler".into(),
+            );
+        }
+        if let Some(timeout) = &step.timeout {
+            check_duration(&format!("{at}.timeout"), timeout, err);
+        }
+        if let Some(retry) = &step.retry {
+            check_retry(&format!("{at}.retry"), retry, err);
+        }
+        if let Some(queue) = &step.queue {
+            check_queue(&format!("{at}.queue"), queue, err);
+        }
+        if let Some(comp) = &step.compensate {
+            if comp.uses.trim().is_empty() {
+                err(
+                    format!("{at}.compensate.uses"),
+                    "invalid_value",
+                    "uses must name a handler".into(),
+                );
+            }
+            if let Some(timeout) = &comp.timeout {
+                check_duration(&format!("{at}.compensate.timeout"), timeout, err);
+            }
+            if let Some(retry) = &comp.retry {
+                check_retry(&format!("{at}.compensate.retry"), retry, err);
+            }
+        }
+    }
+    for (i, step) in steps.iter().enumerate() {
+        let mut seen = BTreeSet::new();
+        for (j, need) in step.needs.iter().enumerate() {
+            let at = format!("{path}.steps[{i}].needs[{j}]");
+            if !first_index.contains_key(need.as_str()) {
+                structure_ok = false;
+                let known: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+                err(
+                    at,
+                    "unknown_need",
+                    format!(
+                        "unknown step {need:?}; steps in this workflow: {}",
+                        known.join(", ")
+                    ),
+                );
+            } else if need == &step.id {
+                structure_ok = false;
+                err(at, "cycle", format!("step {need:?} needs itself"));
+            } else if !seen.insert(need) {
+                err(at, "invalid_value", format!("{need:?} is listed twice"));
+            }
+        }
+    }
+    if !structure_ok {
+        return None;
+    }
+    let graph = Graph::new(steps.iter().map(|s| (s.id.clone(), s.needs.clone())));
+    if let Some(cycle) = graph.find_cycle() {
+        let first = first_index.get(cycle[0].as_str()).copied().unwrap_or(0);
+        err(
+            format!("{path}.steps[{first}].needs"),
+            "cycle",
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+        );
+        return None;
+    }
+
+    for (i, step) in steps.iter().enumerate() {
+        let at = format!("{path}.steps[{i}]");
+        let upstream = graph.ancestors(&step.id);
+        let visible: BTreeSet<&str> = upstream.iter().map(String::as_str).collect();
+        check_templates(&format!("{at}.with"), &step.with, &visible, err);
+        if let Some(condition) = &step.condition {
+            check_expression(
+                &format!("{at}.if"),
+                condition_source(condition),
+                &visible,
+                err,
+            );
+        }
+        if let Some(comp) = &step.compensate {
+            // A compensation runs after its step succeeded, so it may read the
+            // step's own outputs too.
+            let mut with_self = visible.clone();
+            with_self.insert(step.id.as_str());
+            check_templates(
+                &format!("{at}.compensate.with"),
+                &comp.with,
+                &with_self,
+                err,
+            );
+        }
+    }
+    Some(graph)
+}
+
+/// Checks every template in a JSON value; `visible` are the step ids it may read.
+fn check_templates(path: &str, value: &Value, visible: &BTreeSet<&str>, err: &mut Report<'_>) {
+    match value {
+        Value::String(text) => match Template::parse(text) {
+            Err(message) => err(path.into(), "invalid_expression", message),
+            Ok(template) => {
+                for expr in template.expressions() {
+                    check_expression(path, expr.0, visible, err);
+                }
+            }
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_templates(&format!("{path}[{i}]"), item, visible, err);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                check_templates(&format!("{path}.{k}"), v, visible, err);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_expression(path: &str, source: &str, visible: &BTreeSet<&str>, err: &mut Report<'_>) {
+    let expr = match ParsedExpression::parse(source) {
+        Ok(expr) => expr,
+        Err(message) => {
+            err(
+                path.into(),
+                "invalid_expression",
+                format!(
+                    "cannot parse expression {source:?}: {}",
+                    first_line(&message)
+                ),
+            );
+            return;
+        }
+    };
+    for var in expr.variables() {
+        if !ROOTS.contains(&var.as_str()) {
+            err(
+                path.into(),
+                "unknown_variable",
+                format!(
+                    "expression {source:?} reads unknown variable {var:?}; available: {}",
+                    ROOTS.join(", ")
+                ),
+            );
+        }
+    }
+    for step in expr.selected_fields("steps") {
+        if !visible.contains(step.as_str()) {
+            let hint = if visible.is_empty() {
+                "this step has no upstream steps".to_string()
+            } else {
+                format!(
+                    "readable here: {}",
+                    visible.iter().copied().collect::<Vec<_>>().join(", ")
+                )
+            };
+            err(
+                path.into(),
+                "unknown_step_reference",
+                format!(
+                    "expression {source:?} reads steps.{step}, which is not a step this one (transitively) needs; {hint}"
+                ),
+            );
+        }
+    }
+}
+
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or(message)
+}
+
+/// Calls `f` with every template of the Promise and its path.
+pub fn for_each_template(promise: &Promise, mut f: impl FnMut(&str, &Template)) {
+    fn walk(path: &str, value: &Value, f: &mut dyn FnMut(&str, &Template)) {
+        match value {
+            Value::String(text) => {
+                if let Ok(t) = Template::parse(text) {
+                    f(path, &t);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(&format!("{path}[{i}]"), item, f);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    walk(&format!("{path}.{k}"), v, f);
+                }
+            }
+            _ => {}
+        }
+    }
+    let workflows = std::iter::once(("spec.workflow", &promise.spec.workflow))
+        .chain(promise.spec.delete.as_ref().map(|d| ("spec.delete", d)));
+    for (wf_path, workflow) in workflows {
+        for (i, step) in workflow.steps.iter().enumerate() {
+            walk(&format!("{wf_path}.steps[{i}].with"), &step.with, &mut f);
+            if let Some(condition) = &step.condition {
+                let wrapped = format!("${{{{ {} }}}}", condition_source(condition));
+                walk(
+                    &format!("{wf_path}.steps[{i}].if"),
+                    &Value::String(wrapped),
+                    &mut f,
+                );
+            }
+            if let Some(comp) = &step.compensate {
+                walk(
+                    &format!("{wf_path}.steps[{i}].compensate.with"),
+                    &comp.with,
+                    &mut f,
+                );
+            }
+        }
+    }
+    let outputs: BTreeMap<_, _> = promise.spec.outputs.iter().collect();
+    for (name, value) in outputs {
+        walk(&format!("spec.outputs.{name}"), value, &mut f);
+    }
+}

@@ -1,0 +1,222 @@
+//! Wire messages exchanged over NATS JetStream, and the names of the subjects,
+//! streams and consumers they travel on.
+//!
+//! These types are the whole contract between the engine and a worker; a worker
+//! in another language only needs `docs/wire.md`, which describes the same JSON.
+//!
+//! * A [`TaskMessage`] is published on `<prefix>.tasks.<queue>` with the header
+//!   `Nats-Msg-Id` set to its task id, so a republish after a crash is
+//!   deduplicated by the stream.
+//! * A [`ResultMessage`] is published on `<prefix>.results`. The engine applies
+//!   a result at most once, keyed by its task id; a result for an attempt that
+//!   is no longer current is recorded in the run's history and otherwise ignored.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// One attempt of one step, handed to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMessage {
+    /// Unique per (run, step, attempt); the key results are applied by.
+    pub task_id: Uuid,
+    pub run_id: Uuid,
+    pub step_id: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Handler name from the step's `uses`.
+    pub handler: String,
+    /// The step's `with`, every `${{ }}` expression already rendered.
+    pub input: Value,
+    /// The worker gives up on the attempt at this instant and reports a
+    /// retryable `timeout` error.
+    pub deadline: DateTime<Utc>,
+    /// Stable for the step across attempts, so a handler can make its side
+    /// effect idempotent (for example as the provider's request token).
+    pub idempotency_key: String,
+    /// W3C `traceparent` of the engine span that dispatched the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// What a worker reports once a handler has finished with a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultMessage {
+    pub task_id: Uuid,
+    /// Copied from the task, for dead-lettering and debugging; the engine
+    /// trusts only `task_id`.
+    pub run_id: Uuid,
+    pub step_id: String,
+    pub attempt: u32,
+    /// Free-form identity of the worker process, shown to operators.
+    pub worker_id: String,
+    pub outcome: Outcome,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// How a handler finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The step succeeded; `output` becomes `steps.<id>.outputs`.
+    Ok {
+        #[serde(default)]
+        output: Value,
+    },
+    /// The attempt failed.
+    Error(StepFailure),
+}
+
+/// A failed attempt, carrying the handler's decision about retrying.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepFailure {
+    pub message: String,
+    /// Stable, searchable code such as `http_status_503`, `timeout`,
+    /// `unknown_handler`, `invalid_input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// When retryable, the earliest time the handler wants the next attempt,
+    /// in milliseconds from `finished_at` (for example from `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Subject, stream and consumer names of one Fulfil installation.
+///
+/// Every name starts with the installation's prefix, so several installations
+/// (or parallel tests) can share one NATS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsNames {
+    prefix: String,
+}
+
+/// The queue a step runs on when it does not name one.
+pub const DEFAULT_QUEUE: &str = "default";
+
+impl NatsNames {
+    /// `prefix` must be a valid subject token: letters, digits, `-` and `_`.
+    pub fn new(prefix: impl Into<String>) -> Result<Self, InvalidPrefix> {
+        let prefix = prefix.into();
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(InvalidPrefix(prefix));
+        }
+        Ok(Self { prefix })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Subject tasks of `queue` are published on.
+    pub fn task_subject(&self, queue: &str) -> String {
+        format!("{}.tasks.{queue}", self.prefix)
+    }
+
+    /// Subject filter covering every queue.
+    pub fn all_tasks_subject(&self) -> String {
+        format!("{}.tasks.>", self.prefix)
+    }
+
+    pub fn results_subject(&self) -> String {
+        format!("{}.results", self.prefix)
+    }
+
+    /// `<prefix>.events.<kind>`, for example `fulfil.events.run.succeeded`.
+    pub fn event_subject(&self, kind: &str) -> String {
+        format!("{}.events.{kind}", self.prefix)
+    }
+
+    pub fn all_events_subject(&self) -> String {
+        format!("{}.events.>", self.prefix)
+    }
+
+    /// Where unparseable or orphaned messages go, with the reason in a header.
+    pub fn dead_letter_subject(&self, what: &str) -> String {
+        format!("{}.deadletter.{what}", self.prefix)
+    }
+
+    pub fn all_dead_letter_subject(&self) -> String {
+        format!("{}.deadletter.>", self.prefix)
+    }
+
+    pub fn tasks_stream(&self) -> String {
+        format!("{}_tasks", self.prefix)
+    }
+
+    pub fn results_stream(&self) -> String {
+        format!("{}_results", self.prefix)
+    }
+
+    pub fn events_stream(&self) -> String {
+        format!("{}_events", self.prefix)
+    }
+
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_deadletter", self.prefix)
+    }
+
+    /// Durable consumer shared by every worker serving `queue`.
+    pub fn worker_consumer(&self, queue: &str) -> String {
+        format!("{}_worker_{queue}", self.prefix)
+    }
+
+    /// Durable consumer shared by every engine process.
+    pub fn engine_consumer(&self) -> String {
+        format!("{}_engine", self.prefix)
+    }
+}
+
+/// The NATS prefix is not a single subject token.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid NATS prefix {0:?}: use letters, digits, '-' and '_' only")]
+pub struct InvalidPrefix(pub String);
+
+/// Header naming why a message was dead-lettered.
+pub const DEAD_LETTER_REASON_HEADER: &str = "Fulfil-Dead-Letter-Reason";
+
+/// Queue names share the subject-token rules of prefixes.
+pub fn is_valid_queue_name(queue: &str) -> bool {
+    !queue.is_empty()
+        && queue
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_json_is_tagged_by_status() {
+        let ok = serde_json::to_value(Outcome::Ok {
+            output: serde_json::json!({"a": 1}),
+        })
+        .unwrap();
+        assert_eq!(ok, serde_json::json!({"status": "ok", "output": {"a": 1}}));
+        let err: Outcome = serde_json::from_value(serde_json::json!({
+            "status": "error", "message": "boom", "retryable": true
+        }))
+        .unwrap();
+        assert_eq!(
+            err,
+            Outcome::Error(StepFailure {
+                message: "boom".into(),
+                code: None,
+                retryable: true,
+                retry_after_ms: None
+            })
+        );
+        assert!(NatsNames::new("a.b").is_err());
+        let names = NatsNames::new("t1").unwrap();
+        assert_eq!(names.task_subject("gpu"), "t1.tasks.gpu");
+        assert_eq!(names.worker_consumer("gpu"), "t1_worker_gpu");
+    }
+}
