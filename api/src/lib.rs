@@ -1,1 +1,46 @@
-//! placeholder
+//! Fulfil's HTTP/JSON API (`/v1`), mounted by `fulfil serve --roles api`.
+//!
+//! Every error is `application/problem+json`. `POST .../requests` answers 202
+//! only after the request's transaction committed (see
+//! `fulfil_engine::requests`).
+
+pub mod problem;
+mod routes;
+
+use std::time::Duration;
+
+use axum::Router;
+use fulfil_engine::Engine;
+use tower_http::trace::TraceLayer;
+
+pub use problem::Problem;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: Engine,
+    /// Checked by `/readyz`; `None` when this process has no NATS connection.
+    pub nats: Option<async_nats::Client>,
+}
+
+/// The whole API.
+pub fn router(state: ApiState) -> Router {
+    routes::router()
+        .layer(TraceLayer::new_for_http())
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,1 +1,25 @@
-//! placeholder
+//! The Fulfil engine: turns Promise requests into durable DAG runs.
+//!
+//! Postgres is the system of record; NATS JetStream carries tasks, results and
+//! events. The guarantees this crate keeps (see `docs/architecture.md`):
+//!
+//! * a request is acknowledged only after its request, run, steps, first
+//!   history events and first tasks committed in one transaction
+//!   ([`requests::create_request`]);
+//! * tasks reach NATS through the transactional [`outbox`], published with
+//!   `Nats-Msg-Id` = task id, so a republish after a crash is deduplicated;
+//! * a result is applied at most once, keyed by task id, under the run's row
+//!   lock ([`run::apply_result`]);
+//! * any number of engine processes may run against one database.
+
+pub mod db;
+pub mod engine;
+pub mod inspect;
+pub mod outbox;
+pub mod promises;
+pub mod requests;
+pub mod results;
+pub mod run;
+pub mod timers;
+
+pub use engine::{Engine, EngineConfig};

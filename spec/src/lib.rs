@@ -8,6 +8,8 @@ pub mod dag;
 pub mod expr;
 pub mod params;
 pub mod promise;
+#[cfg(feature = "nats")]
+pub mod streams;
 pub mod validate;
 pub mod wire;
 

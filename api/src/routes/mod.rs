@@ -1,0 +1,47 @@
+//! Route table and the small helpers shared by the handlers.
+
+mod health;
+mod promises;
+mod requests;
+mod runs;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use uuid::Uuid;
+
+use crate::{ApiState, Problem};
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/promises", get(promises::list))
+        .route("/v1/promises/{name}", put(promises::apply).get(promises::get))
+        .route("/v1/promises/{name}/requests", post(requests::create))
+        .route("/v1/requests", get(requests::list))
+        .route("/v1/requests/{id}", get(requests::get))
+        .route("/v1/runs", get(runs::list))
+        .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/runs/{id}/history", get(runs::history))
+        .fallback(|| async {
+            Problem::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no such route; see the README for the /v1 routes",
+            )
+        })
+}
+
+pub(crate) fn parse_id(what: &str, id: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(id).map_err(|_| Problem::bad_request(format!("{what} id {id:?} is not a UUID")))
+}
+
+pub(crate) fn inspect_error(e: fulfil_engine::inspect::InspectError) -> Problem {
+    match e {
+        fulfil_engine::inspect::InspectError::InvalidCursor(c) => {
+            Problem::bad_request(format!("invalid cursor {c:?}: pass next_cursor from the previous page"))
+        }
+        fulfil_engine::inspect::InspectError::Db(e) => crate::problem::from_db(&e),
+    }
+}

@@ -1,0 +1,153 @@
+//! Filing and reading Promise requests.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fulfil_engine::inspect::{self, RequestFilter};
+use fulfil_engine::requests::{NewRequest, RequestError, create_request};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{inspect_error, parse_id};
+use crate::{ApiState, Problem};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    #[serde(default)]
+    params: Value,
+    idempotency_key: Option<String>,
+}
+
+fn request_error(e: RequestError) -> Problem {
+    match e {
+        RequestError::UnknownPromise(name) => Problem::not_found("Promise", &name),
+        RequestError::InvalidParams { promise, violations } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-params",
+            "Invalid parameters",
+            format!(
+                "the parameters do not match Promise {promise}'s schema ({} violation(s)); nothing was stored",
+                violations.len()
+            ),
+        )
+        .with(
+            "errors",
+            Value::Array(
+                violations
+                    .iter()
+                    .map(|v| json!({ "pointer": format!("/params{}", v.pointer), "detail": v.message }))
+                    .collect(),
+            ),
+        ),
+        RequestError::IdempotencyConflict { ref key, request_id } => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-conflict",
+            "Idempotency key reused",
+            e.to_string(),
+        )
+        .with("idempotency_key", json!(key))
+        .with("request_id", json!(request_id)),
+        RequestError::InvalidIdempotencyKey(_) => Problem::bad_request(e.to_string()),
+        RequestError::Promise(e) => super::promises::promise_error(e),
+        RequestError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
+        RequestError::Run(e) => Problem::internal(&e),
+    }
+}
+
+/// `POST /v1/promises/{name}/requests`: 202 once the request is durable.
+pub async fn create(
+    State(state): State<ApiState>,
+    Path(promise): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<CreateBody>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(body) = body.map_err(|e| Problem::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let header_key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Problem::bad_request("Idempotency-Key header is not valid text"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let idempotency_key = match (header_key, body.idempotency_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(Problem::bad_request(
+                "the Idempotency-Key header and the idempotency_key field differ; send one",
+            ));
+        }
+        (h, b) => h.or(b),
+    };
+    if !body.params.is_object() && !body.params.is_null() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-params",
+            "Invalid parameters",
+            "params must be a JSON object",
+        ));
+    }
+    let accepted = create_request(
+        &state.engine,
+        NewRequest {
+            promise,
+            params: body.params,
+            idempotency_key,
+            actor: "api".into(),
+        },
+    )
+    .await
+    .map_err(request_error)?;
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "request_id": accepted.request_id,
+            "run_id": accepted.run_id,
+            "replayed": accepted.replayed,
+        })),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{}", accepted.request_id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if accepted.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+    let uuid = parse_id("request", &id)?;
+    let request = inspect::get_request(state.engine.pool(), uuid)
+        .await
+        .map_err(inspect_error)?
+        .ok_or_else(|| Problem::not_found("request", &id))?;
+    Ok(Json(json!(request)))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    promise: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, Problem> {
+    let page = inspect::list_requests(
+        state.engine.pool(),
+        &RequestFilter {
+            promise: q.promise,
+            status: q.status,
+            cursor: q.cursor,
+            limit: q.limit,
+        },
+    )
+    .await
+    .map_err(inspect_error)?;
+    Ok(Json(json!(page)))
+}

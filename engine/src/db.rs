@@ -1,0 +1,71 @@
+//! Connecting to Postgres, creating the database on first use, and applying
+//! the embedded, forward-only migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// Why the database could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL does not parse as a Postgres connection string.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The server refused or failed a statement.
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A migration failed to apply.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Opens a pool of at most `max_connections`.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(DbError::InvalidUrl)?
+        .application_name("fulfil")
+        .log_statements(tracing::log::LevelFilter::Trace);
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?)
+}
+
+/// Creates the URL's database if it does not exist, connecting to the
+/// server's `postgres` database to do so. Returns whether it was created.
+pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
+    let options = PgConnectOptions::from_str(url).map_err(DbError::InvalidUrl)?;
+    let Some(name) = options.get_database().map(str::to_string) else {
+        return Ok(false);
+    };
+    let mut admin = options.database("postgres").connect().await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if exists {
+        return Ok(false);
+    }
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+        .execute(&mut admin)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Another process created it between our check and our CREATE.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies pending migrations; safe to call from several processes at once
+/// (sqlx takes an advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

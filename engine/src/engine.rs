@@ -1,0 +1,111 @@
+//! The engine handle shared by the API, the background loops and tests, and
+//! the loops an engine process runs: outbox relay, result applier, timers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use fulfil_spec::wire::NatsNames;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::promises::PromiseCache;
+
+/// Tuning of an engine process.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Results applied concurrently by this process.
+    pub result_concurrency: usize,
+    /// Outbox rows published per transaction.
+    pub outbox_batch: i64,
+    /// How often the relay and timers look for work when no notification
+    /// arrives (a fallback: notifications wake them at once).
+    pub poll_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            result_concurrency: 16,
+            outbox_batch: 256,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Cheap to clone; every clone shares one pool, cache and wake-up signal.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    names: NatsNames,
+    promises: PromiseCache,
+    id: String,
+    outbox_wake: Notify,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("id", &self.inner.id).finish()
+    }
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, names: NatsNames, id: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                names,
+                promises: PromiseCache::default(),
+                id: id.into(),
+                outbox_wake: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn names(&self) -> &NatsNames {
+        &self.inner.names
+    }
+
+    pub fn promises(&self) -> &PromiseCache {
+        &self.inner.promises
+    }
+
+    /// Identity recorded in history as the actor of engine decisions.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Tells this process's outbox relay that rows were committed.
+    pub fn wake_outbox(&self) {
+        self.inner.outbox_wake.notify_one();
+    }
+
+    pub(crate) async fn outbox_woken(&self) {
+        self.inner.outbox_wake.notified().await;
+    }
+
+    /// Runs the engine's loops until `shutdown` is cancelled. Each loop
+    /// survives transient Postgres and NATS errors by backing off and retrying.
+    pub async fn run(
+        &self,
+        js: jetstream::Context,
+        config: EngineConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(), fulfil_spec::streams::StreamError> {
+        fulfil_spec::streams::ensure_streams(&js, self.names()).await?;
+        let relay = crate::outbox::run_relay(self.clone(), js.clone(), config.clone(), shutdown.clone());
+        let results = crate::results::run_applier(self.clone(), js.clone(), config.clone(), shutdown.clone());
+        let timers = crate::timers::run_timers(self.clone(), config, shutdown.clone());
+        tokio::join!(relay, results, timers);
+        Ok(())
+    }
+}

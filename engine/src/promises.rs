@@ -1,0 +1,233 @@
+//! Promise versions in Postgres.
+//!
+//! Versions are immutable: applying a name and version that exist with the
+//! same spec changes nothing, with another spec is refused. Applying a new
+//! version moves the head (the version new requests use) and keeps the old
+//! one for the runs that use it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use fulfil_spec::{Promise, SpecErrors};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// Why a Promise could not be applied or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PromiseError {
+    /// The document is not a valid Promise; every problem is listed.
+    #[error("{0}")]
+    Invalid(SpecErrors),
+    /// The version exists with a different spec.
+    #[error(
+        "Promise {name} version {version} already exists with a different spec; versions are immutable, bump metadata.version"
+    )]
+    VersionConflict { name: String, version: String },
+    /// No Promise (or version) of that name.
+    #[error("no Promise named {0:?}")]
+    NotFound(String),
+    /// The stored spec no longer parses (the store was edited by hand).
+    #[error("stored Promise {name}@{version} is corrupt: {message}")]
+    Corrupt {
+        name: String,
+        version: String,
+        message: String,
+    },
+    /// Postgres failed.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// What applying a Promise did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyOutcome {
+    /// A new Promise or a new version, now the head.
+    Created,
+    /// The version existed with the same spec; it is the head again.
+    Unchanged,
+}
+
+/// A stored Promise version.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromiseRecord {
+    pub name: String,
+    pub version: String,
+    pub owner: Option<String>,
+    /// Whether new requests use this version.
+    pub current: bool,
+    pub versions: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub promise: Arc<Promise>,
+}
+
+/// Parsed Promise versions, shared by every task of a process. Versions are
+/// immutable, so an entry never goes stale.
+#[derive(Debug, Default, Clone)]
+pub struct PromiseCache {
+    entries: Arc<RwLock<HashMap<NameVersion, Arc<Promise>>>>,
+}
+
+type NameVersion = (String, String);
+
+impl PromiseCache {
+    fn get(&self, name: &str, version: &str) -> Option<Arc<Promise>> {
+        self.entries
+            .read()
+            .ok()?
+            .get(&(name.to_string(), version.to_string()))
+            .cloned()
+    }
+
+    fn put(&self, promise: Arc<Promise>) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.insert(
+                (promise.metadata.name.clone(), promise.metadata.version.clone()),
+                promise,
+            );
+        }
+    }
+
+    /// The Promise version, from the cache or the store.
+    pub async fn load(&self, pool: &PgPool, name: &str, version: &str) -> Result<Arc<Promise>, PromiseError> {
+        if let Some(p) = self.get(name, version) {
+            return Ok(p);
+        }
+        let spec: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT spec FROM fulfil.promises WHERE name = $1 AND version = $2")
+                .bind(name)
+                .bind(version)
+                .fetch_optional(pool)
+                .await?;
+        let spec = spec.ok_or_else(|| PromiseError::NotFound(format!("{name}@{version}")))?;
+        let promise = Arc::new(Promise::from_value(spec).map_err(|e| PromiseError::Corrupt {
+            name: name.into(),
+            version: version.into(),
+            message: e.to_string(),
+        })?);
+        self.put(promise.clone());
+        Ok(promise)
+    }
+
+    /// The head version of `name`.
+    pub async fn load_head(&self, pool: &PgPool, name: &str) -> Result<Arc<Promise>, PromiseError> {
+        let version: Option<String> = sqlx::query_scalar("SELECT version FROM fulfil.promise_heads WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+        let version = version.ok_or_else(|| PromiseError::NotFound(name.to_string()))?;
+        self.load(pool, name, &version).await
+    }
+}
+
+/// Stores `promise` and makes it the head of its name.
+pub async fn apply(pool: &PgPool, promise: &Promise) -> Result<ApplyOutcome, PromiseError> {
+    let spec = serde_json::to_value(promise).map_err(|e| PromiseError::Corrupt {
+        name: promise.metadata.name.clone(),
+        version: promise.metadata.version.clone(),
+        message: e.to_string(),
+    })?;
+    let digest = spec.to_string();
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO fulfil.promises (name, version, spec, digest, owner) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name, version) DO NOTHING",
+    )
+    .bind(&promise.metadata.name)
+    .bind(&promise.metadata.version)
+    .bind(&spec)
+    .bind(&digest)
+    .bind(&promise.metadata.owner)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        let existing: serde_json::Value =
+            sqlx::query_scalar("SELECT spec FROM fulfil.promises WHERE name = $1 AND version = $2")
+                .bind(&promise.metadata.name)
+                .bind(&promise.metadata.version)
+                .fetch_one(&mut *tx)
+                .await?;
+        if existing != spec {
+            return Err(PromiseError::VersionConflict {
+                name: promise.metadata.name.clone(),
+                version: promise.metadata.version.clone(),
+            });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO fulfil.promise_heads (name, version) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, updated_at = now()",
+    )
+    .bind(&promise.metadata.name)
+    .bind(&promise.metadata.version)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(if inserted {
+        ApplyOutcome::Created
+    } else {
+        ApplyOutcome::Unchanged
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    name: String,
+    version: String,
+    owner: Option<String>,
+    spec: serde_json::Value,
+    created_at: DateTime<Utc>,
+    current: bool,
+    versions: Vec<String>,
+}
+
+const SELECT: &str = "SELECT p.name, p.version, p.owner, p.spec, p.created_at,
+        (h.version = p.version) AS current,
+        ARRAY(SELECT v.version FROM fulfil.promises v WHERE v.name = p.name ORDER BY v.created_at) AS versions
+     FROM fulfil.promises p JOIN fulfil.promise_heads h ON h.name = p.name";
+
+fn record(row: Row) -> Result<PromiseRecord, PromiseError> {
+    let promise = Promise::from_value(row.spec).map_err(|e| PromiseError::Corrupt {
+        name: row.name.clone(),
+        version: row.version.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(PromiseRecord {
+        name: row.name,
+        version: row.version,
+        owner: row.owner,
+        current: row.current,
+        versions: row.versions,
+        created_at: row.created_at,
+        promise: Arc::new(promise),
+    })
+}
+
+/// The head version of every Promise, by name.
+pub async fn list(pool: &PgPool) -> Result<Vec<PromiseRecord>, PromiseError> {
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE h.version = p.version ORDER BY p.name"
+    )))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(record).collect()
+}
+
+/// One Promise: the head, or the given version.
+pub async fn get(pool: &PgPool, name: &str, version: Option<&str>) -> Result<PromiseRecord, PromiseError> {
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE p.name = $1 AND p.version = COALESCE($2, h.version)"
+    )))
+    .bind(name)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    let row = row.ok_or_else(|| match version {
+        Some(v) => PromiseError::NotFound(format!("{name}@{v}")),
+        None => PromiseError::NotFound(name.to_string()),
+    })?;
+    record(row)
+}

@@ -1,0 +1,143 @@
+//! The result applier: consumes `<prefix>.results` through one durable
+//! consumer shared by every engine process, applies each result (see
+//! [`crate::run::apply_result`]), and acknowledges the message only after the
+//! transaction committed. A message that cannot be parsed, or names a task
+//! that does not exist, goes to the dead-letter stream with the reason and is
+//! acknowledged; a database failure leaves it to be redelivered.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use bytes::Bytes;
+use fulfil_spec::wire::{DEAD_LETTER_REASON_HEADER, NatsNames, ResultMessage};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::run::{ApplyError, Applied, apply_result};
+use crate::{Engine, EngineConfig};
+
+pub(crate) async fn run_applier(
+    engine: Engine,
+    js: jetstream::Context,
+    config: EngineConfig,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        if let Err(e) = consume(&engine, &js, &config, &shutdown).await {
+            warn!(error = %e, "result consumer failed; rebuilding it");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn consume(
+    engine: &Engine,
+    js: &jetstream::Context,
+    config: &EngineConfig,
+    shutdown: &CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let names = engine.names();
+    let stream = js.get_stream(names.results_stream()).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &names.engine_consumer(),
+            pull::Config {
+                durable_name: Some(names.engine_consumer()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: (config.result_concurrency * 8) as i64,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(config.result_concurrency * 2)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let mut failed: Option<async_nats::Error> = None;
+    messages
+        .take_until(shutdown.cancelled())
+        .for_each_concurrent(config.result_concurrency, |message| {
+            let engine = engine.clone();
+            let js = js.clone();
+            let outcome = match message {
+                Ok(message) => Some(message),
+                Err(e) => {
+                    failed.get_or_insert(Box::new(e));
+                    None
+                }
+            };
+            async move {
+                if let Some(message) = outcome {
+                    handle(&engine, &js, message).await;
+                }
+            }
+        })
+        .await;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn handle(engine: &Engine, js: &jetstream::Context, message: jetstream::Message) {
+    let result: ResultMessage = match serde_json::from_slice(&message.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            dead_letter(js, engine.names(), "results", message.payload.clone(), &format!("unparseable result: {e}")).await;
+            ack(&message, AckKind::Term).await;
+            return;
+        }
+    };
+    let span = info_span!("apply_result", run_id = %result.run_id, step_id = %result.step_id,
+                          attempt = result.attempt, task_id = %result.task_id);
+    match apply_result(engine, &result).instrument(span.clone()).await {
+        Ok(Applied::Applied) => {
+            engine.wake_outbox();
+            ack(&message, AckKind::Ack).await;
+        }
+        Ok(Applied::Ignored(reason)) => {
+            debug!(parent: &span, %reason, "result ignored");
+            ack(&message, AckKind::Ack).await;
+        }
+        Err(ApplyError::UnknownTask(task_id)) => {
+            dead_letter(js, engine.names(), "results", message.payload.clone(), &format!("no attempt with task id {task_id}")).await;
+            ack(&message, AckKind::Term).await;
+        }
+        Err(ApplyError::Run(e)) => {
+            warn!(parent: &span, error = %e, "applying result failed; it will be redelivered");
+            ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        // The message is redelivered after ack_wait, and applying it again is
+        // recorded as ignored: nothing is lost or applied twice.
+        warn!(error = %e, "acknowledging a result failed");
+    }
+}
+
+/// Publishes `payload` to `<prefix>.deadletter.<what>` with the reason.
+pub async fn dead_letter(js: &jetstream::Context, names: &NatsNames, what: &str, payload: Bytes, reason: &str) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(DEAD_LETTER_REASON_HEADER, reason);
+    let subject = names.dead_letter_subject(what);
+    warn!(%subject, %reason, "dead-lettering a message");
+    match js.publish_with_headers(subject.clone(), headers, payload).await {
+        Ok(ack) => {
+            if let Err(e) = ack.await {
+                warn!(%subject, error = %e, "dead-letter publish was not acknowledged");
+            }
+        }
+        Err(e) => warn!(%subject, error = %e, "dead-letter publish failed"),
+    }
+}
