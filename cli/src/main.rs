@@ -1,1 +1,268 @@
-fn main() {}
+//! `fulfil`: every server role and the operator CLI in one binary.
+//!
+//! Server commands (`dev`, `serve`, `migrate`) talk to Postgres and NATS;
+//! operator commands (`promise`, `request`, `run`) talk to the HTTP API.
+
+mod client;
+mod output;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "fulfil",
+    version,
+    about = "Durable workflow engine for platform orchestration",
+    long_about = "Fulfil turns requests against platform Promises into durable DAG workflows on \
+                  Postgres and NATS JetStream.\n\nStart everything locally with `fulfil dev`, then \
+                  file a request with `fulfil request create postgres-database --param name=orders --wait`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run API, engine and worker in one process, with the Promises under
+    /// ./workflows applied; creates the database if it does not exist.
+    Dev(ServerArgs),
+    /// Run the chosen roles against shared Postgres and NATS.
+    Serve {
+        /// Comma-separated roles: api, engine, worker.
+        #[arg(long, env = "FULFIL_ROLES", value_delimiter = ',', default_value = "api,engine,worker")]
+        roles: Vec<server::Role>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", default_value = server::DEFAULT_DATABASE_URL)]
+        database_url: String,
+        /// Create the database first if it does not exist.
+        #[arg(long)]
+        create_database: bool,
+    },
+    /// Publish and inspect Promises.
+    #[command(subcommand)]
+    Promise(PromiseCommand),
+    /// File and inspect requests against Promises.
+    #[command(subcommand)]
+    Request(RequestCommand),
+    /// Inspect workflow runs.
+    #[command(subcommand)]
+    Run(RunCommand),
+}
+
+/// Connection and tuning flags of the server roles.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    #[arg(long, env = "DATABASE_URL", default_value = server::DEFAULT_DATABASE_URL)]
+    database_url: String,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Prefix of every NATS subject and stream, so installations can share a server.
+    #[arg(long, env = "FULFIL_NATS_PREFIX", default_value = "fulfil")]
+    nats_prefix: String,
+    #[arg(long, env = "FULFIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: String,
+    /// Directory of Promise files applied at start (`dev` defaults to ./workflows).
+    #[arg(long, env = "FULFIL_WORKFLOWS")]
+    workflows: Option<PathBuf>,
+    /// Worker queues to serve.
+    #[arg(long, env = "FULFIL_QUEUES", value_delimiter = ',', default_value = "default")]
+    queues: Vec<String>,
+    /// Steps a worker runs at once.
+    #[arg(long, env = "FULFIL_WORKER_CONCURRENCY", default_value_t = 32)]
+    worker_concurrency: usize,
+    /// Postgres connections of this process.
+    #[arg(long, env = "FULFIL_DB_POOL", default_value_t = 20)]
+    db_pool: u32,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "FULFIL_LOG_JSON")]
+    log_json: bool,
+}
+
+/// Where the operator commands find the API.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    #[arg(long, env = "FULFIL_API_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    api_url: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum PromiseCommand {
+    /// Create or update Promises from a file or every .yaml/.yml/.json file of a directory.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List Promises (their current versions).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a Promise.
+    Get {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RequestCommand {
+    /// File a request against a Promise.
+    Create {
+        promise: String,
+        /// A parameter as key=value; the value is read as JSON when it parses
+        /// (3, true, {"a":1}) and as a string otherwise. Repeatable.
+        #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// All parameters as one JSON object (merged under --param).
+        #[arg(long, value_name = "JSON")]
+        params_json: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Follow the run until it finishes; exit non-zero unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a request.
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List requests, newest first.
+    List {
+        #[arg(long)]
+        promise: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    /// Show a run with its steps and attempts.
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List runs, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        promise: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a run's history in order.
+    History {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
+    fulfil_spec::promise::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Dev(args) => server::dev(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve { roles, server: args } => server::serve(args, &roles).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate {
+            database_url,
+            create_database,
+        } => server::migrate(&database_url, create_database).await.map(|()| ExitCode::SUCCESS),
+        Command::Promise(cmd) => match cmd {
+            PromiseCommand::Apply { file, client } => client::promise_apply(&client, &file).await,
+            PromiseCommand::List { client } => client::promise_list(&client).await,
+            PromiseCommand::Get { name, version, client } => {
+                client::promise_get(&client, &name, version.as_deref()).await
+            }
+        },
+        Command::Request(cmd) => match cmd {
+            RequestCommand::Create {
+                promise,
+                params,
+                params_json,
+                idempotency_key,
+                wait,
+                timeout,
+                client,
+            } => {
+                let params = client::parse_params(&params, params_json.as_deref())?;
+                client::request_create(&client, &promise, params, idempotency_key, wait, timeout).await
+            }
+            RequestCommand::Get { id, client } => client::request_get(&client, &id).await,
+            RequestCommand::List {
+                promise,
+                status,
+                limit,
+                client,
+            } => client::request_list(&client, promise, status, limit).await,
+        },
+        Command::Run(cmd) => match cmd {
+            RunCommand::Get { id, client } => client::run_get(&client, &id).await,
+            RunCommand::List {
+                status,
+                promise,
+                limit,
+                client,
+            } => client::run_list(&client, status, promise, limit).await,
+            RunCommand::History { id, client } => client::run_history(&client, &id).await,
+        },
+    }
+}

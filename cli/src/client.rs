@@ -1,0 +1,404 @@
+//! Operator commands: thin clients of the HTTP API.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Map, Value, json};
+
+use crate::output::{print_history, print_json, print_run, print_table};
+use crate::{ClientArgs, Format};
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            base: args.api_url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Fulfil API at {} (is `fulfil dev` running?)", self.base))?;
+        let status = response.status();
+        let text = response.text().await.context("reading the API response")?;
+        let body: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_client_error() || status.is_server_error() {
+            return Err(anyhow!(describe_problem(status, &body)));
+        }
+        Ok((status, body))
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self.send(self.http.get(format!("{}{path}", self.base))).await?.1)
+    }
+}
+
+fn describe_problem(status: reqwest::StatusCode, body: &Value) -> String {
+    let mut out = format!(
+        "{} ({}): {}",
+        body["title"].as_str().unwrap_or("request failed"),
+        status.as_u16(),
+        body["detail"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string())
+    );
+    if let Some(errors) = body["errors"].as_array() {
+        for e in errors {
+            let at = e["path"].as_str().or(e["pointer"].as_str()).unwrap_or("");
+            let what = e["message"].as_str().or(e["detail"].as_str()).unwrap_or("");
+            out.push_str(&format!("\n  - {at}: {what}"));
+        }
+    }
+    out
+}
+
+/// Files a directory holds that look like Promises, sorted; or the file itself.
+pub fn promise_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{} holds no .yaml, .yml or .json files", path.display());
+    }
+    Ok(files)
+}
+
+pub async fn promise_apply(args: &ClientArgs, path: &Path) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let mut failed = 0;
+    for file in promise_files(path)? {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        // The name is needed for the URL; the server validates everything.
+        let name = serde_yaml::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
+        let Some(name) = name else {
+            eprintln!("{}: not a Promise: metadata.name is missing", file.display());
+            failed += 1;
+            continue;
+        };
+        let request = api
+            .http
+            .put(format!("{}/v1/promises/{name}", api.base))
+            .header("content-type", "application/yaml")
+            .body(text);
+        match api.send(request).await {
+            Ok((_, body)) => println!(
+                "{}: promise {name} version {} {}",
+                file.display(),
+                body["version"].as_str().unwrap_or("?"),
+                body["outcome"].as_str().unwrap_or("applied")
+            ),
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn promise_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let body = Api::new(args)?.get("/v1/promises").await?;
+    if args.output == Format::Json {
+        return print_json(&body);
+    }
+    let rows = items(&body)
+        .iter()
+        .map(|p| {
+            vec![
+                text(&p["name"]),
+                text(&p["version"]),
+                text(&p["owner"]),
+                text(&p["steps"]),
+                p["versions"].as_array().map(|v| v.len()).unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "VERSION", "OWNER", "STEPS", "VERSIONS"], rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn promise_get(args: &ClientArgs, name: &str, version: Option<&str>) -> anyhow::Result<ExitCode> {
+    let path = match version {
+        Some(v) => format!("/v1/promises/{name}?version={v}"),
+        None => format!("/v1/promises/{name}"),
+    };
+    let body = Api::new(args)?.get(&path).await?;
+    if args.output == Format::Json {
+        return print_json(&body);
+    }
+    print!("{}", serde_yaml::to_string(&body["promise"]).context("rendering YAML")?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--param k=v` (JSON when it parses, else a string) over `--params-json`.
+pub fn parse_params(pairs: &[String], json_text: Option<&str>) -> anyhow::Result<Value> {
+    let mut params = match json_text {
+        Some(text) => match serde_json::from_str::<Value>(text).context("--params-json is not valid JSON")? {
+            Value::Object(map) => map,
+            _ => bail!("--params-json must be a JSON object"),
+        },
+        None => Map::new(),
+    };
+    for pair in pairs {
+        let (key, raw) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--param {pair:?} is not KEY=VALUE"))?;
+        if key.is_empty() {
+            bail!("--param {pair:?} has an empty key");
+        }
+        let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        params.insert(key.to_string(), value);
+    }
+    Ok(Value::Object(params))
+}
+
+pub async fn request_create(
+    args: &ClientArgs,
+    promise: &str,
+    params: Value,
+    idempotency_key: Option<String>,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let mut body = json!({ "params": params });
+    if let Some(key) = idempotency_key {
+        body["idempotency_key"] = Value::String(key);
+    }
+    let request = api
+        .http
+        .post(format!("{}/v1/promises/{promise}/requests", api.base))
+        .json(&body);
+    let (_, accepted) = api.send(request).await?;
+    let run_id = text(&accepted["run_id"]);
+    if args.output == Format::Json && !wait {
+        return print_json(&accepted);
+    }
+    eprintln!(
+        "request {} accepted{}; run {run_id}",
+        text(&accepted["request_id"]),
+        if accepted["replayed"] == true { " (idempotent replay)" } else { "" }
+    );
+    if !wait {
+        println!("{}", text(&accepted["request_id"]));
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_run(&api, &run_id, timeout, args.output).await
+}
+
+/// Prints each step's status changes until the run finishes.
+async fn follow_run(api: &Api, run_id: &str, timeout: Duration, format: Format) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    loop {
+        let run = api.get(&format!("/v1/runs/{run_id}")).await?;
+        for step in run["steps"].as_array().into_iter().flatten() {
+            let id = text(&step["id"]);
+            let status = text(&step["status"]);
+            if seen.get(&id) != Some(&status) {
+                let error = step["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+                eprintln!(
+                    "  {:>7.1}s  {id:<20} {status:<10} attempt {}{error}",
+                    started.elapsed().as_secs_f64(),
+                    text(&step["attempt"])
+                );
+                seen.insert(id, status);
+            }
+        }
+        let status = text(&run["status"]);
+        if matches!(status.as_str(), "succeeded" | "failed" | "compensated" | "cancelled") {
+            if format == Format::Json {
+                print_json(&run)?;
+            } else {
+                eprintln!("run {run_id} {status} in {:.2}s", started.elapsed().as_secs_f64());
+                if let Some(error) = run["error"].as_str() {
+                    eprintln!("  error: {error}");
+                }
+                if !run["outputs"].is_null() {
+                    println!("{}", serde_json::to_string_pretty(&run["outputs"])?);
+                }
+            }
+            return Ok(if status == "succeeded" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        if started.elapsed() > timeout {
+            eprintln!("run {run_id} still {status} after {timeout:?}; stopped waiting");
+            return Ok(ExitCode::from(2));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
+    let body = Api::new(args)?.get(&format!("/v1/requests/{id}")).await?;
+    if args.output == Format::Json {
+        return print_json(&body);
+    }
+    for key in ["id", "promise", "promise_version", "status", "run_id", "created_at"] {
+        println!("{key:<16} {}", text(&body[key]));
+    }
+    println!("params           {}", body["params"]);
+    if !body["outputs"].is_null() {
+        println!("outputs          {}", body["outputs"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn request_list(
+    args: &ClientArgs,
+    promise: Option<String>,
+    status: Option<String>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let q = query(&[("promise", promise), ("status", status), ("limit", Some(limit.to_string()))]);
+    let body = Api::new(args)?.get(&format!("/v1/requests{q}")).await?;
+    if args.output == Format::Json {
+        return print_json(&body);
+    }
+    let rows = items(&body)
+        .iter()
+        .map(|r| {
+            vec![
+                text(&r["id"]),
+                text(&r["promise"]),
+                text(&r["status"]),
+                text(&r["run_id"]),
+                text(&r["created_at"]),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "PROMISE", "STATUS", "RUN", "CREATED"], rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
+    let body = Api::new(args)?.get(&format!("/v1/runs/{id}")).await?;
+    if args.output == Format::Json {
+        return print_json(&body);
+    }
+    print_run(&body);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_list(
+    args: &ClientArgs,
+    status: Option<String>,
+    promise: Option<String>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let q = query(&[("status", status), ("promise", promise), ("limit", Some(limit.to_string()))]);
+    let body = Api::new(args)?.get(&format!("/v1/runs{q}")).await?;
+    if args.output == Format::Json {
+        return print_json(&body);
+    }
+    let rows = items(&body)
+        .iter()
+        .map(|r| {
+            vec![
+                text(&r["id"]),
+                text(&r["promise"]),
+                text(&r["kind"]),
+                text(&r["status"]),
+                text(&r["created_at"]),
+                text(&r["finished_at"]),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "PROMISE", "KIND", "STATUS", "CREATED", "FINISHED"], rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_history(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    // History pages are bounded; a run's whole history is a few pages at most.
+    for _ in 0..1000 {
+        let q = query(&[("cursor", cursor.clone())]);
+        let page = api.get(&format!("/v1/runs/{id}/history{q}")).await?;
+        all.extend(items(&page).iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    if args.output == Format::Json {
+        return print_json(&json!({ "items": all }));
+    }
+    print_history(&all);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn items(body: &Value) -> &[Value] {
+    body["items"].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// A JSON scalar as plain text; null as `-`.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

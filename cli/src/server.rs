@@ -1,0 +1,213 @@
+//! `fulfil dev`, `serve` and `migrate`: wiring the roles together.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fulfil_engine::{Engine, EngineConfig, db, promises};
+use fulfil_spec::wire::NatsNames;
+use fulfil_worker::{Handlers, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::ServerArgs;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fulfil";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Api,
+    Engine,
+    Worker,
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,async_nats=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub async fn migrate(database_url: &str, create: bool) -> anyhow::Result<()> {
+    init_tracing(false);
+    if create && db::ensure_database(database_url).await? {
+        info!("created database");
+    }
+    let pool = db::connect(database_url, 2)
+        .await
+        .with_context(|| format!("connecting to {}", redact(database_url)))?;
+    db::migrate(&pool).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+pub async fn dev(mut args: ServerArgs) -> anyhow::Result<()> {
+    if args.workflows.is_none() && Path::new("workflows").is_dir() {
+        args.workflows = Some("workflows".into());
+    }
+    start(args, &[Role::Api, Role::Engine, Role::Worker], true).await
+}
+
+pub async fn serve(args: ServerArgs, roles: &[Role]) -> anyhow::Result<()> {
+    if roles.is_empty() {
+        bail!("--roles is empty; name at least one of api, engine, worker");
+    }
+    start(args, roles, false).await
+}
+
+async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyhow::Result<()> {
+    init_tracing(args.log_json);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let names = NatsNames::new(args.nats_prefix.clone())?;
+    for queue in &args.queues {
+        if !fulfil_spec::wire::is_valid_queue_name(queue) {
+            bail!("invalid queue name {queue:?}: use letters, digits, '-' and '_'");
+        }
+    }
+    if create_database && db::ensure_database(&args.database_url).await? {
+        info!(database = %redact(&args.database_url), "created database");
+    }
+    let pool = db::connect(&args.database_url, args.db_pool)
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", redact(&args.database_url)))?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    let nats = async_nats::connect(&args.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let js = async_nats::jetstream::new(nats.clone());
+    fulfil_spec::streams::ensure_streams(&js, &names)
+        .await
+        .context("creating JetStream streams")?;
+
+    let engine_id = format!("{}-{}", hostname(), std::process::id());
+    let engine = Engine::new(pool, names.clone(), engine_id.clone());
+    if let Some(dir) = &args.workflows {
+        apply_workflows(&engine, dir).await?;
+    }
+
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    if roles.contains(&Role::Api) {
+        let listener = tokio::net::TcpListener::bind(&args.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP API to {}", args.http_addr))?;
+        info!(addr = %args.http_addr, "API listening");
+        let state = fulfil_api::ApiState {
+            engine: engine.clone(),
+            nats: Some(nats.clone()),
+        };
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            fulfil_api::serve(listener, state, async move { stop.cancelled().await })
+                .await
+                .context("HTTP API")
+        });
+    }
+    if roles.contains(&Role::Engine) {
+        let (engine, js, stop) = (engine.clone(), js.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            engine
+                .run(js, EngineConfig::default(), stop)
+                .await
+                .context("engine")
+        });
+    }
+    if roles.contains(&Role::Worker) {
+        let handlers = Handlers::with_builtins(nats.clone());
+        let config = WorkerConfig {
+            worker_id: engine_id,
+            queues: args.queues.clone(),
+            concurrency: args.worker_concurrency,
+            drain_timeout: Duration::from_secs(30),
+        };
+        let worker = Worker::new(js.clone(), names.clone(), handlers, config);
+        let stop = shutdown.clone();
+        tasks.spawn(async move { worker.run(stop).await.context("worker") });
+    }
+    info!(?roles, prefix = %names.prefix(), "fulfil running; Ctrl-C to stop");
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.context("a role panicked").and_then(|r| r);
+        if let Err(e) = result {
+            error!(error = %format!("{e:#}"), "a role stopped; shutting down the others");
+            first_error.get_or_insert(e);
+        }
+        shutdown.cancel();
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn apply_workflows(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
+    let files = crate::client::promise_files(dir)?;
+    let mut problems = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        match fulfil_spec::Promise::parse(&text) {
+            Ok(promise) => {
+                let outcome = promises::apply(engine.pool(), &promise)
+                    .await
+                    .with_context(|| format!("applying {}", file.display()))?;
+                info!(file = %file.display(), name = %promise.metadata.name,
+                      version = %promise.metadata.version, ?outcome, "Promise applied");
+            }
+            Err(errors) => problems.push(format!("{}: {errors}", file.display())),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("invalid Promise files:\n{}", problems.join("\n"));
+    }
+    Ok(())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutting down");
+        shutdown.cancel();
+    });
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "fulfil".into())
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
