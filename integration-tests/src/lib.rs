@@ -1,1 +1,331 @@
-//! placeholder
+//! Test harness: a whole Fulfil stack (API, engines, workers) in this process,
+//! against the real Postgres and NATS named by `DATABASE_URL` and `NATS_URL`
+//! (loopback defaults). Every stack gets its own database and NATS prefix, so
+//! tests run in parallel on one server, and removes both when stopped.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fulfil_engine::{Engine, EngineConfig, db};
+use fulfil_spec::wire::NatsNames;
+use fulfil_worker::{Handlers, Worker, WorkerConfig};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_string())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_string())
+}
+
+/// `url` with its database name replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{database}?{q}"),
+        None => format!("{host_part}/{database}"),
+    }
+}
+
+/// Shape of the stack a test wants.
+pub struct StackOptions {
+    pub engines: usize,
+    pub engine_config: EngineConfig,
+    pub worker_concurrency: usize,
+    /// Adds the test's own handlers to the built-ins.
+    pub handlers: Box<dyn Fn(&mut Handlers) + Send>,
+    /// Run an in-process worker (false when the test runs its own).
+    pub worker: bool,
+    /// Run in-process engines (false when the test runs engine processes).
+    pub in_process_engines: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            engines: 1,
+            engine_config: EngineConfig {
+                poll_interval: Duration::from_millis(200),
+                ..EngineConfig::default()
+            },
+            worker_concurrency: 32,
+            handlers: Box::new(|_| {}),
+            worker: true,
+            in_process_engines: true,
+        }
+    }
+}
+
+/// A running stack; call [`TestStack::stop`] at the end of the test.
+pub struct TestStack {
+    pub database: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub names: NatsNames,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    /// Handle of the first engine; the API uses it.
+    pub engine: Engine,
+    pub engine_ids: Vec<String>,
+    pub api: String,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl TestStack {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        let suffix = Uuid::now_v7().simple().to_string();
+        let database = format!("fulfil_test_{}", &suffix[suffix.len() - 16..]);
+        let database_url = with_database(&database_url(), &database);
+        db::ensure_database(&database_url)
+            .await
+            .with_context(|| format!("creating test database (is Postgres up at {}?)", database_url))?;
+        let pool = db::connect(&database_url, 20).await?;
+        db::migrate(&pool).await?;
+        let names = NatsNames::new(format!("t{}", &suffix[suffix.len() - 12..]))?;
+        let nats = async_nats::connect(nats_url())
+            .await
+            .with_context(|| format!("connecting to NATS at {} (is it up?)", nats_url()))?;
+        let js = async_nats::jetstream::new(nats.clone());
+        fulfil_spec::streams::ensure_streams(&js, &names).await?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut engine_ids = Vec::new();
+        let engine = Engine::new(pool.clone(), names.clone(), "engine-0");
+        if options.in_process_engines {
+            for i in 0..options.engines.max(1) {
+                // Each engine has its own pool and NATS connection, as a
+                // separate process would.
+                let (e, js_i) = if i == 0 {
+                    (engine.clone(), js.clone())
+                } else {
+                    let pool_i = db::connect(&database_url, 10).await?;
+                    let nats_i = async_nats::connect(nats_url()).await?;
+                    (
+                        Engine::new(pool_i, names.clone(), format!("engine-{i}")),
+                        async_nats::jetstream::new(nats_i),
+                    )
+                };
+                engine_ids.push(e.id().to_string());
+                let (config, stop) = (options.engine_config.clone(), shutdown.clone());
+                tasks.spawn(async move { Ok(e.run(js_i, config, stop).await?) });
+            }
+        }
+        if options.worker {
+            let mut handlers = Handlers::with_builtins(nats.clone());
+            (options.handlers)(&mut handlers);
+            let worker = Worker::new(
+                js.clone(),
+                names.clone(),
+                handlers,
+                WorkerConfig {
+                    worker_id: "test-worker".into(),
+                    concurrency: options.worker_concurrency,
+                    drain_timeout: Duration::from_secs(5),
+                    ..WorkerConfig::default()
+                },
+            );
+            let stop = shutdown.clone();
+            tasks.spawn(async move { Ok(worker.run(stop).await?) });
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api = format!("http://{}", listener.local_addr()?);
+        let state = fulfil_api::ApiState {
+            engine: engine.clone(),
+            nats: Some(nats.clone()),
+        };
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            fulfil_api::serve(listener, state, async move { stop.cancelled().await }).await?;
+            Ok(())
+        });
+        Ok(Self {
+            database,
+            database_url,
+            pool,
+            names,
+            nats,
+            js,
+            engine,
+            engine_ids,
+            api,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops every role, then deletes the streams and drops the database.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let deadline = tokio::time::timeout(Duration::from_secs(15), async {
+            while let Some(joined) = self.tasks.join_next().await {
+                joined??;
+            }
+            anyhow::Ok(())
+        })
+        .await;
+        fulfil_spec::streams::delete_streams(&self.js, &self.names).await;
+        self.pool.close().await;
+        let admin = db::connect(&database_url(), 1).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database
+        )))
+        .execute(&admin)
+        .await?;
+        deadline.context("roles did not stop within 15s")??;
+        Ok(())
+    }
+
+    /// `PUT /v1/promises/{name}` with a YAML body; returns status and body.
+    pub async fn put_promise(&self, yaml: &str) -> anyhow::Result<(u16, Value)> {
+        let name = serde_json::from_value::<Value>(serde_yaml_name(yaml)).unwrap_or(Value::Null);
+        let name = name.as_str().unwrap_or("unnamed");
+        let response = self
+            .http
+            .put(format!("{}/v1/promises/{name}", self.api))
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// Applies a Promise and fails unless it was accepted.
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        let (status, body) = self.put_promise(yaml).await?;
+        if status != 200 && status != 201 {
+            bail!("Promise refused with {status}: {body}");
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/promises/{name}/requests`; returns status, headers and body.
+    pub async fn post_request(
+        &self,
+        promise: &str,
+        body: Value,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Value)> {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/promises/{promise}/requests", self.api))
+            .json(&body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        Ok((status, headers, response.json().await?))
+    }
+
+    /// Files a request and returns its run id, failing unless it was accepted.
+    pub async fn request(&self, promise: &str, params: Value) -> anyhow::Result<Uuid> {
+        let (status, _, body) = self.post_request(promise, json!({ "params": params }), None).await?;
+        if status != 202 {
+            bail!("request refused with {status}: {body}");
+        }
+        Ok(Uuid::parse_str(body["run_id"].as_str().unwrap_or_default())?)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self.http.get(format!("{}{path}", self.api)).send().await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    pub async fn run(&self, run_id: Uuid) -> anyhow::Result<Value> {
+        let (status, body) = self.get(&format!("/v1/runs/{run_id}")).await?;
+        if status != 200 {
+            bail!("GET run {run_id}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// Polls until the run is in a terminal status; returns the run.
+    pub async fn wait_finished(&self, run_id: Uuid, timeout: Duration) -> anyhow::Result<Value> {
+        let started = Instant::now();
+        loop {
+            let run = self.run(run_id).await?;
+            if matches!(
+                run["status"].as_str(),
+                Some("succeeded" | "failed" | "compensated" | "cancelled")
+            ) {
+                return Ok(run);
+            }
+            if started.elapsed() > timeout {
+                bail!("run {run_id} not finished after {timeout:?}: {run:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The run's whole history.
+    pub async fn history(&self, run_id: Uuid) -> anyhow::Result<Vec<Value>> {
+        let (status, body) = self.get(&format!("/v1/runs/{run_id}/history")).await?;
+        if status != 200 {
+            bail!("GET history {run_id}: {status} {body}");
+        }
+        Ok(body["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Rows of a table in this stack's database, for "nothing stored" checks.
+    pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM fulfil.{table}")))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
+fn serde_yaml_name(yaml: &str) -> Value {
+    serde_yaml::from_str::<Value>(yaml)
+        .ok()
+        .map(|v| v["metadata"]["name"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Step ids of a run in the order they finished (by `finished_at`).
+pub fn finish_order(run: &Value) -> Vec<String> {
+    let mut steps: Vec<(String, String)> = run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let last = s["attempts"].as_array()?.last()?;
+            Some((last["finished_at"].as_str()?.to_string(), s["id"].as_str()?.to_string()))
+        })
+        .collect();
+    steps.sort();
+    steps.into_iter().map(|(_, id)| id).collect()
+}
