@@ -92,7 +92,8 @@ pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<App
                 event::STEP_SUCCEEDED,
                 Some(&step_id),
                 Some(attempt),
-                json!({ "task_id": result.task_id, "worker": result.worker_id, "duration_ms": duration_ms }),
+                json!({ "task_id": result.task_id, "worker": result.worker_id, "duration_ms": duration_ms,
+                        "engine": engine.id() }),
             );
         }
         Outcome::Error(failure) => {
