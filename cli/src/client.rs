@@ -29,11 +29,16 @@ impl Api {
         })
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Fulfil API at {} (is `fulfil dev` running?)", self.base))?;
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let response = request.send().await.with_context(|| {
+            format!(
+                "cannot reach the Fulfil API at {} (is `fulfil dev` running?)",
+                self.base
+            )
+        })?;
         let status = response.status();
         let text = response.text().await.context("reading the API response")?;
         let body: Value = if text.is_empty() {
@@ -48,7 +53,10 @@ impl Api {
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self.send(self.http.get(format!("{}{path}", self.base))).await?.1)
+        Ok(self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?
+            .1)
     }
 }
 
@@ -57,7 +65,10 @@ fn describe_problem(status: reqwest::StatusCode, body: &Value) -> String {
         "{} ({}): {}",
         body["title"].as_str().unwrap_or("request failed"),
         status.as_u16(),
-        body["detail"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string())
+        body["detail"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| body.to_string())
     );
     if let Some(errors) = body["errors"].as_array() {
         for e in errors {
@@ -97,13 +108,17 @@ pub async fn promise_apply(args: &ClientArgs, path: &Path) -> anyhow::Result<Exi
     let api = Api::new(args)?;
     let mut failed = 0;
     for file in promise_files(path)? {
-        let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
         // The name is needed for the URL; the server validates everything.
         let name = serde_yaml::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
         let Some(name) = name else {
-            eprintln!("{}: not a Promise: metadata.name is missing", file.display());
+            eprintln!(
+                "{}: not a Promise: metadata.name is missing",
+                file.display()
+            );
             failed += 1;
             continue;
         };
@@ -145,7 +160,11 @@ pub async fn promise_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
                 text(&p["version"]),
                 text(&p["owner"]),
                 text(&p["steps"]),
-                p["versions"].as_array().map(|v| v.len()).unwrap_or(0).to_string(),
+                p["versions"]
+                    .as_array()
+                    .map(|v| v.len())
+                    .unwrap_or(0)
+                    .to_string(),
             ]
         })
         .collect();
@@ -153,7 +172,11 @@ pub async fn promise_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn promise_get(args: &ClientArgs, name: &str, version: Option<&str>) -> anyhow::Result<ExitCode> {
+pub async fn promise_get(
+    args: &ClientArgs,
+    name: &str,
+    version: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let path = match version {
         Some(v) => format!("/v1/promises/{name}?version={v}"),
         None => format!("/v1/promises/{name}"),
@@ -162,17 +185,22 @@ pub async fn promise_get(args: &ClientArgs, name: &str, version: Option<&str>) -
     if args.output == Format::Json {
         return print_json(&body);
     }
-    print!("{}", serde_yaml::to_string(&body["promise"]).context("rendering YAML")?);
+    print!(
+        "{}",
+        serde_yaml::to_string(&body["promise"]).context("rendering YAML")?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// `--param k=v` (JSON when it parses, else a string) over `--params-json`.
 pub fn parse_params(pairs: &[String], json_text: Option<&str>) -> anyhow::Result<Value> {
     let mut params = match json_text {
-        Some(text) => match serde_json::from_str::<Value>(text).context("--params-json is not valid JSON")? {
-            Value::Object(map) => map,
-            _ => bail!("--params-json must be a JSON object"),
-        },
+        Some(text) => {
+            match serde_json::from_str::<Value>(text).context("--params-json is not valid JSON")? {
+                Value::Object(map) => map,
+                _ => bail!("--params-json must be a JSON object"),
+            }
+        }
         None => Map::new(),
     };
     for pair in pairs {
@@ -213,7 +241,11 @@ pub async fn request_create(
     eprintln!(
         "request {} accepted{}; run {run_id}",
         text(&accepted["request_id"]),
-        if accepted["replayed"] == true { " (idempotent replay)" } else { "" }
+        if accepted["replayed"] == true {
+            " (idempotent replay)"
+        } else {
+            ""
+        }
     );
     if !wait {
         println!("{}", text(&accepted["request_id"]));
@@ -223,7 +255,12 @@ pub async fn request_create(
 }
 
 /// Prints each step's status changes until the run finishes.
-async fn follow_run(api: &Api, run_id: &str, timeout: Duration, format: Format) -> anyhow::Result<ExitCode> {
+async fn follow_run(
+    api: &Api,
+    run_id: &str,
+    timeout: Duration,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut seen: HashMap<String, String> = HashMap::new();
     loop {
@@ -232,7 +269,10 @@ async fn follow_run(api: &Api, run_id: &str, timeout: Duration, format: Format) 
             let id = text(&step["id"]);
             let status = text(&step["status"]);
             if seen.get(&id) != Some(&status) {
-                let error = step["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+                let error = step["error"]
+                    .as_str()
+                    .map(|e| format!("  {e}"))
+                    .unwrap_or_default();
                 eprintln!(
                     "  {:>7.1}s  {id:<20} {status:<10} attempt {}{error}",
                     started.elapsed().as_secs_f64(),
@@ -242,11 +282,17 @@ async fn follow_run(api: &Api, run_id: &str, timeout: Duration, format: Format) 
             }
         }
         let status = text(&run["status"]);
-        if matches!(status.as_str(), "succeeded" | "failed" | "compensated" | "cancelled") {
+        if matches!(
+            status.as_str(),
+            "succeeded" | "failed" | "compensated" | "cancelled"
+        ) {
             if format == Format::Json {
                 print_json(&run)?;
             } else {
-                eprintln!("run {run_id} {status} in {:.2}s", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "run {run_id} {status} in {:.2}s",
+                    started.elapsed().as_secs_f64()
+                );
                 if let Some(error) = run["error"].as_str() {
                     eprintln!("  error: {error}");
                 }
@@ -273,7 +319,14 @@ pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
     if args.output == Format::Json {
         return print_json(&body);
     }
-    for key in ["id", "promise", "promise_version", "status", "run_id", "created_at"] {
+    for key in [
+        "id",
+        "promise",
+        "promise_version",
+        "status",
+        "run_id",
+        "created_at",
+    ] {
         println!("{key:<16} {}", text(&body[key]));
     }
     println!("params           {}", body["params"]);
@@ -299,7 +352,9 @@ fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -311,7 +366,11 @@ pub async fn request_list(
     status: Option<String>,
     limit: u32,
 ) -> anyhow::Result<ExitCode> {
-    let q = query(&[("promise", promise), ("status", status), ("limit", Some(limit.to_string()))]);
+    let q = query(&[
+        ("promise", promise),
+        ("status", status),
+        ("limit", Some(limit.to_string())),
+    ]);
     let body = Api::new(args)?.get(&format!("/v1/requests{q}")).await?;
     if args.output == Format::Json {
         return print_json(&body);
@@ -347,7 +406,11 @@ pub async fn run_list(
     promise: Option<String>,
     limit: u32,
 ) -> anyhow::Result<ExitCode> {
-    let q = query(&[("status", status), ("promise", promise), ("limit", Some(limit.to_string()))]);
+    let q = query(&[
+        ("status", status),
+        ("promise", promise),
+        ("limit", Some(limit.to_string())),
+    ]);
     let body = Api::new(args)?.get(&format!("/v1/runs{q}")).await?;
     if args.output == Format::Json {
         return print_json(&body);
@@ -365,7 +428,10 @@ pub async fn run_list(
             ]
         })
         .collect();
-    print_table(&["ID", "PROMISE", "KIND", "STATUS", "CREATED", "FINISHED"], rows);
+    print_table(
+        &["ID", "PROMISE", "KIND", "STATUS", "CREATED", "FINISHED"],
+        rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -34,7 +34,12 @@ enum Command {
     /// Run the chosen roles against shared Postgres and NATS.
     Serve {
         /// Comma-separated roles: api, engine, worker.
-        #[arg(long, env = "FULFIL_ROLES", value_delimiter = ',', default_value = "api,engine,worker")]
+        #[arg(
+            long,
+            env = "FULFIL_ROLES",
+            value_delimiter = ',',
+            default_value = "api,engine,worker"
+        )]
         roles: Vec<server::Role>,
         #[command(flatten)]
         server: ServerArgs,
@@ -74,7 +79,12 @@ pub struct ServerArgs {
     #[arg(long, env = "FULFIL_WORKFLOWS")]
     workflows: Option<PathBuf>,
     /// Worker queues to serve.
-    #[arg(long, env = "FULFIL_QUEUES", value_delimiter = ',', default_value = "default")]
+    #[arg(
+        long,
+        env = "FULFIL_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
     queues: Vec<String>,
     /// Steps a worker runs at once.
     #[arg(long, env = "FULFIL_WORKER_CONCURRENCY", default_value_t = 32)]
@@ -90,7 +100,12 @@ pub struct ServerArgs {
 /// Where the operator commands find the API.
 #[derive(Args, Clone)]
 pub struct ClientArgs {
-    #[arg(long, env = "FULFIL_API_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "FULFIL_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     api_url: String,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
@@ -202,7 +217,10 @@ fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -221,17 +239,26 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dev(args) => server::dev(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Serve { roles, server: args } => server::serve(args, &roles).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve {
+            roles,
+            server: args,
+        } => server::serve(args, &roles)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Migrate {
             database_url,
             create_database,
-        } => server::migrate(&database_url, create_database).await.map(|()| ExitCode::SUCCESS),
+        } => server::migrate(&database_url, create_database)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Promise(cmd) => match cmd {
             PromiseCommand::Apply { file, client } => client::promise_apply(&client, &file).await,
             PromiseCommand::List { client } => client::promise_list(&client).await,
-            PromiseCommand::Get { name, version, client } => {
-                client::promise_get(&client, &name, version.as_deref()).await
-            }
+            PromiseCommand::Get {
+                name,
+                version,
+                client,
+            } => client::promise_get(&client, &name, version.as_deref()).await,
         },
         Command::Request(cmd) => match cmd {
             RequestCommand::Create {
@@ -244,7 +271,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client,
             } => {
                 let params = client::parse_params(&params, params_json.as_deref())?;
-                client::request_create(&client, &promise, params, idempotency_key, wait, timeout).await
+                client::request_create(&client, &promise, params, idempotency_key, wait, timeout)
+                    .await
             }
             RequestCommand::Get { id, client } => client::request_get(&client, &id).await,
             RequestCommand::List {

@@ -35,7 +35,16 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
 }
 
 pub fn print_run(run: &Value) {
-    for key in ["id", "promise", "promise_version", "kind", "status", "request_id", "created_at", "finished_at"] {
+    for key in [
+        "id",
+        "promise",
+        "promise_version",
+        "kind",
+        "status",
+        "request_id",
+        "created_at",
+        "finished_at",
+    ] {
         println!("{key:<16} {}", text(&run[key]));
     }
     if let Some(error) = run["error"].as_str() {
@@ -50,7 +59,11 @@ pub fn print_run(run: &Value) {
         .into_iter()
         .flatten()
         .map(|s| {
-            let last = s["attempts"].as_array().and_then(|a| a.last()).cloned().unwrap_or(Value::Null);
+            let last = s["attempts"]
+                .as_array()
+                .and_then(|a| a.last())
+                .cloned()
+                .unwrap_or(Value::Null);
             vec![
                 text(&s["id"]),
                 text(&s["status"]),
@@ -61,7 +74,10 @@ pub fn print_run(run: &Value) {
             ]
         })
         .collect();
-    print_table(&["STEP", "STATUS", "ATTEMPT", "WORKER", "FINISHED", "ERROR"], rows);
+    print_table(
+        &["STEP", "STATUS", "ATTEMPT", "WORKER", "FINISHED", "ERROR"],
+        rows,
+    );
 }
 
 pub fn print_history(events: &[Value]) {
@@ -79,7 +95,10 @@ pub fn print_history(events: &[Value]) {
             ]
         })
         .collect();
-    print_table(&["SEQ", "AT", "TYPE", "STEP", "ATTEMPT", "ACTOR", "DATA"], rows);
+    print_table(
+        &["SEQ", "AT", "TYPE", "STEP", "ATTEMPT", "ACTOR", "DATA"],
+        rows,
+    );
 }
 
 fn compact(data: &Value) -> String {

@@ -57,9 +57,10 @@ spec:
         assert_eq!(run["status"], "succeeded", "{run:#}");
     }
 
-    let attempts: Vec<(String, i32)> = sqlx::query_as("SELECT status, attempt FROM fulfil.attempts")
-        .fetch_all(&stack.pool)
-        .await?;
+    let attempts: Vec<(String, i32)> =
+        sqlx::query_as("SELECT status, attempt FROM fulfil.attempts")
+            .fetch_all(&stack.pool)
+            .await?;
     assert_eq!(attempts.len(), 300, "one attempt per step");
     assert!(attempts.iter().all(|(s, a)| s == "succeeded" && *a == 1));
     let applied_twice: i64 = sqlx::query_scalar(
@@ -80,8 +81,16 @@ spec:
     .fetch_all(&stack.pool)
     .await?;
     let engines_seen: BTreeSet<String> = engines_seen.into_iter().collect();
-    assert_eq!(engines_seen.len(), 2, "both engine processes applied results: {engines_seen:?}");
-    assert_eq!(stack.count("outbox").await?, 0, "every task and event was relayed");
+    assert_eq!(
+        engines_seen.len(),
+        2,
+        "both engine processes applied results: {engines_seen:?}"
+    );
+    assert_eq!(
+        stack.count("outbox").await?,
+        0,
+        "every task and event was relayed"
+    );
 
     for engine in &mut engines {
         engine.start_kill()?;

@@ -50,7 +50,9 @@ struct Inner {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("id", &self.inner.id).finish()
+        f.debug_struct("Engine")
+            .field("id", &self.inner.id)
+            .finish()
     }
 }
 
@@ -102,8 +104,10 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<(), fulfil_spec::streams::StreamError> {
         fulfil_spec::streams::ensure_streams(&js, self.names()).await?;
-        let relay = crate::outbox::run_relay(self.clone(), js.clone(), config.clone(), shutdown.clone());
-        let results = crate::results::run_applier(self.clone(), js.clone(), config.clone(), shutdown.clone());
+        let relay =
+            crate::outbox::run_relay(self.clone(), js.clone(), config.clone(), shutdown.clone());
+        let results =
+            crate::results::run_applier(self.clone(), js.clone(), config.clone(), shutdown.clone());
         let timers = crate::timers::run_timers(self.clone(), config, shutdown.clone());
         tokio::join!(relay, results, timers);
         Ok(())

@@ -147,7 +147,10 @@ pub struct RequestFilter {
     pub limit: Option<i64>,
 }
 
-pub async fn list_requests(pool: &PgPool, filter: &RequestFilter) -> Result<Page<RequestView>, InspectError> {
+pub async fn list_requests(
+    pool: &PgPool,
+    filter: &RequestFilter,
+) -> Result<Page<RequestView>, InspectError> {
     let limit = page_size(filter.limit);
     let items: Vec<RequestView> = sqlx::query_as(
         "SELECT id, promise, promise_version, params, status, run_id, outputs, idempotency_key, created_by,
@@ -176,10 +179,12 @@ pub struct RunFilter {
     pub limit: Option<i64>,
 }
 
-const RUN_COLUMNS: &str =
-    "id, request_id, promise, promise_version, kind, status, outputs, error, created_at, finished_at";
+const RUN_COLUMNS: &str = "id, request_id, promise, promise_version, kind, status, outputs, error, created_at, finished_at";
 
-pub async fn list_runs(pool: &PgPool, filter: &RunFilter) -> Result<Page<RunSummary>, InspectError> {
+pub async fn list_runs(
+    pool: &PgPool,
+    filter: &RunFilter,
+) -> Result<Page<RunSummary>, InspectError> {
     let limit = page_size(filter.limit);
     let items: Vec<RunSummary> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM fulfil.runs
@@ -199,11 +204,12 @@ pub async fn list_runs(pool: &PgPool, filter: &RunFilter) -> Result<Page<RunSumm
 
 /// A run with every step and every attempt.
 pub async fn get_run(pool: &PgPool, id: Uuid) -> Result<Option<RunView>, InspectError> {
-    let run: Option<RunSummary> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS} FROM fulfil.runs WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+    let run: Option<RunSummary> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM fulfil.runs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
     let Some(run) = run else {
         return Ok(None);
     };
@@ -265,15 +271,18 @@ pub async fn history(
     cursor: Option<&str>,
     limit: Option<i64>,
 ) -> Result<Option<Page<HistoryEvent>>, InspectError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fulfil.runs WHERE id = $1)")
-        .bind(run_id)
-        .fetch_one(pool)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fulfil.runs WHERE id = $1)")
+            .bind(run_id)
+            .fetch_one(pool)
+            .await?;
     if !exists {
         return Ok(None);
     }
     let after: i64 = match cursor {
-        Some(c) => c.parse().map_err(|_| InspectError::InvalidCursor(c.to_string()))?,
+        Some(c) => c
+            .parse()
+            .map_err(|_| InspectError::InvalidCursor(c.to_string()))?,
         None => 0,
     };
     let limit = page_size(limit.or(Some(MAX_PAGE)));

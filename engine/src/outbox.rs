@@ -12,8 +12,8 @@
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use futures::future::try_join_all;
+use sqlx::PgConnection;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -35,7 +35,10 @@ pub enum RelayError {
 }
 
 /// Inserts `messages` in the caller's transaction and announces them.
-pub(crate) async fn enqueue(conn: &mut PgConnection, messages: Vec<OutboxMessage>) -> Result<(), sqlx::Error> {
+pub(crate) async fn enqueue(
+    conn: &mut PgConnection,
+    messages: Vec<OutboxMessage>,
+) -> Result<(), sqlx::Error> {
     let mut subjects = Vec::with_capacity(messages.len());
     let mut ids = Vec::with_capacity(messages.len());
     let mut payloads = Vec::with_capacity(messages.len());
@@ -119,7 +122,11 @@ async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
 }
 
 /// Publishes up to `limit` outbox rows; returns how many.
-pub async fn relay_batch(engine: &Engine, js: &jetstream::Context, limit: i64) -> Result<usize, RelayError> {
+pub async fn relay_batch(
+    engine: &Engine,
+    js: &jetstream::Context,
+    limit: i64,
+) -> Result<usize, RelayError> {
     let mut tx = engine.pool().begin().await?;
     let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
         "DELETE FROM fulfil.outbox WHERE id IN (
@@ -140,7 +147,9 @@ pub async fn relay_batch(engine: &Engine, js: &jetstream::Context, limit: i64) -
         let ack = js
             .send_publish(
                 subject.clone(),
-                PublishMessage::build().payload(body).message_id(msg_id.as_str()),
+                PublishMessage::build()
+                    .payload(body)
+                    .message_id(msg_id.as_str()),
             )
             .await
             .map_err(|e| RelayError::Publish {

@@ -83,14 +83,22 @@ impl PromiseCache {
     fn put(&self, promise: Arc<Promise>) {
         if let Ok(mut entries) = self.entries.write() {
             entries.insert(
-                (promise.metadata.name.clone(), promise.metadata.version.clone()),
+                (
+                    promise.metadata.name.clone(),
+                    promise.metadata.version.clone(),
+                ),
                 promise,
             );
         }
     }
 
     /// The Promise version, from the cache or the store.
-    pub async fn load(&self, pool: &PgPool, name: &str, version: &str) -> Result<Arc<Promise>, PromiseError> {
+    pub async fn load(
+        &self,
+        pool: &PgPool,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<Promise>, PromiseError> {
         if let Some(p) = self.get(name, version) {
             return Ok(p);
         }
@@ -101,21 +109,24 @@ impl PromiseCache {
                 .fetch_optional(pool)
                 .await?;
         let spec = spec.ok_or_else(|| PromiseError::NotFound(format!("{name}@{version}")))?;
-        let promise = Arc::new(Promise::from_value(spec).map_err(|e| PromiseError::Corrupt {
-            name: name.into(),
-            version: version.into(),
-            message: e.to_string(),
-        })?);
+        let promise = Arc::new(
+            Promise::from_value(spec).map_err(|e| PromiseError::Corrupt {
+                name: name.into(),
+                version: version.into(),
+                message: e.to_string(),
+            })?,
+        );
         self.put(promise.clone());
         Ok(promise)
     }
 
     /// The head version of `name`.
     pub async fn load_head(&self, pool: &PgPool, name: &str) -> Result<Arc<Promise>, PromiseError> {
-        let version: Option<String> = sqlx::query_scalar("SELECT version FROM fulfil.promise_heads WHERE name = $1")
-            .bind(name)
-            .fetch_optional(pool)
-            .await?;
+        let version: Option<String> =
+            sqlx::query_scalar("SELECT version FROM fulfil.promise_heads WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
         let version = version.ok_or_else(|| PromiseError::NotFound(name.to_string()))?;
         self.load(pool, name, &version).await
     }
@@ -217,7 +228,11 @@ pub async fn list(pool: &PgPool) -> Result<Vec<PromiseRecord>, PromiseError> {
 }
 
 /// One Promise: the head, or the given version.
-pub async fn get(pool: &PgPool, name: &str, version: Option<&str>) -> Result<PromiseRecord, PromiseError> {
+pub async fn get(
+    pool: &PgPool,
+    name: &str,
+    version: Option<&str>,
+) -> Result<PromiseRecord, PromiseError> {
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{SELECT} WHERE p.name = $1 AND p.version = COALESCE($2, h.version)"
     )))

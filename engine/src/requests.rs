@@ -52,7 +52,9 @@ pub enum RequestError {
         violations: Vec<Violation>,
     },
     /// The idempotency key was used before with different parameters.
-    #[error("idempotency key {key:?} was already used for request {request_id} with different parameters")]
+    #[error(
+        "idempotency key {key:?} was already used for request {request_id} with different parameters"
+    )]
     IdempotencyConflict { key: String, request_id: Uuid },
     /// The idempotency key is empty or too long.
     #[error("invalid idempotency key: {0}")]
@@ -74,7 +76,10 @@ impl From<sqlx::Error> for RequestError {
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// Validates and durably records a request; see the module docs.
-pub async fn create_request(engine: &Engine, request: NewRequest) -> Result<Accepted, RequestError> {
+pub async fn create_request(
+    engine: &Engine,
+    request: NewRequest,
+) -> Result<Accepted, RequestError> {
     if let Some(key) = &request.idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
     {
@@ -83,9 +88,15 @@ pub async fn create_request(engine: &Engine, request: NewRequest) -> Result<Acce
             key.len()
         )));
     }
-    let promise = match engine.promises().load_head(engine.pool(), &request.promise).await {
+    let promise = match engine
+        .promises()
+        .load_head(engine.pool(), &request.promise)
+        .await
+    {
         Ok(p) => p,
-        Err(PromiseError::NotFound(_)) => return Err(RequestError::UnknownPromise(request.promise)),
+        Err(PromiseError::NotFound(_)) => {
+            return Err(RequestError::UnknownPromise(request.promise));
+        }
         Err(e) => return Err(RequestError::Promise(e)),
     };
     let params = validate_params(&promise.spec.api, request.params).map_err(|e| match e {
@@ -166,7 +177,13 @@ pub async fn create_request(engine: &Engine, request: NewRequest) -> Result<Acce
     .bind(&context)
     .execute(&mut *tx)
     .await?;
-    let ids: Vec<String> = promise.spec.workflow.steps.iter().map(|s| s.id.clone()).collect();
+    let ids: Vec<String> = promise
+        .spec
+        .workflow
+        .steps
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
     let positions: Vec<i32> = (0..ids.len() as i32).collect();
     sqlx::query(
         "INSERT INTO fulfil.steps (run_id, step_id, position, status)
@@ -194,7 +211,12 @@ pub async fn create_request(engine: &Engine, request: NewRequest) -> Result<Acce
         json!({ "request_id": request_id, "promise": promise.metadata.name,
                 "promise_version": promise.metadata.version, "idempotency_key": request.idempotency_key }),
     );
-    run.record(event::RUN_STARTED, None, None, json!({ "kind": "configure" }));
+    run.record(
+        event::RUN_STARTED,
+        None,
+        None,
+        json!({ "kind": "configure" }),
+    );
     advance(&mut run).await?;
     run.commit().await?;
     engine.wake_outbox();
@@ -212,7 +234,9 @@ fn captured_env(promise: &Arc<Promise>) -> Value {
     for name in promise.env_references() {
         env.insert(
             name.clone(),
-            std::env::var(&name).map(Value::String).unwrap_or(Value::Null),
+            std::env::var(&name)
+                .map(Value::String)
+                .unwrap_or(Value::Null),
         );
     }
     Value::Object(env)

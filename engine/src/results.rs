@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
-use fulfil_spec::wire::{DEAD_LETTER_REASON_HEADER, NatsNames, ResultMessage};
+use fulfil_spec::wire::{DEAD_LETTER_REASON_HEADER, NatsNames, ResultMessage, header_text};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::run::{ApplyError, Applied, apply_result};
+use crate::run::{Applied, ApplyError, apply_result};
 use crate::{Engine, EngineConfig};
 
 pub(crate) async fn run_applier(
@@ -91,8 +91,8 @@ async fn handle(engine: &Engine, js: &jetstream::Context, message: jetstream::Me
     let result: ResultMessage = match serde_json::from_slice(&message.payload) {
         Ok(r) => r,
         Err(e) => {
-            dead_letter(js, engine.names(), "results", message.payload.clone(), &format!("unparseable result: {e}")).await;
-            ack(&message, AckKind::Term).await;
+            let reason = format!("unparseable result: {e}");
+            dead_letter_then_ack(js, engine.names(), &message, &reason).await;
             return;
         }
     };
@@ -108,8 +108,8 @@ async fn handle(engine: &Engine, js: &jetstream::Context, message: jetstream::Me
             ack(&message, AckKind::Ack).await;
         }
         Err(ApplyError::UnknownTask(task_id)) => {
-            dead_letter(js, engine.names(), "results", message.payload.clone(), &format!("no attempt with task id {task_id}")).await;
-            ack(&message, AckKind::Term).await;
+            let reason = format!("no attempt with task id {task_id}");
+            dead_letter_then_ack(js, engine.names(), &message, &reason).await;
         }
         Err(ApplyError::Run(e)) => {
             warn!(parent: &span, error = %e, "applying result failed; it will be redelivered");
@@ -126,18 +126,49 @@ async fn ack(message: &jetstream::Message, kind: AckKind) {
     }
 }
 
-/// Publishes `payload` to `<prefix>.deadletter.<what>` with the reason.
-pub async fn dead_letter(js: &jetstream::Context, names: &NatsNames, what: &str, payload: Bytes, reason: &str) {
+/// Moves a result message to the dead-letter stream, and terminates it only
+/// once the dead letter is stored; otherwise it is redelivered later, so a
+/// message is never silently dropped.
+async fn dead_letter_then_ack(
+    js: &jetstream::Context,
+    names: &NatsNames,
+    message: &jetstream::Message,
+    reason: &str,
+) {
+    if dead_letter(js, names, "results", message.payload.clone(), reason).await {
+        ack(message, AckKind::Term).await;
+    } else {
+        ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
+    }
+}
+
+/// Publishes `payload` to `<prefix>.deadletter.<what>` with the reason;
+/// returns whether the stream stored it.
+pub async fn dead_letter(
+    js: &jetstream::Context,
+    names: &NatsNames,
+    what: &str,
+    payload: Bytes,
+    reason: &str,
+) -> bool {
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(DEAD_LETTER_REASON_HEADER, reason);
+    headers.insert(DEAD_LETTER_REASON_HEADER, header_text(reason).as_str());
     let subject = names.dead_letter_subject(what);
     warn!(%subject, %reason, "dead-lettering a message");
-    match js.publish_with_headers(subject.clone(), headers, payload).await {
-        Ok(ack) => {
-            if let Err(e) = ack.await {
+    match js
+        .publish_with_headers(subject.clone(), headers, payload)
+        .await
+    {
+        Ok(ack) => match ack.await {
+            Ok(_) => true,
+            Err(e) => {
                 warn!(%subject, error = %e, "dead-letter publish was not acknowledged");
+                false
             }
+        },
+        Err(e) => {
+            warn!(%subject, error = %e, "dead-letter publish failed");
+            false
         }
-        Err(e) => warn!(%subject, error = %e, "dead-letter publish failed"),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fulfil_spec::StepStatus;
 use tokio_util::sync::CancellationToken;
-use tracing::{info_span, warn, Instrument};
+use tracing::{Instrument, info_span, warn};
 use uuid::Uuid;
 
 use crate::run::{RunError, RunTxn, dispatch_attempt};
@@ -36,12 +36,16 @@ pub(crate) async fn run_timers(engine: Engine, config: EngineConfig, shutdown: C
 /// Sleeps until the next timer is due, at most `poll`: another engine may
 /// add an earlier one meanwhile.
 async fn next_wait(engine: &Engine, poll: Duration) -> Duration {
-    let next: Option<chrono::DateTime<Utc>> = sqlx::query_scalar("SELECT min(fire_at) FROM fulfil.timers")
-        .fetch_one(engine.pool())
-        .await
-        .unwrap_or(None);
+    let next: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT min(fire_at) FROM fulfil.timers")
+            .fetch_one(engine.pool())
+            .await
+            .unwrap_or(None);
     match next {
-        Some(at) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(poll),
+        Some(at) => (at - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(poll),
         None => poll,
     }
 }
@@ -66,14 +70,21 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
             .await?;
         let actor = format!("engine:{}", engine.id());
         let span = info_span!("timer", %run_id, step_id = %step_id, kind = %kind);
-        let Some(mut run) = RunTxn::lock(engine, tx, run_id, actor).instrument(span.clone()).await? else {
+        let Some(mut run) = RunTxn::lock(engine, tx, run_id, actor)
+            .instrument(span.clone())
+            .await?
+        else {
             continue;
         };
         let step = run.steps.get(&step_id).cloned();
         let promise = run.promise.clone();
         match (kind.as_str(), step, promise.step(&step_id)) {
-            ("retry", Some(row), Some(spec)) if row.status == StepStatus::Retrying && !run.status.is_terminal() => {
-                dispatch_attempt(&mut run, spec, row.attempt + 1).instrument(span).await?;
+            ("retry", Some(row), Some(spec))
+                if row.status == StepStatus::Retrying && !run.status.is_terminal() =>
+            {
+                dispatch_attempt(&mut run, spec, row.attempt + 1)
+                    .instrument(span)
+                    .await?;
             }
             // The step moved on (cancelled, retried by hand): the timer is stale.
             _ => {}

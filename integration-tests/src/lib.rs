@@ -106,9 +106,12 @@ impl TestStack {
         let suffix = Uuid::now_v7().simple().to_string();
         let database = format!("fulfil_test_{}", &suffix[suffix.len() - 16..]);
         let database_url = with_database(&database_url(), &database);
-        db::ensure_database(&database_url)
-            .await
-            .with_context(|| format!("creating test database (is Postgres up at {}?)", database_url))?;
+        db::ensure_database(&database_url).await.with_context(|| {
+            format!(
+                "creating test database (is Postgres up at {}?)",
+                database_url
+            )
+        })?;
         let pool = db::connect(&database_url, 20).await?;
         db::migrate(&pool).await?;
         let names = NatsNames::new(format!("t{}", &suffix[suffix.len() - 12..]))?;
@@ -179,7 +182,9 @@ impl TestStack {
             engine,
             engine_ids,
             api,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
             shutdown,
             tasks,
         })
@@ -253,11 +258,15 @@ impl TestStack {
 
     /// Files a request and returns its run id, failing unless it was accepted.
     pub async fn request(&self, promise: &str, params: Value) -> anyhow::Result<Uuid> {
-        let (status, _, body) = self.post_request(promise, json!({ "params": params }), None).await?;
+        let (status, _, body) = self
+            .post_request(promise, json!({ "params": params }), None)
+            .await?;
         if status != 202 {
             bail!("request refused with {status}: {body}");
         }
-        Ok(Uuid::parse_str(body["run_id"].as_str().unwrap_or_default())?)
+        Ok(Uuid::parse_str(
+            body["run_id"].as_str().unwrap_or_default(),
+        )?)
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
@@ -302,9 +311,11 @@ impl TestStack {
 
     /// Rows of a table in this stack's database, for "nothing stored" checks.
     pub async fn count(&self, table: &str) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM fulfil.{table}")))
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM fulfil.{table}"
+        )))
+        .fetch_one(&self.pool)
+        .await?)
     }
 }
 
@@ -323,7 +334,10 @@ pub fn finish_order(run: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|s| {
             let last = s["attempts"].as_array()?.last()?;
-            Some((last["finished_at"].as_str()?.to_string(), s["id"].as_str()?.to_string()))
+            Some((
+                last["finished_at"].as_str()?.to_string(),
+                s["id"].as_str()?.to_string(),
+            ))
         })
         .collect();
     steps.sort();

@@ -62,7 +62,10 @@ spec:
     );
     assert_eq!(finish_order(&run), vec!["provision", "configure", "alert"]);
     let configure = &run["steps"][1];
-    assert_eq!(configure["attempts"][0]["input"]["request"], run["request_id"]);
+    assert_eq!(
+        configure["attempts"][0]["input"]["request"],
+        run["request_id"]
+    );
     assert_eq!(configure["attempts"][0]["worker"], "test-worker");
 
     let history = stack.history(run_id).await?;
@@ -81,12 +84,25 @@ spec:
         ]
     );
     let seqs: Vec<i64> = history.iter().filter_map(|e| e["seq"].as_i64()).collect();
-    assert_eq!(seqs, (1..=9).collect::<Vec<_>>(), "history is gap-free and ordered");
+    assert_eq!(
+        seqs,
+        (1..=9).collect::<Vec<_>>(),
+        "history is gap-free and ordered"
+    );
 
-    let (status, request) = stack.get(&format!("/v1/requests/{}", run["request_id"].as_str().unwrap_or_default())).await?;
+    let (status, request) = stack
+        .get(&format!(
+            "/v1/requests/{}",
+            run["request_id"].as_str().unwrap_or_default()
+        ))
+        .await?;
     assert_eq!(status, 200);
     assert_eq!(request["status"], "succeeded");
-    assert_eq!(request["params"], json!({ "name": "orders", "size": "small" }), "defaults applied");
+    assert_eq!(
+        request["params"],
+        json!({ "name": "orders", "size": "small" }),
+        "defaults applied"
+    );
     assert_eq!(request["outputs"], run["outputs"]);
     stack.stop().await
 }
@@ -118,10 +134,25 @@ spec:
     assert_eq!(run["outputs"]["sum"], 13);
     let history = types(&stack.history(run_id).await?);
     let pos = |t: &str| history.iter().position(|h| h == t).unwrap_or(usize::MAX);
-    assert!(pos("step.dispatched d") > pos("step.succeeded b"), "{history:?}");
-    assert!(pos("step.dispatched d") > pos("step.succeeded c"), "{history:?}");
-    assert!(pos("step.dispatched b") > pos("step.succeeded a"), "{history:?}");
-    assert_eq!(history.iter().filter(|h| h.starts_with("step.dispatched")).count(), 4);
+    assert!(
+        pos("step.dispatched d") > pos("step.succeeded b"),
+        "{history:?}"
+    );
+    assert!(
+        pos("step.dispatched d") > pos("step.succeeded c"),
+        "{history:?}"
+    );
+    assert!(
+        pos("step.dispatched b") > pos("step.succeeded a"),
+        "{history:?}"
+    );
+    assert_eq!(
+        history
+            .iter()
+            .filter(|h| h.starts_with("step.dispatched"))
+            .count(),
+        4
+    );
     stack.stop().await
 }
 
@@ -157,12 +188,18 @@ async fn fan_out_of_twenty_then_fan_in() -> anyhow::Result<()> {
     assert_eq!(order.first().map(String::as_str), Some("start"));
     assert_eq!(order.last().map(String::as_str), Some("join"));
     let history = types(&stack.history(run_id).await?);
-    let join_dispatch = history.iter().position(|h| h == "step.dispatched join").unwrap_or(0);
+    let join_dispatch = history
+        .iter()
+        .position(|h| h == "step.dispatched join")
+        .unwrap_or(0);
     let last_branch = history
         .iter()
         .rposition(|h| h.starts_with("step.succeeded b"))
         .unwrap_or(usize::MAX);
-    assert!(join_dispatch > last_branch, "join dispatched before every branch finished");
+    assert!(
+        join_dispatch > last_branch,
+        "join dispatched before every branch finished"
+    );
     stack.stop().await
 }
 
@@ -200,13 +237,27 @@ spec:
     let large = stack.wait_finished(large, WAIT).await?;
     assert_eq!(small["status"], "succeeded");
     assert_eq!(small["steps"][1]["status"], "skipped");
-    assert_eq!(small["steps"][1]["attempts"], json!([]), "a skipped step dispatches nothing");
-    assert_eq!(small["steps"][2]["outputs"], json!({ "alert_status": "skipped", "alert_outputs": {} }));
+    assert_eq!(
+        small["steps"][1]["attempts"],
+        json!([]),
+        "a skipped step dispatches nothing"
+    );
+    assert_eq!(
+        small["steps"][2]["outputs"],
+        json!({ "alert_status": "skipped", "alert_outputs": {} })
+    );
     assert_eq!(small["outputs"]["alert"], "skipped");
     assert_eq!(large["steps"][1]["status"], "succeeded");
     assert_eq!(large["outputs"]["alert"], "succeeded");
-    let history = types(&stack.history(small["id"].as_str().unwrap_or_default().parse()?).await?);
-    assert!(history.contains(&"step.skipped alert".to_string()), "{history:?}");
+    let history = types(
+        &stack
+            .history(small["id"].as_str().unwrap_or_default().parse()?)
+            .await?,
+    );
+    assert!(
+        history.contains(&"step.skipped alert".to_string()),
+        "{history:?}"
+    );
     stack.stop().await
 }
 
@@ -268,20 +319,40 @@ spec:
 "#
         ))
         .await?;
-    let ok = stack.request("http-db", json!({ "name": "orders", "path": "/databases" })).await?;
+    let ok = stack
+        .request("http-db", json!({ "name": "orders", "path": "/databases" }))
+        .await?;
     let ok = stack.wait_finished(ok, WAIT).await?;
     assert_eq!(ok["status"], "succeeded", "{ok:#}");
-    assert_eq!(ok["outputs"], json!({ "endpoint": "orders.db:5432", "status": 201 }));
-    assert_eq!(seen.lock().map(|s| s.clone()).unwrap_or_default(), vec![json!({ "name": "orders" })]);
+    assert_eq!(
+        ok["outputs"],
+        json!({ "endpoint": "orders.db:5432", "status": 201 })
+    );
+    assert_eq!(
+        seen.lock().map(|s| s.clone()).unwrap_or_default(),
+        vec![json!({ "name": "orders" })]
+    );
 
-    let broken = stack.request("http-db", json!({ "name": "x", "path": "/broken" })).await?;
+    let broken = stack
+        .request("http-db", json!({ "name": "x", "path": "/broken" }))
+        .await?;
     let broken = stack.wait_finished(broken, WAIT).await?;
     assert_eq!(broken["status"], "failed");
     assert_eq!(broken["steps"][0]["status"], "failed");
-    assert_eq!(broken["steps"][0]["attempts"].as_array().map(Vec::len), Some(1), "4xx is not retried");
-    assert_eq!(broken["steps"][0]["attempts"][0]["error"]["code"], "http_status_400");
+    assert_eq!(
+        broken["steps"][0]["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "4xx is not retried"
+    );
+    assert_eq!(
+        broken["steps"][0]["attempts"][0]["error"]["code"],
+        "http_status_400"
+    );
     assert_eq!(broken["steps"][1]["status"], "cancelled");
-    assert!(broken["error"].as_str().unwrap_or("").contains("provision"), "{broken:#}");
+    assert!(
+        broken["error"].as_str().unwrap_or("").contains("provision"),
+        "{broken:#}"
+    );
     server.abort();
     stack.stop().await
 }

@@ -49,12 +49,16 @@ spec:
         .and_then(|e| e["message"].as_str())
         .unwrap_or_default();
     for step in ["provision", "configure", "alert"] {
-        assert!(cycle.contains(step), "cycle message {cycle:?} misses {step}");
+        assert!(
+            cycle.contains(step),
+            "cycle message {cycle:?} misses {step}"
+        );
     }
     assert!(
         errors
             .iter()
-            .any(|e| e["code"] == "invalid_duration" && e["path"] == "spec.workflow.steps[3].timeout"),
+            .any(|e| e["code"] == "invalid_duration"
+                && e["path"] == "spec.workflow.steps[3].timeout"),
         "every problem in one answer: {errors:?}"
     );
     assert_eq!(stack.count("promises").await?, 0);
@@ -75,11 +79,16 @@ spec:
 }
 
 #[tokio::test]
-async fn invalid_params_are_refused_with_every_violation_and_nothing_is_stored() -> anyhow::Result<()> {
+async fn invalid_params_are_refused_with_every_violation_and_nothing_is_stored()
+-> anyhow::Result<()> {
     let stack = TestStack::start().await?;
     stack.apply(PROMISE).await?;
     let (status, headers, body) = stack
-        .post_request("db", json!({ "params": { "name": "X", "size": "huge", "extra": 1 } }), None)
+        .post_request(
+            "db",
+            json!({ "params": { "name": "X", "size": "huge", "extra": 1 } }),
+            None,
+        )
         .await?;
     assert_eq!(status, 422, "{body:#}");
     assert_eq!(
@@ -92,13 +101,27 @@ async fn invalid_params_are_refused_with_every_violation_and_nothing_is_stored()
         .flatten()
         .filter_map(|e| e["pointer"].as_str())
         .collect();
-    assert_eq!(pointers, vec!["/params", "/params/name", "/params/size"], "{body:#}");
+    assert_eq!(
+        pointers,
+        vec!["/params", "/params/name", "/params/size"],
+        "{body:#}"
+    );
 
-    let (status, _, body) = stack.post_request("db", json!({ "params": {} }), None).await?;
+    let (status, _, body) = stack
+        .post_request("db", json!({ "params": {} }), None)
+        .await?;
     assert_eq!(status, 422);
-    assert!(body["errors"][0]["detail"].as_str().unwrap_or("").contains("name"), "{body:#}");
+    assert!(
+        body["errors"][0]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("name"),
+        "{body:#}"
+    );
 
-    let (status, _, _) = stack.post_request("nope", json!({ "params": { "name": "abc" } }), None).await?;
+    let (status, _, _) = stack
+        .post_request("nope", json!({ "params": { "name": "abc" } }), None)
+        .await?;
     assert_eq!(status, 404);
     let malformed = stack
         .http
@@ -108,7 +131,9 @@ async fn invalid_params_are_refused_with_every_violation_and_nothing_is_stored()
         .send()
         .await?;
     assert_eq!(malformed.status().as_u16(), 400);
-    let (status, _, _) = stack.post_request("db", json!({ "params": [1, 2] }), None).await?;
+    let (status, _, _) = stack
+        .post_request("db", json!({ "params": [1, 2] }), None)
+        .await?;
     assert_eq!(status, 422);
 
     for table in ["requests", "runs", "steps", "attempts", "history", "outbox"] {
@@ -118,11 +143,16 @@ async fn invalid_params_are_refused_with_every_violation_and_nothing_is_stored()
 }
 
 #[tokio::test]
-async fn idempotency_key_returns_the_first_request_and_conflicts_on_other_params() -> anyhow::Result<()> {
+async fn idempotency_key_returns_the_first_request_and_conflicts_on_other_params()
+-> anyhow::Result<()> {
     let stack = TestStack::start().await?;
     stack.apply(PROMISE).await?;
     let (first_status, _, first) = stack
-        .post_request("db", json!({ "params": { "name": "orders" } }), Some("deploy-42"))
+        .post_request(
+            "db",
+            json!({ "params": { "name": "orders" } }),
+            Some("deploy-42"),
+        )
         .await?;
     assert_eq!(first_status, 202, "{first:#}");
     assert_eq!(first["replayed"], false);
@@ -139,10 +169,19 @@ async fn idempotency_key_returns_the_first_request_and_conflicts_on_other_params
     assert_eq!(again["request_id"], first["request_id"]);
     assert_eq!(again["run_id"], first["run_id"]);
     assert_eq!(again["replayed"], true);
-    assert_eq!(headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
+    assert_eq!(
+        headers
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
 
     let (status, _, conflict) = stack
-        .post_request("db", json!({ "params": { "name": "payments" } }), Some("deploy-42"))
+        .post_request(
+            "db",
+            json!({ "params": { "name": "payments" } }),
+            Some("deploy-42"),
+        )
         .await?;
     assert_eq!(status, 409, "{conflict:#}");
     assert_eq!(conflict["request_id"], first["request_id"]);
@@ -161,7 +200,13 @@ async fn idempotency_key_returns_the_first_request_and_conflicts_on_other_params
     assert_eq!(stack.count("runs").await?, 1);
 
     // Concurrent first use of one key still creates one request.
-    let attempts = (0..8).map(|_| stack.post_request("db", json!({ "params": { "name": "race" } }), Some("race-key")));
+    let attempts = (0..8).map(|_| {
+        stack.post_request(
+            "db",
+            json!({ "params": { "name": "race" } }),
+            Some("race-key"),
+        )
+    });
     let answers = futures::future::join_all(attempts).await;
     let mut ids = Vec::new();
     for answer in answers {
@@ -179,9 +224,10 @@ async fn idempotency_key_returns_the_first_request_and_conflicts_on_other_params
 async fn promise_versions_are_kept_for_runs_that_use_them() -> anyhow::Result<()> {
     let stack = TestStack::start().await?;
     let v1 = PROMISE;
-    let v2 = PROMISE
-        .replace("version: \"1\"", "version: \"2\"")
-        .replace("{ id: provision, uses: noop }", "{ id: provision, uses: echo, with: { v: 2 } }");
+    let v2 = PROMISE.replace("version: \"1\"", "version: \"2\"").replace(
+        "{ id: provision, uses: noop }",
+        "{ id: provision, uses: echo, with: { v: 2 } }",
+    );
     let (status, body) = stack.put_promise(v1).await?;
     assert_eq!((status, body["outcome"].as_str()), (201, Some("created")));
     let (status, body) = stack.put_promise(v1).await?;
@@ -189,8 +235,12 @@ async fn promise_versions_are_kept_for_runs_that_use_them() -> anyhow::Result<()
     let run_v1 = stack.request("db", json!({ "name": "first" })).await?;
     stack.apply(&v2).await?;
     let run_v2 = stack.request("db", json!({ "name": "second" })).await?;
-    let run_v1 = stack.wait_finished(run_v1, std::time::Duration::from_secs(30)).await?;
-    let run_v2 = stack.wait_finished(run_v2, std::time::Duration::from_secs(30)).await?;
+    let run_v1 = stack
+        .wait_finished(run_v1, std::time::Duration::from_secs(30))
+        .await?;
+    let run_v2 = stack
+        .wait_finished(run_v2, std::time::Duration::from_secs(30))
+        .await?;
     assert_eq!(run_v1["promise_version"], "1");
     assert_eq!(run_v2["promise_version"], "2");
     assert_eq!(run_v2["steps"][0]["outputs"], json!({ "v": 2 }));
@@ -203,6 +253,9 @@ async fn promise_versions_are_kept_for_runs_that_use_them() -> anyhow::Result<()
     assert_eq!(current["version"], "2");
     assert_eq!(current["versions"], json!(["1", "2"]));
     let (_, old) = stack.get("/v1/promises/db?version=1").await?;
-    assert_eq!(old["promise"]["spec"]["workflow"]["steps"][0]["uses"], "noop");
+    assert_eq!(
+        old["promise"]["spec"]["workflow"]["steps"][0]["uses"],
+        "noop"
+    );
     stack.stop().await
 }

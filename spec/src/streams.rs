@@ -55,10 +55,12 @@ pub fn stream_configs(names: &NatsNames) -> Vec<stream::Config> {
 pub async fn ensure_streams(js: &jetstream::Context, names: &NatsNames) -> Result<(), StreamError> {
     for config in stream_configs(names) {
         let name = config.name.clone();
-        js.get_or_create_stream(config).await.map_err(|e| StreamError {
-            stream: name,
-            message: e.to_string(),
-        })?;
+        js.get_or_create_stream(config)
+            .await
+            .map_err(|e| StreamError {
+                stream: name,
+                message: e.to_string(),
+            })?;
     }
     Ok(())
 }

@@ -182,6 +182,15 @@ pub struct InvalidPrefix(pub String);
 /// Header naming why a message was dead-lettered.
 pub const DEAD_LETTER_REASON_HEADER: &str = "Fulfil-Dead-Letter-Reason";
 
+/// `text` made safe for a NATS header value: control characters (which
+/// would break the protocol line) become spaces, and it is cut at 1 KiB.
+pub fn header_text(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1024)
+        .collect()
+}
+
 /// Queue names share the subject-token rules of prefixes.
 pub fn is_valid_queue_name(queue: &str) -> bool {
     !queue.is_empty()

@@ -33,6 +33,8 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) 
     };
     (
         status,
-        Json(json!({ "status": if ready { "ready" } else { "not ready" }, "postgres": postgres, "nats": nats })),
+        Json(
+            json!({ "status": if ready { "ready" } else { "not ready" }, "postgres": postgres, "nats": nats }),
+        ),
     )
 }

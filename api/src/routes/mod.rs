@@ -16,7 +16,10 @@ pub fn router() -> Router<ApiState> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/promises", get(promises::list))
-        .route("/v1/promises/{name}", put(promises::apply).get(promises::get))
+        .route(
+            "/v1/promises/{name}",
+            put(promises::apply).get(promises::get),
+        )
         .route("/v1/promises/{name}/requests", post(requests::create))
         .route("/v1/requests", get(requests::list))
         .route("/v1/requests/{id}", get(requests::get))
@@ -39,9 +42,9 @@ pub(crate) fn parse_id(what: &str, id: &str) -> Result<Uuid, Problem> {
 
 pub(crate) fn inspect_error(e: fulfil_engine::inspect::InspectError) -> Problem {
     match e {
-        fulfil_engine::inspect::InspectError::InvalidCursor(c) => {
-            Problem::bad_request(format!("invalid cursor {c:?}: pass next_cursor from the previous page"))
-        }
+        fulfil_engine::inspect::InspectError::InvalidCursor(c) => Problem::bad_request(format!(
+            "invalid cursor {c:?}: pass next_cursor from the previous page"
+        )),
         fulfil_engine::inspect::InspectError::Db(e) => crate::problem::from_db(&e),
     }
 }

@@ -15,7 +15,10 @@ fn invalid(errors: &SpecErrors) -> Problem {
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid-promise",
         "Invalid Promise",
-        format!("the Promise has {} problem(s); each is listed under errors", errors.0.len()),
+        format!(
+            "the Promise has {} problem(s); each is listed under errors",
+            errors.0.len()
+        ),
     )
     .with("errors", json!(errors.0))
 }
@@ -23,9 +26,12 @@ fn invalid(errors: &SpecErrors) -> Problem {
 pub(crate) fn promise_error(e: PromiseError) -> Problem {
     match e {
         PromiseError::Invalid(errors) => invalid(&errors),
-        PromiseError::VersionConflict { .. } => {
-            Problem::new(StatusCode::CONFLICT, "version-conflict", "Version conflict", e.to_string())
-        }
+        PromiseError::VersionConflict { .. } => Problem::new(
+            StatusCode::CONFLICT,
+            "version-conflict",
+            "Version conflict",
+            e.to_string(),
+        ),
         PromiseError::NotFound(name) => Problem::not_found("Promise", &name),
         PromiseError::Corrupt { .. } => Problem::internal(&e),
         PromiseError::Db(e) => crate::problem::from_db(&e),
@@ -39,7 +45,9 @@ pub async fn apply(
     body: String,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     if body.trim().is_empty() {
-        return Err(Problem::bad_request("empty body: send the Promise as YAML or JSON"));
+        return Err(Problem::bad_request(
+            "empty body: send the Promise as YAML or JSON",
+        ));
     }
     let promise = Promise::parse(&body).map_err(|e| invalid(&e))?;
     if promise.metadata.name != name {
@@ -79,7 +87,9 @@ fn summary(record: &PromiseRecord) -> Value {
 }
 
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, Problem> {
-    let records = promises::list(state.engine.pool()).await.map_err(promise_error)?;
+    let records = promises::list(state.engine.pool())
+        .await
+        .map_err(promise_error)?;
     Ok(Json(json!({
         "items": records.iter().map(summary).collect::<Vec<_>>(),
         "next_cursor": null,

@@ -64,7 +64,8 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let Json(body) = body.map_err(|e| Problem::bad_request(format!("invalid request body: {}", e.body_text())))?;
+    let Json(body) =
+        body.map_err(|e| Problem::bad_request(format!("invalid request body: {}", e.body_text())))?;
     let header_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -120,7 +121,10 @@ pub async fn create(
     Ok(response)
 }
 
-pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
     let uuid = parse_id("request", &id)?;
     let request = inspect::get_request(state.engine.pool(), uuid)
         .await
@@ -137,7 +141,10 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-pub async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, Problem> {
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, Problem> {
     let page = inspect::list_requests(
         state.engine.pool(),
         &RequestFilter {

@@ -20,7 +20,10 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-pub async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, Problem> {
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, Problem> {
     if let Some(status) = &q.status
         && RunStatus::parse(status).is_none()
     {
@@ -45,7 +48,10 @@ pub async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> 
     Ok(Json(json!(page)))
 }
 
-pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
     let uuid = parse_id("run", &id)?;
     let run = inspect::get_run(state.engine.pool(), uuid)
         .await

@@ -57,13 +57,16 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
         }
         for step_id in plan.start {
             let Some(step) = promise.step(&step_id) else {
-                return Err(RunError::Corrupt(format!("step {step_id} is not in the Promise")));
+                return Err(RunError::Corrupt(format!(
+                    "step {step_id} is not in the Promise"
+                )));
             };
             if let Some(condition) = &step.condition {
                 match evaluate_condition(condition, &render_context(run)) {
                     Ok(true) => {}
                     Ok(false) => {
-                        set_step(run, &step_id, StepStatus::Skipped, 0, Some(json!({})), None).await?;
+                        set_step(run, &step_id, StepStatus::Skipped, 0, Some(json!({})), None)
+                            .await?;
                         run.record(
                             event::STEP_SKIPPED,
                             Some(&step_id),
@@ -84,7 +87,11 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
 }
 
 /// Renders the step's input and queues attempt `attempt` for a worker.
-pub async fn dispatch_attempt(run: &mut RunTxn<'_>, step: &Step, attempt: i32) -> Result<(), RunError> {
+pub async fn dispatch_attempt(
+    run: &mut RunTxn<'_>,
+    step: &Step,
+    attempt: i32,
+) -> Result<(), RunError> {
     let input = match render_value(&step.with, &render_context(run)) {
         Ok(input) => input,
         Err(e) => return fail_step(run, &step.id, attempt, "render_error", &e.to_string()).await,
@@ -92,7 +99,8 @@ pub async fn dispatch_attempt(run: &mut RunTxn<'_>, step: &Step, attempt: i32) -
     let task_id = Uuid::now_v7();
     let queue = run.promise.queue_of(step).to_string();
     let timeout = run.promise.timeout_of(step);
-    let deadline = Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let deadline =
+        Utc::now() + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
     sqlx::query(
         "INSERT INTO fulfil.attempts (task_id, run_id, step_id, attempt, status, handler, queue, input, deadline)
          VALUES ($1, $2, $3, $4, 'dispatched', $5, $6, $7, $8)",
@@ -169,7 +177,15 @@ pub(super) async fn fail_step(
     code: &str,
     message: &str,
 ) -> Result<(), RunError> {
-    set_step(run, step_id, StepStatus::Failed, attempt, None, Some(message)).await?;
+    set_step(
+        run,
+        step_id,
+        StepStatus::Failed,
+        attempt,
+        None,
+        Some(message),
+    )
+    .await?;
     run.record(
         event::STEP_FAILED,
         Some(step_id),
@@ -202,8 +218,15 @@ async fn finish(run: &mut RunTxn<'_>, outcome: Outcome) -> Result<(), RunError> 
             .map(|s| s.step_id.clone())
             .collect();
         for step_id in pending {
-            set_step(run, &step_id, StepStatus::Cancelled, 0, None, Some("run failed before this step started"))
-                .await?;
+            set_step(
+                run,
+                &step_id,
+                StepStatus::Cancelled,
+                0,
+                None,
+                Some("run failed before this step started"),
+            )
+            .await?;
         }
     }
     sqlx::query(
@@ -215,12 +238,14 @@ async fn finish(run: &mut RunTxn<'_>, outcome: Outcome) -> Result<(), RunError> 
     .bind(&error)
     .execute(run.conn())
     .await?;
-    sqlx::query("UPDATE fulfil.requests SET status = $2, outputs = $3, updated_at = now() WHERE id = $1")
-        .bind(run.request_id)
-        .bind(status.as_str())
-        .bind(&outputs)
-        .execute(run.conn())
-        .await?;
+    sqlx::query(
+        "UPDATE fulfil.requests SET status = $2, outputs = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind(run.request_id)
+    .bind(status.as_str())
+    .bind(&outputs)
+    .execute(run.conn())
+    .await?;
     run.status = status;
     let kind = if status == RunStatus::Succeeded {
         event::RUN_SUCCEEDED

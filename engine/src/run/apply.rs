@@ -44,10 +44,11 @@ pub enum Applied {
 /// Applies `result` in one transaction; see the module docs.
 pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<Applied, ApplyError> {
     let mut tx = engine.pool().begin().await?;
-    let run_id: Option<Uuid> = sqlx::query_scalar("SELECT run_id FROM fulfil.attempts WHERE task_id = $1")
-        .bind(result.task_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let run_id: Option<Uuid> =
+        sqlx::query_scalar("SELECT run_id FROM fulfil.attempts WHERE task_id = $1")
+            .bind(result.task_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let run_id = run_id.ok_or(ApplyError::UnknownTask(result.task_id))?;
     let actor = format!("worker:{}", result.worker_id);
     let mut run = RunTxn::lock(engine, tx, run_id, actor)
@@ -87,7 +88,15 @@ pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<App
     match &result.outcome {
         Outcome::Ok { output } => {
             finish_attempt(&mut run, result, "succeeded", None).await?;
-            set_step(&mut run, &step_id, StepStatus::Succeeded, attempt, Some(output.clone()), None).await?;
+            set_step(
+                &mut run,
+                &step_id,
+                StepStatus::Succeeded,
+                attempt,
+                Some(output.clone()),
+                None,
+            )
+            .await?;
             run.record(
                 event::STEP_SUCCEEDED,
                 Some(&step_id),
@@ -97,7 +106,8 @@ pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<App
             );
         }
         Outcome::Error(failure) => {
-            let error = serde_json::to_value(failure).map_err(|e| RunError::Corrupt(e.to_string()))?;
+            let error =
+                serde_json::to_value(failure).map_err(|e| RunError::Corrupt(e.to_string()))?;
             finish_attempt(&mut run, result, "failed", Some(error.clone())).await?;
             let promise = run.promise.clone();
             let policy = promise
@@ -109,14 +119,23 @@ pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<App
                 if let Some(after) = failure.retry_after_ms {
                     delay = delay.max(std::time::Duration::from_millis(after));
                 }
-                let fire_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                let fire_at =
+                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                 sqlx::query("INSERT INTO fulfil.timers (run_id, step_id, kind, fire_at) VALUES ($1, $2, 'retry', $3)")
                     .bind(run.run_id)
                     .bind(&step_id)
                     .bind(fire_at)
                     .execute(run.conn())
                     .await?;
-                set_step(&mut run, &step_id, StepStatus::Retrying, attempt, None, Some(&failure.message)).await?;
+                set_step(
+                    &mut run,
+                    &step_id,
+                    StepStatus::Retrying,
+                    attempt,
+                    None,
+                    Some(&failure.message),
+                )
+                .await?;
                 run.record(
                     event::STEP_RETRY_SCHEDULED,
                     Some(&step_id),

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::Engine;
 
 pub use advance::{advance, dispatch_attempt};
-pub use apply::{ApplyError, Applied, apply_result};
+pub use apply::{Applied, ApplyError, apply_result};
 
 /// Kinds of history event, as stored in `history.type`.
 pub mod event {
@@ -157,16 +157,18 @@ impl<'a> RunTxn<'a> {
         let Some((request_id, promise, version, status, context, seq)) = row else {
             return Ok(None);
         };
-        let status = RunStatus::parse(&status).ok_or_else(|| RunError::Corrupt(format!("run status {status:?}")))?;
-        let rows: Vec<(String, String, i32, Option<Value>)> =
-            sqlx::query_as("SELECT step_id, status, attempt, outputs FROM fulfil.steps WHERE run_id = $1")
-                .bind(run_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let status = RunStatus::parse(&status)
+            .ok_or_else(|| RunError::Corrupt(format!("run status {status:?}")))?;
+        let rows: Vec<(String, String, i32, Option<Value>)> = sqlx::query_as(
+            "SELECT step_id, status, attempt, outputs FROM fulfil.steps WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut steps = HashMap::with_capacity(rows.len());
         for (step_id, status, attempt, outputs) in rows {
-            let status =
-                StepStatus::parse(&status).ok_or_else(|| RunError::Corrupt(format!("step status {status:?}")))?;
+            let status = StepStatus::parse(&status)
+                .ok_or_else(|| RunError::Corrupt(format!("step status {status:?}")))?;
             steps.insert(
                 step_id.clone(),
                 StepRow {
@@ -179,7 +181,10 @@ impl<'a> RunTxn<'a> {
         }
         // Versions are immutable, so the cache answers without a query once
         // this process has seen the version.
-        let promise = engine.promises().load(engine.pool(), &promise, &version).await?;
+        let promise = engine
+            .promises()
+            .load(engine.pool(), &promise, &version)
+            .await?;
         Ok(Some(RunTxn {
             tx,
             run_id,
@@ -200,7 +205,13 @@ impl<'a> RunTxn<'a> {
         &mut self.tx
     }
 
-    pub fn record(&mut self, kind: &'static str, step_id: Option<&str>, attempt: Option<i32>, data: Value) {
+    pub fn record(
+        &mut self,
+        kind: &'static str,
+        step_id: Option<&str>,
+        attempt: Option<i32>,
+        data: Value,
+    ) {
         self.events.push(PendingEvent {
             kind,
             step_id: step_id.map(str::to_string),

@@ -1,0 +1,200 @@
+//! The worker survives a NATS restart and the deletion of its consumer: it
+//! keeps its pull loop and serves tasks published afterwards.
+//!
+//! Kills and restarts a private `nats-server` (from `PATH`, or
+//! `NATS_SERVER_BIN`) on a free port, never the machine's shared one; skipped
+//! when no binary is found.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use chrono::Utc;
+use fulfil_spec::wire::{NatsNames, Outcome, ResultMessage, TaskMessage};
+use fulfil_worker::{Handlers, Worker, WorkerConfig};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn nats_server_bin() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        return Some(bin.into());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|bin| bin.is_file())
+    })
+}
+
+async fn start_server(bin: &Path, port: u16, store: &Path) -> anyhow::Result<Child> {
+    let child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start nats-server")?;
+    // Ready once it accepts connections.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .context("nats-server did not start listening")?;
+    Ok(child)
+}
+
+/// Publishes an echo task, retrying while the server is still recovering,
+/// and waits for its result.
+async fn round_trip(
+    js: &jetstream::Context,
+    names: &NatsNames,
+    results: &jetstream::consumer::PullConsumer,
+    label: &str,
+) -> anyhow::Result<()> {
+    let task = TaskMessage {
+        task_id: Uuid::now_v7(),
+        run_id: Uuid::now_v7(),
+        step_id: label.into(),
+        attempt: 1,
+        handler: "echo".into(),
+        input: json!({ "label": label }),
+        deadline: Utc::now() + Duration::from_secs(120),
+        idempotency_key: label.into(),
+        traceparent: None,
+    };
+    let payload = serde_json::to_vec(&task)?;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let published = async {
+                js.send_publish(
+                    names.task_subject("default"),
+                    PublishMessage::build()
+                        .payload(payload.clone().into())
+                        .message_id(task.task_id.to_string()),
+                )
+                .await?
+                .await
+            };
+            match published.await {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        loop {
+            let Ok(mut batch) = results
+                .fetch()
+                .max_messages(10)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            };
+            while let Some(Ok(message)) = batch.next().await {
+                let result: ResultMessage = serde_json::from_slice(&message.payload)?;
+                let _ = message.ack().await;
+                if result.task_id == task.task_id {
+                    assert_eq!(
+                        result.outcome,
+                        Outcome::Ok {
+                            output: json!({ "label": label })
+                        }
+                    );
+                    return anyhow::Ok(());
+                }
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("no result for the {label} task"))?
+}
+
+#[tokio::test]
+async fn worker_keeps_serving_across_nats_restart_and_consumer_deletion() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "fulfil_worker=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let Some(bin) = nats_server_bin() else {
+        eprintln!("skipping: no nats-server on PATH and no NATS_SERVER_BIN");
+        return Ok(());
+    };
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let store = std::env::temp_dir().join(format!("fulfil-worker-reconnect-{}", Uuid::now_v7()));
+    let outcome = scenario(&bin, port, &store).await;
+    let _ = std::fs::remove_dir_all(&store);
+    outcome
+}
+
+async fn scenario(bin: &Path, port: u16, store: &Path) -> anyhow::Result<()> {
+    let mut server = start_server(bin, port, store).await?;
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await?;
+    let js = jetstream::new(client.clone());
+    let names = NatsNames::new("rc")?;
+    fulfil_worker::ensure_streams(&js, &names).await?;
+    let results = js
+        .get_stream(names.results_stream())
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some("test_engine".into()),
+            ..Default::default()
+        })
+        .await?;
+
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(
+        js.clone(),
+        names.clone(),
+        Handlers::with_builtins(client.clone()),
+        WorkerConfig {
+            drain_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    );
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+
+    round_trip(&js, &names, &results, "before").await?;
+
+    server.kill().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _server = start_server(bin, port, store).await?;
+
+    round_trip(&js, &names, &results, "after-restart").await?;
+
+    // An operator deletes the queue's consumer: the worker recreates it.
+    js.get_stream(names.tasks_stream())
+        .await?
+        .delete_consumer(&names.worker_consumer("default"))
+        .await?;
+    round_trip(&js, &names, &results, "after-consumer-deleted").await?;
+
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(15), running).await {
+        Ok(joined) => joined??,
+        Err(_) => bail!("the worker did not stop after shutdown"),
+    }
+    Ok(())
+}
