@@ -119,7 +119,7 @@ metadata: { name: diamond, version: "1" }
 spec:
   workflow:
     steps:
-      - { id: a, uses: echo, with: { v: 1 } }
+      - { id: a, uses: echo, with: { v: 1, home: "${{ env.HOME }}" } }
       - { id: b, uses: echo, needs: [a], with: { v: "${{ steps.a.outputs.v + 1 }}" } }
       - { id: c, uses: echo, needs: [a], with: { v: "${{ steps.a.outputs.v + 10 }}" } }
       - { id: d, uses: echo, needs: [b, c], with: { sum: "${{ steps.b.outputs.v + steps.c.outputs.v }}" } }
@@ -132,6 +132,11 @@ spec:
     let run = stack.wait_finished(run_id, WAIT).await?;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(run["outputs"]["sum"], 13);
+    // env: the engine's environment, captured when the request was accepted.
+    assert_eq!(
+        run["steps"][0]["outputs"]["home"].as_str(),
+        std::env::var("HOME").ok().as_deref(),
+    );
     let history = types(&stack.history(run_id).await?);
     let pos = |t: &str| history.iter().position(|h| h == t).unwrap_or(usize::MAX);
     assert!(
