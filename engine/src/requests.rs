@@ -217,6 +217,11 @@ pub async fn create_request(
         None,
         json!({ "kind": "configure" }),
     );
+    if let Some(limit) = promise.run_timeout() {
+        let fire_at =
+            chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+        run.add_timer("run_timeout", "", None, fire_at).await?;
+    }
     advance(&mut run).await?;
     run.commit().await?;
     engine.wake_outbox();

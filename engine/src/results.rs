@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
-use fulfil_spec::wire::{DEAD_LETTER_REASON_HEADER, NatsNames, ResultMessage, header_text};
+use fulfil_spec::wire::{
+    DEAD_LETTER_REASON_HEADER, NatsNames, ProgressMessage, ResultMessage, header_text,
+};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::run::{Applied, ApplyError, apply_result};
+use crate::run::{Applied, ApplyError, apply_progress, apply_result};
 use crate::{Engine, EngineConfig};
 
 pub(crate) async fn run_applier(
@@ -88,23 +90,47 @@ async fn consume(
 }
 
 async fn handle(engine: &Engine, js: &jetstream::Context, message: jetstream::Message) {
-    let result: ResultMessage = match serde_json::from_slice(&message.payload) {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = format!("unparseable result: {e}");
-            dead_letter_then_ack(js, engine.names(), &message, &reason).await;
-            return;
-        }
+    let is_progress = message.subject.as_str() == engine.names().progress_subject();
+    let (applied, span) = if is_progress {
+        let report: ProgressMessage = match serde_json::from_slice(&message.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("unparseable progress report: {e}");
+                dead_letter_then_ack(js, engine.names(), &message, &reason).await;
+                return;
+            }
+        };
+        let span = info_span!("apply_progress", run_id = %report.run_id, step_id = %report.step_id,
+                              attempt = report.attempt, task_id = %report.task_id);
+        (
+            apply_progress(engine, &report)
+                .instrument(span.clone())
+                .await,
+            span,
+        )
+    } else {
+        let result: ResultMessage = match serde_json::from_slice(&message.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("unparseable result: {e}");
+                dead_letter_then_ack(js, engine.names(), &message, &reason).await;
+                return;
+            }
+        };
+        let span = info_span!("apply_result", run_id = %result.run_id, step_id = %result.step_id,
+                              attempt = result.attempt, task_id = %result.task_id);
+        (
+            apply_result(engine, &result).instrument(span.clone()).await,
+            span,
+        )
     };
-    let span = info_span!("apply_result", run_id = %result.run_id, step_id = %result.step_id,
-                          attempt = result.attempt, task_id = %result.task_id);
-    match apply_result(engine, &result).instrument(span.clone()).await {
+    match applied {
         Ok(Applied::Applied) => {
             engine.wake_outbox();
             ack(&message, AckKind::Ack).await;
         }
         Ok(Applied::Ignored(reason)) => {
-            debug!(parent: &span, %reason, "result ignored");
+            debug!(parent: &span, %reason, "report ignored");
             ack(&message, AckKind::Ack).await;
         }
         Err(ApplyError::UnknownTask(task_id)) => {
@@ -112,7 +138,7 @@ async fn handle(engine: &Engine, js: &jetstream::Context, message: jetstream::Me
             dead_letter_then_ack(js, engine.names(), &message, &reason).await;
         }
         Err(ApplyError::Run(e)) => {
-            warn!(parent: &span, error = %e, "applying result failed; it will be redelivered");
+            warn!(parent: &span, error = %e, "applying a worker report failed; it will be redelivered");
             ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
     }

@@ -1,17 +1,25 @@
-//! Durable timers: retry backoffs live in `fulfil.timers`, so a retry survives
-//! any engine crash. Every engine fires due timers; `FOR UPDATE SKIP LOCKED`
+//! Durable timers: retry backoffs, attempt timeouts (schedule-to-start,
+//! start-to-finish, heartbeat) and run timeouts live in `fulfil.timers`, so
+//! they survive any engine crash. Every engine fires due timers; `FOR UPDATE SKIP LOCKED`
 //! hands each timer to exactly one of them, and the timer is deleted in the
 //! same transaction that dispatches the next attempt.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use fulfil_spec::StepStatus;
+use fulfil_spec::dag::CompensationStatus;
+use fulfil_spec::wire::{StepFailure, TaskKind};
+use fulfil_spec::{RunStatus, StepStatus};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 use uuid::Uuid;
 
-use crate::run::{RunError, RunTxn, dispatch_attempt};
+use crate::run::event::{self, AttemptEvent, attempt_event};
+use crate::run::{
+    RunError, RunTxn, advance, attempt_failed, dispatch_action, dispatch_compensation,
+    stop_in_flight,
+};
 use crate::{Engine, EngineConfig};
 
 /// Timers fired per wake-up, so one busy engine cannot starve its other loops.
@@ -50,45 +58,44 @@ async fn next_wait(engine: &Engine, poll: Duration) -> Duration {
     }
 }
 
+/// A timer claimed for firing.
+#[derive(sqlx::FromRow)]
+struct DueTimer {
+    id: i64,
+    run_id: Uuid,
+    step_id: String,
+    kind: String,
+    task_id: Option<Uuid>,
+}
+
 /// Fires every due timer; returns how many fired.
 pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
     let mut fired = 0;
     while fired < MAX_FIRED_PER_ROUND {
         let mut tx = engine.pool().begin().await?;
-        let due: Option<(i64, Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, run_id, step_id, kind FROM fulfil.timers WHERE fire_at <= now()
+        let due: Option<DueTimer> = sqlx::query_as(
+            "SELECT id, run_id, step_id, kind, task_id FROM fulfil.timers WHERE fire_at <= now()
              ORDER BY fire_at LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((timer_id, run_id, step_id, kind)) = due else {
+        let Some(timer) = due else {
             break;
         };
         sqlx::query("DELETE FROM fulfil.timers WHERE id = $1")
-            .bind(timer_id)
+            .bind(timer.id)
             .execute(&mut *tx)
             .await?;
         let actor = format!("engine:{}", engine.id());
-        let span = info_span!("timer", %run_id, step_id = %step_id, kind = %kind);
-        let Some(mut run) = RunTxn::lock(engine, tx, run_id, actor)
+        let span = info_span!("timer", run_id = %timer.run_id, step_id = %timer.step_id, kind = %timer.kind);
+        let Some(mut run) = RunTxn::lock(engine, tx, timer.run_id, actor)
             .instrument(span.clone())
             .await?
         else {
             continue;
         };
-        let step = run.steps.get(&step_id).cloned();
-        let promise = run.promise.clone();
-        match (kind.as_str(), step, promise.step(&step_id)) {
-            ("retry", Some(row), Some(spec))
-                if row.status == StepStatus::Retrying && !run.status.is_terminal() =>
-            {
-                dispatch_attempt(&mut run, spec, row.attempt + 1)
-                    .instrument(span)
-                    .await?;
-            }
-            // The step moved on (cancelled, retried by hand): the timer is stale.
-            _ => {}
-        }
+        fire(&mut run, &timer).instrument(span).await?;
+        advance(&mut run).await?;
         let wrote_outbox = run.has_outbox();
         run.commit().await?;
         if wrote_outbox {
@@ -97,4 +104,127 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
         fired += 1;
     }
     Ok(fired)
+}
+
+/// Applies one timer to its locked run. A timer whose condition no longer
+/// holds (the step moved on, the run ended) does nothing: it is stale.
+async fn fire(run: &mut RunTxn<'_>, timer: &DueTimer) -> Result<(), RunError> {
+    let promise = run.promise.clone();
+    let row = run.steps.get(&timer.step_id).cloned();
+    match timer.kind.as_str() {
+        "retry" => {
+            if let (Some(row), Some(step)) = (row, promise.step(&timer.step_id))
+                && row.status == StepStatus::Retrying
+                && run.status == RunStatus::Running
+                && !run.cancel_requested
+                && run.stop_reason.is_none()
+            {
+                dispatch_action(run, step, row.attempt + 1).await?;
+            }
+        }
+        "compensation_retry" => {
+            if let (Some(row), Some(step)) = (row, promise.step(&timer.step_id))
+                && row.compensation == Some(CompensationStatus::Retrying)
+                && run.status == RunStatus::Compensating
+            {
+                dispatch_compensation(run, step, row.compensation_attempt + 1).await?;
+            }
+        }
+        "schedule_to_start" | "attempt_timeout" | "heartbeat_timeout" => {
+            let Some(task_id) = timer.task_id else {
+                return Err(RunError::Corrupt(format!(
+                    "{} timer without a task id",
+                    timer.kind
+                )));
+            };
+            let attempt: AttemptState = sqlx::query_as(
+                "SELECT attempt, status, kind FROM fulfil.attempts WHERE task_id = $1",
+            )
+            .bind(task_id)
+            .fetch_one(run.conn())
+            .await?;
+            let kind = if attempt.kind == "compensation" {
+                TaskKind::Compensation
+            } else {
+                TaskKind::Action
+            };
+            let current = row.map(|r| r.current_attempt(kind)) == Some(attempt.attempt);
+            let open = match timer.kind.as_str() {
+                "schedule_to_start" => attempt.status == "dispatched",
+                _ => attempt.status == "dispatched" || attempt.status == "running",
+            };
+            if !current || !open || run.status.is_terminal() {
+                return Ok(());
+            }
+            let (code, message) = match timer.kind.as_str() {
+                "schedule_to_start" => (
+                    "schedule_to_start_timeout",
+                    "no worker of the step's queue started the attempt in time".to_string(),
+                ),
+                "heartbeat_timeout" => (
+                    "heartbeat_timeout",
+                    "the handler stopped sending heartbeats".to_string(),
+                ),
+                _ => (
+                    "timeout",
+                    "the attempt did not finish within its timeout".to_string(),
+                ),
+            };
+            let failure = StepFailure {
+                message,
+                code: Some(code.to_string()),
+                retryable: true,
+                retry_after_ms: None,
+            };
+            let error =
+                serde_json::to_value(&failure).map_err(|e| RunError::Corrupt(e.to_string()))?;
+            sqlx::query("UPDATE fulfil.attempts SET status = 'timed_out', finished_at = now(), error = $2 WHERE task_id = $1")
+                .bind(task_id)
+                .bind(&error)
+                .execute(run.conn())
+                .await?;
+            run.clear_attempt_timers(task_id, None).await?;
+            run.record(
+                attempt_event(kind, AttemptEvent::TimedOut),
+                Some(&timer.step_id),
+                Some(attempt.attempt),
+                json!({ "task_id": task_id, "timeout": timer.kind, "code": code }),
+            );
+            attempt_failed(run, &timer.step_id, kind, attempt.attempt, &failure, None).await?;
+        }
+        "run_timeout" => {
+            if run.status == RunStatus::Running {
+                let limit = promise
+                    .spec
+                    .timeout
+                    .clone()
+                    .unwrap_or_else(|| "its timeout".to_string());
+                let reason = format!("run timed out after {limit}");
+                run.stop_reason = Some(reason.clone());
+                sqlx::query("UPDATE fulfil.runs SET stop_reason = $2 WHERE id = $1")
+                    .bind(run.run_id)
+                    .bind(&reason)
+                    .execute(run.conn())
+                    .await?;
+                run.record(
+                    event::RUN_TIMED_OUT,
+                    None,
+                    None,
+                    json!({ "timeout": limit }),
+                );
+                stop_in_flight(run, TaskKind::Action, &reason).await?;
+            }
+        }
+        other => {
+            warn!(kind = other, "unknown timer kind; dropped");
+        }
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptState {
+    attempt: i32,
+    status: String,
+    kind: String,
 }

@@ -131,6 +131,86 @@ impl RunStatus {
             Self::Succeeded | Self::Failed | Self::Compensated | Self::Cancelled
         )
     }
+
+    /// The legal transitions, in one place. Terminal runs move only by an
+    /// operator's retry (back to `running`).
+    pub fn can_become(self, next: RunStatus) -> bool {
+        use RunStatus::*;
+        match (self, next) {
+            (Pending, Running | Cancelled) => true,
+            (Running, Succeeded | Failed | Compensating | Cancelled) => true,
+            (Compensating, Compensated | Failed | Cancelled) => true,
+            (Failed | Compensated | Cancelled, Running) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Progress of a step's compensation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompensationStatus {
+    /// Will run once every dependent has been compensated.
+    Pending,
+    /// Task dispatched.
+    Ready,
+    /// A worker started it.
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    /// Abandoned by an operator's cancel without compensation.
+    Cancelled,
+}
+
+impl CompensationStatus {
+    pub const ALL: [CompensationStatus; 7] = [
+        Self::Pending,
+        Self::Ready,
+        Self::Running,
+        Self::Retrying,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, Self::Ready | Self::Running | Self::Retrying)
+    }
+}
+
+/// What the compensation planner decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CompensationPlan {
+    /// Steps whose compensation may start now.
+    pub start: Vec<String>,
+    /// Set once compensation is over.
+    pub outcome: Option<CompensationOutcome>,
+}
+
+/// How compensation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompensationOutcome {
+    /// Everything that had to be undone was.
+    Compensated,
+    /// These steps' compensations failed for good.
+    Failed { steps: Vec<String> },
 }
 
 /// How a finished run ended, as far as the planner can tell.
@@ -269,6 +349,102 @@ impl Graph {
         seen
     }
 
+    /// Step indices so that every step comes after all it needs.
+    fn topological_order(&self) -> Vec<usize> {
+        let mut remaining: Vec<usize> = self.needs.iter().map(Vec::len).collect();
+        let mut dependents = vec![Vec::new(); self.ids.len()];
+        for (i, needs) in self.needs.iter().enumerate() {
+            for &n in needs {
+                dependents[n].push(i);
+            }
+        }
+        let mut order: Vec<usize> = (0..self.ids.len()).filter(|&i| remaining[i] == 0).collect();
+        let mut next = 0;
+        while next < order.len() {
+            let node = order[next];
+            next += 1;
+            for &d in &dependents[node] {
+                remaining[d] -= 1;
+                if remaining[d] == 0 {
+                    order.push(d);
+                }
+            }
+        }
+        order
+    }
+
+    /// Plans the saga: a step's compensation runs only after the
+    /// compensations of every step that (transitively) depended on it are
+    /// done; independent ones run in parallel. `undo` names the steps whose
+    /// action succeeded and that declare a compensation; steps missing from
+    /// `compensations` count as pending. Once a compensation has failed for
+    /// good nothing new starts, and the outcome is set when nothing is in
+    /// flight.
+    pub fn plan_compensation(
+        &self,
+        undo: &BTreeSet<String>,
+        compensations: &HashMap<String, CompensationStatus>,
+    ) -> CompensationPlan {
+        let of = |i: usize| {
+            compensations
+                .get(&self.ids[i])
+                .copied()
+                .unwrap_or(CompensationStatus::Pending)
+        };
+        let failed: Vec<String> = (0..self.ids.len())
+            .filter(|&i| undo.contains(&self.ids[i]) && of(i) == CompensationStatus::Failed)
+            .map(|i| self.ids[i].clone())
+            .collect();
+        let in_flight =
+            (0..self.ids.len()).any(|i| undo.contains(&self.ids[i]) && of(i).is_in_flight());
+        if !failed.is_empty() {
+            return CompensationPlan {
+                start: Vec::new(),
+                outcome: (!in_flight).then_some(CompensationOutcome::Failed { steps: failed }),
+            };
+        }
+        // done[i]: step i and everything downstream of it is fully undone.
+        let mut done = vec![false; self.ids.len()];
+        let mut dependents = vec![Vec::new(); self.ids.len()];
+        for (i, needs) in self.needs.iter().enumerate() {
+            for &n in needs {
+                dependents[n].push(i);
+            }
+        }
+        let mut start = Vec::new();
+        for &i in self.topological_order().iter().rev() {
+            let downstream_done = dependents[i].iter().all(|&d| done[d]);
+            let to_undo = undo.contains(&self.ids[i]);
+            done[i] = downstream_done && (!to_undo || of(i) == CompensationStatus::Succeeded);
+            if to_undo && downstream_done && of(i) == CompensationStatus::Pending {
+                start.push(self.ids[i].clone());
+            }
+        }
+        start.sort_by_key(|id| self.index[id]);
+        let outcome = done
+            .iter()
+            .all(|&d| d)
+            .then_some(CompensationOutcome::Compensated);
+        CompensationPlan { start, outcome }
+    }
+
+    /// Every step that (transitively) needs `id`.
+    pub fn descendants(&self, id: &str) -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let Some(&start) = self.index.get(id) else {
+            return seen;
+        };
+        let mut frontier = vec![start];
+        while let Some(node) = frontier.pop() {
+            for (i, needs) in self.needs.iter().enumerate() {
+                if needs.contains(&node) && seen.insert(self.ids[i].clone()) {
+                    frontier.push(i);
+                }
+            }
+        }
+        seen
+    }
+
     /// Decides what happens next given each step's status; steps missing
     /// from `status` count as pending.
     pub fn plan(&self, status: &HashMap<String, StepStatus>) -> Plan {
@@ -386,6 +562,47 @@ mod tests {
             g.ancestors("b"),
             ["a", "b", "c"].into_iter().map(String::from).collect()
         );
+    }
+
+    #[test]
+    fn compensation_runs_in_reverse_dependency_order() {
+        // a -> (b, c) -> d; d failed; a, b, c succeeded and all compensate
+        // except c.
+        let g = graph(&[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"])]);
+        let undo: BTreeSet<String> = ["a", "b"].into_iter().map(String::from).collect();
+        let mut comp = HashMap::new();
+        let plan = g.plan_compensation(&undo, &comp);
+        assert_eq!(
+            plan.start,
+            vec!["b"],
+            "a waits for b; c has nothing to undo"
+        );
+        comp.insert("b".to_string(), CompensationStatus::Ready);
+        assert_eq!(
+            g.plan_compensation(&undo, &comp),
+            CompensationPlan::default()
+        );
+        comp.insert("b".to_string(), CompensationStatus::Succeeded);
+        assert_eq!(g.plan_compensation(&undo, &comp).start, vec!["a"]);
+        comp.insert("a".to_string(), CompensationStatus::Succeeded);
+        assert_eq!(
+            g.plan_compensation(&undo, &comp).outcome,
+            Some(CompensationOutcome::Compensated)
+        );
+        comp.insert("a".to_string(), CompensationStatus::Failed);
+        assert_eq!(
+            g.plan_compensation(&undo, &comp).outcome,
+            Some(CompensationOutcome::Failed {
+                steps: vec!["a".into()]
+            })
+        );
+        assert_eq!(
+            g.descendants("a"),
+            ["b", "c", "d"].into_iter().map(String::from).collect()
+        );
+        assert!(RunStatus::Running.can_become(RunStatus::Compensating));
+        assert!(!RunStatus::Succeeded.can_become(RunStatus::Running));
+        assert!(!RunStatus::Compensated.can_become(RunStatus::Succeeded));
     }
 
     /// Random DAGs: edges only go from a lower to a higher index, so there is

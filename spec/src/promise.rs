@@ -57,6 +57,10 @@ pub struct PromiseSpec {
     /// Step settings applied where a step does not set its own.
     #[serde(default)]
     pub defaults: StepDefaults,
+    /// Whole-run deadline, from acceptance; on expiry in-flight steps are
+    /// cancelled and the run compensates, then fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 fn empty_object_schema() -> Value {
@@ -72,6 +76,10 @@ pub struct StepDefaults {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_to_start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,9 +105,15 @@ pub struct Step {
     pub condition: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
-    /// Per-attempt timeout, e.g. `30s`, `10m`.
+    /// Per-attempt timeout from the moment a worker starts it, e.g. `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// How long an attempt may wait for a worker of its queue to start it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_to_start: Option<String>,
+    /// Longest silence allowed between a running handler's heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout: Option<String>,
     /// Worker queue; tasks go to `<prefix>.tasks.<queue>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
@@ -134,6 +148,12 @@ pub struct RetrySpec {
     pub max: String,
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
+    /// Each delay is spread uniformly over `delay * (1 ± jitter)`; 0 to 1.
+    #[serde(default)]
+    pub jitter: f64,
+    /// Error codes that fail the step at once, whatever the handler said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_retryable: Vec<String>,
 }
 
 fn default_max_attempts() -> u32 {
@@ -153,28 +173,49 @@ fn default_multiplier() -> f64 {
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A retry policy with its durations parsed.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub initial: Duration,
     pub max: Duration,
     pub multiplier: f64,
+    pub jitter: f64,
+    pub non_retryable: Vec<String>,
 }
 
 impl RetryPolicy {
     /// One attempt, no retry: the default until a Promise asks for more.
-    pub const NONE: RetryPolicy = RetryPolicy {
-        max_attempts: 1,
-        initial: Duration::from_secs(1),
-        max: Duration::from_secs(60),
-        multiplier: 2.0,
-    };
+    pub fn none() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 1,
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.0,
+            non_retryable: Vec::new(),
+        }
+    }
 
-    /// Delay before attempt `next_attempt` (2 for the first retry).
-    pub fn backoff(&self, next_attempt: u32) -> Duration {
+    /// The delay before attempt `next_attempt` (2 for the first retry),
+    /// without jitter: `initial * multiplier^(next_attempt - 2)`, capped at `max`.
+    pub fn base_backoff(&self, next_attempt: u32) -> Duration {
         let exponent = next_attempt.saturating_sub(2).min(64) as i32;
         let secs = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
         Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
+    }
+
+    /// [`Self::base_backoff`] spread by jitter; `random` is uniform in [0, 1).
+    pub fn backoff(&self, next_attempt: u32, random: f64) -> Duration {
+        let base = self.base_backoff(next_attempt).as_secs_f64();
+        let factor = 1.0 + self.jitter * (2.0 * random.clamp(0.0, 1.0) - 1.0);
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+
+    /// Whether a failure with `code` may be retried after attempt `attempt`.
+    pub fn allows_retry(&self, attempt: u32, retryable: bool, code: Option<&str>) -> bool {
+        retryable
+            && attempt < self.max_attempts
+            && !code.is_some_and(|c| self.non_retryable.iter().any(|n| n == c))
     }
 }
 
@@ -243,7 +284,51 @@ impl Promise {
             .as_ref()
             .or(self.spec.defaults.retry.as_ref())
             .and_then(|r| r.policy().ok())
-            .unwrap_or(RetryPolicy::NONE)
+            .unwrap_or_else(RetryPolicy::none)
+    }
+
+    /// The compensation's retry policy (its own, else the Promise default).
+    pub fn compensation_retry_of(&self, compensation: &Compensation) -> RetryPolicy {
+        compensation
+            .retry
+            .as_ref()
+            .or(self.spec.defaults.retry.as_ref())
+            .and_then(|r| r.policy().ok())
+            .unwrap_or_else(RetryPolicy::none)
+    }
+
+    /// The compensation's per-attempt timeout.
+    pub fn compensation_timeout_of(&self, compensation: &Compensation) -> Duration {
+        compensation
+            .timeout
+            .as_deref()
+            .or(self.spec.defaults.timeout.as_deref())
+            .and_then(|t| parse_duration(t).ok())
+            .unwrap_or(DEFAULT_STEP_TIMEOUT)
+    }
+
+    /// How long the step's attempts may wait for a worker, if bounded.
+    pub fn schedule_to_start_of(&self, step: &Step) -> Option<Duration> {
+        step.schedule_to_start
+            .as_deref()
+            .or(self.spec.defaults.schedule_to_start.as_deref())
+            .and_then(|t| parse_duration(t).ok())
+    }
+
+    /// Longest silence between heartbeats of the step's running attempts.
+    pub fn heartbeat_timeout_of(&self, step: &Step) -> Option<Duration> {
+        step.heartbeat_timeout
+            .as_deref()
+            .or(self.spec.defaults.heartbeat_timeout.as_deref())
+            .and_then(|t| parse_duration(t).ok())
+    }
+
+    /// The whole run's deadline, if any.
+    pub fn run_timeout(&self) -> Option<Duration> {
+        self.spec
+            .timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
     }
 
     /// Environment variable names the Promise's expressions read as `env.X`.
@@ -267,6 +352,8 @@ impl RetrySpec {
             initial: parse_duration(&self.initial)?,
             max: parse_duration(&self.max)?,
             multiplier: self.multiplier,
+            jitter: self.jitter,
+            non_retryable: self.non_retryable.clone(),
         })
     }
 }

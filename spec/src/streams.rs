@@ -28,7 +28,7 @@ pub fn stream_configs(names: &NatsNames) -> Vec<stream::Config> {
         },
         stream::Config {
             name: names.results_stream(),
-            subjects: vec![names.results_subject()],
+            subjects: vec![names.results_subject(), names.progress_subject()],
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()

@@ -146,6 +146,23 @@ pub fn validate(promise: &Promise) -> Result<(), SpecErrors> {
     if let Some(queue) = &promise.spec.defaults.queue {
         check_queue("spec.defaults.queue", queue, &mut err);
     }
+    for (field, value) in [
+        (
+            "schedule_to_start",
+            &promise.spec.defaults.schedule_to_start,
+        ),
+        (
+            "heartbeat_timeout",
+            &promise.spec.defaults.heartbeat_timeout,
+        ),
+    ] {
+        if let Some(text) = value {
+            check_duration(&format!("spec.defaults.{field}"), text, &mut err);
+        }
+    }
+    if let Some(timeout) = &promise.spec.timeout {
+        check_duration("spec.timeout", timeout, &mut err);
+    }
 
     let graph = check_workflow("spec.workflow", &promise.spec.workflow.steps, &mut err);
     if let Some(delete) = &promise.spec.delete {
@@ -222,6 +239,13 @@ fn check_retry(path: &str, retry: &RetrySpec, err: &mut Report<'_>) {
     }
     check_duration(&format!("{path}.initial"), &retry.initial, err);
     check_duration(&format!("{path}.max"), &retry.max, err);
+    if !(retry.jitter.is_finite() && (0.0..=1.0).contains(&retry.jitter)) {
+        err(
+            format!("{path}.jitter"),
+            "invalid_value",
+            format!("jitter must be between 0 and 1, not {}", retry.jitter),
+        );
+    }
     if !(retry.multiplier.is_finite() && retry.multiplier >= 1.0) {
         err(
             format!("{path}.multiplier"),
@@ -278,8 +302,14 @@ fn check_workflow(path: &str, steps: &[Step], err: &mut Report<'_>) -> Option<Gr
                 "uses must name a handler".into(),
             );
         }
-        if let Some(timeout) = &step.timeout {
-            check_duration(&format!("{at}.timeout"), timeout, err);
+        for (field, value) in [
+            ("timeout", &step.timeout),
+            ("schedule_to_start", &step.schedule_to_start),
+            ("heartbeat_timeout", &step.heartbeat_timeout),
+        ] {
+            if let Some(text) = value {
+                check_duration(&format!("{at}.{field}"), text, err);
+            }
         }
         if let Some(retry) = &step.retry {
             check_retry(&format!("{at}.retry"), retry, err);

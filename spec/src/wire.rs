@@ -38,6 +38,64 @@ pub struct TaskMessage {
     /// W3C `traceparent` of the engine span that dispatched the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The step's action, or the compensation that undoes it.
+    #[serde(default, skip_serializing_if = "TaskKind::is_action")]
+    pub kind: TaskKind,
+    /// Per-attempt timeout measured from the worker's start; the worker stops
+    /// at `min(deadline, start + timeout_ms)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// When set, the handler must heartbeat at least this often, and the
+    /// worker forwards heartbeats to the engine as [`ProgressMessage`]s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
+}
+
+/// What a task does for its step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    #[default]
+    Action,
+    Compensation,
+}
+
+impl TaskKind {
+    pub fn is_action(&self) -> bool {
+        *self == TaskKind::Action
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Action => "action",
+            TaskKind::Compensation => "compensation",
+        }
+    }
+}
+
+/// A worker's report that an attempt started, or is still alive, published
+/// on `<prefix>.progress`. Best effort: the engine copes with lost ones
+/// (a lost `started` only delays the attempt's timeout clock).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressMessage {
+    pub task_id: Uuid,
+    pub run_id: Uuid,
+    pub step_id: String,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub progress: Progress,
+    pub at: DateTime<Utc>,
+    /// Whatever the handler reported with its heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+/// Kind of [`ProgressMessage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    Started,
+    Heartbeat,
 }
 
 /// What a worker reports once a handler has finished with a task.
@@ -127,6 +185,11 @@ impl NatsNames {
 
     pub fn results_subject(&self) -> String {
         format!("{}.results", self.prefix)
+    }
+
+    /// Subject of [`ProgressMessage`]s; stored in the results stream.
+    pub fn progress_subject(&self) -> String {
+        format!("{}.progress", self.prefix)
     }
 
     /// `<prefix>.events.<kind>`, for example `fulfil.events.run.succeeded`.

@@ -35,6 +35,33 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, task: &TaskContext, input: Value) -> Result<Value, StepError>;
 }
 
+/// Forwards a running handler's heartbeats to the engine.
+#[derive(Clone, Default)]
+pub struct Heartbeat(Option<tokio::sync::mpsc::UnboundedSender<Option<Value>>>);
+
+impl Heartbeat {
+    pub(crate) fn new(sender: tokio::sync::mpsc::UnboundedSender<Option<Value>>) -> Self {
+        Self(Some(sender))
+    }
+}
+
+impl fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Heartbeat(connected)"
+        } else {
+            "Heartbeat(none)"
+        })
+    }
+}
+
+impl PartialEq for Heartbeat {
+    /// Heartbeat channels carry no data worth comparing.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// What a handler knows about the attempt it runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskContext {
@@ -52,11 +79,22 @@ pub struct TaskContext {
     pub deadline: DateTime<Utc>,
     /// W3C `traceparent` of the engine span that dispatched the task.
     pub traceparent: Option<String>,
+    /// Set when the step has a `heartbeat_timeout`: call
+    /// [`TaskContext::heartbeat`] more often than that.
+    pub heartbeat_timeout: Option<Duration>,
+    heartbeat: Heartbeat,
 }
 
 impl TaskContext {
-    /// The context of `task`.
+    /// The context of `task`, starting now: the deadline is the task's
+    /// absolute deadline or now + its timeout, whichever comes first.
     pub fn from_task(task: &TaskMessage) -> Self {
+        let deadline = match task.timeout_ms {
+            Some(ms) => task
+                .deadline
+                .min(Utc::now() + chrono::Duration::milliseconds(ms.min(i64::MAX as u64) as i64)),
+            None => task.deadline,
+        };
         Self {
             task_id: task.task_id,
             run_id: task.run_id,
@@ -64,8 +102,24 @@ impl TaskContext {
             attempt: task.attempt,
             handler: task.handler.clone(),
             idempotency_key: task.idempotency_key.clone(),
-            deadline: task.deadline,
+            deadline,
             traceparent: task.traceparent.clone(),
+            heartbeat_timeout: task.heartbeat_timeout_ms.map(Duration::from_millis),
+            heartbeat: Heartbeat::default(),
+        }
+    }
+
+    pub(crate) fn with_heartbeat(mut self, heartbeat: Heartbeat) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Tells the engine the handler is alive (and keeps the task from being
+    /// redelivered), with optional progress details shown to operators.
+    /// Cheap: the runtime forwards at most a few per heartbeat timeout.
+    pub fn heartbeat(&self, details: Option<Value>) {
+        if let Some(sender) = &self.heartbeat.0 {
+            let _ = sender.send(details);
         }
     }
 

@@ -55,12 +55,14 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use fulfil_spec::{
     streams::{StreamError, ensure_streams},
     wire::{
-        DEAD_LETTER_REASON_HEADER, NatsNames, Outcome, ResultMessage, StepFailure, TaskMessage,
-        header_text, is_valid_queue_name,
+        DEAD_LETTER_REASON_HEADER, NatsNames, Outcome, Progress, ProgressMessage, ResultMessage,
+        StepFailure, TaskMessage, header_text, is_valid_queue_name,
     },
 };
 
-use crate::handler::{Handlers, StepError, TaskContext};
+use serde_json::Value;
+
+use crate::handler::{Handlers, Heartbeat, StepError, TaskContext};
 
 /// Header on a dead letter naming the subject the message arrived on.
 pub const DEAD_LETTER_SUBJECT_HEADER: &str = "Fulfil-Dead-Letter-Subject";
@@ -77,6 +79,9 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// Attempts at publishing a result (or dead letter) before giving up and
 /// leaving the task to be redelivered.
 const PUBLISH_ATTEMPTS: u32 = 5;
+/// Steps finishing sooner than this send no `started` report.
+const STARTED_REPORT_DELAY: Duration = Duration::from_millis(250);
+
 /// Bound on one publish, including the wait for the stream's ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -218,6 +223,7 @@ impl Worker {
             handlers: self.handlers,
             worker_id: self.config.worker_id.clone(),
             results_subject: self.names.results_subject(),
+            progress_subject: self.names.progress_subject(),
             dead_letter_subject: self.names.dead_letter_subject("tasks"),
             abandon: CancellationToken::new(),
         });
@@ -277,6 +283,7 @@ struct Shared {
     handlers: Handlers,
     worker_id: String,
     results_subject: String,
+    progress_subject: String,
     dead_letter_subject: String,
     /// Cancelled when the drain timeout passes: running tasks give up.
     abandon: CancellationToken,
@@ -450,7 +457,25 @@ async fn handle_message(shared: &Shared, message: &jetstream::Message, ack_wait:
         let work = async {
             let started_at = Utc::now();
             let clock = Instant::now();
-            let outcome = run_handler(&shared.handlers, &task).await;
+            let (beats, heartbeats) = tokio::sync::mpsc::unbounded_channel();
+            let handler = async {
+                let handler = run_handler(&shared.handlers, &task, Heartbeat::new(beats));
+                tokio::pin!(handler);
+                // Quick steps report nothing but their result; a step still
+                // running after a moment says it started, so the engine shows
+                // it running and arms its timeout and heartbeat clocks.
+                tokio::select! {
+                    outcome = &mut handler => outcome,
+                    () = tokio::time::sleep(started_report_delay(&task)) => {
+                        report_progress(shared, &task, Progress::Started, None).await;
+                        handler.await
+                    }
+                }
+            };
+            let (outcome, ()) = tokio::join!(
+                handler,
+                forward_heartbeats(shared, message, &task, heartbeats)
+            );
             match &outcome {
                 Outcome::Ok { .. } => info!(elapsed = ?clock.elapsed(), "step attempt succeeded"),
                 Outcome::Error(failure) => info!(
@@ -493,12 +518,12 @@ async fn handle_message(shared: &Shared, message: &jetstream::Message, ack_wait:
 
 /// Runs the task's handler in its own task, so a panic is caught, and
 /// gives up at the task's deadline.
-async fn run_handler(handlers: &Handlers, task: &TaskMessage) -> Outcome {
+async fn run_handler(handlers: &Handlers, task: &TaskMessage, heartbeat: Heartbeat) -> Outcome {
     let handler = match handlers.resolve(&task.handler) {
         Ok(handler) => handler,
         Err(err) => return Outcome::Error(err.into()),
     };
-    let ctx = TaskContext::from_task(task);
+    let ctx = TaskContext::from_task(task).with_heartbeat(heartbeat);
     let remaining = ctx.remaining();
     let timeout = || {
         StepError::retryable(format!(
@@ -534,6 +559,81 @@ async fn run_handler(handlers: &Handlers, task: &TaskMessage) -> Outcome {
                 .with_code("handler_cancelled")
                 .into(),
         ),
+    }
+}
+
+/// How long a handler runs before the worker reports it started.
+fn started_report_delay(task: &TaskMessage) -> Duration {
+    let quarter = |ms: u64| Duration::from_millis(ms / 4);
+    [
+        Some(STARTED_REPORT_DELAY),
+        task.timeout_ms.map(quarter),
+        task.heartbeat_timeout_ms.map(quarter),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(STARTED_REPORT_DELAY)
+}
+
+/// Publishes a progress report, best effort: the engine tolerates a lost
+/// one, so a failure is logged and the task goes on.
+async fn report_progress(
+    shared: &Shared,
+    task: &TaskMessage,
+    progress: Progress,
+    details: Option<Value>,
+) {
+    let report = ProgressMessage {
+        task_id: task.task_id,
+        run_id: task.run_id,
+        step_id: task.step_id.clone(),
+        attempt: task.attempt,
+        worker_id: shared.worker_id.clone(),
+        progress,
+        at: Utc::now(),
+        details,
+    };
+    let payload = match serde_json::to_vec(&report) {
+        Ok(p) => Bytes::from(p),
+        Err(err) => {
+            warn!(error = %err, "cannot encode a progress report");
+            return;
+        }
+    };
+    // Not waiting for the stream's ack keeps the report off the step's path.
+    if let Err(err) = shared
+        .js
+        .publish(shared.progress_subject.clone(), payload)
+        .await
+    {
+        warn!(error = %err, ?progress, "progress report not sent");
+    }
+}
+
+/// Forwards the handler's heartbeats to the engine, at most one per third
+/// of the heartbeat timeout, and keeps the task message alive meanwhile.
+/// Ends when the handler has finished (its sender is dropped).
+async fn forward_heartbeats(
+    shared: &Shared,
+    message: &jetstream::Message,
+    task: &TaskMessage,
+    mut heartbeats: tokio::sync::mpsc::UnboundedReceiver<Option<Value>>,
+) {
+    let min_gap = task
+        .heartbeat_timeout_ms
+        .map(|ms| Duration::from_millis(ms / 3))
+        .unwrap_or(Duration::from_secs(1));
+    let mut last_sent: Option<Instant> = None;
+    while let Some(details) = heartbeats.recv().await {
+        if last_sent.is_some_and(|at| at.elapsed() < min_gap) {
+            continue;
+        }
+        last_sent = Some(Instant::now());
+        report_progress(shared, task, Progress::Heartbeat, details).await;
+        if let Err(err) = message.ack_with(AckKind::Progress).await {
+            debug!(error = %err, "progress ack failed");
+        }
     }
 }
 
@@ -765,6 +865,9 @@ mod tests {
             deadline: Utc::now() + deadline_in,
             idempotency_key: "k".into(),
             traceparent: None,
+            kind: Default::default(),
+            timeout_ms: None,
+            heartbeat_timeout_ms: None,
         }
     }
 
@@ -784,7 +887,7 @@ mod tests {
             .register("sleeps", Sleeps);
         let minute = chrono::Duration::seconds(60);
 
-        let ok = run_handler(&handlers, &task("echo", minute)).await;
+        let ok = run_handler(&handlers, &task("echo", minute), Heartbeat::default()).await;
         assert_eq!(
             ok,
             Outcome::Ok {
@@ -792,7 +895,8 @@ mod tests {
             }
         );
 
-        let panicked = failure(run_handler(&handlers, &task("panics", minute)).await);
+        let panicked =
+            failure(run_handler(&handlers, &task("panics", minute), Heartbeat::default()).await);
         assert_eq!(panicked.code.as_deref(), Some("handler_panic"));
         assert!(panicked.retryable);
         assert!(
@@ -803,16 +907,23 @@ mod tests {
 
         let started = Instant::now();
         let late = task("sleeps", chrono::Duration::milliseconds(200));
-        let timed_out = failure(run_handler(&handlers, &late).await);
+        let timed_out = failure(run_handler(&handlers, &late, Heartbeat::default()).await);
         assert_eq!(timed_out.code.as_deref(), Some("timeout"));
         assert!(timed_out.retryable);
         assert!(started.elapsed() < Duration::from_secs(5));
 
-        let expired =
-            failure(run_handler(&handlers, &task("echo", chrono::Duration::seconds(-1))).await);
+        let expired = failure(
+            run_handler(
+                &handlers,
+                &task("echo", chrono::Duration::seconds(-1)),
+                Heartbeat::default(),
+            )
+            .await,
+        );
         assert_eq!(expired.code.as_deref(), Some("timeout"));
 
-        let unknown = failure(run_handler(&handlers, &task("nope", minute)).await);
+        let unknown =
+            failure(run_handler(&handlers, &task("nope", minute), Heartbeat::default()).await);
         assert_eq!(unknown.code.as_deref(), Some("unknown_handler"));
         assert!(!unknown.retryable);
     }

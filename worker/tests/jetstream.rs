@@ -48,6 +48,9 @@ fn task(handler: &str, input: Value, deadline: Duration) -> TaskMessage {
         deadline: Utc::now() + deadline,
         idempotency_key: "idem".into(),
         traceparent: None,
+        kind: Default::default(),
+        timeout_ms: None,
+        heartbeat_timeout_ms: None,
     }
 }
 
@@ -142,6 +145,8 @@ async fn scenario(
         .await?
         .create_consumer(pull::Config {
             durable_name: Some("test_engine".into()),
+            // Progress reports share the stream; this test reads results only.
+            filter_subject: names.results_subject(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ..Default::default()
         })

@@ -74,6 +74,9 @@ async fn round_trip(
         deadline: Utc::now() + Duration::from_secs(120),
         idempotency_key: label.into(),
         traceparent: None,
+        kind: Default::default(),
+        timeout_ms: None,
+        heartbeat_timeout_ms: None,
     };
     let payload = serde_json::to_vec(&task)?;
     tokio::time::timeout(Duration::from_secs(60), async {

@@ -1,18 +1,21 @@
 //! Applying a worker's result: at most once per task id.
 //!
-//! The attempt row is re-read under the run's row lock. Only an attempt still
-//! `dispatched` accepts a result; a duplicate delivery, or a result for an
-//! attempt that is no longer current, is recorded in history as
-//! `result.ignored` and changes nothing else.
+//! The attempt row is re-read under the run's row lock. Only an attempt that
+//! is still open (`dispatched` or `running`) and is the current attempt of
+//! its step (or of its compensation) accepts a result; a duplicate delivery,
+//! a result for an attempt that timed out or was cancelled, or one that
+//! arrives after the run ended, is recorded in history as `result.ignored`
+//! and changes nothing else.
 
-use chrono::Utc;
 use fulfil_spec::StepStatus;
-use fulfil_spec::wire::{Outcome, ResultMessage};
+use fulfil_spec::dag::CompensationStatus;
+use fulfil_spec::wire::{Outcome, ResultMessage, TaskKind};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::advance::{advance, fail_step, set_step};
-use super::{RunError, RunTxn, event};
+use super::advance::{advance, attempt_failed, set_compensation, set_step};
+use super::event::{self, AttemptEvent, attempt_event};
+use super::{RunError, RunTxn};
 use crate::Engine;
 
 /// Why a result could not be applied.
@@ -41,132 +44,112 @@ pub enum Applied {
     Ignored(String),
 }
 
-/// Applies `result` in one transaction; see the module docs.
-pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<Applied, ApplyError> {
+/// An attempt row, read under the run lock.
+#[derive(sqlx::FromRow)]
+pub(super) struct AttemptRow {
+    pub step_id: String,
+    pub attempt: i32,
+    pub status: String,
+    pub kind: String,
+}
+
+impl AttemptRow {
+    pub(super) fn task_kind(&self) -> TaskKind {
+        if self.kind == "compensation" {
+            TaskKind::Compensation
+        } else {
+            TaskKind::Action
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.status == "dispatched" || self.status == "running"
+    }
+}
+
+/// Locks the run owning `task_id` and reads the attempt; `None` if unknown.
+pub(super) async fn lock_attempt<'a>(
+    engine: &Engine,
+    task_id: Uuid,
+    actor: String,
+) -> Result<Option<(RunTxn<'a>, AttemptRow)>, RunError> {
     let mut tx = engine.pool().begin().await?;
     let run_id: Option<Uuid> =
         sqlx::query_scalar("SELECT run_id FROM fulfil.attempts WHERE task_id = $1")
-            .bind(result.task_id)
+            .bind(task_id)
             .fetch_optional(&mut *tx)
             .await?;
-    let run_id = run_id.ok_or(ApplyError::UnknownTask(result.task_id))?;
-    let actor = format!("worker:{}", result.worker_id);
-    let mut run = RunTxn::lock(engine, tx, run_id, actor)
-        .await?
-        .ok_or(ApplyError::UnknownTask(result.task_id))?;
+    let Some(run_id) = run_id else {
+        return Ok(None);
+    };
+    let Some(mut run) = RunTxn::lock(engine, tx, run_id, actor).await? else {
+        return Ok(None);
+    };
+    let attempt: AttemptRow = sqlx::query_as(
+        "SELECT step_id, attempt, status, kind FROM fulfil.attempts WHERE task_id = $1",
+    )
+    .bind(task_id)
+    .fetch_one(run.conn())
+    .await?;
+    Ok(Some((run, attempt)))
+}
 
-    let (step_id, attempt, status): (String, i32, String) =
-        sqlx::query_as("SELECT step_id, attempt, status FROM fulfil.attempts WHERE task_id = $1")
-            .bind(result.task_id)
-            .fetch_one(run.conn())
-            .await?;
-    let current_attempt = run.steps.get(&step_id).map(|s| s.attempt);
-    let ignore_reason = if status != "dispatched" {
-        Some(format!("attempt {attempt} already finished as {status}"))
-    } else if current_attempt != Some(attempt) {
+/// Why a report about `attempt` must not change the run, if it must not.
+pub(super) fn stale_reason(run: &RunTxn<'_>, attempt: &AttemptRow) -> Option<String> {
+    let current = run
+        .steps
+        .get(&attempt.step_id)
+        .map(|s| s.current_attempt(attempt.task_kind()));
+    if !attempt.is_open() {
         Some(format!(
-            "attempt {attempt} is stale; the step is on attempt {}",
-            current_attempt.unwrap_or(0)
+            "attempt {} is already {}",
+            attempt.attempt, attempt.status
+        ))
+    } else if current != Some(attempt.attempt) {
+        Some(format!(
+            "attempt {} is stale; the current attempt is {}",
+            attempt.attempt,
+            current.unwrap_or(0)
         ))
     } else if run.status.is_terminal() {
-        Some(format!("run already {}", run.status.as_str()))
+        Some(format!("the run is already {}", run.status.as_str()))
     } else {
         None
-    };
-    if let Some(reason) = ignore_reason {
+    }
+}
+
+/// Applies `result` in one transaction; see the module docs.
+pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<Applied, ApplyError> {
+    let actor = format!("worker:{}", result.worker_id);
+    let (mut run, attempt) = lock_attempt(engine, result.task_id, actor)
+        .await?
+        .ok_or(ApplyError::UnknownTask(result.task_id))?;
+    let kind = attempt.task_kind();
+    let step_id = attempt.step_id.clone();
+    if let Some(reason) = stale_reason(&run, &attempt) {
         run.record(
             event::RESULT_IGNORED,
             Some(&step_id),
-            Some(attempt),
-            json!({ "task_id": result.task_id, "reason": reason, "worker": result.worker_id }),
+            Some(attempt.attempt),
+            json!({ "task_id": result.task_id, "kind": kind.as_str(), "reason": reason,
+                    "worker": result.worker_id, "outcome": result.outcome }),
         );
         run.commit().await?;
         return Ok(Applied::Ignored(reason));
     }
+    run.clear_attempt_timers(result.task_id, None).await?;
 
     let duration_ms = (result.finished_at - result.started_at).num_milliseconds();
-    match &result.outcome {
-        Outcome::Ok { output } => {
-            finish_attempt(&mut run, result, "succeeded", None).await?;
-            set_step(
-                &mut run,
-                &step_id,
-                StepStatus::Succeeded,
-                attempt,
-                Some(output.clone()),
-                None,
-            )
-            .await?;
-            run.record(
-                event::STEP_SUCCEEDED,
-                Some(&step_id),
-                Some(attempt),
-                json!({ "task_id": result.task_id, "worker": result.worker_id, "duration_ms": duration_ms,
-                        "engine": engine.id() }),
-            );
-        }
-        Outcome::Error(failure) => {
-            let error =
-                serde_json::to_value(failure).map_err(|e| RunError::Corrupt(e.to_string()))?;
-            finish_attempt(&mut run, result, "failed", Some(error.clone())).await?;
-            let promise = run.promise.clone();
-            let policy = promise
-                .step(&step_id)
-                .map(|s| promise.retry_of(s))
-                .unwrap_or(fulfil_spec::RetryPolicy::NONE);
-            if failure.retryable && (attempt as u32) < policy.max_attempts {
-                let mut delay = policy.backoff(attempt as u32 + 1);
-                if let Some(after) = failure.retry_after_ms {
-                    delay = delay.max(std::time::Duration::from_millis(after));
-                }
-                let fire_at =
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                sqlx::query("INSERT INTO fulfil.timers (run_id, step_id, kind, fire_at) VALUES ($1, $2, 'retry', $3)")
-                    .bind(run.run_id)
-                    .bind(&step_id)
-                    .bind(fire_at)
-                    .execute(run.conn())
-                    .await?;
-                set_step(
-                    &mut run,
-                    &step_id,
-                    StepStatus::Retrying,
-                    attempt,
-                    None,
-                    Some(&failure.message),
-                )
-                .await?;
-                run.record(
-                    event::STEP_RETRY_SCHEDULED,
-                    Some(&step_id),
-                    Some(attempt),
-                    json!({ "error": error, "worker": result.worker_id, "next_attempt": attempt + 1,
-                            "delay_ms": delay.as_millis() as u64, "fire_at": fire_at }),
-                );
-            } else {
-                let code = failure.code.as_deref().unwrap_or("step_error");
-                let message = if failure.retryable {
-                    format!("{} (gave up after {attempt} attempt(s))", failure.message)
-                } else {
-                    failure.message.clone()
-                };
-                fail_step(&mut run, &step_id, attempt, code, &message).await?;
-            }
-        }
-    }
-    advance(&mut run).await?;
-    run.commit().await?;
-    Ok(Applied::Applied)
-}
-
-async fn finish_attempt(
-    run: &mut RunTxn<'_>,
-    result: &ResultMessage,
-    status: &str,
-    error: Option<serde_json::Value>,
-) -> Result<(), RunError> {
+    let (status, error) = match &result.outcome {
+        Outcome::Ok { .. } => ("succeeded", None),
+        Outcome::Error(failure) => (
+            "failed",
+            Some(serde_json::to_value(failure).map_err(|e| RunError::Corrupt(e.to_string()))?),
+        ),
+    };
     sqlx::query(
-        "UPDATE fulfil.attempts SET status = $2, worker = $3, started_at = $4, finished_at = $5, error = $6
+        "UPDATE fulfil.attempts SET status = $2, worker = $3, started_at = COALESCE(started_at, $4),
+                finished_at = $5, error = $6
          WHERE task_id = $1",
     )
     .bind(result.task_id)
@@ -174,8 +157,71 @@ async fn finish_attempt(
     .bind(&result.worker_id)
     .bind(result.started_at)
     .bind(result.finished_at)
-    .bind(error)
+    .bind(&error)
     .execute(run.conn())
     .await?;
-    Ok(())
+
+    match &result.outcome {
+        Outcome::Ok { output } => {
+            match kind {
+                TaskKind::Action => {
+                    set_step(
+                        &mut run,
+                        &step_id,
+                        StepStatus::Succeeded,
+                        None,
+                        Some(output.clone()),
+                        None,
+                    )
+                    .await?;
+                }
+                TaskKind::Compensation => {
+                    set_compensation(
+                        &mut run,
+                        &step_id,
+                        CompensationStatus::Succeeded,
+                        None,
+                        None,
+                    )
+                    .await?;
+                    set_step(
+                        &mut run,
+                        &step_id,
+                        StepStatus::Compensated,
+                        None,
+                        None,
+                        None,
+                    )
+                    .await?;
+                    sqlx::query("UPDATE fulfil.steps SET compensation_outputs = $3 WHERE run_id = $1 AND step_id = $2")
+                        .bind(run.run_id)
+                        .bind(&step_id)
+                        .bind(output)
+                        .execute(run.conn())
+                        .await?;
+                }
+            }
+            run.record(
+                attempt_event(kind, AttemptEvent::Succeeded),
+                Some(&step_id),
+                Some(attempt.attempt),
+                json!({ "task_id": result.task_id, "worker": result.worker_id, "duration_ms": duration_ms,
+                        "engine": engine.id() }),
+            );
+        }
+        Outcome::Error(failure) => {
+            attempt_failed(
+                &mut run,
+                &step_id,
+                kind,
+                attempt.attempt,
+                failure,
+                Some(&result.worker_id),
+            )
+            .await?;
+        }
+    }
+    advance(&mut run).await?;
+    run.commit().await?;
+    Ok(Applied::Applied)
 }

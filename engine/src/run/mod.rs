@@ -8,11 +8,15 @@
 
 mod advance;
 mod apply;
+mod operator;
+mod progress;
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use fulfil_spec::dag::CompensationStatus;
 use fulfil_spec::wire::NatsNames;
+use fulfil_spec::wire::TaskKind;
 use fulfil_spec::{RunStatus, StepStatus};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -20,8 +24,12 @@ use uuid::Uuid;
 
 use crate::Engine;
 
-pub use advance::{advance, dispatch_attempt};
+pub use advance::{
+    advance, attempt_failed, dispatch_action, dispatch_compensation, stop_in_flight,
+};
 pub use apply::{Applied, ApplyError, apply_result};
+pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
+pub use progress::apply_progress;
 
 /// Kinds of history event, as stored in `history.type`.
 pub mod event {
@@ -29,12 +37,47 @@ pub mod event {
     pub const RUN_STARTED: &str = "run.started";
     pub const RUN_SUCCEEDED: &str = "run.succeeded";
     pub const RUN_FAILED: &str = "run.failed";
-    pub const STEP_DISPATCHED: &str = "step.dispatched";
-    pub const STEP_SUCCEEDED: &str = "step.succeeded";
-    pub const STEP_FAILED: &str = "step.failed";
-    pub const STEP_RETRY_SCHEDULED: &str = "step.retry_scheduled";
+    pub const RUN_COMPENSATING: &str = "run.compensating";
+    pub const RUN_COMPENSATED: &str = "run.compensated";
+    pub const RUN_CANCEL_REQUESTED: &str = "run.cancel_requested";
+    pub const RUN_CANCELLED: &str = "run.cancelled";
+    pub const RUN_TIMED_OUT: &str = "run.timed_out";
+    pub const RUN_RETRIED: &str = "run.retried";
     pub const STEP_SKIPPED: &str = "step.skipped";
+    pub const STEP_CANCELLED: &str = "step.cancelled";
     pub const RESULT_IGNORED: &str = "result.ignored";
+
+    use fulfil_spec::wire::TaskKind;
+
+    /// What can happen to an attempt; the event type names the task kind:
+    /// `step.started` for an action, `compensation.started` for its undo.
+    #[derive(Debug, Clone, Copy)]
+    pub enum AttemptEvent {
+        Dispatched,
+        Started,
+        Succeeded,
+        Failed,
+        RetryScheduled,
+        TimedOut,
+    }
+
+    pub fn attempt_event(kind: TaskKind, what: AttemptEvent) -> &'static str {
+        use AttemptEvent::*;
+        match (kind, what) {
+            (TaskKind::Action, Dispatched) => "step.dispatched",
+            (TaskKind::Action, Started) => "step.started",
+            (TaskKind::Action, Succeeded) => "step.succeeded",
+            (TaskKind::Action, Failed) => "step.failed",
+            (TaskKind::Action, RetryScheduled) => "step.retry_scheduled",
+            (TaskKind::Action, TimedOut) => "step.timed_out",
+            (TaskKind::Compensation, Dispatched) => "compensation.dispatched",
+            (TaskKind::Compensation, Started) => "compensation.started",
+            (TaskKind::Compensation, Succeeded) => "compensation.succeeded",
+            (TaskKind::Compensation, Failed) => "compensation.failed",
+            (TaskKind::Compensation, RetryScheduled) => "compensation.retry_scheduled",
+            (TaskKind::Compensation, TimedOut) => "compensation.timed_out",
+        }
+    }
 }
 
 /// A history event waiting to be written.
@@ -62,6 +105,36 @@ pub struct StepRow {
     pub status: StepStatus,
     pub attempt: i32,
     pub outputs: Option<Value>,
+    /// Rendered input of the latest action attempt.
+    pub input: Option<Value>,
+    pub error: Option<String>,
+    pub compensation: Option<CompensationStatus>,
+    pub compensation_attempt: i32,
+    pub compensation_error: Option<String>,
+}
+
+impl StepRow {
+    fn new(step_id: String) -> Self {
+        StepRow {
+            step_id,
+            status: StepStatus::Pending,
+            attempt: 0,
+            outputs: None,
+            input: None,
+            error: None,
+            compensation: None,
+            compensation_attempt: 0,
+            compensation_error: None,
+        }
+    }
+
+    /// The attempt number current for tasks of `kind`.
+    pub fn current_attempt(&self, kind: TaskKind) -> i32 {
+        match kind {
+            TaskKind::Action => self.attempt,
+            TaskKind::Compensation => self.compensation_attempt,
+        }
+    }
 }
 
 /// One locked run and the changes made to it in this transaction.
@@ -77,6 +150,10 @@ pub struct RunTxn<'a> {
     pub names: NatsNames,
     /// Who is acting, recorded in history.
     pub actor: String,
+    /// An operator asked to cancel the run.
+    pub cancel_requested: bool,
+    /// Why the run is stopping when no step failed (cancel, run timeout).
+    pub stop_reason: Option<String>,
     next_seq: i64,
     events: Vec<PendingEvent>,
     outbox: Vec<OutboxMessage>,
@@ -94,6 +171,9 @@ pub enum RunError {
     /// The run's Promise version could not be loaded.
     #[error(transparent)]
     Promise(#[from] crate::promises::PromiseError),
+    /// A change would break the run state machine (a bug, never user input).
+    #[error("illegal run transition {from:?} -> {to:?}")]
+    IllegalTransition { from: RunStatus, to: RunStatus },
 }
 
 impl<'a> RunTxn<'a> {
@@ -112,17 +192,7 @@ impl<'a> RunTxn<'a> {
             .workflow
             .steps
             .iter()
-            .map(|s| {
-                (
-                    s.id.clone(),
-                    StepRow {
-                        step_id: s.id.clone(),
-                        status: StepStatus::Pending,
-                        attempt: 0,
-                        outputs: None,
-                    },
-                )
-            })
+            .map(|s| (s.id.clone(), StepRow::new(s.id.clone())))
             .collect();
         RunTxn {
             tx,
@@ -134,6 +204,8 @@ impl<'a> RunTxn<'a> {
             steps,
             names,
             actor,
+            cancel_requested: false,
+            stop_reason: None,
             next_seq: 1,
             events: Vec::new(),
             outbox: Vec::new(),
@@ -147,38 +219,60 @@ impl<'a> RunTxn<'a> {
         run_id: Uuid,
         actor: String,
     ) -> Result<Option<Self>, RunError> {
-        let row: Option<(Uuid, String, String, String, Value, i64)> = sqlx::query_as(
-            "SELECT request_id, promise, promise_version, status, context, history_seq
+        let row: Option<LockedRun> = sqlx::query_as(
+            "SELECT request_id, promise, promise_version, status, context, history_seq, cancel_requested,
+                    stop_reason
              FROM fulfil.runs WHERE id = $1 FOR UPDATE",
         )
         .bind(run_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((request_id, promise, version, status, context, seq)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let status = RunStatus::parse(&status)
-            .ok_or_else(|| RunError::Corrupt(format!("run status {status:?}")))?;
-        let rows: Vec<(String, String, i32, Option<Value>)> = sqlx::query_as(
-            "SELECT step_id, status, attempt, outputs FROM fulfil.steps WHERE run_id = $1",
+        let status = RunStatus::parse(&row.status)
+            .ok_or_else(|| RunError::Corrupt(format!("run status {:?}", row.status)))?;
+        let rows: Vec<LockedStep> = sqlx::query_as(
+            "SELECT step_id, status, attempt, outputs, input, error, compensation_status,
+                    compensation_attempt, compensation_error
+             FROM fulfil.steps WHERE run_id = $1",
         )
         .bind(run_id)
         .fetch_all(&mut *tx)
         .await?;
         let mut steps = HashMap::with_capacity(rows.len());
-        for (step_id, status, attempt, outputs) in rows {
-            let status = StepStatus::parse(&status)
-                .ok_or_else(|| RunError::Corrupt(format!("step status {status:?}")))?;
+        for r in rows {
+            let status = StepStatus::parse(&r.status)
+                .ok_or_else(|| RunError::Corrupt(format!("step status {:?}", r.status)))?;
+            let compensation = match r.compensation_status.as_deref() {
+                None => None,
+                Some(c) => Some(
+                    CompensationStatus::parse(c)
+                        .ok_or_else(|| RunError::Corrupt(format!("compensation status {c:?}")))?,
+                ),
+            };
             steps.insert(
-                step_id.clone(),
+                r.step_id.clone(),
                 StepRow {
-                    step_id,
+                    step_id: r.step_id,
                     status,
-                    attempt,
-                    outputs,
+                    attempt: r.attempt,
+                    outputs: r.outputs,
+                    input: r.input,
+                    error: r.error,
+                    compensation,
+                    compensation_attempt: r.compensation_attempt,
+                    compensation_error: r.compensation_error,
                 },
             );
         }
+        let (request_id, promise, version, context, seq) = (
+            row.request_id,
+            row.promise,
+            row.promise_version,
+            row.context,
+            row.history_seq,
+        );
         // Versions are immutable, so the cache answers without a query once
         // this process has seen the version.
         let promise = engine
@@ -195,6 +289,8 @@ impl<'a> RunTxn<'a> {
             steps,
             names: engine.names().clone(),
             actor,
+            cancel_requested: row.cancel_requested,
+            stop_reason: row.stop_reason,
             next_seq: seq + 1,
             events: Vec::new(),
             outbox: Vec::new(),
@@ -203,6 +299,68 @@ impl<'a> RunTxn<'a> {
 
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
+    }
+
+    /// Moves the run to `next`, refusing a transition the state machine
+    /// does not allow.
+    pub async fn set_status(&mut self, next: RunStatus) -> Result<(), RunError> {
+        if !self.status.can_become(next) {
+            return Err(RunError::IllegalTransition {
+                from: self.status,
+                to: next,
+            });
+        }
+        sqlx::query("UPDATE fulfil.runs SET status = $2 WHERE id = $1")
+            .bind(self.run_id)
+            .bind(next.as_str())
+            .execute(&mut *self.tx)
+            .await?;
+        self.status = next;
+        Ok(())
+    }
+
+    /// Arms a durable timer for this run.
+    pub async fn add_timer(
+        &mut self,
+        kind: &str,
+        step_id: &str,
+        task_id: Option<Uuid>,
+        fire_at: DateTime<Utc>,
+    ) -> Result<(), RunError> {
+        sqlx::query("INSERT INTO fulfil.timers (run_id, step_id, kind, fire_at, task_id) VALUES ($1, $2, $3, $4, $5)")
+            .bind(self.run_id)
+            .bind(step_id)
+            .bind(kind)
+            .bind(fire_at)
+            .bind(task_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Disarms the timers of one attempt (all of them, or one kind).
+    pub async fn clear_attempt_timers(
+        &mut self,
+        task_id: Uuid,
+        kind: Option<&str>,
+    ) -> Result<(), RunError> {
+        sqlx::query(
+            "DELETE FROM fulfil.timers WHERE task_id = $1 AND ($2::text IS NULL OR kind = $2)",
+        )
+        .bind(task_id)
+        .bind(kind)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Disarms every timer of the run.
+    pub async fn clear_run_timers(&mut self) -> Result<(), RunError> {
+        sqlx::query("DELETE FROM fulfil.timers WHERE run_id = $1")
+            .bind(self.run_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
     }
 
     pub fn record(
@@ -297,6 +455,31 @@ impl<'a> RunTxn<'a> {
         self.tx.commit().await?;
         Ok(summary)
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedRun {
+    request_id: Uuid,
+    promise: String,
+    promise_version: String,
+    status: String,
+    context: Value,
+    history_seq: i64,
+    cancel_requested: bool,
+    stop_reason: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedStep {
+    step_id: String,
+    status: String,
+    attempt: i32,
+    outputs: Option<Value>,
+    input: Option<Value>,
+    error: Option<String>,
+    compensation_status: Option<String>,
+    compensation_attempt: i32,
+    compensation_error: Option<String>,
 }
 
 /// What a commit wrote.

@@ -382,16 +382,20 @@ mod tests {
     use crate::handler::RetryDecision;
 
     fn task() -> TaskContext {
-        TaskContext {
+        TaskContext::from_task(&fulfil_spec::wire::TaskMessage {
             task_id: Uuid::now_v7(),
             run_id: Uuid::now_v7(),
             step_id: "provision".into(),
             attempt: 1,
             handler: "http".into(),
+            input: Value::Null,
             idempotency_key: "idem-1".into(),
             deadline: Utc::now() + chrono::Duration::seconds(60),
             traceparent: None,
-        }
+            kind: Default::default(),
+            timeout_ms: None,
+            heartbeat_timeout_ms: None,
+        })
     }
 
     async fn serve() -> String {

@@ -1,0 +1,287 @@
+//! Operator repair: cancel and retry, each recorded in history with who did it.
+
+use std::collections::BTreeSet;
+
+use fulfil_spec::dag::CompensationStatus;
+use fulfil_spec::wire::TaskKind;
+use fulfil_spec::{Graph, RunStatus, StepStatus};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::advance::{advance, stop_in_flight};
+use super::event;
+use super::{RunError, RunTxn};
+use crate::Engine;
+
+/// Why an operator action was refused; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// There is no such run.
+    #[error("no run {0}")]
+    NotFound(Uuid),
+    /// The run is in a status the action does not apply to.
+    #[error("{0}")]
+    Conflict(String),
+    /// `--step` names a step the run does not have.
+    #[error("run has no step {step:?}; its steps: {known}")]
+    UnknownStep { step: String, known: String },
+    /// The change failed and rolled back.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+impl From<sqlx::Error> for OperatorError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Run(RunError::Db(e))
+    }
+}
+
+async fn lock<'a>(engine: &Engine, run_id: Uuid, actor: &str) -> Result<RunTxn<'a>, OperatorError> {
+    let tx = engine.pool().begin().await?;
+    RunTxn::lock(engine, tx, run_id, actor.to_string())
+        .await?
+        .ok_or(OperatorError::NotFound(run_id))
+}
+
+/// Cancels a run: nothing new starts; with `compensate`, in-flight steps
+/// finish and every succeeded step is compensated before the run ends
+/// `cancelled`; without, in-flight attempts are abandoned (their results
+/// ignored) and the run ends `cancelled` at once. Returns the run's status.
+pub async fn cancel_run(
+    engine: &Engine,
+    run_id: Uuid,
+    actor: &str,
+    compensate: bool,
+    reason: Option<&str>,
+) -> Result<RunStatus, OperatorError> {
+    let mut run = lock(engine, run_id, actor).await?;
+    if run.status.is_terminal() {
+        return Err(OperatorError::Conflict(format!(
+            "run {run_id} is already {}; nothing to cancel",
+            run.status.as_str()
+        )));
+    }
+    if run.cancel_requested && compensate {
+        return Err(OperatorError::Conflict(format!(
+            "run {run_id} is already being cancelled; use --no-compensate to stop its compensation"
+        )));
+    }
+    let why = match reason {
+        Some(r) if !r.trim().is_empty() => format!("cancelled by {actor}: {r}"),
+        _ => format!("cancelled by {actor}"),
+    };
+    run.cancel_requested = true;
+    run.stop_reason = Some(why.clone());
+    sqlx::query("UPDATE fulfil.runs SET cancel_requested = true, stop_reason = $2 WHERE id = $1")
+        .bind(run_id)
+        .bind(&why)
+        .execute(run.conn())
+        .await?;
+    run.record(
+        event::RUN_CANCEL_REQUESTED,
+        None,
+        None,
+        json!({ "compensate": compensate, "reason": reason }),
+    );
+    let pending: Vec<String> = run
+        .steps
+        .values()
+        .filter(|s| s.status == StepStatus::Pending || s.status == StepStatus::Retrying)
+        .map(|s| s.step_id.clone())
+        .collect();
+    for step_id in pending {
+        super::advance::set_step(
+            &mut run,
+            &step_id,
+            StepStatus::Cancelled,
+            None,
+            None,
+            Some(&why),
+        )
+        .await?;
+    }
+    if !compensate {
+        stop_in_flight(&mut run, TaskKind::Action, &why).await?;
+        stop_in_flight(&mut run, TaskKind::Compensation, &why).await?;
+        // Nothing is left to wait for: without compensation the run ends now.
+        let undone: Vec<String> = run
+            .steps
+            .values()
+            .filter(|s| s.compensation == Some(CompensationStatus::Pending))
+            .map(|s| s.step_id.clone())
+            .collect();
+        for step_id in undone {
+            super::advance::set_compensation(
+                &mut run,
+                &step_id,
+                CompensationStatus::Cancelled,
+                None,
+                Some(&why),
+            )
+            .await?;
+        }
+        run.set_status(RunStatus::Cancelled).await?;
+        run.clear_run_timers().await?;
+        sqlx::query("UPDATE fulfil.runs SET error = $2, finished_at = now() WHERE id = $1")
+            .bind(run_id)
+            .bind(&why)
+            .execute(run.conn())
+            .await?;
+        sqlx::query(
+            "UPDATE fulfil.requests SET status = 'cancelled', updated_at = now() WHERE id = $1",
+        )
+        .bind(run.request_id)
+        .execute(run.conn())
+        .await?;
+        run.record(event::RUN_CANCELLED, None, None, json!({ "error": why }));
+        run.emit_event(
+            event::RUN_CANCELLED,
+            json!({ "run_id": run_id, "request_id": run.request_id, "status": "cancelled", "error": why }),
+        );
+    } else {
+        advance(&mut run).await?;
+    }
+    let status = run.status;
+    let wrote_outbox = run.has_outbox();
+    run.commit().await?;
+    if wrote_outbox {
+        engine.wake_outbox();
+    }
+    Ok(status)
+}
+
+/// What a retry re-runs and what it keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetryPlan {
+    /// Steps reset to pending, in workflow order.
+    pub rerun: Vec<String>,
+    /// Steps whose outputs are kept.
+    pub kept: Vec<String>,
+    /// False for a dry run.
+    pub applied: bool,
+}
+
+/// Re-runs a finished run that did not succeed: every step that did not
+/// succeed (failed, cancelled, compensated) and every step downstream of one,
+/// plus `step` and its dependents when given. Succeeded steps outside that
+/// set keep their outputs. With `dry_run` nothing changes.
+pub async fn retry_run(
+    engine: &Engine,
+    run_id: Uuid,
+    actor: &str,
+    step: Option<&str>,
+    dry_run: bool,
+) -> Result<RetryPlan, OperatorError> {
+    let mut run = lock(engine, run_id, actor).await?;
+    if !run.status.can_become(RunStatus::Running) {
+        return Err(OperatorError::Conflict(format!(
+            "run {run_id} is {}; only failed, compensated or cancelled runs can be retried",
+            run.status.as_str()
+        )));
+    }
+    let promise = run.promise.clone();
+    let graph = Graph::from_workflow(&promise.spec.workflow);
+    let mut reset: BTreeSet<String> = BTreeSet::new();
+    for row in run.steps.values() {
+        let undone = row.compensation.is_some();
+        if !row.status.satisfies_needs() || undone {
+            reset.insert(row.step_id.clone());
+        }
+    }
+    if let Some(step) = step {
+        if !run.steps.contains_key(step) {
+            let known: Vec<&str> = promise
+                .spec
+                .workflow
+                .steps
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect();
+            return Err(OperatorError::UnknownStep {
+                step: step.to_string(),
+                known: known.join(", "),
+            });
+        }
+        reset.insert(step.to_string());
+    }
+    for id in reset.clone() {
+        reset.extend(graph.descendants(&id));
+    }
+    let order: Vec<String> = promise
+        .spec
+        .workflow
+        .steps
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    let plan = RetryPlan {
+        rerun: order
+            .iter()
+            .filter(|id| reset.contains(*id))
+            .cloned()
+            .collect(),
+        kept: order
+            .iter()
+            .filter(|id| !reset.contains(*id))
+            .cloned()
+            .collect(),
+        applied: !dry_run,
+    };
+    if dry_run || plan.rerun.is_empty() {
+        return Ok(RetryPlan {
+            applied: false,
+            ..plan
+        });
+    }
+    sqlx::query(
+        "UPDATE fulfil.steps SET status = 'pending', outputs = NULL, error = NULL, input = NULL,
+                compensation_status = NULL, compensation_outputs = NULL, compensation_error = NULL, updated_at = now()
+         WHERE run_id = $1 AND step_id = ANY($2)",
+    )
+    .bind(run_id)
+    .bind(&plan.rerun)
+    .execute(run.conn())
+    .await?;
+    for id in &plan.rerun {
+        if let Some(row) = run.steps.get_mut(id) {
+            row.status = StepStatus::Pending;
+            row.outputs = None;
+            row.error = None;
+            row.input = None;
+            row.compensation = None;
+            row.compensation_error = None;
+        }
+    }
+    run.set_status(RunStatus::Running).await?;
+    run.cancel_requested = false;
+    run.stop_reason = None;
+    run.clear_run_timers().await?;
+    sqlx::query(
+        "UPDATE fulfil.runs SET error = NULL, outputs = NULL, finished_at = NULL, stop_reason = NULL,
+                cancel_requested = false
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(run.conn())
+    .await?;
+    sqlx::query("UPDATE fulfil.requests SET status = 'running', outputs = NULL, updated_at = now() WHERE id = $1")
+        .bind(run.request_id)
+        .execute(run.conn())
+        .await?;
+    if let Some(limit) = promise.run_timeout() {
+        let fire_at =
+            chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+        run.add_timer("run_timeout", "", None, fire_at).await?;
+    }
+    run.record(
+        event::RUN_RETRIED,
+        None,
+        None,
+        json!({ "rerun": plan.rerun, "kept": plan.kept, "step": step }),
+    );
+    advance(&mut run).await?;
+    run.commit().await?;
+    engine.wake_outbox();
+    Ok(plan)
+}
