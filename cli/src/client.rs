@@ -456,6 +456,76 @@ pub async fn run_history(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// Who the CLI acts as in run history: `cli:<user>`.
+fn actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+pub async fn run_cancel(
+    args: &ClientArgs,
+    id: &str,
+    compensate: bool,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let request = api
+        .http
+        .post(format!("{}/v1/runs/{id}/cancel", api.base))
+        .header("Fulfil-Actor", actor())
+        .json(&json!({ "compensate": compensate, "reason": reason }));
+    let (_, body) = api.send(request).await?;
+    if args.output == Format::Json {
+        return print_json(&body);
+    }
+    println!(
+        "run {id}: {}{}",
+        text(&body["status"]),
+        if compensate && body["status"] != "cancelled" {
+            " (compensating succeeded steps; it ends cancelled)"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_retry(
+    args: &ClientArgs,
+    id: &str,
+    step: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let request = api
+        .http
+        .post(format!("{}/v1/runs/{id}/retry", api.base))
+        .header("Fulfil-Actor", actor())
+        .json(&json!({ "step": step, "dry_run": dry_run }));
+    let (_, body) = api.send(request).await?;
+    if args.output == Format::Json {
+        return print_json(&body);
+    }
+    let list = |v: &Value| {
+        let names: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+        if names.is_empty() {
+            "-".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let verb = if body["applied"] == true {
+        "re-running"
+    } else {
+        "would re-run"
+    };
+    println!("run {id}: {verb}: {}", list(&body["rerun"]));
+    println!("keeping outputs of: {}", list(&body["kept"]));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn items(body: &Value) -> &[Value] {
     body["items"].as_array().map(Vec::as_slice).unwrap_or(&[])
 }

@@ -136,13 +136,13 @@ impl RunStatus {
     /// operator's retry (back to `running`).
     pub fn can_become(self, next: RunStatus) -> bool {
         use RunStatus::*;
-        match (self, next) {
-            (Pending, Running | Cancelled) => true,
-            (Running, Succeeded | Failed | Compensating | Cancelled) => true,
-            (Compensating, Compensated | Failed | Cancelled) => true,
-            (Failed | Compensated | Cancelled, Running) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Running | Cancelled)
+                | (Running, Succeeded | Failed | Compensating | Cancelled)
+                | (Compensating, Compensated | Failed | Cancelled)
+                | (Failed | Compensated | Cancelled, Running)
+        )
     }
 }
 

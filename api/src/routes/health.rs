@@ -38,3 +38,40 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) 
         ),
     )
 }
+
+/// Messages moved to the dead-letter stream, in total and per subject.
+pub async fn dead_letters(State(state): State<ApiState>) -> Result<Json<Value>, crate::Problem> {
+    let Some(client) = &state.nats else {
+        return Err(crate::Problem::unavailable(
+            &"this process has no NATS connection",
+        ));
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let names = state.engine.names();
+    let mut stream = js
+        .get_stream(names.dead_letter_stream())
+        .await
+        .map_err(|e| crate::Problem::unavailable(&e))?;
+    let mut subjects = serde_json::Map::new();
+    let mut per_subject = stream
+        .info_with_subjects(names.all_dead_letter_subject())
+        .await
+        .map_err(|e| crate::Problem::unavailable(&e))?;
+    use futures::TryStreamExt;
+    while let Some((subject, count)) = per_subject
+        .try_next()
+        .await
+        .map_err(|e| crate::Problem::unavailable(&e))?
+    {
+        subjects.insert(subject, json!(count));
+    }
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| crate::Problem::unavailable(&e))?;
+    Ok(Json(json!({
+        "stream": names.dead_letter_stream(),
+        "count": info.state.messages,
+        "subjects": subjects,
+    })))
+}

@@ -26,6 +26,9 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/history", get(runs::history))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/retry", post(runs::retry))
+        .route("/v1/dead-letters", get(health::dead_letters))
         .fallback(|| async {
             Problem::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -2,8 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fulfil_engine::inspect::{self, RunFilter};
+use fulfil_engine::run::{OperatorError, cancel_run, retry_run};
 use fulfil_spec::RunStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -77,4 +79,99 @@ pub async fn history(
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("run", &id))?;
     Ok(Json(json!(page)))
+}
+
+/// Who is acting, from the `Fulfil-Actor` header (the CLI sends `cli:<user>`).
+fn actor(headers: &HeaderMap) -> String {
+    headers
+        .get("fulfil-actor")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| fulfil_spec::wire::header_text(v).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "api".to_string())
+}
+
+fn operator_error(e: OperatorError) -> Problem {
+    match e {
+        OperatorError::NotFound(id) => Problem::not_found("run", &id.to_string()),
+        OperatorError::Conflict(message) => Problem::new(
+            StatusCode::CONFLICT,
+            "run-state-conflict",
+            "Run state conflict",
+            message,
+        ),
+        OperatorError::UnknownStep { .. } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-step",
+            "Unknown step",
+            e.to_string(),
+        ),
+        OperatorError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
+        OperatorError::Run(e) => Problem::internal(&e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Compensate succeeded steps before ending (default true).
+    compensate: Option<bool>,
+    reason: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/cancel`
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<CancelBody>>,
+) -> Result<Json<Value>, Problem> {
+    let uuid = parse_id("run", &id)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let compensate = body.compensate.unwrap_or(true);
+    let status = cancel_run(
+        &state.engine,
+        uuid,
+        &actor(&headers),
+        compensate,
+        body.reason.as_deref(),
+    )
+    .await
+    .map_err(operator_error)?;
+    Ok(Json(
+        json!({ "run_id": uuid, "status": status.as_str(), "compensate": compensate }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    /// Also re-run this step and what depends on it.
+    step: Option<String>,
+    /// Only say what would be re-run.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/runs/{id}/retry`
+pub async fn retry(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<RetryBody>>,
+) -> Result<Json<Value>, Problem> {
+    let uuid = parse_id("run", &id)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let plan = retry_run(
+        &state.engine,
+        uuid,
+        &actor(&headers),
+        body.step.as_deref(),
+        body.dry_run,
+    )
+    .await
+    .map_err(operator_error)?;
+    Ok(Json(
+        json!({ "run_id": uuid, "rerun": plan.rerun, "kept": plan.kept, "applied": plan.applied }),
+    ))
 }
