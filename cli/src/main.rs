@@ -209,6 +209,32 @@ enum RunCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Stop a run: nothing new starts, in-flight steps finish, and succeeded
+    /// steps are compensated (unless --no-compensate) before it ends `cancelled`.
+    Cancel {
+        id: String,
+        /// End at once: abandon in-flight steps and compensate nothing.
+        #[arg(long)]
+        no_compensate: bool,
+        /// Recorded in the run's history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Re-run a failed, compensated or cancelled run from what did not
+    /// succeed; succeeded steps keep their outputs.
+    Retry {
+        id: String,
+        /// Also re-run this step and everything that depends on it.
+        #[arg(long)]
+        step: Option<String>,
+        /// Show what would be re-run without doing it.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -291,6 +317,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client,
             } => client::run_list(&client, status, promise, limit).await,
             RunCommand::History { id, client } => client::run_history(&client, &id).await,
+            RunCommand::Cancel {
+                id,
+                no_compensate,
+                reason,
+                client,
+            } => client::run_cancel(&client, &id, !no_compensate, reason).await,
+            RunCommand::Retry {
+                id,
+                step,
+                dry_run,
+                client,
+            } => client::run_retry(&client, &id, step, dry_run).await,
         },
     }
 }
