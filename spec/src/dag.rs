@@ -622,6 +622,52 @@ mod tests {
     }
 
     proptest! {
+        /// Random DAGs where a random subset must be undone: each undo runs
+        /// once, and only after every undo downstream of it finished.
+        #[test]
+        fn compensations_run_once_after_everything_downstream((needs, picks, undo_mask) in dag_strategy()) {
+            let n = needs.len();
+            let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+            let g = Graph::new((0..n).map(|i| {
+                let mut ns: Vec<String> = needs[i].iter().filter(|&&j| j < i).map(|&j| ids[j].clone()).collect();
+                ns.sort();
+                ns.dedup();
+                (ids[i].clone(), ns)
+            }));
+            // Reuse the skip mask (20% of steps) inverted: most steps need undoing.
+            let undo: BTreeSet<String> = (0..n).filter(|&i| !undo_mask[i]).map(|i| ids[i].clone()).collect();
+            let mut comp: HashMap<String, CompensationStatus> = HashMap::new();
+            let mut in_flight: Vec<String> = Vec::new();
+            let mut started: HashMap<String, u32> = HashMap::new();
+            let mut pick = picks.iter().cycle();
+            for _ in 0..(4 * n + 4) {
+                let plan = g.plan_compensation(&undo, &comp);
+                for id in &plan.start {
+                    *started.entry(id.clone()).or_default() += 1;
+                    for later in g.descendants(id) {
+                        if undo.contains(&later) {
+                            prop_assert_eq!(comp.get(&later).copied(), Some(CompensationStatus::Succeeded),
+                                "{} undone before {}", id, later);
+                        }
+                    }
+                    comp.insert(id.clone(), CompensationStatus::Ready);
+                    in_flight.push(id.clone());
+                }
+                if let Some(outcome) = plan.outcome {
+                    prop_assert_eq!(outcome, CompensationOutcome::Compensated);
+                    prop_assert!(in_flight.is_empty());
+                    prop_assert_eq!(started.len(), undo.len());
+                    prop_assert!(started.values().all(|&c| c == 1));
+                    return Ok(());
+                }
+                prop_assert!(!in_flight.is_empty(), "stalled with nothing in flight");
+                let k = pick.next().copied().unwrap_or(0) % in_flight.len();
+                let done = in_flight.swap_remove(k);
+                comp.insert(done, CompensationStatus::Succeeded);
+            }
+            prop_assert!(false, "compensation did not converge");
+        }
+
         #[test]
         fn every_step_runs_once_after_its_needs((needs, picks, skips) in dag_strategy()) {
             let n = needs.len();
