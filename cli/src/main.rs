@@ -3,6 +3,7 @@
 //! Server commands (`dev`, `serve`, `migrate`) talk to Postgres and NATS;
 //! operator commands (`promise`, `request`, `run`) talk to the HTTP API.
 
+mod bench;
 mod client;
 mod output;
 mod server;
@@ -52,6 +53,9 @@ enum Command {
         #[arg(long)]
         create_database: bool,
     },
+    /// Measure throughput, latency and cost on the real stack (creates and
+    /// drops its own scratch database and NATS prefix).
+    Bench(bench::BenchArgs),
     /// Publish and inspect Promises.
     #[command(subcommand)]
     Promise(PromiseCommand),
@@ -89,6 +93,15 @@ pub struct ServerArgs {
     /// Steps a worker runs at once.
     #[arg(long, env = "FULFIL_WORKER_CONCURRENCY", default_value_t = 32)]
     worker_concurrency: usize,
+    /// How long a task taken by a worker that then vanished waits before it
+    /// is redelivered (set when the worker creates its queue's consumer).
+    #[arg(
+        long,
+        env = "FULFIL_WORKER_ACK_WAIT",
+        default_value = "60s",
+        value_parser = humantime_duration
+    )]
+    worker_ack_wait: std::time::Duration,
     /// Postgres connections of this process.
     #[arg(long, env = "FULFIL_DB_POOL", default_value_t = 20)]
     db_pool: u32,
@@ -277,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => server::migrate(&database_url, create_database)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Promise(cmd) => match cmd {
             PromiseCommand::Apply { file, client } => client::promise_apply(&client, &file).await,
             PromiseCommand::List { client } => client::promise_list(&client).await,

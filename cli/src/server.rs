@@ -85,6 +85,9 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
 
     let engine_id = format!("{}-{}", hostname(), std::process::id());
     let engine = Engine::new(pool, names.clone(), engine_id.clone());
+    // Tasks this process commits (requests in the API, results in the
+    // engine) go to NATS straight after commit; the relay only sweeps.
+    engine.start_fast_publisher(js.clone());
     if let Some(dir) = &args.workflows {
         apply_workflows(&engine, dir).await?;
     }
@@ -124,6 +127,7 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
             queues: args.queues.clone(),
             concurrency: args.worker_concurrency,
             drain_timeout: Duration::from_secs(30),
+            ack_wait: args.worker_ack_wait,
         };
         let worker = Worker::new(js.clone(), names.clone(), handlers, config);
         let stop = shutdown.clone();

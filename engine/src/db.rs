@@ -64,6 +64,39 @@ pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
     }
 }
 
+/// `url` with its database name replaced by `database` (query kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let server = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// Drops a database, closing its other sessions first.
+pub async fn drop_database(server_url: &str, database: &str) -> Result<(), DbError> {
+    let mut admin = PgConnectOptions::from_str(server_url)
+        .map_err(DbError::InvalidUrl)?
+        .database("postgres")
+        .connect()
+        .await?;
+    let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    Ok(())
+}
+
 /// Applies pending migrations; safe to call from several processes at once
 /// (sqlx takes an advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {

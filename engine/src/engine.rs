@@ -10,13 +10,16 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::outbox::OutboxRow;
 use crate::promises::PromiseCache;
 
 /// Tuning of an engine process.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Results applied concurrently by this process.
+    /// Result batches applied concurrently by this process.
     pub result_concurrency: usize,
+    /// Most worker reports applied in one transaction (group commit).
+    pub result_batch: usize,
     /// Outbox rows published per transaction.
     pub outbox_batch: i64,
     /// How often the relay and timers look for work when no notification
@@ -27,7 +30,8 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            result_concurrency: 16,
+            result_concurrency: 4,
+            result_batch: 64,
             outbox_batch: 256,
             poll_interval: Duration::from_millis(500),
         }
@@ -46,6 +50,8 @@ struct Inner {
     promises: PromiseCache,
     id: String,
     outbox_wake: Notify,
+    /// Set once [`Engine::start_fast_publisher`] ran.
+    publisher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OutboxRow>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -65,6 +71,7 @@ impl Engine {
                 promises: PromiseCache::default(),
                 id: id.into(),
                 outbox_wake: Notify::new(),
+                publisher: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -84,6 +91,40 @@ impl Engine {
     /// Identity recorded in history as the actor of engine decisions.
     pub fn id(&self) -> &str {
         &self.inner.id
+    }
+
+    /// Makes this process publish the outbox rows it commits itself, right
+    /// after each commit (see [`crate::outbox`]). Call once, with the
+    /// process's JetStream context.
+    pub fn start_fast_publisher(&self, js: jetstream::Context) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        if self.inner.publisher.set(sender).is_ok() {
+            tokio::spawn(crate::outbox::run_fast_publisher(
+                self.clone_weak_pool(),
+                js,
+                receiver,
+            ));
+        }
+    }
+
+    fn clone_weak_pool(&self) -> PgPool {
+        self.inner.pool.clone()
+    }
+
+    pub(crate) fn has_fast_publisher(&self) -> bool {
+        self.inner.publisher.get().is_some()
+    }
+
+    /// Hands rows committed by this process to the fast publisher, or wakes
+    /// the relay when there is none.
+    pub fn after_commit(&self, rows: Vec<OutboxRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        match self.inner.publisher.get() {
+            Some(publisher) if publisher.send(rows).is_ok() => {}
+            _ => self.wake_outbox(),
+        }
     }
 
     /// Tells this process's outbox relay that rows were committed.

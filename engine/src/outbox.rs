@@ -8,6 +8,13 @@
 //! committing. A crash between publish and commit republishes the batch; the
 //! stream's duplicate window drops the copies. The relay wakes on a Postgres
 //! `NOTIFY` (or an in-process signal), and polls as a fallback.
+//!
+//! Fast path: a process with a NATS connection marks the rows it writes
+//! `fast` and publishes them itself right after its commit, from memory, then
+//! deletes them ([`run_fast_publisher`]); no extra transaction sits between a
+//! commit and the next task reaching a worker. The relay sweeps fast rows
+//! only once they are older than [`FAST_PATH_GRACE_SECS`], i.e. when their
+//! writer died or could not publish.
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
@@ -34,11 +41,25 @@ pub enum RelayError {
     Publish { subject: String, message: String },
 }
 
-/// Inserts `messages` in the caller's transaction and announces them.
+/// An outbox row as committed: what to publish, and the row to delete after.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: serde_json::Value,
+}
+
+/// How long the relay leaves fast-path rows to the process that wrote them.
+pub const FAST_PATH_GRACE_SECS: f64 = 2.0;
+
+/// Inserts `messages` in the caller's transaction. With `fast`, the caller
+/// publishes them itself after commit; otherwise the relay is notified.
 pub(crate) async fn enqueue(
     conn: &mut PgConnection,
     messages: Vec<OutboxMessage>,
-) -> Result<(), sqlx::Error> {
+    fast: bool,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let mut subjects = Vec::with_capacity(messages.len());
     let mut ids = Vec::with_capacity(messages.len());
     let mut payloads = Vec::with_capacity(messages.len());
@@ -47,17 +68,98 @@ pub(crate) async fn enqueue(
         ids.push(m.msg_id);
         payloads.push(m.payload);
     }
-    sqlx::query(
-        "WITH rows AS (
-             INSERT INTO fulfil.outbox (subject, msg_id, payload)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) RETURNING 1)
-         SELECT pg_notify('fulfil_outbox', '') FROM (SELECT 1) AS once WHERE EXISTS (SELECT 1 FROM rows)",
+    let row_ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO fulfil.outbox (subject, msg_id, payload, fast)
+         SELECT s, m, p, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS t(s, m, p)
+         RETURNING id",
     )
     .bind(&subjects)
     .bind(&ids)
     .bind(&payloads)
-    .execute(&mut *conn)
+    .bind(fast)
+    .fetch_all(&mut *conn)
     .await?;
+    if !fast {
+        sqlx::query("SELECT pg_notify('fulfil_outbox', '')")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(row_ids
+        .into_iter()
+        .zip(subjects)
+        .zip(ids)
+        .zip(payloads)
+        .map(|(((id, subject), msg_id), payload)| OutboxRow {
+            id,
+            subject,
+            msg_id,
+            payload,
+        })
+        .collect())
+}
+
+/// Publishes rows committed by this process as soon as they are handed
+/// over, then deletes them; rows it cannot publish stay for the relay.
+pub(crate) async fn run_fast_publisher(
+    pool: sqlx::PgPool,
+    js: jetstream::Context,
+    mut committed: tokio::sync::mpsc::UnboundedReceiver<Vec<OutboxRow>>,
+) {
+    while let Some(mut rows) = committed.recv().await {
+        // Coalesce whatever else is already waiting into one round of
+        // publishes and one DELETE.
+        while let Ok(more) = committed.try_recv() {
+            rows.extend(more);
+            if rows.len() >= 1024 {
+                break;
+            }
+        }
+        match publish_all(&js, &rows).await {
+            Ok(()) => {
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                if let Err(e) = sqlx::query("DELETE FROM fulfil.outbox WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&pool)
+                    .await
+                {
+                    // Published but not deleted: the relay republishes them
+                    // later and the stream drops the duplicates.
+                    warn!(error = %e, rows = ids.len(), "deleting published outbox rows failed");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, rows = rows.len(), "fast publish failed; the relay will retry")
+            }
+        }
+    }
+}
+
+/// Sends every row, then awaits every stream acknowledgement.
+async fn publish_all(js: &jetstream::Context, rows: &[OutboxRow]) -> Result<(), RelayError> {
+    let mut acks = Vec::with_capacity(rows.len());
+    for row in rows {
+        let body = Bytes::from(row.payload.to_string());
+        let ack = js
+            .send_publish(
+                row.subject.clone(),
+                PublishMessage::build()
+                    .payload(body)
+                    .message_id(row.msg_id.as_str()),
+            )
+            .await
+            .map_err(|e| RelayError::Publish {
+                subject: row.subject.clone(),
+                message: e.to_string(),
+            })?;
+        let subject = row.subject.clone();
+        acks.push(async move {
+            ack.await.map_err(|e| RelayError::Publish {
+                subject,
+                message: e.to_string(),
+            })
+        });
+    }
+    try_join_all(acks).await?;
     Ok(())
 }
 
@@ -121,49 +223,38 @@ async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
     }
 }
 
-/// Publishes up to `limit` outbox rows; returns how many.
+/// Publishes up to `limit` outbox rows; returns how many. Fast-path rows
+/// are left to their writer for a grace period.
 pub async fn relay_batch(
     engine: &Engine,
     js: &jetstream::Context,
     limit: i64,
 ) -> Result<usize, RelayError> {
     let mut tx = engine.pool().begin().await?;
-    let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+    let rows: Vec<(i64, String, String, serde_json::Value)> = sqlx::query_as(
         "DELETE FROM fulfil.outbox WHERE id IN (
-             SELECT id FROM fulfil.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING subject, msg_id, payload",
+             SELECT id FROM fulfil.outbox
+             WHERE NOT fast OR created_at < now() - make_interval(secs => $2)
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, subject, msg_id, payload",
     )
     .bind(limit)
+    .bind(FAST_PATH_GRACE_SECS)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
         return Ok(0);
     }
-    // Send every message first, then await the acks: one round trip's worth
-    // of latency for the whole batch instead of one per message.
-    let mut acks = Vec::with_capacity(rows.len());
-    for (subject, msg_id, payload) in &rows {
-        let body = Bytes::from(payload.to_string());
-        let ack = js
-            .send_publish(
-                subject.clone(),
-                PublishMessage::build()
-                    .payload(body)
-                    .message_id(msg_id.as_str()),
-            )
-            .await
-            .map_err(|e| RelayError::Publish {
-                subject: subject.clone(),
-                message: e.to_string(),
-            })?;
-        acks.push(async move {
-            ack.await.map_err(|e| RelayError::Publish {
-                subject: subject.clone(),
-                message: e.to_string(),
-            })
-        });
-    }
-    try_join_all(acks).await?;
+    let rows: Vec<OutboxRow> = rows
+        .into_iter()
+        .map(|(id, subject, msg_id, payload)| OutboxRow {
+            id,
+            subject,
+            msg_id,
+            payload,
+        })
+        .collect();
+    publish_all(js, &rows).await?;
     tx.commit().await?;
     Ok(rows.len())
 }

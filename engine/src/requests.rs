@@ -204,6 +204,7 @@ pub async fn create_request(
         engine.names().clone(),
         request.actor.clone(),
     );
+    run.set_fast_publish(engine.has_fast_publisher());
     run.record(
         event::REQUEST_ACCEPTED,
         None,
@@ -223,8 +224,8 @@ pub async fn create_request(
         run.add_timer("run_timeout", "", None, fire_at).await?;
     }
     advance(&mut run).await?;
-    run.commit().await?;
-    engine.wake_outbox();
+    let committed = run.commit().await?;
+    engine.after_commit(committed.outbox_rows);
     Ok(Accepted {
         request_id,
         run_id,

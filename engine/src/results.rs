@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::run::{Applied, ApplyError, apply_progress, apply_result};
+use crate::run::{Applied, ApplyError, apply_progress_in, apply_result_in};
 use crate::{Engine, EngineConfig};
 
 pub(crate) async fn run_applier(
@@ -51,14 +51,14 @@ async fn consume(
                 durable_name: Some(names.engine_consumer()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
-                max_ack_pending: (config.result_concurrency * 8) as i64,
+                max_ack_pending: (config.result_concurrency * config.result_batch * 4) as i64,
                 ..Default::default()
             },
         )
         .await?;
     let messages = consumer
         .stream()
-        .max_messages_per_batch(config.result_concurrency * 2)
+        .max_messages_per_batch(config.result_concurrency * config.result_batch)
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
@@ -66,21 +66,19 @@ async fn consume(
     let mut failed: Option<async_nats::Error> = None;
     messages
         .take_until(shutdown.cancelled())
-        .for_each_concurrent(config.result_concurrency, |message| {
-            let engine = engine.clone();
-            let js = js.clone();
-            let outcome = match message {
+        .filter_map(|message| {
+            let message = match message {
                 Ok(message) => Some(message),
                 Err(e) => {
                     failed.get_or_insert(Box::new(e));
                     None
                 }
             };
-            async move {
-                if let Some(message) = outcome {
-                    handle(&engine, &js, message).await;
-                }
-            }
+            std::future::ready(message)
+        })
+        .ready_chunks(config.result_batch)
+        .for_each_concurrent(config.result_concurrency, |batch| {
+            apply_batch(engine, js, batch)
         })
         .await;
     match failed {
@@ -89,57 +87,110 @@ async fn consume(
     }
 }
 
-async fn handle(engine: &Engine, js: &jetstream::Context, message: jetstream::Message) {
-    let is_progress = message.subject.as_str() == engine.names().progress_subject();
-    let (applied, span) = if is_progress {
-        let report: ProgressMessage = match serde_json::from_slice(&message.payload) {
-            Ok(r) => r,
-            Err(e) => {
-                let reason = format!("unparseable progress report: {e}");
-                dead_letter_then_ack(js, engine.names(), &message, &reason).await;
-                return;
-            }
+/// A parsed message from the results stream.
+enum Report {
+    Result(ResultMessage),
+    Progress(ProgressMessage),
+}
+
+impl Report {
+    fn run_id(&self) -> uuid::Uuid {
+        match self {
+            Report::Result(r) => r.run_id,
+            Report::Progress(p) => p.run_id,
+        }
+    }
+}
+
+/// Applies every report of `batch` in one transaction (group commit), each
+/// in its own savepoint so one bad report cannot spoil the others, then
+/// acknowledges them. Runs are locked in run id order, so concurrent
+/// batches cannot deadlock on each other.
+async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstream::Message>) {
+    let mut reports = Vec::with_capacity(batch.len());
+    for message in batch {
+        let is_progress = message.subject.as_str() == engine.names().progress_subject();
+        let parsed = if is_progress {
+            serde_json::from_slice(&message.payload).map(Report::Progress)
+        } else {
+            serde_json::from_slice(&message.payload).map(Report::Result)
         };
-        let span = info_span!("apply_progress", run_id = %report.run_id, step_id = %report.step_id,
-                              attempt = report.attempt, task_id = %report.task_id);
-        (
-            apply_progress(engine, &report)
-                .instrument(span.clone())
-                .await,
-            span,
-        )
-    } else {
-        let result: ResultMessage = match serde_json::from_slice(&message.payload) {
-            Ok(r) => r,
+        match parsed {
+            Ok(report) => reports.push((message, report)),
             Err(e) => {
-                let reason = format!("unparseable result: {e}");
+                let what = if is_progress {
+                    "progress report"
+                } else {
+                    "result"
+                };
+                let reason = format!("unparseable {what}: {e}");
                 dead_letter_then_ack(js, engine.names(), &message, &reason).await;
-                return;
             }
-        };
-        let span = info_span!("apply_result", run_id = %result.run_id, step_id = %result.step_id,
-                              attempt = result.attempt, task_id = %result.task_id);
-        (
-            apply_result(engine, &result).instrument(span.clone()).await,
-            span,
-        )
+        }
+    }
+    if reports.is_empty() {
+        return;
+    }
+    reports.sort_by_key(|(_, report)| report.run_id());
+    let mut outer = match engine.pool().begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            warn!(error = %e, "cannot begin a transaction; the batch will be redelivered");
+            for (message, _) in &reports {
+                ack(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            return;
+        }
     };
-    match applied {
-        Ok(Applied::Applied) => {
-            engine.wake_outbox();
-            ack(&message, AckKind::Ack).await;
+    let mut rows = Vec::new();
+    let mut outcomes = Vec::with_capacity(reports.len());
+    for (message, report) in reports {
+        let outcome = match sqlx::Acquire::begin(&mut *outer).await {
+            Err(e) => Err(ApplyError::from(e)),
+            Ok(savepoint) => match &report {
+                Report::Result(r) => {
+                    let span = info_span!("apply_result", run_id = %r.run_id, step_id = %r.step_id,
+                                          attempt = r.attempt, task_id = %r.task_id);
+                    apply_result_in(engine, savepoint, r).instrument(span).await
+                }
+                Report::Progress(p) => {
+                    let span = info_span!("apply_progress", run_id = %p.run_id, step_id = %p.step_id,
+                                          attempt = p.attempt, task_id = %p.task_id);
+                    apply_progress_in(engine, savepoint, p)
+                        .instrument(span)
+                        .await
+                }
+            },
+        };
+        let outcome = outcome.map(|(applied, committed)| {
+            rows.extend(committed.outbox_rows);
+            applied
+        });
+        outcomes.push((message, outcome));
+    }
+    if let Err(e) = outer.commit().await {
+        warn!(error = %e, reports = outcomes.len(), "committing a batch failed; it will be redelivered");
+        for (message, _) in &outcomes {
+            ack(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
-        Ok(Applied::Ignored(reason)) => {
-            debug!(parent: &span, %reason, "report ignored");
-            ack(&message, AckKind::Ack).await;
-        }
-        Err(ApplyError::UnknownTask(task_id)) => {
-            let reason = format!("no attempt with task id {task_id}");
-            dead_letter_then_ack(js, engine.names(), &message, &reason).await;
-        }
-        Err(ApplyError::Run(e)) => {
-            warn!(parent: &span, error = %e, "applying a worker report failed; it will be redelivered");
-            ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        return;
+    }
+    engine.after_commit(rows);
+    for (message, outcome) in outcomes {
+        match outcome {
+            Ok(Applied::Applied) => ack(&message, AckKind::Ack).await,
+            Ok(Applied::Ignored(reason)) => {
+                debug!(%reason, "report ignored");
+                ack(&message, AckKind::Ack).await;
+            }
+            Err(ApplyError::UnknownTask(task_id)) => {
+                let reason = format!("no attempt with task id {task_id}");
+                dead_letter_then_ack(js, engine.names(), &message, &reason).await;
+            }
+            Err(ApplyError::Run(e)) => {
+                warn!(error = %e, "applying a worker report failed; it will be redelivered");
+                ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
         }
     }
 }

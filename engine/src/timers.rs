@@ -96,11 +96,8 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
         };
         fire(&mut run, &timer).instrument(span).await?;
         advance(&mut run).await?;
-        let wrote_outbox = run.has_outbox();
-        run.commit().await?;
-        if wrote_outbox {
-            engine.wake_outbox();
-        }
+        let committed = run.commit().await?;
+        engine.after_commit(committed.outbox_rows);
         fired += 1;
     }
     Ok(fired)

@@ -15,6 +15,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod processes;
+
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
@@ -26,22 +28,7 @@ pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_string())
 }
 
-/// `url` with its database name replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_part = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{host_part}/{database}?{q}"),
-        None => format!("{host_part}/{database}"),
-    }
-}
+pub use fulfil_engine::db::with_database;
 
 /// Shape of the stack a test wants.
 pub struct StackOptions {
@@ -54,6 +41,8 @@ pub struct StackOptions {
     pub worker: bool,
     /// Run in-process engines (false when the test runs engine processes).
     pub in_process_engines: bool,
+    /// NATS server to use instead of [`nats_url`] (a test's private server).
+    pub nats_url: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -68,6 +57,7 @@ impl Default for StackOptions {
             handlers: Box::new(|_| {}),
             worker: true,
             in_process_engines: true,
+            nats_url: None,
         }
     }
 }
@@ -78,6 +68,8 @@ pub struct TestStack {
     pub database_url: String,
     pub pool: PgPool,
     pub names: NatsNames,
+    /// The NATS server this stack uses (for child processes).
+    pub nats_url: String,
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     /// Handle of the first engine; the API uses it.
@@ -115,9 +107,10 @@ impl TestStack {
         let pool = db::connect(&database_url, 20).await?;
         db::migrate(&pool).await?;
         let names = NatsNames::new(format!("t{}", &suffix[suffix.len() - 12..]))?;
-        let nats = async_nats::connect(nats_url())
+        let nats_url = options.nats_url.clone().unwrap_or_else(nats_url);
+        let nats = async_nats::connect(&nats_url)
             .await
-            .with_context(|| format!("connecting to NATS at {} (is it up?)", nats_url()))?;
+            .with_context(|| format!("connecting to NATS at {nats_url} (is it up?)"))?;
         let js = async_nats::jetstream::new(nats.clone());
         fulfil_spec::streams::ensure_streams(&js, &names).await?;
 
@@ -125,6 +118,7 @@ impl TestStack {
         let mut tasks = JoinSet::new();
         let mut engine_ids = Vec::new();
         let engine = Engine::new(pool.clone(), names.clone(), "engine-0");
+        engine.start_fast_publisher(js.clone());
         if options.in_process_engines {
             for i in 0..options.engines.max(1) {
                 // Each engine has its own pool and NATS connection, as a
@@ -133,11 +127,11 @@ impl TestStack {
                     (engine.clone(), js.clone())
                 } else {
                     let pool_i = db::connect(&database_url, 10).await?;
-                    let nats_i = async_nats::connect(nats_url()).await?;
-                    (
-                        Engine::new(pool_i, names.clone(), format!("engine-{i}")),
-                        async_nats::jetstream::new(nats_i),
-                    )
+                    let nats_i = async_nats::connect(&nats_url).await?;
+                    let js_i = async_nats::jetstream::new(nats_i);
+                    let engine_i = Engine::new(pool_i, names.clone(), format!("engine-{i}"));
+                    engine_i.start_fast_publisher(js_i.clone());
+                    (engine_i, js_i)
                 };
                 engine_ids.push(e.id().to_string());
                 let (config, stop) = (options.engine_config.clone(), shutdown.clone());
@@ -177,6 +171,7 @@ impl TestStack {
             database_url,
             pool,
             names,
+            nats_url,
             nats,
             js,
             engine,
@@ -202,13 +197,7 @@ impl TestStack {
         .await;
         fulfil_spec::streams::delete_streams(&self.js, &self.names).await;
         self.pool.close().await;
-        let admin = db::connect(&database_url(), 1).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.database
-        )))
-        .execute(&admin)
-        .await?;
+        db::drop_database(&database_url(), &self.database).await?;
         deadline.context("roles did not stop within 15s")??;
         Ok(())
     }

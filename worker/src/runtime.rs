@@ -67,8 +67,12 @@ use crate::handler::{Handlers, Heartbeat, StepError, TaskContext};
 /// Header on a dead letter naming the subject the message arrived on.
 pub const DEAD_LETTER_SUBJECT_HEADER: &str = "Fulfil-Dead-Letter-Subject";
 
-/// Redelivery delay of an unacked task, set on consumers this worker creates.
+/// Default redelivery delay of an unacked task, set on consumers this worker
+/// creates ([`WorkerConfig::ack_wait`]).
 pub const ACK_WAIT: Duration = Duration::from_secs(60);
+/// Shortest `ack_wait` accepted: progress goes out every `ack_wait / 2`, but
+/// at most once a second.
+const MIN_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Idle heartbeat requested on pull requests; two missed ones rebuild the
 /// pull stream.
@@ -100,6 +104,10 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// How long shutdown waits for running handlers.
     pub drain_timeout: Duration,
+    /// Redelivery delay of a task left unacked (say, by a crashed worker),
+    /// set on the queue consumers this worker creates; progress (`+WPI`) is
+    /// sent every half of it. An existing consumer keeps its own setting.
+    pub ack_wait: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -109,6 +117,7 @@ impl Default for WorkerConfig {
             queues: vec![fulfil_spec::wire::DEFAULT_QUEUE.to_owned()],
             concurrency: 16,
             drain_timeout: Duration::from_secs(30),
+            ack_wait: ACK_WAIT,
         }
     }
 }
@@ -138,6 +147,12 @@ impl WorkerConfig {
             return Err(WorkerError::InvalidConfig(
                 "concurrency must be at least 1".into(),
             ));
+        }
+        if self.ack_wait < MIN_ACK_WAIT {
+            return Err(WorkerError::InvalidConfig(format!(
+                "ack_wait must be at least {}",
+                humantime::format_duration(MIN_ACK_WAIT)
+            )));
         }
         Ok(())
     }
@@ -306,7 +321,7 @@ async fn open_consumer(
                 durable_name: Some(name.clone()),
                 filter_subject: names.task_subject(queue),
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
+                ack_wait: config.ack_wait,
                 max_ack_pending: config.max_ack_pending(),
                 ..Default::default()
             },
@@ -952,6 +967,13 @@ mod tests {
                 ..Default::default()
             })
             .contains("concurrency")
+        );
+        assert!(
+            bad(WorkerConfig {
+                ack_wait: Duration::from_millis(500),
+                ..Default::default()
+            })
+            .contains("ack_wait")
         );
 
         let sized = |concurrency| WorkerConfig {

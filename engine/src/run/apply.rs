@@ -15,8 +15,9 @@ use uuid::Uuid;
 
 use super::advance::{advance, attempt_failed, set_compensation, set_step};
 use super::event::{self, AttemptEvent, attempt_event};
-use super::{RunError, RunTxn};
+use super::{CommitSummary, RunError, RunTxn};
 use crate::Engine;
+use sqlx::{Postgres, Transaction};
 
 /// Why a result could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -67,13 +68,14 @@ impl AttemptRow {
     }
 }
 
-/// Locks the run owning `task_id` and reads the attempt; `None` if unknown.
+/// Locks the run owning `task_id` in `tx` and reads the attempt; `None` if
+/// unknown.
 pub(super) async fn lock_attempt<'a>(
     engine: &Engine,
+    mut tx: Transaction<'a, Postgres>,
     task_id: Uuid,
     actor: String,
 ) -> Result<Option<(RunTxn<'a>, AttemptRow)>, RunError> {
-    let mut tx = engine.pool().begin().await?;
     let run_id: Option<Uuid> =
         sqlx::query_scalar("SELECT run_id FROM fulfil.attempts WHERE task_id = $1")
             .bind(task_id)
@@ -118,10 +120,24 @@ pub(super) fn stale_reason(run: &RunTxn<'_>, attempt: &AttemptRow) -> Option<Str
     }
 }
 
-/// Applies `result` in one transaction; see the module docs.
+/// Applies `result` in its own transaction; see the module docs.
 pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<Applied, ApplyError> {
+    let tx = engine.pool().begin().await?;
+    let (applied, committed) = apply_result_in(engine, tx, result).await?;
+    engine.after_commit(committed.outbox_rows);
+    Ok(applied)
+}
+
+/// Applies `result` in `tx` (a transaction or a savepoint of one) and
+/// commits it. The caller hands the summary's outbox rows to
+/// [`Engine::after_commit`] once the outermost transaction committed.
+pub async fn apply_result_in<'a>(
+    engine: &Engine,
+    tx: Transaction<'a, Postgres>,
+    result: &ResultMessage,
+) -> Result<(Applied, CommitSummary), ApplyError> {
     let actor = format!("worker:{}", result.worker_id);
-    let (mut run, attempt) = lock_attempt(engine, result.task_id, actor)
+    let (mut run, attempt) = lock_attempt(engine, tx, result.task_id, actor)
         .await?
         .ok_or(ApplyError::UnknownTask(result.task_id))?;
     let kind = attempt.task_kind();
@@ -134,8 +150,8 @@ pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<App
             json!({ "task_id": result.task_id, "kind": kind.as_str(), "reason": reason,
                     "worker": result.worker_id, "outcome": result.outcome }),
         );
-        run.commit().await?;
-        return Ok(Applied::Ignored(reason));
+        let committed = run.commit().await?;
+        return Ok((Applied::Ignored(reason), committed));
     }
     run.clear_attempt_timers(result.task_id, None).await?;
 
@@ -222,6 +238,6 @@ pub async fn apply_result(engine: &Engine, result: &ResultMessage) -> Result<App
         }
     }
     advance(&mut run).await?;
-    run.commit().await?;
-    Ok(Applied::Applied)
+    let committed = run.commit().await?;
+    Ok((Applied::Applied, committed))
 }

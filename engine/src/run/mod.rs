@@ -27,9 +27,9 @@ use crate::Engine;
 pub use advance::{
     advance, attempt_failed, dispatch_action, dispatch_compensation, stop_in_flight,
 };
-pub use apply::{Applied, ApplyError, apply_result};
+pub use apply::{Applied, ApplyError, apply_result, apply_result_in};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
-pub use progress::apply_progress;
+pub use progress::{apply_progress, apply_progress_in};
 
 /// Kinds of history event, as stored in `history.type`.
 pub mod event {
@@ -154,6 +154,8 @@ pub struct RunTxn<'a> {
     pub cancel_requested: bool,
     /// Why the run is stopping when no step failed (cancel, run timeout).
     pub stop_reason: Option<String>,
+    /// The committing process publishes this transaction's outbox rows itself.
+    fast_publish: bool,
     next_seq: i64,
     events: Vec<PendingEvent>,
     outbox: Vec<OutboxMessage>,
@@ -206,6 +208,7 @@ impl<'a> RunTxn<'a> {
             actor,
             cancel_requested: false,
             stop_reason: None,
+            fast_publish: false,
             next_seq: 1,
             events: Vec::new(),
             outbox: Vec::new(),
@@ -291,10 +294,16 @@ impl<'a> RunTxn<'a> {
             actor,
             cancel_requested: row.cancel_requested,
             stop_reason: row.stop_reason,
+            fast_publish: engine.has_fast_publisher(),
             next_seq: seq + 1,
             events: Vec::new(),
             outbox: Vec::new(),
         }))
+    }
+
+    /// Whether this process publishes the outbox rows itself after commit.
+    pub fn set_fast_publish(&mut self, fast: bool) {
+        self.fast_publish = fast;
     }
 
     pub fn conn(&mut self) -> &mut PgConnection {
@@ -414,6 +423,7 @@ impl<'a> RunTxn<'a> {
         let summary = CommitSummary {
             events: self.events.len(),
             outbox: self.outbox.len(),
+            outbox_rows: Vec::new(),
         };
         if !self.events.is_empty() {
             let n = self.events.len();
@@ -449,11 +459,21 @@ impl<'a> RunTxn<'a> {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        if !self.outbox.is_empty() {
-            crate::outbox::enqueue(&mut self.tx, std::mem::take(&mut self.outbox)).await?;
-        }
+        let rows = if self.outbox.is_empty() {
+            Vec::new()
+        } else {
+            crate::outbox::enqueue(
+                &mut self.tx,
+                std::mem::take(&mut self.outbox),
+                self.fast_publish,
+            )
+            .await?
+        };
         self.tx.commit().await?;
-        Ok(summary)
+        Ok(CommitSummary {
+            outbox_rows: rows,
+            ..summary
+        })
     }
 }
 
@@ -482,11 +502,14 @@ struct LockedStep {
     compensation_error: Option<String>,
 }
 
-/// What a commit wrote.
-#[derive(Debug, Clone, Copy, Default)]
+/// What a commit wrote. Hand `outbox_rows` to [`Engine::after_commit`] once
+/// the outermost transaction has committed.
+#[derive(Debug, Clone, Default)]
+#[must_use = "outbox rows must be handed to Engine::after_commit"]
 pub struct CommitSummary {
     pub events: usize,
     pub outbox: usize,
+    pub outbox_rows: Vec<crate::outbox::OutboxRow>,
 }
 
 /// Time as stored by the engine.

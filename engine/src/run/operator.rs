@@ -143,11 +143,8 @@ pub async fn cancel_run(
         advance(&mut run).await?;
     }
     let status = run.status;
-    let wrote_outbox = run.has_outbox();
-    run.commit().await?;
-    if wrote_outbox {
-        engine.wake_outbox();
-    }
+    let committed = run.commit().await?;
+    engine.after_commit(committed.outbox_rows);
     Ok(status)
 }
 
@@ -281,7 +278,7 @@ pub async fn retry_run(
         json!({ "rerun": plan.rerun, "kept": plan.kept, "step": step }),
     );
     advance(&mut run).await?;
-    run.commit().await?;
-    engine.wake_outbox();
+    let committed = run.commit().await?;
+    engine.after_commit(committed.outbox_rows);
     Ok(plan)
 }

@@ -15,11 +15,12 @@ use fulfil_spec::dag::CompensationStatus;
 use fulfil_spec::wire::{Progress, ProgressMessage, TaskKind};
 use serde_json::json;
 
-use super::RunError;
 use super::advance::{set_compensation, set_step};
 use super::apply::{Applied, ApplyError, lock_attempt, stale_reason};
 use super::event::{AttemptEvent, attempt_event};
+use super::{CommitSummary, RunError};
 use crate::Engine;
+use sqlx::{Postgres, Transaction};
 
 /// Added to an attempt's timeout before the engine declares it timed out:
 /// the worker enforces the same timeout and reports it with more detail.
@@ -29,18 +30,30 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Applies one progress report.
+/// Applies one progress report in its own transaction.
 pub async fn apply_progress(
     engine: &Engine,
     report: &ProgressMessage,
 ) -> Result<Applied, ApplyError> {
+    let tx = engine.pool().begin().await?;
+    let (applied, committed) = apply_progress_in(engine, tx, report).await?;
+    engine.after_commit(committed.outbox_rows);
+    Ok(applied)
+}
+
+/// Applies one progress report in `tx` (or a savepoint) and commits it.
+pub async fn apply_progress_in<'a>(
+    engine: &Engine,
+    tx: Transaction<'a, Postgres>,
+    report: &ProgressMessage,
+) -> Result<(Applied, CommitSummary), ApplyError> {
     let actor = format!("worker:{}", report.worker_id);
-    let (mut run, attempt) = lock_attempt(engine, report.task_id, actor)
+    let (mut run, attempt) = lock_attempt(engine, tx, report.task_id, actor)
         .await?
         .ok_or(ApplyError::UnknownTask(report.task_id))?;
     if let Some(reason) = stale_reason(&run, &attempt) {
-        run.commit().await?;
-        return Ok(Applied::Ignored(reason));
+        let committed = run.commit().await?;
+        return Ok((Applied::Ignored(reason), committed));
     }
     let kind = attempt.task_kind();
     let promise = run.promise.clone();
@@ -132,6 +145,6 @@ pub async fn apply_progress(
             }
         }
     }
-    run.commit().await?;
-    Ok(Applied::Applied)
+    let committed = run.commit().await?;
+    Ok((Applied::Applied, committed))
 }

@@ -1,0 +1,128 @@
+//! `fulfil bench`: drives the real stack and reports what it measured.
+//!
+//! The bench creates a scratch database on the server named by
+//! `--database-url` and a private NATS prefix, starts Fulfil as child
+//! processes of this binary (`--topology split`: API + engine in one
+//! process, workers in another; `single`: all roles in one), applies a
+//! generated Promise of no-op steps, files workflows through the HTTP API at
+//! a fixed concurrency or offered rate, and waits for each run's completion
+//! event. Figures come from the system's own records: request→done latency
+//! is `runs.finished_at - requests.created_at` in Postgres, transactions are
+//! `pg_stat_database.xact_commit`, CPU and peak memory come from `/proc` of
+//! each child. Everything is removed afterwards.
+
+mod drive;
+mod procs;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// provision -> configure -> alert
+    ThreeStep,
+    /// N sequential steps (--steps, default 40)
+    Chain,
+    /// 1 -> N parallel -> 1 (--steps is N, default 10)
+    Fanout,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Topology {
+    /// API and engine in one process, workers in another.
+    Split,
+    /// Every role in one process.
+    Single,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = Scenario::ThreeStep)]
+    pub scenario: Scenario,
+    /// Workflows to run.
+    #[arg(long, default_value_t = 1000)]
+    pub workflows: usize,
+    /// Workflows in flight at once (closed loop). Ignored with --rate.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Offered load in workflows per second (open loop) instead of --concurrency.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Chain length, or fan-out width.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Bytes of payload each step carries (0: `noop` steps).
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+    #[arg(long, value_enum, default_value_t = Topology::Split)]
+    pub topology: Topology,
+    /// Concurrency of the worker process.
+    #[arg(long, default_value_t = 64)]
+    pub worker_concurrency: usize,
+    /// Workflows run (and discarded) before measuring, to warm caches.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Give up waiting for completions after this long.
+    #[arg(long, default_value = "10m", value_parser = crate::humantime_duration)]
+    pub timeout: Duration,
+    /// A server on which the bench creates and drops its own scratch database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+}
+
+impl BenchArgs {
+    /// Steps per workflow, and steps on its critical path.
+    pub fn shape(&self) -> (usize, usize) {
+        match self.scenario {
+            Scenario::ThreeStep => (3, 3),
+            Scenario::Chain => {
+                let n = self.steps.unwrap_or(40).max(1);
+                (n, n)
+            }
+            Scenario::Fanout => {
+                let n = self.steps.unwrap_or(10).max(1);
+                (n + 2, 3)
+            }
+        }
+    }
+}
+
+/// Runs the bench and prints its report; `--json` also writes it.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.workflows > 0, "--workflows must be at least 1");
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate > 0.0 && rate.is_finite(),
+            "--rate must be a positive number"
+        );
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let report = drive::bench(&args).await?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    anyhow::ensure!(
+        report.failed == 0,
+        "{} of {} workflows did not succeed",
+        report.failed,
+        report.workflows
+    );
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The bench's figures, as a table and as JSON.
+
+use serde::Serialize;
+
+use super::procs::ProcessFigures;
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles.
+    pub fn of(samples: &[f64]) -> Self {
+        let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
+        sorted.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            if sorted.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+            sorted[rank.clamp(1, sorted.len()) - 1]
+        };
+        Self {
+            p50: at(50.0),
+            p95: at(95.0),
+            p99: at(99.0),
+            max: sorted.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub workflows: usize,
+    pub steps_per_workflow: usize,
+    pub concurrency: Option<usize>,
+    pub rate: Option<f64>,
+    pub payload_bytes: usize,
+    pub topology: String,
+    /// Workflows that did not end `succeeded`.
+    pub failed: usize,
+    /// First request accepted to last run finished, from Postgres timestamps.
+    pub duration_s: f64,
+    pub client_wall_s: f64,
+    pub workflows_per_s: f64,
+    pub steps_per_s: f64,
+    /// Request accepted to run finished.
+    pub latency_ms: Percentiles,
+    /// Median latency divided by the steps on the critical path.
+    pub per_step_overhead_ms: f64,
+    /// `POST .../requests` round trip seen by the client.
+    pub accept_ms: Percentiles,
+    pub pg_xact: i64,
+    pub pg_xact_per_step: f64,
+    pub processes: Vec<ProcessFigures>,
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        let load = match (self.concurrency, self.rate) {
+            (_, Some(rate)) => format!("rate {rate}/s"),
+            (Some(c), None) => format!("concurrency {c}"),
+            _ => String::new(),
+        };
+        let mut out = format!(
+            "scenario {} ({} steps), {} workflows, {load}, payload {} B, topology {}\n",
+            self.scenario,
+            self.steps_per_workflow,
+            self.workflows,
+            self.payload_bytes,
+            self.topology
+        );
+        let rows = [
+            ("workflows/s", format!("{:.1}", self.workflows_per_s)),
+            ("steps/s", format!("{:.1}", self.steps_per_s)),
+            (
+                "latency ms p50/p95/p99/max",
+                format!(
+                    "{:.2} / {:.2} / {:.2} / {:.2}",
+                    self.latency_ms.p50,
+                    self.latency_ms.p95,
+                    self.latency_ms.p99,
+                    self.latency_ms.max
+                ),
+            ),
+            (
+                "per-step overhead ms",
+                format!("{:.2}", self.per_step_overhead_ms),
+            ),
+            (
+                "accept ms p50/p99",
+                format!("{:.2} / {:.2}", self.accept_ms.p50, self.accept_ms.p99),
+            ),
+            (
+                "pg transactions/step",
+                format!("{:.2} ({} in all)", self.pg_xact_per_step, self.pg_xact),
+            ),
+            ("failed workflows", self.failed.to_string()),
+            ("duration s", format!("{:.2}", self.duration_s)),
+        ];
+        for (name, value) in rows {
+            out.push_str(&format!("  {name:<28} {value}\n"));
+        }
+        for p in &self.processes {
+            out.push_str(&format!(
+                "  {:<28} cpu {:.2} s, peak rss {:.1} MiB\n",
+                format!("process {}", p.role),
+                p.cpu_s,
+                p.peak_rss_mib
+            ));
+        }
+        out
+    }
+}
