@@ -12,7 +12,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::procs::{self, ProcessFigures, Role};
-use super::report::{Percentiles, Report};
+use super::report::{Percentiles, Report, Stages};
 use super::{BenchArgs, Scenario, Topology};
 
 const PROMISE: &str = "bench";
@@ -383,6 +383,7 @@ async fn measure(
         })
         .collect();
     let latency = Percentiles::of(&latencies);
+    let stages = stage_breakdown(pool, &ids).await?;
     Ok(Report {
         scenario: format!("{:?}", args.scenario)
             .to_lowercase()
@@ -404,5 +405,31 @@ async fn measure(
         pg_xact: xact_after - xact_before,
         pg_xact_per_step: (xact_after - xact_before) as f64 / total_steps,
         processes,
+        stages_ms: stages,
+    })
+}
+
+/// Where a step's time goes, from the attempt rows and history: dispatch
+/// (the dispatching transaction) to the worker's start, the handler, and
+/// the worker's finish to the commit that applied the result.
+async fn stage_breakdown(pool: &sqlx::PgPool, request_ids: &[Uuid]) -> anyhow::Result<Stages> {
+    let rows: Vec<(f64, f64, f64)> = sqlx::query_as(
+        "SELECT (extract(epoch FROM a.started_at - a.dispatched_at) * 1000)::float8,
+                (extract(epoch FROM a.finished_at - a.started_at) * 1000)::float8,
+                (extract(epoch FROM h.at - a.finished_at) * 1000)::float8
+         FROM fulfil.requests q
+         JOIN fulfil.attempts a ON a.run_id = q.run_id
+         JOIN fulfil.history h ON h.run_id = a.run_id AND h.step_id = a.step_id AND h.attempt = a.attempt
+                               AND h.type = 'step.succeeded'
+         WHERE q.id = ANY($1)",
+    )
+    .bind(request_ids)
+    .fetch_all(pool)
+    .await?;
+    let column = |f: fn(&(f64, f64, f64)) -> f64| Percentiles::of(&rows.iter().map(f).collect::<Vec<_>>());
+    Ok(Stages {
+        dispatch_to_worker_start: column(|r| r.0),
+        handler: column(|r| r.1),
+        worker_finish_to_applied: column(|r| r.2),
     })
 }

@@ -58,6 +58,16 @@ pub struct Report {
     pub pg_xact: i64,
     pub pg_xact_per_step: f64,
     pub processes: Vec<ProcessFigures>,
+    /// Where each step's time went.
+    pub stages_ms: Stages,
+}
+
+/// Per-step latency broken down by stage (see the bench's docs).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Stages {
+    pub dispatch_to_worker_start: Percentiles,
+    pub handler: Percentiles,
+    pub worker_finish_to_applied: Percentiles,
 }
 
 impl Report {
@@ -105,6 +115,13 @@ impl Report {
         ];
         for (name, value) in rows {
             out.push_str(&format!("  {name:<28} {value}\n"));
+        }
+        for (name, stage) in [
+            ("stage dispatch->worker", self.stages_ms.dispatch_to_worker_start),
+            ("stage handler", self.stages_ms.handler),
+            ("stage worker->applied", self.stages_ms.worker_finish_to_applied),
+        ] {
+            out.push_str(&format!("  {name:<28} p50 {:.2} ms, p99 {:.2} ms\n", stage.p50, stage.p99));
         }
         for p in &self.processes {
             out.push_str(&format!(
