@@ -19,12 +19,10 @@
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use futures::future::try_join_all;
-use sqlx::PgConnection;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::run::OutboxMessage;
 use crate::{Engine, EngineConfig};
 
 /// The `NOTIFY` channel committed outbox rows are announced on.
@@ -52,51 +50,6 @@ pub struct OutboxRow {
 
 /// How long the relay leaves fast-path rows to the process that wrote them.
 pub const FAST_PATH_GRACE_SECS: f64 = 2.0;
-
-/// Inserts `messages` in the caller's transaction. With `fast`, the caller
-/// publishes them itself after commit; otherwise the relay is notified.
-pub(crate) async fn enqueue(
-    conn: &mut PgConnection,
-    messages: Vec<OutboxMessage>,
-    fast: bool,
-) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    let mut subjects = Vec::with_capacity(messages.len());
-    let mut ids = Vec::with_capacity(messages.len());
-    let mut payloads = Vec::with_capacity(messages.len());
-    for m in messages {
-        subjects.push(m.subject);
-        ids.push(m.msg_id);
-        payloads.push(m.payload);
-    }
-    let row_ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO fulfil.outbox (subject, msg_id, payload, fast)
-         SELECT s, m, p, $4 FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS t(s, m, p)
-         RETURNING id",
-    )
-    .bind(&subjects)
-    .bind(&ids)
-    .bind(&payloads)
-    .bind(fast)
-    .fetch_all(&mut *conn)
-    .await?;
-    if !fast {
-        sqlx::query("SELECT pg_notify('fulfil_outbox', '')")
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(row_ids
-        .into_iter()
-        .zip(subjects)
-        .zip(ids)
-        .zip(payloads)
-        .map(|(((id, subject), msg_id), payload)| OutboxRow {
-            id,
-            subject,
-            msg_id,
-            payload,
-        })
-        .collect())
-}
 
 /// Publishes rows committed by this process as soon as they are handed
 /// over, then deletes them; rows it cannot publish stay for the relay.

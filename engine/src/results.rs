@@ -131,6 +131,22 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
     if reports.is_empty() {
         return;
     }
+    if reports.len() == 1 {
+        // Nothing to group: skip the savepoint round trips.
+        if let Some((message, report)) = reports.pop() {
+            let outcome = async {
+                let tx = engine.pool().begin().await?;
+                apply_report(engine, tx, &report).await
+            }
+            .await;
+            let outcome = outcome.map(|(applied, committed)| {
+                engine.after_commit(committed.outbox_rows);
+                applied
+            });
+            acknowledge(js, engine, message, outcome).await;
+        }
+        return;
+    }
     reports.sort_by_key(|(_, report)| report.run_id());
     let mut outer = match engine.pool().begin().await {
         Ok(tx) => tx,
@@ -147,20 +163,7 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
     for (message, report) in reports {
         let outcome = match sqlx::Acquire::begin(&mut *outer).await {
             Err(e) => Err(ApplyError::from(e)),
-            Ok(savepoint) => match &report {
-                Report::Result(r) => {
-                    let span = info_span!("apply_result", run_id = %r.run_id, step_id = %r.step_id,
-                                          attempt = r.attempt, task_id = %r.task_id);
-                    apply_result_in(engine, savepoint, r).instrument(span).await
-                }
-                Report::Progress(p) => {
-                    let span = info_span!("apply_progress", run_id = %p.run_id, step_id = %p.step_id,
-                                          attempt = p.attempt, task_id = %p.task_id);
-                    apply_progress_in(engine, savepoint, p)
-                        .instrument(span)
-                        .await
-                }
-            },
+            Ok(savepoint) => apply_report(engine, savepoint, &report).await,
         };
         let outcome = outcome.map(|(applied, committed)| {
             rows.extend(committed.outbox_rows);
@@ -177,20 +180,50 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
     }
     engine.after_commit(rows);
     for (message, outcome) in outcomes {
-        match outcome {
-            Ok(Applied::Applied) => ack(&message, AckKind::Ack).await,
-            Ok(Applied::Ignored(reason)) => {
-                debug!(%reason, "report ignored");
-                ack(&message, AckKind::Ack).await;
-            }
-            Err(ApplyError::UnknownTask(task_id)) => {
-                let reason = format!("no attempt with task id {task_id}");
-                dead_letter_then_ack(js, engine.names(), &message, &reason).await;
-            }
-            Err(ApplyError::Run(e)) => {
-                warn!(error = %e, "applying a worker report failed; it will be redelivered");
-                ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            }
+        acknowledge(js, engine, message, outcome).await;
+    }
+}
+
+/// Applies one report in `tx` (a transaction or a savepoint) and commits it.
+async fn apply_report<'a>(
+    engine: &Engine,
+    tx: sqlx::Transaction<'a, sqlx::Postgres>,
+    report: &Report,
+) -> Result<(Applied, crate::run::CommitSummary), ApplyError> {
+    match report {
+        Report::Result(r) => {
+            let span = info_span!("apply_result", run_id = %r.run_id, step_id = %r.step_id,
+                                  attempt = r.attempt, task_id = %r.task_id);
+            apply_result_in(engine, tx, r).instrument(span).await
+        }
+        Report::Progress(p) => {
+            let span = info_span!("apply_progress", run_id = %p.run_id, step_id = %p.step_id,
+                                  attempt = p.attempt, task_id = %p.task_id);
+            apply_progress_in(engine, tx, p).instrument(span).await
+        }
+    }
+}
+
+/// Acks what was applied or ignored, dead-letters orphans, naks failures.
+async fn acknowledge(
+    js: &jetstream::Context,
+    engine: &Engine,
+    message: jetstream::Message,
+    outcome: Result<Applied, ApplyError>,
+) {
+    match outcome {
+        Ok(Applied::Applied) => ack(&message, AckKind::Ack).await,
+        Ok(Applied::Ignored(reason)) => {
+            debug!(%reason, "report ignored");
+            ack(&message, AckKind::Ack).await;
+        }
+        Err(ApplyError::UnknownTask(task_id)) => {
+            let reason = format!("no attempt with task id {task_id}");
+            dead_letter_then_ack(js, engine.names(), &message, &reason).await;
+        }
+        Err(ApplyError::Run(e)) => {
+            warn!(error = %e, "applying a worker report failed; it will be redelivered");
+            ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
     }
 }

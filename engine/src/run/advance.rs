@@ -349,14 +349,20 @@ pub async fn dispatch_action(
         schedule_to_start: promise.schedule_to_start_of(step),
         heartbeat_timeout: promise.heartbeat_timeout_of(step),
     };
-    set_step(run, &step.id, StepStatus::Ready, Some(attempt), None, None).await?;
-    sqlx::query("UPDATE fulfil.steps SET input = $3 WHERE run_id = $1 AND step_id = $2")
-        .bind(run.run_id)
-        .bind(&step.id)
-        .bind(&input)
-        .execute(run.conn())
-        .await?;
+    sqlx::query(
+        "UPDATE fulfil.steps SET status = 'ready', attempt = $3, input = $4, error = NULL, updated_at = now()
+         WHERE run_id = $1 AND step_id = $2",
+    )
+    .bind(run.run_id)
+    .bind(&step.id)
+    .bind(attempt)
+    .bind(&input)
+    .execute(run.conn())
+    .await?;
     if let Some(row) = run.steps.get_mut(&step.id) {
+        row.status = StepStatus::Ready;
+        row.attempt = attempt;
+        row.error = None;
         row.input = Some(input.clone());
     }
     dispatch(run, &step.id, attempt, input, spec).await

@@ -45,56 +45,19 @@ pub enum Applied {
     Ignored(String),
 }
 
-/// An attempt row, read under the run lock.
-#[derive(sqlx::FromRow)]
-pub(super) struct AttemptRow {
-    pub step_id: String,
-    pub attempt: i32,
-    pub status: String,
-    pub kind: String,
-}
-
-impl AttemptRow {
-    pub(super) fn task_kind(&self) -> TaskKind {
-        if self.kind == "compensation" {
-            TaskKind::Compensation
-        } else {
-            TaskKind::Action
-        }
-    }
-
-    pub(super) fn is_open(&self) -> bool {
-        self.status == "dispatched" || self.status == "running"
-    }
-}
-
 /// Locks the run owning `task_id` in `tx` and reads the attempt; `None` if
 /// unknown.
 pub(super) async fn lock_attempt<'a>(
     engine: &Engine,
-    mut tx: Transaction<'a, Postgres>,
+    tx: Transaction<'a, Postgres>,
     task_id: Uuid,
     actor: String,
 ) -> Result<Option<(RunTxn<'a>, AttemptRow)>, RunError> {
-    let run_id: Option<Uuid> =
-        sqlx::query_scalar("SELECT run_id FROM fulfil.attempts WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(run_id) = run_id else {
-        return Ok(None);
-    };
-    let Some(mut run) = RunTxn::lock(engine, tx, run_id, actor).await? else {
-        return Ok(None);
-    };
-    let attempt: AttemptRow = sqlx::query_as(
-        "SELECT step_id, attempt, status, kind FROM fulfil.attempts WHERE task_id = $1",
-    )
-    .bind(task_id)
-    .fetch_one(run.conn())
-    .await?;
-    Ok(Some((run, attempt)))
+    RunTxn::lock_for_task(engine, tx, task_id, actor).await
 }
+
+/// An attempt row, read under the run lock.
+pub(super) type AttemptRow = super::LockedAttempt;
 
 /// Why a report about `attempt` must not change the run, if it must not.
 pub(super) fn stale_reason(run: &RunTxn<'_>, attempt: &AttemptRow) -> Option<String> {
@@ -153,7 +116,16 @@ pub async fn apply_result_in<'a>(
         let committed = run.commit().await?;
         return Ok((Applied::Ignored(reason), committed));
     }
-    run.clear_attempt_timers(result.task_id, None).await?;
+    // Only an attempt that reported its start, or waits under a
+    // schedule-to-start limit, has timers armed.
+    let may_have_timers = attempt.status == "running"
+        || run
+            .promise
+            .step(&step_id)
+            .is_some_and(|s| run.promise.schedule_to_start_of(s).is_some());
+    if may_have_timers {
+        run.clear_attempt_timers(result.task_id, None).await?;
+    }
 
     let duration_ms = (result.finished_at - result.started_at).num_milliseconds();
     let (status, error) = match &result.outcome {

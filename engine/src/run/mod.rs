@@ -218,31 +218,86 @@ impl<'a> RunTxn<'a> {
     /// Locks the run's row and loads its steps. `None` if there is no such run.
     pub async fn lock(
         engine: &Engine,
-        mut tx: Transaction<'a, Postgres>,
+        tx: Transaction<'a, Postgres>,
         run_id: Uuid,
         actor: String,
     ) -> Result<Option<Self>, RunError> {
-        let row: Option<LockedRun> = sqlx::query_as(
-            "SELECT request_id, promise, promise_version, status, context, history_seq, cancel_requested,
-                    stop_reason
-             FROM fulfil.runs WHERE id = $1 FOR UPDATE",
-        )
-        .bind(run_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        Ok(Self::lock_by(engine, tx, LockKey::Run(run_id), actor)
+            .await?
+            .map(|(run, _)| run))
+    }
+
+    /// Locks the run that owns `task_id` and reads that attempt as it is
+    /// once the lock is held. `None` if there is no such attempt.
+    pub async fn lock_for_task(
+        engine: &Engine,
+        tx: Transaction<'a, Postgres>,
+        task_id: Uuid,
+        actor: String,
+    ) -> Result<Option<(Self, LockedAttempt)>, RunError> {
+        match Self::lock_by(engine, tx, LockKey::Task(task_id), actor).await? {
+            Some((run, Some(attempt))) => Ok(Some((run, attempt))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn lock_by(
+        engine: &Engine,
+        mut tx: Transaction<'a, Postgres>,
+        key: LockKey,
+        actor: String,
+    ) -> Result<Option<(Self, Option<LockedAttempt>)>, RunError> {
+        // Two round trips: lock the run row, then read its steps (and the
+        // attempt) in a statement that starts after the lock is held, so it
+        // sees whatever the previous holder committed. An attempt's run id
+        // never changes, so finding the run through it is safe.
+        let (lock_sql, key_id, task_id) = match key {
+            LockKey::Run(id) => (
+                "SELECT id, request_id, promise, promise_version, status, context, history_seq,
+                        cancel_requested, stop_reason
+                 FROM fulfil.runs WHERE id = $1 FOR UPDATE",
+                id,
+                None,
+            ),
+            LockKey::Task(task) => (
+                "SELECT id, request_id, promise, promise_version, status, context, history_seq,
+                        cancel_requested, stop_reason
+                 FROM fulfil.runs WHERE id = (SELECT run_id FROM fulfil.attempts WHERE task_id = $1)
+                 FOR UPDATE",
+                task,
+                Some(task),
+            ),
+        };
+        let row: Option<LockedRun> = sqlx::query_as(lock_sql)
+            .bind(key_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
+        let run_id = row.id;
         let status = RunStatus::parse(&row.status)
             .ok_or_else(|| RunError::Corrupt(format!("run status {:?}", row.status)))?;
         let rows: Vec<LockedStep> = sqlx::query_as(
-            "SELECT step_id, status, attempt, outputs, input, error, compensation_status,
-                    compensation_attempt, compensation_error
-             FROM fulfil.steps WHERE run_id = $1",
+            "SELECT s.step_id, s.status, s.attempt, s.outputs, s.input, s.error, s.compensation_status,
+                    s.compensation_attempt, s.compensation_error,
+                    a.step_id AS task_step_id, a.attempt AS task_attempt, a.status AS task_status,
+                    a.kind AS task_kind
+             FROM fulfil.steps s LEFT JOIN fulfil.attempts a ON a.task_id = $2
+             WHERE s.run_id = $1",
         )
         .bind(run_id)
+        .bind(task_id)
         .fetch_all(&mut *tx)
         .await?;
+        let attempt = rows.first().and_then(|r| {
+            Some(LockedAttempt {
+                step_id: r.task_step_id.clone()?,
+                attempt: r.task_attempt?,
+                status: r.task_status.clone()?,
+                kind: r.task_kind.clone()?,
+            })
+        });
         let mut steps = HashMap::with_capacity(rows.len());
         for r in rows {
             let status = StepStatus::parse(&r.status)
@@ -282,23 +337,26 @@ impl<'a> RunTxn<'a> {
             .promises()
             .load(engine.pool(), &promise, &version)
             .await?;
-        Ok(Some(RunTxn {
-            tx,
-            run_id,
-            request_id,
-            status,
-            context,
-            promise,
-            steps,
-            names: engine.names().clone(),
-            actor,
-            cancel_requested: row.cancel_requested,
-            stop_reason: row.stop_reason,
-            fast_publish: engine.has_fast_publisher(),
-            next_seq: seq + 1,
-            events: Vec::new(),
-            outbox: Vec::new(),
-        }))
+        Ok(Some((
+            RunTxn {
+                tx,
+                run_id,
+                request_id,
+                status,
+                context,
+                promise,
+                steps,
+                names: engine.names().clone(),
+                actor,
+                cancel_requested: row.cancel_requested,
+                stop_reason: row.stop_reason,
+                fast_publish: engine.has_fast_publisher(),
+                next_seq: seq + 1,
+                events: Vec::new(),
+                outbox: Vec::new(),
+            },
+            attempt,
+        )))
     }
 
     /// Whether this process publishes the outbox rows itself after commit.
@@ -425,50 +483,82 @@ impl<'a> RunTxn<'a> {
             outbox: self.outbox.len(),
             outbox_rows: Vec::new(),
         };
-        if !self.events.is_empty() {
-            let n = self.events.len();
-            let seqs: Vec<i64> = (self.next_seq..self.next_seq + n as i64).collect();
-            let mut kinds = Vec::with_capacity(n);
-            let mut steps = Vec::with_capacity(n);
-            let mut attempts = Vec::with_capacity(n);
-            let mut actors = Vec::with_capacity(n);
-            let mut datas = Vec::with_capacity(n);
-            for e in self.events.drain(..) {
-                kinds.push(e.kind.to_string());
-                steps.push(e.step_id);
-                attempts.push(e.attempt);
-                actors.push(e.actor);
-                datas.push(e.data);
-            }
-            sqlx::query(
-                "INSERT INTO fulfil.history (run_id, seq, type, step_id, attempt, actor, data)
-                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[], $7::jsonb[])",
-            )
-            .bind(self.run_id)
-            .bind(&seqs)
-            .bind(&kinds)
-            .bind(&steps)
-            .bind(&attempts)
-            .bind(&actors)
-            .bind(&datas)
-            .execute(&mut *self.tx)
-            .await?;
-            sqlx::query("UPDATE fulfil.runs SET history_seq = $2 WHERE id = $1")
-                .bind(self.run_id)
-                .bind(self.next_seq + n as i64 - 1)
+        if self.events.is_empty() && self.outbox.is_empty() {
+            self.tx.commit().await?;
+            return Ok(summary);
+        }
+        let n = self.events.len();
+        let seqs: Vec<i64> = (self.next_seq..self.next_seq + n as i64).collect();
+        let mut kinds = Vec::with_capacity(n);
+        let mut steps = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut actors = Vec::with_capacity(n);
+        let mut datas = Vec::with_capacity(n);
+        for e in self.events.drain(..) {
+            kinds.push(e.kind.to_string());
+            steps.push(e.step_id);
+            attempts.push(e.attempt);
+            actors.push(e.actor);
+            datas.push(e.data);
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        let mut subjects = Vec::with_capacity(outbox.len());
+        let mut msg_ids = Vec::with_capacity(outbox.len());
+        let mut payloads = Vec::with_capacity(outbox.len());
+        for m in outbox {
+            subjects.push(m.subject);
+            msg_ids.push(m.msg_id);
+            payloads.push(m.payload);
+        }
+        // History, the run's sequence counter and the outbox in one round trip.
+        let inserted: Vec<(i64, String)> = sqlx::query_as(
+            "WITH history AS (
+                 INSERT INTO fulfil.history (run_id, seq, type, step_id, attempt, actor, data)
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[], $7::jsonb[])),
+             seq AS (
+                 UPDATE fulfil.runs SET history_seq = $8 WHERE id = $1 AND cardinality($2::bigint[]) > 0),
+             outbox AS (
+                 INSERT INTO fulfil.outbox (subject, msg_id, payload, fast)
+                 SELECT s, m, p, $12 FROM UNNEST($9::text[], $10::text[], $11::jsonb[]) AS t(s, m, p)
+                 RETURNING id, msg_id)
+             SELECT id, msg_id FROM outbox",
+        )
+        .bind(self.run_id)
+        .bind(&seqs)
+        .bind(&kinds)
+        .bind(&steps)
+        .bind(&attempts)
+        .bind(&actors)
+        .bind(&datas)
+        .bind(self.next_seq + n as i64 - 1)
+        .bind(&subjects)
+        .bind(&msg_ids)
+        .bind(&payloads)
+        .bind(self.fast_publish)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        if !inserted.is_empty() && !self.fast_publish {
+            sqlx::query("SELECT pg_notify('fulfil_outbox', '')")
                 .execute(&mut *self.tx)
                 .await?;
         }
-        let rows = if self.outbox.is_empty() {
-            Vec::new()
-        } else {
-            crate::outbox::enqueue(
-                &mut self.tx,
-                std::mem::take(&mut self.outbox),
-                self.fast_publish,
-            )
-            .await?
-        };
+        let ids: HashMap<String, i64> = inserted
+            .into_iter()
+            .map(|(id, msg_id)| (msg_id, id))
+            .collect();
+        let rows: Vec<crate::outbox::OutboxRow> = subjects
+            .into_iter()
+            .zip(msg_ids)
+            .zip(payloads)
+            .filter_map(|((subject, msg_id), payload)| {
+                Some(crate::outbox::OutboxRow {
+                    id: *ids.get(&msg_id)?,
+                    subject,
+                    msg_id,
+                    payload,
+                })
+            })
+            .collect();
         self.tx.commit().await?;
         Ok(CommitSummary {
             outbox_rows: rows,
@@ -477,8 +567,39 @@ impl<'a> RunTxn<'a> {
     }
 }
 
+/// How [`RunTxn::lock_by`] finds the run.
+enum LockKey {
+    Run(Uuid),
+    Task(Uuid),
+}
+
+/// An attempt as read under its run's lock.
+#[derive(Debug, Clone)]
+pub struct LockedAttempt {
+    pub step_id: String,
+    pub attempt: i32,
+    pub status: String,
+    pub kind: String,
+}
+
+impl LockedAttempt {
+    pub fn task_kind(&self) -> TaskKind {
+        if self.kind == "compensation" {
+            TaskKind::Compensation
+        } else {
+            TaskKind::Action
+        }
+    }
+
+    /// Dispatched or running: a result may still be applied.
+    pub fn is_open(&self) -> bool {
+        self.status == "dispatched" || self.status == "running"
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct LockedRun {
+    id: Uuid,
     request_id: Uuid,
     promise: String,
     promise_version: String,
@@ -500,6 +621,10 @@ struct LockedStep {
     compensation_status: Option<String>,
     compensation_attempt: i32,
     compensation_error: Option<String>,
+    task_step_id: Option<String>,
+    task_attempt: Option<i32>,
+    task_status: Option<String>,
+    task_kind: Option<String>,
 }
 
 /// What a commit wrote. Hand `outbox_rows` to [`Engine::after_commit`] once
