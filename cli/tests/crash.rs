@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use fulfil_integration_tests::processes::{
-    EffectServer, Filed, NatsServer, RoleProcess, RoleSpawner, ScratchDir, diagnose,
-    double_applied, file_requests, finished, http_chain_promise, ignored_results,
-    not_completed_once, run_statuses, wait_finished_runs,
+    EffectServer, Filed, NatsServer, RoleProcess, RoleSpawner, ScratchDir, dead_letters, diagnose,
+    double_applied, engine_ack_pending, file_requests, finished, http_chain_promise,
+    ignored_results, not_completed_once, run_statuses, wait_finished_runs,
 };
 use fulfil_integration_tests::{StackOptions, TestStack, database_url};
 use sqlx::Connection;
@@ -42,8 +42,12 @@ async fn assert_all_succeeded(
     if succeeded == filed.len() as i64 && finished(statuses) == succeeded {
         return Ok(());
     }
+    let dead = match dead_letters(stack).await {
+        Ok(n) => n.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
     let mut message = format!(
-        "{succeeded} of {} runs succeeded; statuses {statuses:?}\n{}",
+        "{succeeded} of {} runs succeeded; statuses {statuses:?}; dead letters: {dead}\n{}",
         filed.len(),
         diagnose(&stack.pool).await
     );
@@ -77,6 +81,11 @@ async fn assert_applied_once(stack: &TestStack, steps: usize) -> anyhow::Result<
         completions == steps as i64,
         "{completions} step completions, expected {steps}"
     );
+    // Every message was valid: a dead letter here is a result for a task
+    // the database does not know (dispatched by a transaction that did not
+    // commit).
+    let dead = dead_letters(stack).await?;
+    ensure!(dead == 0, "{dead} messages were dead-lettered");
     Ok(completions)
 }
 
@@ -200,9 +209,11 @@ async fn killed_worker_s_in_flight_steps_finish_on_another_worker() -> anyhow::R
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let answered_before_kill = effects.answered();
+    let first_pid = first.pid().unwrap_or(0);
     first.sigkill().await?;
     let killed = Instant::now();
     let mut second = roles.spawn("worker-2", "worker", &worker_args)?;
+    let second_pid = second.pid().unwrap_or(0);
 
     let statuses = wait_finished_runs(&stack.pool, 20, Duration::from_secs(60)).await?;
     let all_done_after = killed.elapsed();
@@ -231,7 +242,7 @@ async fn killed_worker_s_in_flight_steps_finish_on_another_worker() -> anyhow::R
         "   calls answered before the SIGKILL: {answered_before_kill}; side effects per step (calls -> steps): {histogram:?}"
     );
     eprintln!(
-        "   all runs finished {:.1}s after the kill; attempts per attempt number: {attempts:?}; workers recorded: {workers:?}; result.ignored events: {ignored}",
+        "   all runs finished {:.1}s after the kill; attempts per attempt number: {attempts:?}; workers recorded on the attempts (worker-1 pid {first_pid}, worker-2 pid {second_pid}): {workers:?}; result.ignored events: {ignored}",
         all_done_after.as_secs_f64()
     );
 
@@ -246,6 +257,9 @@ async fn killed_worker_s_in_flight_steps_finish_on_another_worker() -> anyhow::R
 struct EngineCrash {
     /// Runs finished when the engine was killed (after it was gone).
     finished_at_kill: i64,
+    /// Results the killed engine had pulled and not acknowledged: they come
+    /// back only after the engine consumer's ack wait (30 s).
+    held: usize,
     /// From spawning the new engine process until the first run finished
     /// after it: the time to recover (process start, migrations check, NATS
     /// consumer, then the first result batch applied).
@@ -293,12 +307,15 @@ async fn engine_killed_three_times_loses_no_run_and_applies_each_result_once() -
     let crashing = async {
         let mut engine = engine;
         let mut crashes = Vec::new();
+        let mut last_restart = Instant::now();
         for k in 1..=CRASHES {
             let threshold = (RUNS * k / (CRASHES + 1)) as i64;
             until_finished_reaches(&stack, threshold, Duration::from_secs(60), &mut engine).await?;
             engine.sigkill().await?;
             // The engine is gone: nothing more commits until the restart.
             let finished_at_kill = finished(&run_statuses(&stack.pool).await?);
+            let held = engine_ack_pending(&stack).await?;
+            last_restart = Instant::now();
             engine = roles.spawn(&format!("engine-{}", k + 1), "engine", &[])?;
             let recovery =
                 until_finished_exceeds(&stack, finished_at_kill, Duration::from_secs(60))
@@ -311,15 +328,19 @@ async fn engine_killed_three_times_loses_no_run_and_applies_each_result_once() -
                     })?;
             crashes.push(EngineCrash {
                 finished_at_kill,
+                held,
                 recovery,
             });
         }
-        anyhow::Ok((engine, crashes))
+        anyhow::Ok((engine, crashes, last_restart))
     };
     let (filed, crashed) = tokio::join!(filing, crashing);
     let filed = filed?;
-    let (mut engine, crashes) = crashed?;
-    let last_restart = Instant::now();
+    let (mut engine, crashes, last_restart) = crashed?;
+    // Runs not finished 5 s after the last restart wait for results a killed
+    // engine held.
+    tokio::time::sleep_until((last_restart + Duration::from_secs(5)).into()).await;
+    let unfinished_after_5s = RUNS as i64 - finished(&run_statuses(&stack.pool).await?);
 
     let statuses = wait_finished_runs(&stack.pool, RUNS as i64, Duration::from_secs(90)).await?;
     let elapsed = started.elapsed();
@@ -348,9 +369,10 @@ async fn engine_killed_three_times_loses_no_run_and_applies_each_result_once() -
     );
     for (i, crash) in crashes.iter().enumerate() {
         eprintln!(
-            "   crash {}: killed with {} runs finished; first run finished {} ms after the restart (spawn of the new process)",
+            "   crash {}: killed with {} runs finished and {} results pulled but unacked; first run finished {} ms after the restart (spawn of the new process)",
             i + 1,
             crash.finished_at_kill,
+            crash.held,
             crash.recovery.as_millis()
         );
     }
@@ -359,7 +381,7 @@ async fn engine_killed_three_times_loses_no_run_and_applies_each_result_once() -
         duplicated(&histogram)
     );
     eprintln!(
-        "   all runs finished {:.1}s after the start, {:.1}s after the last restart (results a killed engine had pulled come back after the engine consumer's 30s ack wait)",
+        "   all runs finished {:.1}s after the start, {:.1}s after the last restart; {unfinished_after_5s} runs were still unfinished 5s after it (results a killed engine had pulled come back after the engine consumer's 30s ack wait)",
         elapsed.as_secs_f64(),
         tail.as_secs_f64()
     );
@@ -432,7 +454,7 @@ async fn nats_server_killed_and_restarted_loses_no_run() -> anyhow::Result<()> {
     let filed = filed?;
     let (finished_at_kill, finished_at_restart, down_for, recovery) = outage?;
 
-    let statuses = wait_finished_runs(&stack.pool, RUNS as i64, Duration::from_secs(90)).await?;
+    let statuses = wait_finished_runs(&stack.pool, RUNS as i64, Duration::from_secs(60)).await?;
     let elapsed = started.elapsed();
     assert_all_succeeded(&stack, &filed, &statuses, &[&engine, &worker]).await?;
     engine.ensure_running()?;
@@ -532,7 +554,7 @@ async fn postgres_sessions_terminated_lose_no_run_and_apply_each_result_once() -
     let filed = filed?;
     let terminated = terminated?;
 
-    let statuses = wait_finished_runs(&stack.pool, RUNS as i64, Duration::from_secs(90)).await?;
+    let statuses = wait_finished_runs(&stack.pool, RUNS as i64, Duration::from_secs(60)).await?;
     let elapsed = started.elapsed();
     assert_all_succeeded(&stack, &filed, &statuses, &[&engine, &worker]).await?;
     engine.ensure_running()?;

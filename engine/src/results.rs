@@ -134,11 +134,13 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
     if reports.len() == 1 {
         // Nothing to group: skip the savepoint round trips.
         if let Some((message, report)) = reports.pop() {
+            let started = std::time::Instant::now();
             let outcome = async {
                 let tx = engine.pool().begin().await?;
                 apply_report(engine, tx, &report).await
             }
             .await;
+            debug!(reports = 1, elapsed_us = started.elapsed().as_micros() as u64, "batch applied");
             let outcome = outcome.map(|(applied, committed)| {
                 engine.after_commit(committed.outbox_rows);
                 applied
@@ -147,6 +149,7 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
         }
         return;
     }
+    let started = std::time::Instant::now();
     reports.sort_by_key(|(_, report)| report.run_id());
     let mut outer = match engine.pool().begin().await {
         Ok(tx) => tx,
@@ -160,11 +163,28 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
     };
     let mut rows = Vec::new();
     let mut outcomes = Vec::with_capacity(reports.len());
-    for (message, report) in reports {
-        let outcome = match sqlx::Acquire::begin(&mut *outer).await {
-            Err(e) => Err(ApplyError::from(e)),
-            Ok(savepoint) => apply_report(engine, savepoint, &report).await,
+    let mut reports = reports.into_iter();
+    while let Some((message, report)) = reports.next() {
+        let savepoint = match sqlx::Acquire::begin(&mut *outer).await {
+            Ok(savepoint) => savepoint,
+            Err(e) => {
+                // When a SAVEPOINT fails, sqlx rolls back the enclosing
+                // transaction, and `outer.commit()` would then return Ok
+                // without committing anything (its depth is 0): nothing of
+                // this batch will be applied, so give every report back.
+                warn!(error = %e, "cannot open a savepoint; the batch will be redelivered");
+                let given_back = outcomes
+                    .into_iter()
+                    .map(|(message, _)| message)
+                    .chain(std::iter::once(message))
+                    .chain(reports.map(|(message, _)| message));
+                for message in given_back {
+                    ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+                return;
+            }
         };
+        let outcome = apply_report(engine, savepoint, &report).await;
         let outcome = outcome.map(|(applied, committed)| {
             rows.extend(committed.outbox_rows);
             applied
@@ -178,6 +198,7 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
         }
         return;
     }
+    debug!(reports = outcomes.len(), elapsed_us = started.elapsed().as_micros() as u64, "batch applied");
     engine.after_commit(rows);
     for (message, outcome) in outcomes {
         acknowledge(js, engine, message, outcome).await;

@@ -111,7 +111,8 @@ impl RoleSpawner {
             .args(extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // `fulfil` logs to stdout (tracing-subscriber's default).
+            .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
         let child = command
@@ -585,4 +586,28 @@ pub fn http_chain_promise(name: &str, effects: &str, route: &str, steps: &[&str]
         }
     }
     yaml
+}
+
+/// Messages in the stack's dead-letter stream (a result naming no known
+/// task lands there, for one).
+pub async fn dead_letters(stack: &TestStack) -> anyhow::Result<u64> {
+    let mut stream = stack
+        .js
+        .get_stream(stack.names.dead_letter_stream())
+        .await?;
+    Ok(stream.info().await?.state.messages)
+}
+
+/// Results pulled by engines and not yet acknowledged (after an engine was
+/// killed: the results it held, which come back after the consumer's
+/// `ack_wait`).
+pub async fn engine_ack_pending(stack: &TestStack) -> anyhow::Result<usize> {
+    let stream = stack.js.get_stream(stack.names.results_stream()).await?;
+    let mut consumer = stream
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+            &stack.names.engine_consumer(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("getting the engine consumer: {e}"))?;
+    Ok(consumer.info().await?.num_ack_pending)
 }

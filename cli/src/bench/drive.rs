@@ -426,7 +426,8 @@ async fn stage_breakdown(pool: &sqlx::PgPool, request_ids: &[Uuid]) -> anyhow::R
     .bind(request_ids)
     .fetch_all(pool)
     .await?;
-    let column = |f: fn(&(f64, f64, f64)) -> f64| Percentiles::of(&rows.iter().map(f).collect::<Vec<_>>());
+    let column =
+        |f: fn(&(f64, f64, f64)) -> f64| Percentiles::of(&rows.iter().map(f).collect::<Vec<_>>());
     Ok(Stages {
         dispatch_to_worker_start: column(|r| r.0),
         handler: column(|r| r.1),

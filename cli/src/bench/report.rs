@@ -117,11 +117,20 @@ impl Report {
             out.push_str(&format!("  {name:<28} {value}\n"));
         }
         for (name, stage) in [
-            ("stage dispatch->worker", self.stages_ms.dispatch_to_worker_start),
+            (
+                "stage dispatch->worker",
+                self.stages_ms.dispatch_to_worker_start,
+            ),
             ("stage handler", self.stages_ms.handler),
-            ("stage worker->applied", self.stages_ms.worker_finish_to_applied),
+            (
+                "stage worker->applied",
+                self.stages_ms.worker_finish_to_applied,
+            ),
         ] {
-            out.push_str(&format!("  {name:<28} p50 {:.2} ms, p99 {:.2} ms\n", stage.p50, stage.p99));
+            out.push_str(&format!(
+                "  {name:<28} p50 {:.2} ms, p99 {:.2} ms\n",
+                stage.p50, stage.p99
+            ));
         }
         for p in &self.processes {
             out.push_str(&format!(
