@@ -23,15 +23,31 @@ pub enum DbError {
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Connection options from `url`. TLS to a loopback server protects nothing
+/// and costs a record encryption per round trip on both sides, so unless the
+/// URL sets `sslmode`, loopback connections go without it.
+pub fn options(url: &str) -> Result<PgConnectOptions, DbError> {
+    let mut options = PgConnectOptions::from_str(url).map_err(DbError::InvalidUrl)?;
+    let loopback = matches!(options.get_host(), "127.0.0.1" | "localhost" | "::1")
+        || options.get_host().starts_with('/');
+    if loopback && !url.contains("sslmode=") {
+        options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    }
+    Ok(options)
+}
+
 /// Opens a pool of at most `max_connections`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(DbError::InvalidUrl)?
+    let options = options(url)?
         .application_name("fulfil")
         .log_statements(tracing::log::LevelFilter::Trace);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        // A ping per acquire is a round trip on every transaction; a dead
+        // connection fails its first statement instead, and every caller
+        // already treats that as "roll back and retry".
+        .test_before_acquire(false)
         .connect_with(options)
         .await?)
 }
@@ -39,7 +55,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
 /// Creates the URL's database if it does not exist, connecting to the
 /// server's `postgres` database to do so. Returns whether it was created.
 pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
-    let options = PgConnectOptions::from_str(url).map_err(DbError::InvalidUrl)?;
+    let options = options(url)?;
     let Some(name) = options.get_database().map(str::to_string) else {
         return Ok(false);
     };
@@ -83,11 +99,7 @@ pub fn with_database(url: &str, database: &str) -> String {
 
 /// Drops a database, closing its other sessions first.
 pub async fn drop_database(server_url: &str, database: &str) -> Result<(), DbError> {
-    let mut admin = PgConnectOptions::from_str(server_url)
-        .map_err(DbError::InvalidUrl)?
-        .database("postgres")
-        .connect()
-        .await?;
+    let mut admin = options(server_url)?.database("postgres").connect().await?;
     let quoted = format!("\"{}\"", database.replace('"', "\"\""));
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"

@@ -140,7 +140,11 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
                 apply_report(engine, tx, &report).await
             }
             .await;
-            debug!(reports = 1, elapsed_us = started.elapsed().as_micros() as u64, "batch applied");
+            debug!(
+                reports = 1,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "batch applied"
+            );
             let outcome = outcome.map(|(applied, committed)| {
                 engine.after_commit(committed.outbox_rows);
                 applied
@@ -198,7 +202,11 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
         }
         return;
     }
-    debug!(reports = outcomes.len(), elapsed_us = started.elapsed().as_micros() as u64, "batch applied");
+    debug!(
+        reports = outcomes.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "batch applied"
+    );
     engine.after_commit(rows);
     for (message, outcome) in outcomes {
         acknowledge(js, engine, message, outcome).await;
