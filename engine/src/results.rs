@@ -50,7 +50,9 @@ async fn consume(
             pull::Config {
                 durable_name: Some(names.engine_consumer()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                // A crashed engine's unacknowledged reports come back this fast; a
+                // report that takes longer is redelivered and then ignored as applied.
+                ack_wait: Duration::from_secs(10),
                 max_ack_pending: (config.result_concurrency * config.result_batch * 4) as i64,
                 ..Default::default()
             },
