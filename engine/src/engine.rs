@@ -99,16 +99,14 @@ impl Engine {
     pub fn start_fast_publisher(&self, js: jetstream::Context) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         if self.inner.publisher.set(sender).is_ok() {
+            // The publisher gets the pool, not the engine: holding the engine
+            // would keep its own sender alive and the task would never end.
             tokio::spawn(crate::outbox::run_fast_publisher(
-                self.clone_weak_pool(),
+                self.inner.pool.clone(),
                 js,
                 receiver,
             ));
         }
-    }
-
-    fn clone_weak_pool(&self) -> PgPool {
-        self.inner.pool.clone()
     }
 
     pub(crate) fn has_fast_publisher(&self) -> bool {

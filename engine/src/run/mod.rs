@@ -470,11 +470,6 @@ impl<'a> RunTxn<'a> {
         self.publish(self.names.event_subject(kind), id.to_string(), event);
     }
 
-    /// Whether this transaction queued messages for the outbox relay.
-    pub fn has_outbox(&self) -> bool {
-        !self.outbox.is_empty()
-    }
-
     /// Writes gathered history and outbox rows, bumps the run's history
     /// sequence, and commits.
     pub async fn commit(mut self) -> Result<CommitSummary, RunError> {
