@@ -371,23 +371,38 @@ pub async fn request_list(
         ("status", status),
         ("limit", Some(limit.to_string())),
     ]);
-    let body = Api::new(args)?.get(&format!("/v1/requests{q}")).await?;
+    let columns = [
+        ("ID", "id"),
+        ("PROMISE", "promise"),
+        ("STATUS", "status"),
+        ("RUN", "run_id"),
+        ("CREATED", "created_at"),
+    ];
+    print_list(args, &format!("/v1/requests{q}"), &columns).await
+}
+
+/// Prints a list endpoint's items as a table of `(header, field)` columns,
+/// or the whole answer as JSON.
+async fn print_list(
+    args: &ClientArgs,
+    path: &str,
+    columns: &[(&str, &str)],
+) -> anyhow::Result<ExitCode> {
+    let body = Api::new(args)?.get(path).await?;
     if args.output == Format::Json {
         return print_json(&body);
     }
     let rows = items(&body)
         .iter()
-        .map(|r| {
-            vec![
-                text(&r["id"]),
-                text(&r["promise"]),
-                text(&r["status"]),
-                text(&r["run_id"]),
-                text(&r["created_at"]),
-            ]
+        .map(|item| {
+            columns
+                .iter()
+                .map(|(_, field)| text(&item[*field]))
+                .collect()
         })
         .collect();
-    print_table(&["ID", "PROMISE", "STATUS", "RUN", "CREATED"], rows);
+    let headers: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
+    print_table(&headers, rows);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -411,28 +426,15 @@ pub async fn run_list(
         ("promise", promise),
         ("limit", Some(limit.to_string())),
     ]);
-    let body = Api::new(args)?.get(&format!("/v1/runs{q}")).await?;
-    if args.output == Format::Json {
-        return print_json(&body);
-    }
-    let rows = items(&body)
-        .iter()
-        .map(|r| {
-            vec![
-                text(&r["id"]),
-                text(&r["promise"]),
-                text(&r["kind"]),
-                text(&r["status"]),
-                text(&r["created_at"]),
-                text(&r["finished_at"]),
-            ]
-        })
-        .collect();
-    print_table(
-        &["ID", "PROMISE", "KIND", "STATUS", "CREATED", "FINISHED"],
-        rows,
-    );
-    Ok(ExitCode::SUCCESS)
+    let columns = [
+        ("ID", "id"),
+        ("PROMISE", "promise"),
+        ("KIND", "kind"),
+        ("STATUS", "status"),
+        ("CREATED", "created_at"),
+        ("FINISHED", "finished_at"),
+    ];
+    print_list(args, &format!("/v1/runs{q}"), &columns).await
 }
 
 pub async fn run_history(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
