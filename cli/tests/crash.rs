@@ -381,7 +381,7 @@ async fn engine_killed_three_times_loses_no_run_and_applies_each_result_once() -
         duplicated(&histogram)
     );
     eprintln!(
-        "   all runs finished {:.1}s after the start, {:.1}s after the last restart; {unfinished_after_5s} runs were still unfinished 5s after it (results a killed engine had pulled come back after the engine consumer's 30s ack wait)",
+        "   all runs finished {:.1}s after the start, {:.1}s after the last restart; {unfinished_after_5s} runs were still unfinished 5s after it (results a killed engine had pulled come back after the engine consumer's ack wait (10 s))",
         elapsed.as_secs_f64(),
         tail.as_secs_f64()
     );
