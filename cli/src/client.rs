@@ -263,6 +263,7 @@ async fn follow_run(
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut seen: HashMap<String, String> = HashMap::new();
+    let mut poll = Duration::from_millis(5);
     loop {
         let run = api.get(&format!("/v1/runs/{run_id}")).await?;
         for step in run["steps"].as_array().into_iter().flatten() {
@@ -310,7 +311,10 @@ async fn follow_run(
             eprintln!("run {run_id} still {status} after {timeout:?}; stopped waiting");
             return Ok(ExitCode::from(2));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Quick runs are seen finishing within milliseconds; long ones are
+        // polled five times a second.
+        poll = (poll * 2).min(Duration::from_millis(200));
+        tokio::time::sleep(poll).await;
     }
 }
 
