@@ -237,6 +237,8 @@ pub struct Plan {
 pub struct Graph {
     ids: Vec<String>,
     needs: Vec<Vec<usize>>,
+    /// The reverse of `needs`: the steps that need each step.
+    dependents: Vec<Vec<usize>>,
     index: HashMap<String, usize>,
 }
 
@@ -250,13 +252,20 @@ impl Graph {
             .enumerate()
             .map(|(i, (id, _))| (id.clone(), i))
             .collect();
-        let needs = steps
+        let needs: Vec<Vec<usize>> = steps
             .iter()
             .map(|(_, needs)| needs.iter().filter_map(|n| index.get(n).copied()).collect())
             .collect();
+        let mut dependents = vec![Vec::new(); steps.len()];
+        for (i, step_needs) in needs.iter().enumerate() {
+            for &n in step_needs {
+                dependents[n].push(i);
+            }
+        }
         Graph {
             ids: steps.into_iter().map(|(id, _)| id).collect(),
             needs,
+            dependents,
             index,
         }
     }
@@ -352,18 +361,12 @@ impl Graph {
     /// Step indices so that every step comes after all it needs.
     fn topological_order(&self) -> Vec<usize> {
         let mut remaining: Vec<usize> = self.needs.iter().map(Vec::len).collect();
-        let mut dependents = vec![Vec::new(); self.ids.len()];
-        for (i, needs) in self.needs.iter().enumerate() {
-            for &n in needs {
-                dependents[n].push(i);
-            }
-        }
         let mut order: Vec<usize> = (0..self.ids.len()).filter(|&i| remaining[i] == 0).collect();
         let mut next = 0;
         while next < order.len() {
             let node = order[next];
             next += 1;
-            for &d in &dependents[node] {
+            for &d in &self.dependents[node] {
                 remaining[d] -= 1;
                 if remaining[d] == 0 {
                     order.push(d);
@@ -405,15 +408,9 @@ impl Graph {
         }
         // done[i]: step i and everything downstream of it is fully undone.
         let mut done = vec![false; self.ids.len()];
-        let mut dependents = vec![Vec::new(); self.ids.len()];
-        for (i, needs) in self.needs.iter().enumerate() {
-            for &n in needs {
-                dependents[n].push(i);
-            }
-        }
         let mut start = Vec::new();
         for &i in self.topological_order().iter().rev() {
-            let downstream_done = dependents[i].iter().all(|&d| done[d]);
+            let downstream_done = self.dependents[i].iter().all(|&d| done[d]);
             let to_undo = undo.contains(&self.ids[i]);
             done[i] = downstream_done && (!to_undo || of(i) == CompensationStatus::Succeeded);
             if to_undo && downstream_done && of(i) == CompensationStatus::Pending {
@@ -436,8 +433,8 @@ impl Graph {
         };
         let mut frontier = vec![start];
         while let Some(node) = frontier.pop() {
-            for (i, needs) in self.needs.iter().enumerate() {
-                if needs.contains(&node) && seen.insert(self.ids[i].clone()) {
+            for &i in &self.dependents[node] {
+                if seen.insert(self.ids[i].clone()) {
                     frontier.push(i);
                 }
             }
@@ -621,19 +618,29 @@ mod tests {
         })
     }
 
+    /// Step `s<i>` needs the listed lower-numbered steps: never a cycle.
+    fn random_graph(needs: &[Vec<usize>]) -> (Vec<String>, Graph) {
+        let ids: Vec<String> = (0..needs.len()).map(|i| format!("s{i}")).collect();
+        let graph = Graph::new((0..needs.len()).map(|i| {
+            let mut ns: Vec<String> = needs[i]
+                .iter()
+                .filter(|&&j| j < i)
+                .map(|&j| ids[j].clone())
+                .collect();
+            ns.sort();
+            ns.dedup();
+            (ids[i].clone(), ns)
+        }));
+        (ids, graph)
+    }
+
     proptest! {
         /// Random DAGs where a random subset must be undone: each undo runs
         /// once, and only after every undo downstream of it finished.
         #[test]
         fn compensations_run_once_after_everything_downstream((needs, picks, undo_mask) in dag_strategy()) {
             let n = needs.len();
-            let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
-            let g = Graph::new((0..n).map(|i| {
-                let mut ns: Vec<String> = needs[i].iter().filter(|&&j| j < i).map(|&j| ids[j].clone()).collect();
-                ns.sort();
-                ns.dedup();
-                (ids[i].clone(), ns)
-            }));
+            let (ids, g) = random_graph(&needs);
             // Reuse the skip mask (20% of steps) inverted: most steps need undoing.
             let undo: BTreeSet<String> = (0..n).filter(|&i| !undo_mask[i]).map(|i| ids[i].clone()).collect();
             let mut comp: HashMap<String, CompensationStatus> = HashMap::new();
@@ -671,13 +678,7 @@ mod tests {
         #[test]
         fn every_step_runs_once_after_its_needs((needs, picks, skips) in dag_strategy()) {
             let n = needs.len();
-            let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
-            let g = Graph::new((0..n).map(|i| {
-                let mut ns: Vec<String> = needs[i].iter().filter(|&&j| j < i).map(|&j| ids[j].clone()).collect();
-                ns.sort();
-                ns.dedup();
-                (ids[i].clone(), ns)
-            }));
+            let (ids, g) = random_graph(&needs);
             let mut status: HashMap<String, StepStatus> = HashMap::new();
             let mut started = vec![0u32; n];
             let mut in_flight: Vec<usize> = Vec::new();

@@ -631,6 +631,3 @@ pub struct CommitSummary {
     pub outbox: usize,
     pub outbox_rows: Vec<crate::outbox::OutboxRow>,
 }
-
-/// Time as stored by the engine.
-pub type Timestamp = DateTime<Utc>;
