@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
+use fulfil_spec::params::{ParamsError, ParamsSchema};
 use fulfil_spec::{Promise, SpecErrors};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -67,6 +68,8 @@ pub struct PromiseRecord {
 #[derive(Debug, Default, Clone)]
 pub struct PromiseCache {
     entries: Arc<RwLock<HashMap<NameVersion, Arc<Promise>>>>,
+    /// Compiled request schemas, so a request does not recompile one.
+    schemas: Arc<RwLock<HashMap<NameVersion, Arc<ParamsSchema>>>>,
 }
 
 type NameVersion = (String, String);
@@ -118,6 +121,22 @@ impl PromiseCache {
         );
         self.put(promise.clone());
         Ok(promise)
+    }
+
+    /// The compiled request schema of a Promise version.
+    pub fn params_schema(&self, promise: &Promise) -> Result<Arc<ParamsSchema>, ParamsError> {
+        let key = (
+            promise.metadata.name.clone(),
+            promise.metadata.version.clone(),
+        );
+        if let Some(schema) = self.schemas.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(schema);
+        }
+        let schema = Arc::new(ParamsSchema::compile(&promise.spec.api)?);
+        if let Ok(mut schemas) = self.schemas.write() {
+            schemas.insert(key, schema.clone());
+        }
+        Ok(schema)
     }
 
     /// The head version of `name`.

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use fulfil_spec::params::{ParamsError, Violation, validate_params};
+use fulfil_spec::params::{ParamsError, Violation};
 use fulfil_spec::{Promise, RunStatus};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -99,17 +99,21 @@ pub async fn create_request(
         }
         Err(e) => return Err(RequestError::Promise(e)),
     };
-    let params = validate_params(&promise.spec.api, request.params).map_err(|e| match e {
-        ParamsError::Invalid(violations) => RequestError::InvalidParams {
-            promise: request.promise.clone(),
-            violations,
-        },
-        ParamsError::Schema(message) => RequestError::Promise(PromiseError::Corrupt {
-            name: promise.metadata.name.clone(),
-            version: promise.metadata.version.clone(),
-            message,
-        }),
-    })?;
+    let params = engine
+        .promises()
+        .params_schema(&promise)
+        .and_then(|schema| schema.validate(request.params))
+        .map_err(|e| match e {
+            ParamsError::Invalid(violations) => RequestError::InvalidParams {
+                promise: request.promise.clone(),
+                violations,
+            },
+            ParamsError::Schema(message) => RequestError::Promise(PromiseError::Corrupt {
+                name: promise.metadata.name.clone(),
+                version: promise.metadata.version.clone(),
+                message,
+            }),
+        })?;
 
     let request_id = Uuid::now_v7();
     let run_id = Uuid::now_v7();

@@ -58,29 +58,59 @@ pub fn apply_defaults(schema: &Value, params: &mut Value) {
     }
 }
 
-/// Returns the parameters with defaults applied, or every violation.
-pub fn validate_params(schema: &Value, params: Value) -> Result<Value, ParamsError> {
-    let mut params = if params.is_null() {
-        Value::Object(serde_json::Map::new())
-    } else {
-        params
-    };
-    apply_defaults(schema, &mut params);
-    let validator =
-        jsonschema::validator_for(schema).map_err(|e| ParamsError::Schema(e.to_string()))?;
-    let mut violations: Vec<Violation> = validator
-        .iter_errors(&params)
-        .map(|e| Violation {
-            pointer: e.instance_path().to_string(),
-            message: e.to_string(),
-        })
-        .collect();
-    if violations.is_empty() {
-        Ok(params)
-    } else {
-        violations.sort_by(|a, b| a.pointer.cmp(&b.pointer));
-        Err(ParamsError::Invalid(violations))
+/// A Promise's request schema, compiled once and used for every request.
+pub struct ParamsSchema {
+    schema: Value,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for ParamsSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParamsSchema")
+            .field("schema", &self.schema)
+            .finish()
     }
+}
+
+impl ParamsSchema {
+    pub fn compile(schema: &Value) -> Result<Self, ParamsError> {
+        let validator =
+            jsonschema::validator_for(schema).map_err(|e| ParamsError::Schema(e.to_string()))?;
+        Ok(Self {
+            schema: schema.clone(),
+            validator,
+        })
+    }
+
+    /// Returns the parameters with defaults applied, or every violation.
+    pub fn validate(&self, params: Value) -> Result<Value, ParamsError> {
+        let mut params = if params.is_null() {
+            Value::Object(serde_json::Map::new())
+        } else {
+            params
+        };
+        apply_defaults(&self.schema, &mut params);
+        let mut violations: Vec<Violation> = self
+            .validator
+            .iter_errors(&params)
+            .map(|e| Violation {
+                pointer: e.instance_path().to_string(),
+                message: e.to_string(),
+            })
+            .collect();
+        if violations.is_empty() {
+            Ok(params)
+        } else {
+            violations.sort_by(|a, b| a.pointer.cmp(&b.pointer));
+            Err(ParamsError::Invalid(violations))
+        }
+    }
+}
+
+/// Compiles `schema` and validates `params` against it; callers that see the
+/// same schema again keep a [`ParamsSchema`] instead.
+pub fn validate_params(schema: &Value, params: Value) -> Result<Value, ParamsError> {
+    ParamsSchema::compile(schema)?.validate(params)
 }
 
 #[cfg(test)]
