@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::Engine;
 use crate::promises::PromiseError;
-use crate::run::{RunError, RunTxn, advance, event};
+use crate::run::{Run, RunError, advance, event};
 
 /// What the caller asked for.
 #[derive(Debug, Clone, Default)]
@@ -199,16 +199,15 @@ pub async fn create_request(
     .execute(&mut *tx)
     .await?;
 
-    let mut run = RunTxn::for_new_run(
-        tx,
+    let mut run = Run::new(
         run_id,
         request_id,
         context,
         promise.clone(),
         engine.names().clone(),
         request.actor.clone(),
+        engine.has_fast_publisher(),
     );
-    run.set_fast_publish(engine.has_fast_publisher());
     run.record(
         event::REQUEST_ACCEPTED,
         None,
@@ -225,11 +224,11 @@ pub async fn create_request(
     if let Some(limit) = promise.run_timeout() {
         let fire_at =
             chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
-        run.add_timer("run_timeout", "", None, fire_at).await?;
+        run.add_timer("run_timeout", "", None, fire_at);
     }
-    advance(&mut run).await?;
-    let committed = run.commit().await?;
-    engine.after_commit(committed.outbox_rows);
+    advance(&mut run)?;
+    let rows = run.commit(tx).await?;
+    engine.after_commit(rows);
     Ok(Accepted {
         request_id,
         run_id,

@@ -1,7 +1,7 @@
 //! The result applier: consumes `<prefix>.results` through one durable
-//! consumer shared by every engine process, applies each result (see
-//! [`crate::run::apply_result`]), and acknowledges the message only after the
-//! transaction committed. A message that cannot be parsed, or names a task
+//! consumer shared by every engine process, applies the reports in batches
+//! (see [`crate::run::ReportBatch`]), and acknowledges each message only
+//! after its batch's transaction committed. A message that cannot be parsed, or names a task
 //! that does not exist, goes to the dead-letter stream with the reason and is
 //! acknowledged; a database failure leaves it to be redelivered.
 
@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
-use fulfil_spec::wire::{
-    DEAD_LETTER_REASON_HEADER, NatsNames, ProgressMessage, ResultMessage, header_text,
-};
+use fulfil_spec::wire::{DEAD_LETTER_REASON_HEADER, NatsNames, header_text};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, warn};
 
-use crate::run::{Applied, ApplyError, apply_progress_in, apply_result_in};
+use crate::run::{Applied, ApplyError, Report, ReportBatch, RunError};
 use crate::{Engine, EngineConfig};
 
 pub(crate) async fn run_applier(
@@ -89,26 +87,12 @@ async fn consume(
     }
 }
 
-/// A parsed message from the results stream.
-enum Report {
-    Result(ResultMessage),
-    Progress(ProgressMessage),
-}
-
-impl Report {
-    fn run_id(&self) -> uuid::Uuid {
-        match self {
-            Report::Result(r) => r.run_id,
-            Report::Progress(p) => p.run_id,
-        }
-    }
-}
-
-/// Applies every report of `batch` in one transaction (group commit), each
-/// in its own savepoint so one bad report cannot spoil the others, then
-/// acknowledges them. Runs are locked in run id order, so concurrent
-/// batches cannot deadlock on each other.
+/// Applies every report of `batch` in one transaction (group commit), then
+/// acknowledges each. If the transaction fails for a reason other than a
+/// lost connection, every report is tried again in a transaction of its
+/// own, so one report that Postgres refuses cannot hold back the others.
 async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstream::Message>) {
+    let mut messages = Vec::with_capacity(batch.len());
     let mut reports = Vec::with_capacity(batch.len());
     for message in batch {
         let is_progress = message.subject.as_str() == engine.names().progress_subject();
@@ -118,7 +102,10 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
             serde_json::from_slice(&message.payload).map(Report::Result)
         };
         match parsed {
-            Ok(report) => reports.push((message, report)),
+            Ok(report) => {
+                messages.push(message);
+                reports.push(report);
+            }
             Err(e) => {
                 let what = if is_progress {
                     "progress report"
@@ -133,106 +120,60 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
     if reports.is_empty() {
         return;
     }
-    if reports.len() == 1 {
-        // Nothing to group: skip the savepoint round trips.
-        if let Some((message, report)) = reports.pop() {
-            let started = std::time::Instant::now();
-            let outcome = async {
-                let tx = engine.pool().begin().await?;
-                apply_report(engine, tx, &report).await
+    match apply_in_transaction(engine, &reports).await {
+        Ok(outcomes) => {
+            for (message, outcome) in messages.into_iter().zip(outcomes) {
+                acknowledge(js, engine, message, outcome).await;
             }
-            .await;
-            debug!(
-                reports = 1,
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "batch applied"
-            );
-            let outcome = outcome.map(|(applied, committed)| {
-                engine.after_commit(committed.outbox_rows);
-                applied
-            });
-            acknowledge(js, engine, message, outcome).await;
         }
-        return;
-    }
-    let started = std::time::Instant::now();
-    reports.sort_by_key(|(_, report)| report.run_id());
-    let mut outer = match engine.pool().begin().await {
-        Ok(tx) => tx,
+        Err(e) if reports.len() > 1 && !is_connection_loss(&e) => {
+            warn!(error = %e, reports = reports.len(),
+                  "applying a batch failed; applying its reports one by one");
+            for (message, report) in messages.into_iter().zip(reports) {
+                let outcome = apply_in_transaction(engine, std::slice::from_ref(&report))
+                    .await
+                    .map_err(ApplyError::Run)
+                    .and_then(|mut outcomes| {
+                        outcomes
+                            .pop()
+                            .unwrap_or(Err(ApplyError::UnknownTask(report.task_id())))
+                    });
+                acknowledge(js, engine, message, outcome).await;
+            }
+        }
         Err(e) => {
-            warn!(error = %e, "cannot begin a transaction; the batch will be redelivered");
-            for (message, _) in &reports {
+            warn!(error = %e, reports = reports.len(), "applying a batch failed; it will be redelivered");
+            for message in &messages {
                 ack(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
-            return;
         }
-    };
-    let mut rows = Vec::new();
-    let mut outcomes = Vec::with_capacity(reports.len());
-    let mut reports = reports.into_iter();
-    while let Some((message, report)) = reports.next() {
-        let savepoint = match sqlx::Acquire::begin(&mut *outer).await {
-            Ok(savepoint) => savepoint,
-            Err(e) => {
-                // When a SAVEPOINT fails, sqlx rolls back the enclosing
-                // transaction, and `outer.commit()` would then return Ok
-                // without committing anything (its depth is 0): nothing of
-                // this batch will be applied, so give every report back.
-                warn!(error = %e, "cannot open a savepoint; the batch will be redelivered");
-                let given_back = outcomes
-                    .into_iter()
-                    .map(|(message, _)| message)
-                    .chain(std::iter::once(message))
-                    .chain(reports.map(|(message, _)| message));
-                for message in given_back {
-                    ack(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                }
-                return;
-            }
-        };
-        let outcome = apply_report(engine, savepoint, &report).await;
-        let outcome = outcome.map(|(applied, committed)| {
-            rows.extend(committed.outbox_rows);
-            applied
-        });
-        outcomes.push((message, outcome));
-    }
-    if let Err(e) = outer.commit().await {
-        warn!(error = %e, reports = outcomes.len(), "committing a batch failed; it will be redelivered");
-        for (message, _) in &outcomes {
-            ack(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-        }
-        return;
-    }
-    debug!(
-        reports = outcomes.len(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "batch applied"
-    );
-    engine.after_commit(rows);
-    for (message, outcome) in outcomes {
-        acknowledge(js, engine, message, outcome).await;
     }
 }
 
-/// Applies one report in `tx` (a transaction or a savepoint) and commits it.
-async fn apply_report<'a>(
+/// Applies `reports` in one transaction and commits it; one outcome per report.
+async fn apply_in_transaction(
     engine: &Engine,
-    tx: sqlx::Transaction<'a, sqlx::Postgres>,
-    report: &Report,
-) -> Result<(Applied, crate::run::CommitSummary), ApplyError> {
-    match report {
-        Report::Result(r) => {
-            let span = info_span!("apply_result", run_id = %r.run_id, step_id = %r.step_id,
-                                  attempt = r.attempt, task_id = %r.task_id);
-            apply_result_in(engine, tx, r).instrument(span).await
-        }
-        Report::Progress(p) => {
-            let span = info_span!("apply_progress", run_id = %p.run_id, step_id = %p.step_id,
-                                  attempt = p.attempt, task_id = %p.task_id);
-            apply_progress_in(engine, tx, p).instrument(span).await
-        }
-    }
+    reports: &[Report],
+) -> Result<Vec<Result<Applied, ApplyError>>, RunError> {
+    let started = std::time::Instant::now();
+    let mut tx = engine.pool().begin().await?;
+    let done = ReportBatch { reports }.apply(engine, &mut tx).await?;
+    tx.commit().await?;
+    debug!(
+        reports = reports.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "batch applied"
+    );
+    engine.after_commit(done.outbox_rows);
+    Ok(done.outcomes)
+}
+
+/// Whether the failure says nothing about the reports themselves.
+fn is_connection_loss(e: &RunError) -> bool {
+    matches!(
+        e,
+        RunError::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+    )
 }
 
 /// Acks what was applied or ignored, dead-letters orphans, naks failures.

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::run::event::{self, AttemptEvent, attempt_event};
 use crate::run::{
-    RunError, RunTxn, advance, attempt_failed, dispatch_action, dispatch_compensation,
-    stop_in_flight,
+    AttemptUpdate, Run, RunError, advance, attempt_failed, dispatch_action, dispatch_compensation,
+    lock_run, stop_in_flight,
 };
 use crate::{Engine, EngineConfig};
 
@@ -88,16 +88,16 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
             .await?;
         let actor = format!("engine:{}", engine.id());
         let span = info_span!("timer", run_id = %timer.run_id, step_id = %timer.step_id, kind = %timer.kind);
-        let Some(mut run) = RunTxn::lock(engine, tx, timer.run_id, actor)
+        let Some(mut run) = lock_run(engine, &mut tx, timer.run_id, actor)
             .instrument(span.clone())
             .await?
         else {
             continue;
         };
-        fire(&mut run, &timer).instrument(span).await?;
-        advance(&mut run).await?;
-        let committed = run.commit().await?;
-        engine.after_commit(committed.outbox_rows);
+        fire(&mut tx, &mut run, &timer).instrument(span).await?;
+        advance(&mut run)?;
+        let rows = run.commit(tx).await?;
+        engine.after_commit(rows);
         fired += 1;
     }
     Ok(fired)
@@ -105,7 +105,11 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
 
 /// Applies one timer to its locked run. A timer whose condition no longer
 /// holds (the step moved on, the run ended) does nothing: it is stale.
-async fn fire(run: &mut RunTxn<'_>, timer: &DueTimer) -> Result<(), RunError> {
+async fn fire(
+    conn: &mut sqlx::PgConnection,
+    run: &mut Run,
+    timer: &DueTimer,
+) -> Result<(), RunError> {
     let promise = run.promise.clone();
     let row = run.steps.get(&timer.step_id).cloned();
     match timer.kind.as_str() {
@@ -116,7 +120,7 @@ async fn fire(run: &mut RunTxn<'_>, timer: &DueTimer) -> Result<(), RunError> {
                 && !run.cancel_requested
                 && run.stop_reason.is_none()
             {
-                dispatch_action(run, step, row.attempt + 1).await?;
+                dispatch_action(run, step, row.attempt + 1)?;
             }
         }
         "compensation_retry" => {
@@ -124,7 +128,7 @@ async fn fire(run: &mut RunTxn<'_>, timer: &DueTimer) -> Result<(), RunError> {
                 && row.compensation == Some(CompensationStatus::Retrying)
                 && run.status == RunStatus::Compensating
             {
-                dispatch_compensation(run, step, row.compensation_attempt + 1).await?;
+                dispatch_compensation(run, step, row.compensation_attempt + 1)?;
             }
         }
         "schedule_to_start" | "attempt_timeout" | "heartbeat_timeout" => {
@@ -138,7 +142,7 @@ async fn fire(run: &mut RunTxn<'_>, timer: &DueTimer) -> Result<(), RunError> {
                 "SELECT attempt, status, kind FROM fulfil.attempts WHERE task_id = $1",
             )
             .bind(task_id)
-            .fetch_one(run.conn())
+            .fetch_one(conn)
             .await?;
             let kind = if attempt.kind == "compensation" {
                 TaskKind::Compensation
@@ -175,19 +179,23 @@ async fn fire(run: &mut RunTxn<'_>, timer: &DueTimer) -> Result<(), RunError> {
             };
             let error =
                 serde_json::to_value(&failure).map_err(|e| RunError::Corrupt(e.to_string()))?;
-            sqlx::query("UPDATE fulfil.attempts SET status = 'timed_out', finished_at = now(), error = $2 WHERE task_id = $1")
-                .bind(task_id)
-                .bind(&error)
-                .execute(run.conn())
-                .await?;
-            run.clear_attempt_timers(task_id, None).await?;
+            run.update_attempt(
+                task_id,
+                AttemptUpdate {
+                    status: Some("timed_out"),
+                    finished_at: Some(Utc::now()),
+                    error: Some(error),
+                    ..AttemptUpdate::default()
+                },
+            );
+            run.clear_attempt_timers(task_id, None);
             run.record(
                 attempt_event(kind, AttemptEvent::TimedOut),
                 Some(&timer.step_id),
                 Some(attempt.attempt),
                 json!({ "task_id": task_id, "timeout": timer.kind, "code": code }),
             );
-            attempt_failed(run, &timer.step_id, kind, attempt.attempt, &failure, None).await?;
+            attempt_failed(run, &timer.step_id, kind, attempt.attempt, &failure, None)?;
         }
         "run_timeout" => {
             if run.status == RunStatus::Running {
@@ -198,18 +206,14 @@ async fn fire(run: &mut RunTxn<'_>, timer: &DueTimer) -> Result<(), RunError> {
                     .unwrap_or_else(|| "its timeout".to_string());
                 let reason = format!("run timed out after {limit}");
                 run.stop_reason = Some(reason.clone());
-                sqlx::query("UPDATE fulfil.runs SET stop_reason = $2 WHERE id = $1")
-                    .bind(run.run_id)
-                    .bind(&reason)
-                    .execute(run.conn())
-                    .await?;
+                run.flags_changed();
                 run.record(
                     event::RUN_TIMED_OUT,
                     None,
                     None,
                     json!({ "timeout": limit }),
                 );
-                stop_in_flight(run, TaskKind::Action, &reason).await?;
+                stop_in_flight(run, TaskKind::Action, &reason);
             }
         }
         other => {

@@ -22,14 +22,15 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::event::{self, AttemptEvent, attempt_event};
-use super::{RunError, RunTxn};
+use super::writes::{AttemptCancel, NewAttempt};
+use super::{RequestStatus, Run, RunEnding, RunError};
 
 /// An attempt may wait this long for a worker when its step sets no
 /// `schedule_to_start`; only the task's absolute deadline uses it.
 const UNBOUNDED_QUEUE_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// The variables a step's expressions see at this point of the run.
-pub fn render_context(run: &RunTxn<'_>) -> RenderContext {
+pub fn render_context(run: &Run) -> RenderContext {
     let mut steps = Map::new();
     for step in run.steps.values() {
         if step.status.satisfies_needs() {
@@ -52,7 +53,7 @@ pub fn render_context(run: &RunTxn<'_>) -> RenderContext {
 }
 
 /// Succeeded steps that declare a compensation: what a saga must undo.
-fn to_undo(run: &RunTxn<'_>) -> BTreeSet<String> {
+fn to_undo(run: &Run) -> BTreeSet<String> {
     run.promise
         .spec
         .workflow
@@ -70,7 +71,7 @@ fn to_undo(run: &RunTxn<'_>) -> BTreeSet<String> {
 }
 
 /// Drives the run as far as it can go now; see the module docs.
-pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
+pub fn advance(run: &mut Run) -> Result<(), RunError> {
     let promise = run.promise.clone();
     let graph = Graph::from_workflow(&promise.spec.workflow);
     loop {
@@ -84,10 +85,10 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
                 let plan = graph.plan(&statuses);
                 match plan.outcome {
                     Some(Outcome::Succeeded) => {
-                        return finish(run, RunStatus::Succeeded, None).await;
+                        return finish(run, RunStatus::Succeeded, None);
                     }
                     Some(Outcome::Failed { failed_steps }) => {
-                        cancel_pending(run).await?;
+                        cancel_pending(run);
                         let reason = failure_reason(run, &failed_steps);
                         if to_undo(run).is_empty() {
                             let status = if run.cancel_requested {
@@ -95,9 +96,9 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
                             } else {
                                 RunStatus::Failed
                             };
-                            return finish(run, status, Some(reason)).await;
+                            return finish(run, status, Some(reason));
                         }
-                        run.set_status(RunStatus::Compensating).await?;
+                        run.set_status(RunStatus::Compensating)?;
                         run.record(
                             event::RUN_COMPENSATING,
                             None,
@@ -128,8 +129,7 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
                                     None,
                                     Some(json!({})),
                                     None,
-                                )
-                                .await?;
+                                );
                                 run.record(
                                     event::STEP_SKIPPED,
                                     Some(&step_id),
@@ -139,14 +139,13 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
                                 continue;
                             }
                             Err(e) => {
-                                fail_step(run, &step_id, None, "condition_error", &e.to_string())
-                                    .await?;
+                                fail_step(run, &step_id, None, "condition_error", &e.to_string())?;
                                 continue;
                             }
                         }
                     }
                     let attempt = run.steps.get(&step_id).map_or(0, |s| s.attempt) + 1;
-                    dispatch_action(run, step, attempt).await?;
+                    dispatch_action(run, step, attempt)?;
                 }
             }
             RunStatus::Compensating => {
@@ -175,7 +174,7 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
                             failure_reason(run, &failed),
                             undo.iter().cloned().collect::<Vec<_>>().join(", ")
                         );
-                        return finish(run, status, Some(reason)).await;
+                        return finish(run, status, Some(reason));
                     }
                     Some(CompensationOutcome::Failed { steps }) => {
                         let reasons: Vec<String> = steps
@@ -189,7 +188,7 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
                                 format!("compensation of step {id} failed: {error}")
                             })
                             .collect();
-                        return finish(run, RunStatus::Failed, Some(reasons.join("; "))).await;
+                        return finish(run, RunStatus::Failed, Some(reasons.join("; ")));
                     }
                     None => {}
                 }
@@ -207,7 +206,7 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
                         .get(&step_id)
                         .map_or(0, |s| s.compensation_attempt)
                         + 1;
-                    dispatch_compensation(run, step, attempt).await?;
+                    dispatch_compensation(run, step, attempt)?;
                 }
             }
             _ => return Ok(()),
@@ -216,7 +215,7 @@ pub async fn advance(run: &mut RunTxn<'_>) -> Result<(), RunError> {
 }
 
 /// What failed, in words, for the run's error.
-fn failure_reason(run: &RunTxn<'_>, failed_steps: &[String]) -> String {
+fn failure_reason(run: &Run, failed_steps: &[String]) -> String {
     if let Some(reason) = &run.stop_reason {
         return reason.clone();
     }
@@ -241,7 +240,7 @@ fn failure_reason(run: &RunTxn<'_>, failed_steps: &[String]) -> String {
 }
 
 /// Steps that never started will not: say so instead of leaving them pending.
-async fn cancel_pending(run: &mut RunTxn<'_>) -> Result<(), RunError> {
+fn cancel_pending(run: &mut Run) {
     let pending: Vec<String> = run
         .steps
         .values()
@@ -256,19 +255,13 @@ async fn cancel_pending(run: &mut RunTxn<'_>) -> Result<(), RunError> {
             None,
             None,
             Some("the run stopped before this step started"),
-        )
-        .await?;
+        );
     }
-    Ok(())
 }
 
 /// Cancels every in-flight attempt of `kind` (their results will be
 /// ignored), recording why; used by run timeouts and operator cancels.
-pub async fn stop_in_flight(
-    run: &mut RunTxn<'_>,
-    kind: TaskKind,
-    reason: &str,
-) -> Result<(), RunError> {
+pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
     let in_flight: Vec<(String, i32)> = run
         .steps
         .values()
@@ -279,22 +272,12 @@ pub async fn stop_in_flight(
         .map(|s| (s.step_id.clone(), s.current_attempt(kind)))
         .collect();
     for (step_id, attempt) in in_flight {
-        let task_ids: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE fulfil.attempts SET status = 'cancelled', finished_at = now(),
-                    error = jsonb_build_object('code', 'cancelled', 'message', $5::text, 'retryable', false)
-             WHERE run_id = $1 AND step_id = $2 AND kind = $3 AND attempt = $4 AND status IN ('dispatched', 'running')
-             RETURNING task_id",
-        )
-        .bind(run.run_id)
-        .bind(&step_id)
-        .bind(kind.as_str())
-        .bind(attempt)
-        .bind(reason)
-        .fetch_all(run.conn())
-        .await?;
-        for task_id in task_ids {
-            run.clear_attempt_timers(task_id, None).await?;
-        }
+        run.cancel_attempt(AttemptCancel {
+            step_id: step_id.clone(),
+            kind: kind.as_str(),
+            attempt,
+            reason: reason.to_string(),
+        });
         match kind {
             TaskKind::Action => {
                 set_step(
@@ -304,8 +287,7 @@ pub async fn stop_in_flight(
                     None,
                     None,
                     Some(reason),
-                )
-                .await?;
+                );
             }
             TaskKind::Compensation => {
                 set_compensation(
@@ -314,8 +296,7 @@ pub async fn stop_in_flight(
                     CompensationStatus::Cancelled,
                     None,
                     Some(reason),
-                )
-                .await?;
+                );
             }
         }
         run.record(
@@ -325,19 +306,14 @@ pub async fn stop_in_flight(
             json!({ "kind": kind.as_str(), "reason": reason }),
         );
     }
-    Ok(())
 }
 
 /// Renders the step's input and queues attempt `attempt` of its action.
-pub async fn dispatch_action(
-    run: &mut RunTxn<'_>,
-    step: &Step,
-    attempt: i32,
-) -> Result<(), RunError> {
+pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), RunError> {
     let input = match render_value(&step.with, &render_context(run)) {
         Ok(input) => input,
         Err(e) => {
-            return fail_step(run, &step.id, Some(attempt), "render_error", &e.to_string()).await;
+            return fail_step(run, &step.id, Some(attempt), "render_error", &e.to_string());
         }
     };
     let promise = run.promise.clone();
@@ -349,31 +325,18 @@ pub async fn dispatch_action(
         schedule_to_start: promise.schedule_to_start_of(step),
         heartbeat_timeout: promise.heartbeat_timeout_of(step),
     };
-    sqlx::query(
-        "UPDATE fulfil.steps SET status = 'ready', attempt = $3, input = $4, error = NULL, updated_at = now()
-         WHERE run_id = $1 AND step_id = $2",
-    )
-    .bind(run.run_id)
-    .bind(&step.id)
-    .bind(attempt)
-    .bind(&input)
-    .execute(run.conn())
-    .await?;
     if let Some(row) = run.steps.get_mut(&step.id) {
         row.status = StepStatus::Ready;
         row.attempt = attempt;
         row.error = None;
         row.input = Some(input.clone());
     }
-    dispatch(run, &step.id, attempt, input, spec).await
+    run.step_changed(&step.id);
+    dispatch(run, &step.id, attempt, input, spec)
 }
 
 /// Renders the step's compensation input and queues attempt `attempt` of it.
-pub async fn dispatch_compensation(
-    run: &mut RunTxn<'_>,
-    step: &Step,
-    attempt: i32,
-) -> Result<(), RunError> {
+pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result<(), RunError> {
     let Some(compensation) = &step.compensate else {
         return Err(RunError::Corrupt(format!(
             "step {} has no compensation",
@@ -390,8 +353,7 @@ pub async fn dispatch_compensation(
                 CompensationStatus::Failed,
                 Some(attempt),
                 Some(&message),
-            )
-            .await?;
+            );
             run.record(
                 attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
                 Some(&step.id),
@@ -416,9 +378,8 @@ pub async fn dispatch_compensation(
         CompensationStatus::Ready,
         Some(attempt),
         None,
-    )
-    .await?;
-    dispatch(run, &step.id, attempt, input, spec).await
+    );
+    dispatch(run, &step.id, attempt, input, spec)
 }
 
 struct AttemptSpec<'a> {
@@ -436,8 +397,8 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 
 /// Inserts the attempt, arms its schedule-to-start timer, and puts its task
 /// in the outbox.
-async fn dispatch(
-    run: &mut RunTxn<'_>,
+fn dispatch(
+    run: &mut Run,
     step_id: &str,
     attempt: i32,
     input: Value,
@@ -448,29 +409,23 @@ async fn dispatch(
     let deadline = now
         + chrono_duration(spec.schedule_to_start.unwrap_or(UNBOUNDED_QUEUE_WAIT))
         + chrono_duration(spec.timeout);
-    sqlx::query(
-        "INSERT INTO fulfil.attempts (task_id, run_id, step_id, attempt, kind, status, handler, queue, input, deadline)
-         VALUES ($1, $2, $3, $4, $5, 'dispatched', $6, $7, $8, $9)",
-    )
-    .bind(task_id)
-    .bind(run.run_id)
-    .bind(step_id)
-    .bind(attempt)
-    .bind(spec.kind.as_str())
-    .bind(spec.handler)
-    .bind(spec.queue)
-    .bind(&input)
-    .bind(deadline)
-    .execute(run.conn())
-    .await?;
+    run.insert_attempt(NewAttempt {
+        task_id,
+        step_id: step_id.to_string(),
+        attempt,
+        kind: spec.kind.as_str(),
+        handler: spec.handler.to_string(),
+        queue: spec.queue.to_string(),
+        input: input.clone(),
+        deadline,
+    });
     if let Some(wait) = spec.schedule_to_start {
         run.add_timer(
             "schedule_to_start",
             step_id,
             Some(task_id),
             now + chrono_duration(wait),
-        )
-        .await?;
+        );
     }
     run.record(
         attempt_event(spec.kind, AttemptEvent::Dispatched),
@@ -507,8 +462,8 @@ async fn dispatch(
 
 /// A failed attempt: schedule the next one under the retry policy, or fail
 /// the step (or its compensation) for good.
-pub async fn attempt_failed(
-    run: &mut RunTxn<'_>,
+pub fn attempt_failed(
+    run: &mut Run,
     step_id: &str,
     kind: TaskKind,
     attempt: i32,
@@ -537,7 +492,7 @@ pub async fn attempt_failed(
         let fire_at = Utc::now() + chrono_duration(delay);
         match kind {
             TaskKind::Action => {
-                run.add_timer("retry", step_id, None, fire_at).await?;
+                run.add_timer("retry", step_id, None, fire_at);
                 set_step(
                     run,
                     step_id,
@@ -545,20 +500,17 @@ pub async fn attempt_failed(
                     Some(attempt),
                     None,
                     Some(&failure.message),
-                )
-                .await?;
+                );
             }
             TaskKind::Compensation => {
-                run.add_timer("compensation_retry", step_id, None, fire_at)
-                    .await?;
+                run.add_timer("compensation_retry", step_id, None, fire_at);
                 set_compensation(
                     run,
                     step_id,
                     CompensationStatus::Retrying,
                     Some(attempt),
                     Some(&failure.message),
-                )
-                .await?;
+                );
             }
         }
         run.record(
@@ -578,7 +530,7 @@ pub async fn attempt_failed(
             failure.message.clone()
         };
     match kind {
-        TaskKind::Action => fail_step(run, step_id, Some(attempt), code, &message).await,
+        TaskKind::Action => fail_step(run, step_id, Some(attempt), code, &message),
         TaskKind::Compensation => {
             set_compensation(
                 run,
@@ -586,8 +538,7 @@ pub async fn attempt_failed(
                 CompensationStatus::Failed,
                 Some(attempt),
                 Some(&message),
-            )
-            .await?;
+            );
             run.record(
                 attempt_event(kind, AttemptEvent::Failed),
                 Some(step_id),
@@ -600,27 +551,14 @@ pub async fn attempt_failed(
 }
 
 /// Updates a step's row and the in-memory copy the planner reads.
-pub(super) async fn set_step(
-    run: &mut RunTxn<'_>,
+pub(super) fn set_step(
+    run: &mut Run,
     step_id: &str,
     status: StepStatus,
     attempt: Option<i32>,
     outputs: Option<Value>,
     error: Option<&str>,
-) -> Result<(), RunError> {
-    sqlx::query(
-        "UPDATE fulfil.steps SET status = $3, attempt = COALESCE($4, attempt), outputs = COALESCE($5, outputs),
-                error = $6, updated_at = now()
-         WHERE run_id = $1 AND step_id = $2",
-    )
-    .bind(run.run_id)
-    .bind(step_id)
-    .bind(status.as_str())
-    .bind(attempt)
-    .bind(&outputs)
-    .bind(error)
-    .execute(run.conn())
-    .await?;
+) {
     if let Some(row) = run.steps.get_mut(step_id) {
         row.status = status;
         if let Some(attempt) = attempt {
@@ -631,29 +569,17 @@ pub(super) async fn set_step(
         }
         row.error = error.map(str::to_string);
     }
-    Ok(())
+    run.step_changed(step_id);
 }
 
 /// Updates a step's compensation state.
-pub(super) async fn set_compensation(
-    run: &mut RunTxn<'_>,
+pub(super) fn set_compensation(
+    run: &mut Run,
     step_id: &str,
     status: CompensationStatus,
     attempt: Option<i32>,
     error: Option<&str>,
-) -> Result<(), RunError> {
-    sqlx::query(
-        "UPDATE fulfil.steps SET compensation_status = $3, compensation_attempt = COALESCE($4, compensation_attempt),
-                compensation_error = $5, updated_at = now()
-         WHERE run_id = $1 AND step_id = $2",
-    )
-    .bind(run.run_id)
-    .bind(step_id)
-    .bind(status.as_str())
-    .bind(attempt)
-    .bind(error)
-    .execute(run.conn())
-    .await?;
+) {
     if let Some(row) = run.steps.get_mut(step_id) {
         row.compensation = Some(status);
         if let Some(attempt) = attempt {
@@ -661,12 +587,12 @@ pub(super) async fn set_compensation(
         }
         row.compensation_error = error.map(str::to_string);
     }
-    Ok(())
+    run.step_changed(step_id);
 }
 
 /// Marks a step failed for good, recording why.
-pub(super) async fn fail_step(
-    run: &mut RunTxn<'_>,
+pub(super) fn fail_step(
+    run: &mut Run,
     step_id: &str,
     attempt: Option<i32>,
     code: &str,
@@ -679,8 +605,7 @@ pub(super) async fn fail_step(
         attempt,
         None,
         Some(message),
-    )
-    .await?;
+    );
     run.record(
         attempt_event(TaskKind::Action, AttemptEvent::Failed),
         Some(step_id),
@@ -691,11 +616,7 @@ pub(super) async fn fail_step(
 }
 
 /// Ends the run: outputs on success, the reason otherwise.
-async fn finish(
-    run: &mut RunTxn<'_>,
-    status: RunStatus,
-    reason: Option<String>,
-) -> Result<(), RunError> {
+fn finish(run: &mut Run, status: RunStatus, reason: Option<String>) -> Result<(), RunError> {
     let (status, outputs, error) = if status == RunStatus::Succeeded {
         match render_outputs(run) {
             Ok(outputs) => (status, Some(outputs), None),
@@ -704,24 +625,17 @@ async fn finish(
     } else {
         (status, None, reason)
     };
-    run.set_status(status).await?;
-    run.clear_run_timers().await?;
-    sqlx::query(
-        "UPDATE fulfil.runs SET outputs = $2, error = $3, finished_at = now() WHERE id = $1",
-    )
-    .bind(run.run_id)
-    .bind(&outputs)
-    .bind(&error)
-    .execute(run.conn())
-    .await?;
-    sqlx::query(
-        "UPDATE fulfil.requests SET status = $2, outputs = $3, updated_at = now() WHERE id = $1",
-    )
-    .bind(run.request_id)
-    .bind(status.as_str())
-    .bind(&outputs)
-    .execute(run.conn())
-    .await?;
+    run.set_status(status)?;
+    run.clear_run_timers();
+    run.set_ending(RunEnding {
+        finished: true,
+        outputs: outputs.clone(),
+        error: error.clone(),
+    });
+    run.set_request_status(RequestStatus {
+        status: status.as_str(),
+        outputs: outputs.clone(),
+    });
     let kind = match status {
         RunStatus::Succeeded => event::RUN_SUCCEEDED,
         RunStatus::Compensated => event::RUN_COMPENSATED,
@@ -749,7 +663,7 @@ async fn finish(
     Ok(())
 }
 
-fn render_outputs(run: &RunTxn<'_>) -> Result<Value, String> {
+fn render_outputs(run: &Run) -> Result<Value, String> {
     let context = render_context(run);
     let mut outputs = Map::new();
     for (name, template) in &run.promise.spec.outputs {

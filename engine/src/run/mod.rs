@@ -1,15 +1,20 @@
-//! A run's state machine, advanced inside Postgres transactions.
+//! A run's state machine.
 //!
 //! Every change to a run happens in a transaction that holds the run's row
-//! lock (`SELECT ... FOR UPDATE`), so results, timers and operator actions on
-//! the same run are serialized across every engine process, and planning
-//! always sees committed state. A [`RunTxn`] gathers the history events and
-//! outbox messages a change produces and writes them in one statement each.
+//! lock (`SELECT ... FOR UPDATE`, see [`load`]), so results, timers and
+//! operator actions on the same run are serialized across every engine
+//! process, and planning always sees committed state. The state machine
+//! itself never waits on Postgres: a [`Run`] is the locked run's state in
+//! memory, every decision changes that copy and buffers what must be stored
+//! ([`writes`]), and [`flush`] stores the changes of one run or of a whole
+//! batch of runs in a fixed number of statements.
 
 mod advance;
 mod apply;
+mod load;
 mod operator;
 mod progress;
+mod writes;
 
 use std::collections::HashMap;
 
@@ -22,14 +27,18 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::Engine;
+use crate::outbox::OutboxRow;
 
 pub use advance::{
     advance, attempt_failed, dispatch_action, dispatch_compensation, stop_in_flight,
 };
-pub use apply::{Applied, ApplyError, apply_result, apply_result_in};
+pub use apply::{
+    Applied, ApplyError, BatchOutcome, Report, ReportBatch, apply_progress, apply_result,
+};
+pub use load::{LockedAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
-pub use progress::{apply_progress, apply_progress_in};
+pub(crate) use writes::{AttemptUpdate, RequestStatus, RunEnding, flush};
+pub use writes::{OutboxMessage, PendingEvent};
 
 /// Kinds of history event, as stored in `history.type`.
 pub mod event {
@@ -80,25 +89,7 @@ pub mod event {
     }
 }
 
-/// A history event waiting to be written.
-#[derive(Debug, Clone)]
-pub struct PendingEvent {
-    pub kind: &'static str,
-    pub step_id: Option<String>,
-    pub attempt: Option<i32>,
-    pub actor: String,
-    pub data: Value,
-}
-
-/// A message waiting in the outbox.
-#[derive(Debug, Clone)]
-pub struct OutboxMessage {
-    pub subject: String,
-    pub msg_id: String,
-    pub payload: Value,
-}
-
-/// A step as the state machine sees it.
+/// A step as the state machine sees it: its row in `fulfil.steps`.
 #[derive(Debug, Clone)]
 pub struct StepRow {
     pub step_id: String,
@@ -110,6 +101,7 @@ pub struct StepRow {
     pub error: Option<String>,
     pub compensation: Option<CompensationStatus>,
     pub compensation_attempt: i32,
+    pub compensation_outputs: Option<Value>,
     pub compensation_error: Option<String>,
 }
 
@@ -124,6 +116,7 @@ impl StepRow {
             error: None,
             compensation: None,
             compensation_attempt: 0,
+            compensation_outputs: None,
             compensation_error: None,
         }
     }
@@ -137,9 +130,11 @@ impl StepRow {
     }
 }
 
-/// One locked run and the changes made to it in this transaction.
-pub struct RunTxn<'a> {
-    pub tx: Transaction<'a, Postgres>,
+/// A locked run's state, and the changes made to it that are not stored yet.
+/// Cloning it is how a batch takes a snapshot to fall back to when one
+/// report cannot be applied.
+#[derive(Clone)]
+pub struct Run {
     pub run_id: Uuid,
     pub request_id: Uuid,
     pub status: RunStatus,
@@ -154,11 +149,11 @@ pub struct RunTxn<'a> {
     pub cancel_requested: bool,
     /// Why the run is stopping when no step failed (cancel, run timeout).
     pub stop_reason: Option<String>,
-    /// The committing process publishes this transaction's outbox rows itself.
+    /// The committing process publishes this run's outbox rows itself.
     fast_publish: bool,
+    /// The history sequence number the next stored event gets.
     next_seq: i64,
-    events: Vec<PendingEvent>,
-    outbox: Vec<OutboxMessage>,
+    writes: writes::Writes,
 }
 
 /// Why a run could not be changed.
@@ -178,16 +173,17 @@ pub enum RunError {
     IllegalTransition { from: RunStatus, to: RunStatus },
 }
 
-impl<'a> RunTxn<'a> {
-    /// Starts a transaction on a run that was just inserted in `tx`.
-    pub fn for_new_run(
-        tx: Transaction<'a, Postgres>,
+impl Run {
+    /// A run being created: every step pending, nothing stored yet but the
+    /// rows its creator inserts itself.
+    pub fn new(
         run_id: Uuid,
         request_id: Uuid,
         context: Value,
         promise: std::sync::Arc<fulfil_spec::Promise>,
         names: NatsNames,
         actor: String,
+        fast_publish: bool,
     ) -> Self {
         let steps = promise
             .spec
@@ -196,8 +192,7 @@ impl<'a> RunTxn<'a> {
             .iter()
             .map(|s| (s.id.clone(), StepRow::new(s.id.clone())))
             .collect();
-        RunTxn {
-            tx,
+        Run {
             run_id,
             request_id,
             status: RunStatus::Running,
@@ -208,226 +203,82 @@ impl<'a> RunTxn<'a> {
             actor,
             cancel_requested: false,
             stop_reason: None,
-            fast_publish: false,
+            fast_publish,
             next_seq: 1,
-            events: Vec::new(),
-            outbox: Vec::new(),
+            writes: writes::Writes::default(),
         }
-    }
-
-    /// Locks the run's row and loads its steps. `None` if there is no such run.
-    pub async fn lock(
-        engine: &Engine,
-        tx: Transaction<'a, Postgres>,
-        run_id: Uuid,
-        actor: String,
-    ) -> Result<Option<Self>, RunError> {
-        Ok(Self::lock_by(engine, tx, LockKey::Run(run_id), actor)
-            .await?
-            .map(|(run, _)| run))
-    }
-
-    /// Locks the run that owns `task_id` and reads that attempt as it is
-    /// once the lock is held. `None` if there is no such attempt.
-    pub async fn lock_for_task(
-        engine: &Engine,
-        tx: Transaction<'a, Postgres>,
-        task_id: Uuid,
-        actor: String,
-    ) -> Result<Option<(Self, LockedAttempt)>, RunError> {
-        match Self::lock_by(engine, tx, LockKey::Task(task_id), actor).await? {
-            Some((run, Some(attempt))) => Ok(Some((run, attempt))),
-            _ => Ok(None),
-        }
-    }
-
-    async fn lock_by(
-        engine: &Engine,
-        mut tx: Transaction<'a, Postgres>,
-        key: LockKey,
-        actor: String,
-    ) -> Result<Option<(Self, Option<LockedAttempt>)>, RunError> {
-        // Two round trips: lock the run row, then read its steps (and the
-        // attempt) in a statement that starts after the lock is held, so it
-        // sees whatever the previous holder committed. An attempt's run id
-        // never changes, so finding the run through it is safe.
-        let (lock_sql, key_id, task_id) = match key {
-            LockKey::Run(id) => (
-                "SELECT id, request_id, promise, promise_version, status, context, history_seq,
-                        cancel_requested, stop_reason
-                 FROM fulfil.runs WHERE id = $1 FOR UPDATE",
-                id,
-                None,
-            ),
-            LockKey::Task(task) => (
-                "SELECT id, request_id, promise, promise_version, status, context, history_seq,
-                        cancel_requested, stop_reason
-                 FROM fulfil.runs WHERE id = (SELECT run_id FROM fulfil.attempts WHERE task_id = $1)
-                 FOR UPDATE",
-                task,
-                Some(task),
-            ),
-        };
-        let row: Option<LockedRun> = sqlx::query_as(lock_sql)
-            .bind(key_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let run_id = row.id;
-        let status = RunStatus::parse(&row.status)
-            .ok_or_else(|| RunError::Corrupt(format!("run status {:?}", row.status)))?;
-        let rows: Vec<LockedStep> = sqlx::query_as(
-            "SELECT s.step_id, s.status, s.attempt, s.outputs, s.input, s.error, s.compensation_status,
-                    s.compensation_attempt, s.compensation_error,
-                    a.step_id AS task_step_id, a.attempt AS task_attempt, a.status AS task_status,
-                    a.kind AS task_kind
-             FROM fulfil.steps s LEFT JOIN fulfil.attempts a ON a.task_id = $2
-             WHERE s.run_id = $1",
-        )
-        .bind(run_id)
-        .bind(task_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        let attempt = rows.first().and_then(|r| {
-            Some(LockedAttempt {
-                step_id: r.task_step_id.clone()?,
-                attempt: r.task_attempt?,
-                status: r.task_status.clone()?,
-                kind: r.task_kind.clone()?,
-            })
-        });
-        let mut steps = HashMap::with_capacity(rows.len());
-        for r in rows {
-            let status = StepStatus::parse(&r.status)
-                .ok_or_else(|| RunError::Corrupt(format!("step status {:?}", r.status)))?;
-            let compensation = match r.compensation_status.as_deref() {
-                None => None,
-                Some(c) => Some(
-                    CompensationStatus::parse(c)
-                        .ok_or_else(|| RunError::Corrupt(format!("compensation status {c:?}")))?,
-                ),
-            };
-            steps.insert(
-                r.step_id.clone(),
-                StepRow {
-                    step_id: r.step_id,
-                    status,
-                    attempt: r.attempt,
-                    outputs: r.outputs,
-                    input: r.input,
-                    error: r.error,
-                    compensation,
-                    compensation_attempt: r.compensation_attempt,
-                    compensation_error: r.compensation_error,
-                },
-            );
-        }
-        let (request_id, promise, version, context, seq) = (
-            row.request_id,
-            row.promise,
-            row.promise_version,
-            row.context,
-            row.history_seq,
-        );
-        // Versions are immutable, so the cache answers without a query once
-        // this process has seen the version.
-        let promise = engine
-            .promises()
-            .load(engine.pool(), &promise, &version)
-            .await?;
-        Ok(Some((
-            RunTxn {
-                tx,
-                run_id,
-                request_id,
-                status,
-                context,
-                promise,
-                steps,
-                names: engine.names().clone(),
-                actor,
-                cancel_requested: row.cancel_requested,
-                stop_reason: row.stop_reason,
-                fast_publish: engine.has_fast_publisher(),
-                next_seq: seq + 1,
-                events: Vec::new(),
-                outbox: Vec::new(),
-            },
-            attempt,
-        )))
-    }
-
-    /// Whether this process publishes the outbox rows itself after commit.
-    pub fn set_fast_publish(&mut self, fast: bool) {
-        self.fast_publish = fast;
-    }
-
-    pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.tx
     }
 
     /// Moves the run to `next`, refusing a transition the state machine
     /// does not allow.
-    pub async fn set_status(&mut self, next: RunStatus) -> Result<(), RunError> {
+    pub fn set_status(&mut self, next: RunStatus) -> Result<(), RunError> {
         if !self.status.can_become(next) {
             return Err(RunError::IllegalTransition {
                 from: self.status,
                 to: next,
             });
         }
-        sqlx::query("UPDATE fulfil.runs SET status = $2 WHERE id = $1")
-            .bind(self.run_id)
-            .bind(next.as_str())
-            .execute(&mut *self.tx)
-            .await?;
         self.status = next;
+        self.writes.run = true;
         Ok(())
+    }
+
+    /// Marks the run's cancel and stop flags for writing.
+    pub fn flags_changed(&mut self) {
+        self.writes.run = true;
+    }
+
+    /// Sets (on finishing) or clears (on re-opening) the run's end columns.
+    pub(crate) fn set_ending(&mut self, ending: RunEnding) {
+        self.writes.ending = Some(ending);
+    }
+
+    /// Keeps the request's status in step with the run.
+    pub(crate) fn set_request_status(&mut self, status: RequestStatus) {
+        self.writes.request = Some(status);
+    }
+
+    /// Marks a step's in-memory row for writing back.
+    pub(crate) fn step_changed(&mut self, step_id: &str) {
+        self.writes.steps.insert(step_id.to_string());
     }
 
     /// Arms a durable timer for this run.
-    pub async fn add_timer(
+    pub fn add_timer(
         &mut self,
-        kind: &str,
+        kind: &'static str,
         step_id: &str,
         task_id: Option<Uuid>,
         fire_at: DateTime<Utc>,
-    ) -> Result<(), RunError> {
-        sqlx::query("INSERT INTO fulfil.timers (run_id, step_id, kind, fire_at, task_id) VALUES ($1, $2, $3, $4, $5)")
-            .bind(self.run_id)
-            .bind(step_id)
-            .bind(kind)
-            .bind(fire_at)
-            .bind(task_id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
+    ) {
+        self.writes.new_timers.push(writes::NewTimer {
+            step_id: step_id.to_string(),
+            kind,
+            task_id,
+            fire_at,
+        });
     }
 
     /// Disarms the timers of one attempt (all of them, or one kind).
-    pub async fn clear_attempt_timers(
-        &mut self,
-        task_id: Uuid,
-        kind: Option<&str>,
-    ) -> Result<(), RunError> {
-        sqlx::query(
-            "DELETE FROM fulfil.timers WHERE task_id = $1 AND ($2::text IS NULL OR kind = $2)",
-        )
-        .bind(task_id)
-        .bind(kind)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<&'static str>) {
+        self.writes.clear_attempt_timers(task_id, kind);
     }
 
     /// Disarms every timer of the run.
-    pub async fn clear_run_timers(&mut self) -> Result<(), RunError> {
-        sqlx::query("DELETE FROM fulfil.timers WHERE run_id = $1")
-            .bind(self.run_id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
+    pub fn clear_run_timers(&mut self) {
+        self.writes.clear_run_timers();
+    }
+
+    pub(crate) fn update_attempt(&mut self, task_id: Uuid, update: AttemptUpdate) {
+        self.writes.update_attempt(task_id, update);
+    }
+
+    pub(crate) fn insert_attempt(&mut self, attempt: writes::NewAttempt) {
+        self.writes.new_attempts.push(attempt);
+    }
+
+    pub(crate) fn cancel_attempt(&mut self, cancel: writes::AttemptCancel) {
+        self.writes.cancels.push(cancel);
     }
 
     pub fn record(
@@ -437,7 +288,7 @@ impl<'a> RunTxn<'a> {
         attempt: Option<i32>,
         data: Value,
     ) {
-        self.events.push(PendingEvent {
+        self.writes.events.push(PendingEvent {
             kind,
             step_id: step_id.map(str::to_string),
             attempt,
@@ -447,7 +298,7 @@ impl<'a> RunTxn<'a> {
     }
 
     pub fn publish(&mut self, subject: String, msg_id: String, payload: Value) {
-        self.outbox.push(OutboxMessage {
+        self.writes.outbox.push(OutboxMessage {
             subject,
             msg_id,
             payload,
@@ -470,164 +321,19 @@ impl<'a> RunTxn<'a> {
         self.publish(self.names.event_subject(kind), id.to_string(), event);
     }
 
-    /// Writes gathered history and outbox rows, bumps the run's history
-    /// sequence, and commits.
-    pub async fn commit(mut self) -> Result<CommitSummary, RunError> {
-        let summary = CommitSummary {
-            events: self.events.len(),
-            outbox: self.outbox.len(),
-            outbox_rows: Vec::new(),
-        };
-        if self.events.is_empty() && self.outbox.is_empty() {
-            self.tx.commit().await?;
-            return Ok(summary);
-        }
-        let n = self.events.len();
-        let seqs: Vec<i64> = (self.next_seq..self.next_seq + n as i64).collect();
-        let mut kinds = Vec::with_capacity(n);
-        let mut steps = Vec::with_capacity(n);
-        let mut attempts = Vec::with_capacity(n);
-        let mut actors = Vec::with_capacity(n);
-        let mut datas = Vec::with_capacity(n);
-        for e in self.events.drain(..) {
-            kinds.push(e.kind.to_string());
-            steps.push(e.step_id);
-            attempts.push(e.attempt);
-            actors.push(e.actor);
-            datas.push(e.data);
-        }
-        let outbox = std::mem::take(&mut self.outbox);
-        let mut subjects = Vec::with_capacity(outbox.len());
-        let mut msg_ids = Vec::with_capacity(outbox.len());
-        let mut payloads = Vec::with_capacity(outbox.len());
-        for m in outbox {
-            subjects.push(m.subject);
-            msg_ids.push(m.msg_id);
-            payloads.push(m.payload);
-        }
-        // History, the run's sequence counter and the outbox in one round trip.
-        let inserted: Vec<(i64, String)> = sqlx::query_as(
-            "WITH history AS (
-                 INSERT INTO fulfil.history (run_id, seq, type, step_id, attempt, actor, data)
-                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::int[], $6::text[], $7::jsonb[])),
-             seq AS (
-                 UPDATE fulfil.runs SET history_seq = $8 WHERE id = $1 AND cardinality($2::bigint[]) > 0),
-             outbox AS (
-                 INSERT INTO fulfil.outbox (subject, msg_id, payload, fast)
-                 SELECT s, m, p, $12 FROM UNNEST($9::text[], $10::text[], $11::jsonb[]) AS t(s, m, p)
-                 RETURNING id, msg_id)
-             SELECT id, msg_id FROM outbox",
-        )
-        .bind(self.run_id)
-        .bind(&seqs)
-        .bind(&kinds)
-        .bind(&steps)
-        .bind(&attempts)
-        .bind(&actors)
-        .bind(&datas)
-        .bind(self.next_seq + n as i64 - 1)
-        .bind(&subjects)
-        .bind(&msg_ids)
-        .bind(&payloads)
-        .bind(self.fast_publish)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        if !inserted.is_empty() && !self.fast_publish {
-            sqlx::query("SELECT pg_notify('fulfil_outbox', '')")
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        let ids: HashMap<String, i64> = inserted
-            .into_iter()
-            .map(|(id, msg_id)| (msg_id, id))
-            .collect();
-        let rows: Vec<crate::outbox::OutboxRow> = subjects
-            .into_iter()
-            .zip(msg_ids)
-            .zip(payloads)
-            .filter_map(|((subject, msg_id), payload)| {
-                Some(crate::outbox::OutboxRow {
-                    id: *ids.get(&msg_id)?,
-                    subject,
-                    msg_id,
-                    payload,
-                })
-            })
-            .collect();
-        self.tx.commit().await?;
-        Ok(CommitSummary {
-            outbox_rows: rows,
-            ..summary
-        })
-    }
-}
-
-/// How [`RunTxn::lock_by`] finds the run.
-enum LockKey {
-    Run(Uuid),
-    Task(Uuid),
-}
-
-/// An attempt as read under its run's lock.
-#[derive(Debug, Clone)]
-pub struct LockedAttempt {
-    pub step_id: String,
-    pub attempt: i32,
-    pub status: String,
-    pub kind: String,
-}
-
-impl LockedAttempt {
-    pub fn task_kind(&self) -> TaskKind {
-        if self.kind == "compensation" {
-            TaskKind::Compensation
-        } else {
-            TaskKind::Action
-        }
+    /// Stores this run's changes in `tx` and commits it. Hand the returned
+    /// rows to [`crate::Engine::after_commit`].
+    pub async fn commit(
+        mut self,
+        mut tx: Transaction<'_, Postgres>,
+    ) -> Result<Vec<OutboxRow>, RunError> {
+        let rows = flush(&mut tx, std::slice::from_mut(&mut self)).await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
-    /// Dispatched or running: a result may still be applied.
-    pub fn is_open(&self) -> bool {
-        self.status == "dispatched" || self.status == "running"
+    /// Stores this run's changes on `conn` without committing.
+    pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<Vec<OutboxRow>, RunError> {
+        Ok(flush(conn, std::slice::from_mut(self)).await?)
     }
-}
-
-#[derive(sqlx::FromRow)]
-struct LockedRun {
-    id: Uuid,
-    request_id: Uuid,
-    promise: String,
-    promise_version: String,
-    status: String,
-    context: Value,
-    history_seq: i64,
-    cancel_requested: bool,
-    stop_reason: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct LockedStep {
-    step_id: String,
-    status: String,
-    attempt: i32,
-    outputs: Option<Value>,
-    input: Option<Value>,
-    error: Option<String>,
-    compensation_status: Option<String>,
-    compensation_attempt: i32,
-    compensation_error: Option<String>,
-    task_step_id: Option<String>,
-    task_attempt: Option<i32>,
-    task_status: Option<String>,
-    task_kind: Option<String>,
-}
-
-/// What a commit wrote. Hand `outbox_rows` to [`Engine::after_commit`] once
-/// the outermost transaction has committed.
-#[derive(Debug, Clone, Default)]
-#[must_use = "outbox rows must be handed to Engine::after_commit"]
-pub struct CommitSummary {
-    pub events: usize,
-    pub outbox: usize,
-    pub outbox_rows: Vec<crate::outbox::OutboxRow>,
 }

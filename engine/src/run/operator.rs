@@ -11,8 +11,9 @@ use uuid::Uuid;
 
 use super::advance::{advance, stop_in_flight};
 use super::event;
-use super::{RunError, RunTxn};
+use super::{RequestStatus, Run, RunEnding, RunError, lock_run};
 use crate::Engine;
+use sqlx::{Postgres, Transaction};
 
 /// Why an operator action was refused; nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +38,16 @@ impl From<sqlx::Error> for OperatorError {
     }
 }
 
-async fn lock<'a>(engine: &Engine, run_id: Uuid, actor: &str) -> Result<RunTxn<'a>, OperatorError> {
-    let tx = engine.pool().begin().await?;
-    RunTxn::lock(engine, tx, run_id, actor.to_string())
+async fn lock(
+    engine: &Engine,
+    run_id: Uuid,
+    actor: &str,
+) -> Result<(Transaction<'static, Postgres>, Run), OperatorError> {
+    let mut tx = engine.pool().begin().await?;
+    let run = lock_run(engine, &mut tx, run_id, actor.to_string())
         .await?
-        .ok_or(OperatorError::NotFound(run_id))
+        .ok_or(OperatorError::NotFound(run_id))?;
+    Ok((tx, run))
 }
 
 /// Cancels a run: nothing new starts; with `compensate`, in-flight steps
@@ -55,7 +61,7 @@ pub async fn cancel_run(
     compensate: bool,
     reason: Option<&str>,
 ) -> Result<RunStatus, OperatorError> {
-    let mut run = lock(engine, run_id, actor).await?;
+    let (tx, mut run) = lock(engine, run_id, actor).await?;
     if run.status.is_terminal() {
         return Err(OperatorError::Conflict(format!(
             "run {run_id} is already {}; nothing to cancel",
@@ -73,11 +79,7 @@ pub async fn cancel_run(
     };
     run.cancel_requested = true;
     run.stop_reason = Some(why.clone());
-    sqlx::query("UPDATE fulfil.runs SET cancel_requested = true, stop_reason = $2 WHERE id = $1")
-        .bind(run_id)
-        .bind(&why)
-        .execute(run.conn())
-        .await?;
+    run.flags_changed();
     run.record(
         event::RUN_CANCEL_REQUESTED,
         None,
@@ -98,12 +100,11 @@ pub async fn cancel_run(
             None,
             None,
             Some(&why),
-        )
-        .await?;
+        );
     }
     if !compensate {
-        stop_in_flight(&mut run, TaskKind::Action, &why).await?;
-        stop_in_flight(&mut run, TaskKind::Compensation, &why).await?;
+        stop_in_flight(&mut run, TaskKind::Action, &why);
+        stop_in_flight(&mut run, TaskKind::Compensation, &why);
         // Nothing is left to wait for: without compensation the run ends now.
         let undone: Vec<String> = run
             .steps
@@ -118,33 +119,30 @@ pub async fn cancel_run(
                 CompensationStatus::Cancelled,
                 None,
                 Some(&why),
-            )
-            .await?;
+            );
         }
-        run.set_status(RunStatus::Cancelled).await?;
-        run.clear_run_timers().await?;
-        sqlx::query("UPDATE fulfil.runs SET error = $2, finished_at = now() WHERE id = $1")
-            .bind(run_id)
-            .bind(&why)
-            .execute(run.conn())
-            .await?;
-        sqlx::query(
-            "UPDATE fulfil.requests SET status = 'cancelled', updated_at = now() WHERE id = $1",
-        )
-        .bind(run.request_id)
-        .execute(run.conn())
-        .await?;
+        run.set_status(RunStatus::Cancelled)?;
+        run.clear_run_timers();
+        run.set_ending(RunEnding {
+            finished: true,
+            outputs: None,
+            error: Some(why.clone()),
+        });
+        run.set_request_status(RequestStatus {
+            status: RunStatus::Cancelled.as_str(),
+            outputs: None,
+        });
         run.record(event::RUN_CANCELLED, None, None, json!({ "error": why }));
         run.emit_event(
             event::RUN_CANCELLED,
             json!({ "run_id": run_id, "request_id": run.request_id, "status": "cancelled", "error": why }),
         );
     } else {
-        advance(&mut run).await?;
+        advance(&mut run)?;
     }
     let status = run.status;
-    let committed = run.commit().await?;
-    engine.after_commit(committed.outbox_rows);
+    let rows = run.commit(tx).await?;
+    engine.after_commit(rows);
     Ok(status)
 }
 
@@ -170,7 +168,7 @@ pub async fn retry_run(
     step: Option<&str>,
     dry_run: bool,
 ) -> Result<RetryPlan, OperatorError> {
-    let mut run = lock(engine, run_id, actor).await?;
+    let (tx, mut run) = lock(engine, run_id, actor).await?;
     if !run.status.can_become(RunStatus::Running) {
         return Err(OperatorError::Conflict(format!(
             "run {run_id} is {}; only failed, compensated or cancelled runs can be retried",
@@ -231,15 +229,6 @@ pub async fn retry_run(
             ..plan
         });
     }
-    sqlx::query(
-        "UPDATE fulfil.steps SET status = 'pending', outputs = NULL, error = NULL, input = NULL,
-                compensation_status = NULL, compensation_outputs = NULL, compensation_error = NULL, updated_at = now()
-         WHERE run_id = $1 AND step_id = ANY($2)",
-    )
-    .bind(run_id)
-    .bind(&plan.rerun)
-    .execute(run.conn())
-    .await?;
     for id in &plan.rerun {
         if let Some(row) = run.steps.get_mut(id) {
             row.status = StepStatus::Pending;
@@ -247,29 +236,29 @@ pub async fn retry_run(
             row.error = None;
             row.input = None;
             row.compensation = None;
+            row.compensation_outputs = None;
             row.compensation_error = None;
         }
+        run.step_changed(id);
     }
-    run.set_status(RunStatus::Running).await?;
+    run.set_status(RunStatus::Running)?;
     run.cancel_requested = false;
     run.stop_reason = None;
-    run.clear_run_timers().await?;
-    sqlx::query(
-        "UPDATE fulfil.runs SET error = NULL, outputs = NULL, finished_at = NULL, stop_reason = NULL,
-                cancel_requested = false
-         WHERE id = $1",
-    )
-    .bind(run_id)
-    .execute(run.conn())
-    .await?;
-    sqlx::query("UPDATE fulfil.requests SET status = 'running', outputs = NULL, updated_at = now() WHERE id = $1")
-        .bind(run.request_id)
-        .execute(run.conn())
-        .await?;
+    run.flags_changed();
+    run.clear_run_timers();
+    run.set_ending(RunEnding {
+        finished: false,
+        outputs: None,
+        error: None,
+    });
+    run.set_request_status(RequestStatus {
+        status: RunStatus::Running.as_str(),
+        outputs: None,
+    });
     if let Some(limit) = promise.run_timeout() {
         let fire_at =
             chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
-        run.add_timer("run_timeout", "", None, fire_at).await?;
+        run.add_timer("run_timeout", "", None, fire_at);
     }
     run.record(
         event::RUN_RETRIED,
@@ -277,8 +266,8 @@ pub async fn retry_run(
         None,
         json!({ "rerun": plan.rerun, "kept": plan.kept, "step": step }),
     );
-    advance(&mut run).await?;
-    let committed = run.commit().await?;
-    engine.after_commit(committed.outbox_rows);
+    advance(&mut run)?;
+    let rows = run.commit(tx).await?;
+    engine.after_commit(rows);
     Ok(plan)
 }

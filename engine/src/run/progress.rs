@@ -16,11 +16,10 @@ use fulfil_spec::wire::{Progress, ProgressMessage, TaskKind};
 use serde_json::json;
 
 use super::advance::{set_compensation, set_step};
-use super::apply::{Applied, ApplyError, lock_attempt, stale_reason};
+use super::apply::{Applied, stale_reason};
 use super::event::{AttemptEvent, attempt_event};
-use super::{CommitSummary, RunError};
-use crate::Engine;
-use sqlx::{Postgres, Transaction};
+use super::load::LockedAttempt;
+use super::{AttemptUpdate, Run, RunError};
 
 /// Added to an attempt's timeout before the engine declares it timed out:
 /// the worker enforces the same timeout and reports it with more detail.
@@ -30,30 +29,14 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Applies one progress report in its own transaction.
-pub async fn apply_progress(
-    engine: &Engine,
+/// Applies one progress report to its locked run, in memory.
+pub(super) fn apply_progress_to(
+    run: &mut Run,
+    attempt: &mut LockedAttempt,
     report: &ProgressMessage,
-) -> Result<Applied, ApplyError> {
-    let tx = engine.pool().begin().await?;
-    let (applied, committed) = apply_progress_in(engine, tx, report).await?;
-    engine.after_commit(committed.outbox_rows);
-    Ok(applied)
-}
-
-/// Applies one progress report in `tx` (or a savepoint) and commits it.
-pub async fn apply_progress_in<'a>(
-    engine: &Engine,
-    tx: Transaction<'a, Postgres>,
-    report: &ProgressMessage,
-) -> Result<(Applied, CommitSummary), ApplyError> {
-    let actor = format!("worker:{}", report.worker_id);
-    let (mut run, attempt) = lock_attempt(engine, tx, report.task_id, actor)
-        .await?
-        .ok_or(ApplyError::UnknownTask(report.task_id))?;
-    if let Some(reason) = stale_reason(&run, &attempt) {
-        let committed = run.commit().await?;
-        return Ok((Applied::Ignored(reason), committed));
+) -> Result<Applied, RunError> {
+    if let Some(reason) = stale_reason(run, attempt) {
+        return Ok(Applied::Ignored(reason));
     }
     let kind = attempt.task_kind();
     let promise = run.promise.clone();
@@ -68,55 +51,46 @@ pub async fn apply_progress_in<'a>(
                 (TaskKind::Compensation, Some(c)) => promise.compensation_timeout_of(c),
                 _ => promise.timeout_of(step),
             };
-            sqlx::query(
-                "UPDATE fulfil.attempts SET status = 'running', started_at = $2, worker = $3, heartbeat_at = $2
-                 WHERE task_id = $1",
-            )
-            .bind(report.task_id)
-            .bind(now)
-            .bind(&report.worker_id)
-            .execute(run.conn())
-            .await?;
+            run.update_attempt(
+                report.task_id,
+                AttemptUpdate {
+                    status: Some("running"),
+                    started_at: Some(now),
+                    worker: Some(report.worker_id.clone()),
+                    heartbeat_at: Some(now),
+                    ..AttemptUpdate::default()
+                },
+            );
+            attempt.status = "running".to_string();
             match kind {
                 TaskKind::Action => {
-                    set_step(
-                        &mut run,
-                        &attempt.step_id,
-                        StepStatus::Running,
-                        None,
-                        None,
-                        None,
-                    )
-                    .await?;
+                    set_step(run, &attempt.step_id, StepStatus::Running, None, None, None);
                 }
                 TaskKind::Compensation => {
                     set_compensation(
-                        &mut run,
+                        run,
                         &attempt.step_id,
                         CompensationStatus::Running,
                         None,
                         None,
-                    )
-                    .await?;
+                    );
                 }
             }
             // A redelivered task starts again on another worker: its clocks restart.
-            run.clear_attempt_timers(report.task_id, None).await?;
+            run.clear_attempt_timers(report.task_id, None);
             run.add_timer(
                 "attempt_timeout",
                 &attempt.step_id,
                 Some(report.task_id),
                 now + chrono_duration(timeout + TIMEOUT_GRACE),
-            )
-            .await?;
+            );
             if let Some(heartbeat) = heartbeat_timeout {
                 run.add_timer(
                     "heartbeat_timeout",
                     &attempt.step_id,
                     Some(report.task_id),
                     now + chrono_duration(heartbeat),
-                )
-                .await?;
+                );
             }
             run.record(
                 attempt_event(kind, AttemptEvent::Started),
@@ -126,25 +100,24 @@ pub async fn apply_progress_in<'a>(
             );
         }
         Progress::Heartbeat => {
-            sqlx::query("UPDATE fulfil.attempts SET heartbeat_at = $2, heartbeat_details = $3 WHERE task_id = $1")
-                .bind(report.task_id)
-                .bind(now)
-                .bind(&report.details)
-                .execute(run.conn())
-                .await?;
+            run.update_attempt(
+                report.task_id,
+                AttemptUpdate {
+                    heartbeat_at: Some(now),
+                    heartbeat_details: report.details.clone(),
+                    ..AttemptUpdate::default()
+                },
+            );
             if let Some(heartbeat) = heartbeat_timeout {
-                run.clear_attempt_timers(report.task_id, Some("heartbeat_timeout"))
-                    .await?;
+                run.clear_attempt_timers(report.task_id, Some("heartbeat_timeout"));
                 run.add_timer(
                     "heartbeat_timeout",
                     &attempt.step_id,
                     Some(report.task_id),
                     now + chrono_duration(heartbeat),
-                )
-                .await?;
+                );
             }
         }
     }
-    let committed = run.commit().await?;
-    Ok((Applied::Applied, committed))
+    Ok(Applied::Applied)
 }

@@ -1,0 +1,233 @@
+//! Locking runs and reading their state.
+//!
+//! Runs are locked with `SELECT ... ORDER BY id FOR UPDATE`: a batch locks
+//! all its runs in one statement, and because every locker takes rows in id
+//! order, concurrent batches cannot deadlock on each other. Steps and
+//! attempts are read by statements that start after the locks are held, so
+//! they see whatever the previous holder committed.
+
+use std::collections::HashMap;
+
+use fulfil_spec::RunStatus;
+use fulfil_spec::StepStatus;
+use fulfil_spec::dag::CompensationStatus;
+use fulfil_spec::wire::TaskKind;
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{Run, RunError, StepRow, writes::Writes};
+use crate::Engine;
+
+/// An attempt as read under its run's lock (and as changed since, within
+/// the same batch).
+#[derive(Debug, Clone)]
+pub struct LockedAttempt {
+    pub task_id: Uuid,
+    pub run_id: Uuid,
+    pub step_id: String,
+    pub attempt: i32,
+    pub status: String,
+    pub kind: String,
+}
+
+impl LockedAttempt {
+    pub fn task_kind(&self) -> TaskKind {
+        if self.kind == "compensation" {
+            TaskKind::Compensation
+        } else {
+            TaskKind::Action
+        }
+    }
+
+    /// Dispatched or running: a result may still be applied.
+    pub fn is_open(&self) -> bool {
+        self.status == "dispatched" || self.status == "running"
+    }
+}
+
+/// Locks one run and reads its steps. `None` if there is no such run.
+pub async fn lock_run(
+    engine: &Engine,
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    actor: String,
+) -> Result<Option<Run>, RunError> {
+    let rows: Vec<RunRow> = sqlx::query_as(
+        "SELECT id, request_id, promise, promise_version, status, context, history_seq,
+                cancel_requested, stop_reason
+         FROM fulfil.runs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut runs = load_runs(engine, conn, rows).await?;
+    Ok(runs.remove(&run_id).map(|mut run| {
+        run.actor = actor;
+        run
+    }))
+}
+
+/// Locks every run that owns one of `task_ids`, and reads those attempts.
+/// Task ids without an attempt are simply absent from the answer.
+pub(crate) async fn lock_runs_of_tasks(
+    engine: &Engine,
+    conn: &mut PgConnection,
+    task_ids: &[Uuid],
+) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
+    // An attempt's run id never changes, so finding the runs through their
+    // attempts before the lock is held is safe.
+    let rows: Vec<RunRow> = sqlx::query_as(
+        "SELECT id, request_id, promise, promise_version, status, context, history_seq,
+                cancel_requested, stop_reason
+         FROM fulfil.runs
+         WHERE id IN (SELECT run_id FROM fulfil.attempts WHERE task_id = ANY($1))
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(task_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok((HashMap::new(), HashMap::new()));
+    }
+    let runs = load_runs(engine, conn, rows).await?;
+    let attempts: Vec<AttemptRow> = sqlx::query_as(
+        "SELECT task_id, run_id, step_id, attempt, status, kind
+         FROM fulfil.attempts WHERE task_id = ANY($1)",
+    )
+    .bind(task_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let attempts = attempts
+        .into_iter()
+        .map(|a| {
+            (
+                a.task_id,
+                LockedAttempt {
+                    task_id: a.task_id,
+                    run_id: a.run_id,
+                    step_id: a.step_id,
+                    attempt: a.attempt,
+                    status: a.status,
+                    kind: a.kind,
+                },
+            )
+        })
+        .collect();
+    Ok((runs, attempts))
+}
+
+/// Reads the steps of locked runs and builds their in-memory state.
+async fn load_runs(
+    engine: &Engine,
+    conn: &mut PgConnection,
+    rows: Vec<RunRow>,
+) -> Result<HashMap<Uuid, Run>, RunError> {
+    if rows.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let run_ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let step_rows: Vec<StepDbRow> = sqlx::query_as(
+        "SELECT run_id, step_id, status, attempt, outputs, input, error, compensation_status,
+                compensation_attempt, compensation_outputs, compensation_error
+         FROM fulfil.steps WHERE run_id = ANY($1)",
+    )
+    .bind(&run_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut steps_by_run: HashMap<Uuid, HashMap<String, StepRow>> = HashMap::new();
+    for r in step_rows {
+        let status = StepStatus::parse(&r.status)
+            .ok_or_else(|| RunError::Corrupt(format!("step status {:?}", r.status)))?;
+        let compensation = match r.compensation_status.as_deref() {
+            None => None,
+            Some(c) => Some(
+                CompensationStatus::parse(c)
+                    .ok_or_else(|| RunError::Corrupt(format!("compensation status {c:?}")))?,
+            ),
+        };
+        steps_by_run.entry(r.run_id).or_default().insert(
+            r.step_id.clone(),
+            StepRow {
+                step_id: r.step_id,
+                status,
+                attempt: r.attempt,
+                outputs: r.outputs,
+                input: r.input,
+                error: r.error,
+                compensation,
+                compensation_attempt: r.compensation_attempt,
+                compensation_outputs: r.compensation_outputs,
+                compensation_error: r.compensation_error,
+            },
+        );
+    }
+    let mut runs = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let status = RunStatus::parse(&row.status)
+            .ok_or_else(|| RunError::Corrupt(format!("run status {:?}", row.status)))?;
+        // Versions are immutable, so the cache answers without a query once
+        // this process has seen the version.
+        let promise = engine
+            .promises()
+            .load(engine.pool(), &row.promise, &row.promise_version)
+            .await?;
+        runs.insert(
+            row.id,
+            Run {
+                run_id: row.id,
+                request_id: row.request_id,
+                status,
+                context: row.context,
+                promise,
+                steps: steps_by_run.remove(&row.id).unwrap_or_default(),
+                names: engine.names().clone(),
+                actor: String::new(),
+                cancel_requested: row.cancel_requested,
+                stop_reason: row.stop_reason,
+                fast_publish: engine.has_fast_publisher(),
+                next_seq: row.history_seq + 1,
+                writes: Writes::default(),
+            },
+        );
+    }
+    Ok(runs)
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: Uuid,
+    request_id: Uuid,
+    promise: String,
+    promise_version: String,
+    status: String,
+    context: Value,
+    history_seq: i64,
+    cancel_requested: bool,
+    stop_reason: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StepDbRow {
+    run_id: Uuid,
+    step_id: String,
+    status: String,
+    attempt: i32,
+    outputs: Option<Value>,
+    input: Option<Value>,
+    error: Option<String>,
+    compensation_status: Option<String>,
+    compensation_attempt: i32,
+    compensation_outputs: Option<Value>,
+    compensation_error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    task_id: Uuid,
+    run_id: Uuid,
+    step_id: String,
+    attempt: i32,
+    status: String,
+    kind: String,
+}
