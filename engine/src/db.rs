@@ -40,6 +40,13 @@ pub fn options(url: &str) -> Result<PgConnectOptions, DbError> {
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
     let options = options(url)?
         .application_name("fulfil")
+        // Fulfil's tables start empty and grow by thousands of rows a
+        // minute. A generic plan is built once per connection, after five
+        // executions, and kept for the connection's life: built on an empty
+        // table it scans the whole table forever after (measured: the batch
+        // write went from 0.75 ms to 1.88 ms a call). Every hot statement
+        // is a key lookup whose custom plan is cheap to make.
+        .options([("plan_cache_mode", "force_custom_plan")])
         .log_statements(tracing::log::LevelFilter::Trace);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)

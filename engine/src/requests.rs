@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
+use fulfil_spec::Promise;
 use fulfil_spec::params::{ParamsError, Violation};
-use fulfil_spec::{Promise, RunStatus};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -169,36 +169,6 @@ pub async fn create_request(
         },
         "env": captured_env(&promise),
     });
-    sqlx::query(
-        "INSERT INTO fulfil.runs (id, request_id, promise, promise_version, kind, status, context)
-         VALUES ($1, $2, $3, $4, 'configure', $5, $6)",
-    )
-    .bind(run_id)
-    .bind(request_id)
-    .bind(&promise.metadata.name)
-    .bind(&promise.metadata.version)
-    .bind(RunStatus::Running.as_str())
-    .bind(&context)
-    .execute(&mut *tx)
-    .await?;
-    let ids: Vec<String> = promise
-        .spec
-        .workflow
-        .steps
-        .iter()
-        .map(|s| s.id.clone())
-        .collect();
-    let positions: Vec<i32> = (0..ids.len() as i32).collect();
-    sqlx::query(
-        "INSERT INTO fulfil.steps (run_id, step_id, position, status)
-         SELECT $1, id, pos, 'pending' FROM UNNEST($2::text[], $3::int[]) AS t(id, pos)",
-    )
-    .bind(run_id)
-    .bind(&ids)
-    .bind(&positions)
-    .execute(&mut *tx)
-    .await?;
-
     let mut run = Run::new(
         run_id,
         request_id,

@@ -174,8 +174,8 @@ pub enum RunError {
 }
 
 impl Run {
-    /// A run being created: every step pending, nothing stored yet but the
-    /// rows its creator inserts itself.
+    /// A run being created: every step pending. Its run and step rows are
+    /// inserted by the flush; its request row must exist by then.
     pub fn new(
         run_id: Uuid,
         request_id: Uuid,
@@ -192,6 +192,8 @@ impl Run {
             .iter()
             .map(|s| (s.id.clone(), StepRow::new(s.id.clone())))
             .collect();
+        let promise_name = promise.metadata.name.clone();
+        let promise_version = promise.metadata.version.clone();
         Run {
             run_id,
             request_id,
@@ -205,7 +207,13 @@ impl Run {
             stop_reason: None,
             fast_publish,
             next_seq: 1,
-            writes: writes::Writes::default(),
+            writes: writes::Writes {
+                created: Some(writes::CreatedRun {
+                    promise: promise_name,
+                    version: promise_version,
+                }),
+                ..writes::Writes::default()
+            },
         }
     }
 

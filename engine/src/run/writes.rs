@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{Arguments, PgConnection};
 use uuid::Uuid;
 
 use super::Run;
@@ -120,9 +120,18 @@ pub(crate) struct RequestStatus {
     pub outputs: Option<Value>,
 }
 
+/// What a new run's row holds beyond its state.
+#[derive(Debug, Clone)]
+pub(crate) struct CreatedRun {
+    pub promise: String,
+    pub version: String,
+}
+
 /// Everything one run's change must store.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Writes {
+    /// The run is new: its row and its steps are inserted, not updated.
+    pub created: Option<CreatedRun>,
     pub events: Vec<PendingEvent>,
     pub outbox: Vec<OutboxMessage>,
     /// Steps whose in-memory row must be written back.
@@ -143,7 +152,8 @@ pub(crate) struct Writes {
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.created.is_none()
+            && self.events.is_empty()
             && self.outbox.is_empty()
             && self.steps.is_empty()
             && !self.run
@@ -242,6 +252,26 @@ pub(crate) async fn flush(
 /// The buffered writes of many runs, as one array per column.
 #[derive(Default)]
 struct Columns {
+    // created runs
+    c_run: Vec<Uuid>,
+    c_request: Vec<Uuid>,
+    c_promise: Vec<String>,
+    c_version: Vec<String>,
+    c_status: Vec<&'static str>,
+    c_context: Vec<Value>,
+    c_seq: Vec<i64>,
+    c_outputs: Vec<Option<Value>>,
+    c_error: Vec<Option<String>>,
+    c_finished: Vec<bool>,
+    // their steps
+    cs_run: Vec<Uuid>,
+    cs_step: Vec<String>,
+    cs_position: Vec<i32>,
+    cs_status: Vec<&'static str>,
+    cs_attempt: Vec<i32>,
+    cs_outputs: Vec<Option<Value>>,
+    cs_input: Vec<Option<Value>>,
+    cs_error: Vec<Option<String>>,
     // history
     h_run: Vec<Uuid>,
     h_seq: Vec<i64>,
@@ -320,7 +350,8 @@ struct RunCancel {
 
 impl Columns {
     fn is_empty(&self) -> bool {
-        self.h_run.is_empty()
+        self.c_run.is_empty()
+            && self.h_run.is_empty()
             && self.outbox_subject.is_empty()
             && self.r_id.is_empty()
             && self.q_id.is_empty()
@@ -352,7 +383,10 @@ impl Columns {
             self.outbox_payload.push(m.payload);
             self.outbox_fast.push(run.fast_publish);
         }
-        if writes.run || events > 0 || writes.ending.is_some() {
+        let is_new = writes.created.is_some();
+        if let Some(created) = writes.created {
+            self.add_created(run, created, writes.ending.as_ref());
+        } else if writes.run || events > 0 || writes.ending.is_some() {
             self.r_id.push(run_id);
             self.r_status.push(run.status.as_str());
             self.r_seq.push(run.next_seq - 1);
@@ -369,7 +403,13 @@ impl Columns {
             self.q_status.push(request.status);
             self.q_outputs.push(request.outputs);
         }
-        for step_id in writes.steps {
+        // A new run's steps are inserted with their state.
+        let changed_steps = if is_new {
+            BTreeSet::new()
+        } else {
+            writes.steps
+        };
+        for step_id in changed_steps {
             let Some(row) = run.steps.get(&step_id) else {
                 continue;
             };
@@ -430,141 +470,330 @@ impl Columns {
         );
     }
 
-    /// One statement for every table. Each CTE touches rows that existed
-    /// before the statement (updates, deletes) or rows it creates (inserts),
-    /// never both for the same row: the buffer has already folded every
-    /// change to one row into one entry, and timers armed then cleared in
-    /// the same change were never buffered.
+    fn add_created(&mut self, run: &Run, created: CreatedRun, ending: Option<&RunEnding>) {
+        self.c_run.push(run.run_id);
+        self.c_request.push(run.request_id);
+        self.c_promise.push(created.promise);
+        self.c_version.push(created.version);
+        self.c_status.push(run.status.as_str());
+        self.c_context.push(run.context.clone());
+        self.c_seq.push(run.next_seq - 1);
+        self.c_outputs.push(ending.and_then(|e| e.outputs.clone()));
+        self.c_error.push(ending.and_then(|e| e.error.clone()));
+        self.c_finished.push(ending.is_some_and(|e| e.finished));
+        for (position, step) in run.promise.spec.workflow.steps.iter().enumerate() {
+            let Some(row) = run.steps.get(&step.id) else {
+                continue;
+            };
+            self.cs_run.push(run.run_id);
+            self.cs_step.push(step.id.clone());
+            self.cs_position.push(position as i32);
+            self.cs_status.push(row.status.as_str());
+            self.cs_attempt.push(row.attempt);
+            self.cs_outputs.push(row.outputs.clone());
+            self.cs_input.push(row.input.clone());
+            self.cs_error.push(row.error.clone());
+        }
+    }
+
+    /// One statement for every table that has rows to write: a
+    /// data-modifying CTE each. Each CTE touches rows that existed before
+    /// the statement (updates, deletes) or rows it creates (inserts), never
+    /// both for the same row: the buffer has already folded every change to
+    /// one row into one entry, and timers armed then cleared in the same
+    /// change were never buffered. Foreign keys between rows inserted by
+    /// sibling CTEs hold: they are checked once the whole statement ran.
     async fn write(&self, conn: &mut PgConnection) -> Result<Vec<(i64, String)>, sqlx::Error> {
-        sqlx::query_as(
-            "WITH
-             history AS (
-                 INSERT INTO fulfil.history (run_id, seq, type, step_id, attempt, actor, data)
+        let mut statement = Statement::default();
+        if !self.c_run.is_empty() {
+            statement.part(
+                "created_runs",
+                "INSERT INTO fulfil.runs (id, request_id, promise, promise_version, kind, status,
+                                          context, history_seq, outputs, error, finished_at)
+                 SELECT id, request_id, promise, version, 'configure', status, context, seq,
+                        outputs, error, CASE WHEN finished THEN now() END
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                             $6::jsonb[], $7::bigint[], $8::jsonb[], $9::text[], $10::bool[])
+                      AS u(id, request_id, promise, version, status, context, seq, outputs, error,
+                           finished)",
+                |a| {
+                    a.add(&self.c_run)?;
+                    a.add(&self.c_request)?;
+                    a.add(&self.c_promise)?;
+                    a.add(&self.c_version)?;
+                    a.add(&self.c_status)?;
+                    a.add(&self.c_context)?;
+                    a.add(&self.c_seq)?;
+                    a.add(&self.c_outputs)?;
+                    a.add(&self.c_error)?;
+                    a.add(&self.c_finished)
+                },
+            );
+        }
+        if !self.cs_run.is_empty() {
+            statement.part(
+                "created_steps",
+                "INSERT INTO fulfil.steps (run_id, step_id, position, status, attempt, outputs, input,
+                                           error)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[],
+                                      $6::jsonb[], $7::jsonb[], $8::text[])",
+                |a| {
+                    a.add(&self.cs_run)?;
+                    a.add(&self.cs_step)?;
+                    a.add(&self.cs_position)?;
+                    a.add(&self.cs_status)?;
+                    a.add(&self.cs_attempt)?;
+                    a.add(&self.cs_outputs)?;
+                    a.add(&self.cs_input)?;
+                    a.add(&self.cs_error)
+                },
+            );
+        }
+        if !self.h_run.is_empty() {
+            statement.part(
+                "history",
+                "INSERT INTO fulfil.history (run_id, seq, type, step_id, attempt, actor, data)
                  SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::int[],
-                                      $6::text[], $7::jsonb[])),
-             runs AS (
-                 UPDATE fulfil.runs r SET status = u.status, history_seq = u.seq,
+                                      $6::text[], $7::jsonb[])",
+                |a| {
+                    a.add(&self.h_run)?;
+                    a.add(&self.h_seq)?;
+                    a.add(&self.h_type)?;
+                    a.add(&self.h_step)?;
+                    a.add(&self.h_attempt)?;
+                    a.add(&self.h_actor)?;
+                    a.add(&self.h_data)
+                },
+            );
+        }
+        if !self.r_id.is_empty() {
+            statement.part(
+                "runs",
+                "UPDATE fulfil.runs r SET status = u.status, history_seq = u.seq,
                         cancel_requested = u.cancel_requested, stop_reason = u.stop_reason,
                         outputs = CASE WHEN u.ending THEN u.outputs ELSE r.outputs END,
                         error = CASE WHEN u.ending THEN u.error ELSE r.error END,
                         finished_at = CASE WHEN NOT u.ending THEN r.finished_at
                                            WHEN u.finished THEN now() END
-                 FROM UNNEST($8::uuid[], $9::text[], $10::bigint[], $11::bool[], $12::text[],
-                             $13::bool[], $14::bool[], $15::jsonb[], $16::text[])
+                 FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bool[], $5::text[],
+                             $6::bool[], $7::bool[], $8::jsonb[], $9::text[])
                       AS u(id, status, seq, cancel_requested, stop_reason, ending, finished, outputs, error)
-                 WHERE r.id = u.id),
-             requests AS (
-                 UPDATE fulfil.requests q SET status = u.status, outputs = u.outputs, updated_at = now()
-                 FROM UNNEST($17::uuid[], $18::text[], $19::jsonb[]) AS u(id, status, outputs)
-                 WHERE q.id = u.id),
-             steps AS (
-                 UPDATE fulfil.steps s SET status = u.status, attempt = u.attempt, outputs = u.outputs,
+                 WHERE r.id = u.id",
+                |a| {
+                    a.add(&self.r_id)?;
+                    a.add(&self.r_status)?;
+                    a.add(&self.r_seq)?;
+                    a.add(&self.r_cancel_requested)?;
+                    a.add(&self.r_stop_reason)?;
+                    a.add(&self.r_ending)?;
+                    a.add(&self.r_finished)?;
+                    a.add(&self.r_outputs)?;
+                    a.add(&self.r_error)
+                },
+            );
+        }
+        if !self.q_id.is_empty() {
+            statement.part(
+                "requests",
+                "UPDATE fulfil.requests q SET status = u.status, outputs = u.outputs, updated_at = now()
+                 FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, status, outputs)
+                 WHERE q.id = u.id",
+                |a| {
+                    a.add(&self.q_id)?;
+                    a.add(&self.q_status)?;
+                    a.add(&self.q_outputs)
+                },
+            );
+        }
+        if !self.s_run.is_empty() {
+            statement.part(
+                "steps",
+                "UPDATE fulfil.steps s SET status = u.status, attempt = u.attempt, outputs = u.outputs,
                         input = u.input, error = u.error, compensation_status = u.comp_status,
                         compensation_attempt = u.comp_attempt, compensation_outputs = u.comp_outputs,
                         compensation_error = u.comp_error, updated_at = now()
-                 FROM UNNEST($20::uuid[], $21::text[], $22::text[], $23::int[], $24::jsonb[],
-                             $25::jsonb[], $26::text[], $27::text[], $28::int[], $29::jsonb[], $30::text[])
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::jsonb[],
+                             $6::jsonb[], $7::text[], $8::text[], $9::int[], $10::jsonb[], $11::text[])
                       AS u(run_id, step_id, status, attempt, outputs, input, error, comp_status,
                            comp_attempt, comp_outputs, comp_error)
-                 WHERE s.run_id = u.run_id AND s.step_id = u.step_id),
-             new_attempts AS (
-                 INSERT INTO fulfil.attempts (task_id, run_id, step_id, attempt, kind, status, handler,
+                 WHERE s.run_id = u.run_id AND s.step_id = u.step_id",
+                |a| {
+                    a.add(&self.s_run)?;
+                    a.add(&self.s_step)?;
+                    a.add(&self.s_status)?;
+                    a.add(&self.s_attempt)?;
+                    a.add(&self.s_outputs)?;
+                    a.add(&self.s_input)?;
+                    a.add(&self.s_error)?;
+                    a.add(&self.s_comp_status)?;
+                    a.add(&self.s_comp_attempt)?;
+                    a.add(&self.s_comp_outputs)?;
+                    a.add(&self.s_comp_error)
+                },
+            );
+        }
+        if !self.n_task.is_empty() {
+            statement.part(
+                "new_attempts",
+                "INSERT INTO fulfil.attempts (task_id, run_id, step_id, attempt, kind, status, handler,
                                               queue, input, deadline)
                  SELECT t, r, s, a, k, 'dispatched', h, q, i, d
-                 FROM UNNEST($31::uuid[], $32::uuid[], $33::text[], $34::int[], $35::text[],
-                             $36::text[], $37::text[], $38::jsonb[], $39::timestamptz[])
-                      AS n(t, r, s, a, k, h, q, i, d)),
-             attempts AS (
-                 UPDATE fulfil.attempts a SET status = COALESCE(u.status, a.status),
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[],
+                             $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[])
+                      AS n(t, r, s, a, k, h, q, i, d)",
+                |a| {
+                    a.add(&self.n_task)?;
+                    a.add(&self.n_run)?;
+                    a.add(&self.n_step)?;
+                    a.add(&self.n_attempt)?;
+                    a.add(&self.n_kind)?;
+                    a.add(&self.n_handler)?;
+                    a.add(&self.n_queue)?;
+                    a.add(&self.n_input)?;
+                    a.add(&self.n_deadline)
+                },
+            );
+        }
+        if !self.u_task.is_empty() {
+            statement.part(
+                "attempts",
+                "UPDATE fulfil.attempts a SET status = COALESCE(u.status, a.status),
                         worker = COALESCE(u.worker, a.worker),
                         started_at = COALESCE(u.started_at, a.started_at, u.started_if_unset),
                         finished_at = COALESCE(u.finished_at, a.finished_at),
                         error = COALESCE(u.error, a.error),
                         heartbeat_at = COALESCE(u.heartbeat_at, a.heartbeat_at),
                         heartbeat_details = COALESCE(u.heartbeat_details, a.heartbeat_details)
-                 FROM UNNEST($40::uuid[], $41::text[], $42::text[], $43::timestamptz[],
-                             $44::timestamptz[], $45::timestamptz[], $46::jsonb[], $47::timestamptz[],
-                             $48::jsonb[])
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[],
+                             $5::timestamptz[], $6::timestamptz[], $7::jsonb[], $8::timestamptz[],
+                             $9::jsonb[])
                       AS u(task_id, status, worker, started_at, started_if_unset, finished_at, error,
                            heartbeat_at, heartbeat_details)
-                 WHERE a.task_id = u.task_id),
-             cleared_attempt_timers AS (
-                 DELETE FROM fulfil.timers t USING UNNEST($49::uuid[], $50::text[]) AS u(task_id, kind)
-                 WHERE t.task_id = u.task_id AND (u.kind IS NULL OR t.kind = u.kind)),
-             cleared_run_timers AS (
-                 DELETE FROM fulfil.timers WHERE run_id = ANY($51::uuid[])),
-             new_timers AS (
-                 INSERT INTO fulfil.timers (run_id, step_id, kind, task_id, fire_at)
-                 SELECT * FROM UNNEST($52::uuid[], $53::text[], $54::text[], $55::uuid[],
-                                      $56::timestamptz[])),
-             outbox AS (
-                 INSERT INTO fulfil.outbox (subject, msg_id, payload, fast)
-                 SELECT * FROM UNNEST($57::text[], $58::text[], $59::jsonb[], $60::bool[])
-                 RETURNING id, msg_id)
-             SELECT id, msg_id FROM outbox",
-        )
-        .bind(&self.h_run)
-        .bind(&self.h_seq)
-        .bind(&self.h_type)
-        .bind(&self.h_step)
-        .bind(&self.h_attempt)
-        .bind(&self.h_actor)
-        .bind(&self.h_data)
-        .bind(&self.r_id)
-        .bind(&self.r_status)
-        .bind(&self.r_seq)
-        .bind(&self.r_cancel_requested)
-        .bind(&self.r_stop_reason)
-        .bind(&self.r_ending)
-        .bind(&self.r_finished)
-        .bind(&self.r_outputs)
-        .bind(&self.r_error)
-        .bind(&self.q_id)
-        .bind(&self.q_status)
-        .bind(&self.q_outputs)
-        .bind(&self.s_run)
-        .bind(&self.s_step)
-        .bind(&self.s_status)
-        .bind(&self.s_attempt)
-        .bind(&self.s_outputs)
-        .bind(&self.s_input)
-        .bind(&self.s_error)
-        .bind(&self.s_comp_status)
-        .bind(&self.s_comp_attempt)
-        .bind(&self.s_comp_outputs)
-        .bind(&self.s_comp_error)
-        .bind(&self.n_task)
-        .bind(&self.n_run)
-        .bind(&self.n_step)
-        .bind(&self.n_attempt)
-        .bind(&self.n_kind)
-        .bind(&self.n_handler)
-        .bind(&self.n_queue)
-        .bind(&self.n_input)
-        .bind(&self.n_deadline)
-        .bind(&self.u_task)
-        .bind(&self.u_status)
-        .bind(&self.u_worker)
-        .bind(&self.u_started)
-        .bind(&self.u_started_if_unset)
-        .bind(&self.u_finished)
-        .bind(&self.u_error)
-        .bind(&self.u_heartbeat_at)
-        .bind(&self.u_heartbeat_details)
-        .bind(&self.td_task)
-        .bind(&self.td_kind)
-        .bind(&self.td_run)
-        .bind(&self.t_run)
-        .bind(&self.t_step)
-        .bind(&self.t_kind)
-        .bind(&self.t_task)
-        .bind(&self.t_fire_at)
-        .bind(&self.outbox_subject)
-        .bind(&self.outbox_msg_id)
-        .bind(&self.outbox_payload)
-        .bind(&self.outbox_fast)
-        .fetch_all(conn)
-        .await
+                 WHERE a.task_id = u.task_id",
+                |a| {
+                    a.add(&self.u_task)?;
+                    a.add(&self.u_status)?;
+                    a.add(&self.u_worker)?;
+                    a.add(&self.u_started)?;
+                    a.add(&self.u_started_if_unset)?;
+                    a.add(&self.u_finished)?;
+                    a.add(&self.u_error)?;
+                    a.add(&self.u_heartbeat_at)?;
+                    a.add(&self.u_heartbeat_details)
+                },
+            );
+        }
+        if !self.td_task.is_empty() {
+            statement.part(
+                "cleared_attempt_timers",
+                "DELETE FROM fulfil.timers t USING UNNEST($1::uuid[], $2::text[]) AS u(task_id, kind)
+                 WHERE t.task_id = u.task_id AND (u.kind IS NULL OR t.kind = u.kind)",
+                |a| {
+                    a.add(&self.td_task)?;
+                    a.add(&self.td_kind)
+                },
+            );
+        }
+        if !self.td_run.is_empty() {
+            statement.part(
+                "cleared_run_timers",
+                "DELETE FROM fulfil.timers WHERE run_id = ANY($1::uuid[])",
+                |a| a.add(&self.td_run),
+            );
+        }
+        if !self.t_run.is_empty() {
+            statement.part(
+                "new_timers",
+                "INSERT INTO fulfil.timers (run_id, step_id, kind, task_id, fire_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[],
+                                      $5::timestamptz[])",
+                |a| {
+                    a.add(&self.t_run)?;
+                    a.add(&self.t_step)?;
+                    a.add(&self.t_kind)?;
+                    a.add(&self.t_task)?;
+                    a.add(&self.t_fire_at)
+                },
+            );
+        }
+        let returning = if self.outbox_subject.is_empty() {
+            "SELECT 0::bigint, ''::text WHERE false"
+        } else {
+            statement.part(
+                "outbox",
+                "INSERT INTO fulfil.outbox (subject, msg_id, payload, fast)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::bool[])
+                 RETURNING id, msg_id",
+                |a| {
+                    a.add(&self.outbox_subject)?;
+                    a.add(&self.outbox_msg_id)?;
+                    a.add(&self.outbox_payload)?;
+                    a.add(&self.outbox_fast)
+                },
+            );
+            "SELECT id, msg_id FROM outbox"
+        };
+        statement.fetch(conn, returning).await
+    }
+}
+
+/// A `WITH` statement assembled from the parts a flush needs. Each part's
+/// SQL numbers its parameters from `$1`; they are renumbered as the part is
+/// appended, so the parts stay readable on their own. The statement text
+/// depends only on which parts are present, so Postgres sees a handful of
+/// distinct statements, each prepared once per connection.
+#[derive(Default)]
+struct Statement {
+    sql: String,
+    arguments: sqlx::postgres::PgArguments,
+    bound: usize,
+    failed: Option<sqlx::error::BoxDynError>,
+}
+
+impl Statement {
+    fn part(
+        &mut self,
+        name: &str,
+        sql: &str,
+        bind: impl FnOnce(&mut sqlx::postgres::PgArguments) -> Result<(), sqlx::error::BoxDynError>,
+    ) {
+        self.sql
+            .push_str(if self.sql.is_empty() { "WITH " } else { ",\n" });
+        self.sql.push_str(name);
+        self.sql.push_str(" AS (\n");
+        let mut highest = 0;
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            self.sql.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let number: usize = rest[..digits].parse().unwrap_or(0);
+            highest = highest.max(number);
+            self.sql.push_str(&(number + self.bound).to_string());
+            rest = &rest[digits..];
+        }
+        self.sql.push_str(rest);
+        self.sql.push(')');
+        self.bound += highest;
+        if self.failed.is_none()
+            && let Err(e) = bind(&mut self.arguments)
+        {
+            self.failed = Some(e);
+        }
+    }
+
+    async fn fetch(
+        self,
+        conn: &mut PgConnection,
+        returning: &str,
+    ) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        if let Some(e) = self.failed {
+            return Err(sqlx::Error::Encode(e));
+        }
+        let sql = format!("{}\n{returning}", self.sql);
+        sqlx::query_as_with(sqlx::AssertSqlSafe(sql), self.arguments)
+            .fetch_all(conn)
+            .await
     }
 }
 
