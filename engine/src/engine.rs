@@ -44,7 +44,7 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     pool: PgPool,
     names: NatsNames,
     promises: PromiseCache,
@@ -52,6 +52,8 @@ struct Inner {
     outbox_wake: Notify,
     /// Set once [`Engine::start_fast_publisher`] ran.
     publisher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OutboxRow>>>,
+    /// Started on the first request this process accepts.
+    intake: std::sync::OnceLock<crate::intake::IntakeSender>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -72,8 +74,20 @@ impl Engine {
                 id: id.into(),
                 outbox_wake: Notify::new(),
                 publisher: std::sync::OnceLock::new(),
+                intake: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    pub(crate) fn upgrade(inner: &std::sync::Weak<Inner>) -> Option<Engine> {
+        inner.upgrade().map(|inner| Engine { inner })
+    }
+
+    /// Where new requests go to be stored (see [`crate::intake`]).
+    pub(crate) fn intake(&self) -> &crate::intake::IntakeSender {
+        self.inner
+            .intake
+            .get_or_init(|| crate::intake::start(Arc::downgrade(&self.inner)))
     }
 
     pub fn pool(&self) -> &PgPool {

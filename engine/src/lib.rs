@@ -15,6 +15,7 @@
 pub mod db;
 pub mod engine;
 pub mod inspect;
+mod intake;
 pub mod outbox;
 pub mod promises;
 pub mod requests;

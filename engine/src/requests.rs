@@ -1,12 +1,15 @@
 //! Accepting a Promise request.
 //!
 //! [`create_request`] validates the parameters against the Promise's schema
-//! (defaults applied) and then, in one transaction, inserts the request, its
-//! run, every step, the first history events and the tasks of the root
-//! steps. Only after that transaction commits does the caller acknowledge the
-//! request (HTTP 202), so nothing acknowledged can be lost. Invalid input is
-//! refused before anything is written.
+//! (defaults applied) and then hands the request to the intake
+//! ([`crate::intake`]), which stores it together with whatever other
+//! requests arrived meanwhile: in one transaction, the request, its run,
+//! every step, the first history events and the tasks of the root steps.
+//! Only after that transaction commits is the request answered (HTTP 202),
+//! so nothing acknowledged can be lost. Invalid input is refused before
+//! anything is written.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use fulfil_spec::Promise;
@@ -62,6 +65,9 @@ pub enum RequestError {
     /// The Promise could not be loaded.
     #[error(transparent)]
     Promise(PromiseError),
+    /// This process is shutting down and stored nothing; try again.
+    #[error("the engine is shutting down; the request was not stored")]
+    IntakeStopped,
     /// The run could not be created; the transaction rolled back.
     #[error(transparent)]
     Run(#[from] RunError),
@@ -116,49 +122,6 @@ pub async fn create_request(
         })?;
 
     let request_id = Uuid::now_v7();
-    let run_id = Uuid::now_v7();
-    let mut tx = engine.pool().begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO fulfil.requests (id, promise, promise_version, params, idempotency_key, status, run_id, created_by)
-         VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)
-         ON CONFLICT (promise, idempotency_key) DO NOTHING",
-    )
-    .bind(request_id)
-    .bind(&promise.metadata.name)
-    .bind(&promise.metadata.version)
-    .bind(&params)
-    .bind(&request.idempotency_key)
-    .bind(run_id)
-    .bind(&request.actor)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !inserted {
-        // Only an idempotency key can conflict; the other transaction has
-        // committed by now, so its row is visible.
-        let key = request.idempotency_key.unwrap_or_default();
-        let (existing_id, existing_run, existing_params): (Uuid, Option<Uuid>, Value) = sqlx::query_as(
-            "SELECT id, run_id, params FROM fulfil.requests WHERE promise = $1 AND idempotency_key = $2",
-        )
-        .bind(&promise.metadata.name)
-        .bind(&key)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.rollback().await?;
-        return match existing_run {
-            Some(run_id) if existing_params == params => Ok(Accepted {
-                request_id: existing_id,
-                run_id,
-                replayed: true,
-            }),
-            _ => Err(RequestError::IdempotencyConflict {
-                key,
-                request_id: existing_id,
-            }),
-        };
-    }
-
     let context = json!({
         "params": params,
         "request": {
@@ -169,10 +132,146 @@ pub async fn create_request(
         },
         "env": captured_env(&promise),
     });
+    crate::intake::submit(
+        engine,
+        ValidRequest {
+            request_id,
+            run_id: Uuid::now_v7(),
+            promise,
+            params,
+            context,
+            idempotency_key: request.idempotency_key,
+            actor: request.actor,
+        },
+    )
+    .await
+}
+
+/// A request whose parameters passed validation, ready to be stored.
+#[derive(Debug, Clone)]
+pub(crate) struct ValidRequest {
+    pub request_id: Uuid,
+    pub run_id: Uuid,
+    pub promise: Arc<Promise>,
+    /// With defaults applied.
+    pub params: Value,
+    /// params, request and env, as the run's expressions see them.
+    pub context: Value,
+    pub idempotency_key: Option<String>,
+    pub actor: String,
+}
+
+/// Stores `requests` in one transaction: each request row, then the run,
+/// steps, first history events and root tasks of every request that is new.
+/// A request whose idempotency key was used before gets the earlier request
+/// back (same parameters) or a conflict, and adds nothing. Answers one
+/// outcome per request, in order, and only once the transaction committed;
+/// an `Err` means nothing was stored.
+pub(crate) async fn store_requests(
+    engine: &Engine,
+    requests: &[ValidRequest],
+) -> Result<Vec<Result<Accepted, RequestError>>, RunError> {
+    let mut tx = engine.pool().begin().await?;
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO fulfil.requests (id, promise, promise_version, params, idempotency_key, status,
+                                      run_id, created_by)
+         SELECT id, promise, version, params, key, 'running', run_id, actor
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[], $7::text[])
+              AS u(id, promise, version, params, key, run_id, actor)
+         ON CONFLICT (promise, idempotency_key) DO NOTHING
+         RETURNING id",
+    )
+    .bind(requests.iter().map(|r| r.request_id).collect::<Vec<_>>())
+    .bind(requests.iter().map(|r| r.promise.metadata.name.as_str()).collect::<Vec<_>>())
+    .bind(requests.iter().map(|r| r.promise.metadata.version.as_str()).collect::<Vec<_>>())
+    .bind(requests.iter().map(|r| &r.params).collect::<Vec<_>>())
+    .bind(requests.iter().map(|r| r.idempotency_key.as_deref()).collect::<Vec<_>>())
+    .bind(requests.iter().map(|r| r.run_id).collect::<Vec<_>>())
+    .bind(requests.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+    let earlier = earlier_requests(&mut tx, requests, &inserted).await?;
+
+    let mut runs = Vec::with_capacity(inserted.len());
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for request in requests {
+        if inserted.contains(&request.request_id) {
+            runs.push(start_run(engine, request)?);
+            outcomes.push(Ok(Accepted {
+                request_id: request.request_id,
+                run_id: request.run_id,
+                replayed: false,
+            }));
+            continue;
+        }
+        // Only an idempotency key can conflict, and the request holding it
+        // is visible now: committed by another transaction, or this one's.
+        let key = request.idempotency_key.clone().unwrap_or_default();
+        let holder = earlier.get(&(request.promise.metadata.name.clone(), key.clone()));
+        outcomes.push(match holder {
+            Some((id, Some(run_id), params)) if *params == request.params => Ok(Accepted {
+                request_id: *id,
+                run_id: *run_id,
+                replayed: true,
+            }),
+            Some((id, _, _)) => Err(RequestError::IdempotencyConflict {
+                key,
+                request_id: *id,
+            }),
+            None => Err(RequestError::Run(RunError::Corrupt(format!(
+                "request with idempotency key {key:?} was neither stored nor found"
+            )))),
+        });
+    }
+    let rows = crate::run::flush(&mut tx, &mut runs).await?;
+    tx.commit().await?;
+    engine.after_commit(rows);
+    Ok(outcomes)
+}
+
+/// The requests already holding the idempotency keys of the requests that
+/// were not inserted, by (promise, key): id, run id and parameters.
+async fn earlier_requests(
+    conn: &mut sqlx::PgConnection,
+    requests: &[ValidRequest],
+    inserted: &HashSet<Uuid>,
+) -> Result<HashMap<(String, String), (Uuid, Option<Uuid>, Value)>, RunError> {
+    let (promises, keys): (Vec<&str>, Vec<&str>) = requests
+        .iter()
+        .filter(|r| !inserted.contains(&r.request_id))
+        .filter_map(|r| {
+            Some((
+                r.promise.metadata.name.as_str(),
+                r.idempotency_key.as_deref()?,
+            ))
+        })
+        .unzip();
+    if promises.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, String, Uuid, Option<Uuid>, Value)> = sqlx::query_as(
+        "SELECT q.promise, q.idempotency_key, q.id, q.run_id, q.params
+         FROM fulfil.requests q JOIN UNNEST($1::text[], $2::text[]) AS u(promise, key)
+              ON q.promise = u.promise AND q.idempotency_key = u.key",
+    )
+    .bind(&promises)
+    .bind(&keys)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(promise, key, id, run_id, params)| ((promise, key), (id, run_id, params)))
+        .collect())
+}
+
+/// The run of a new request, with its first events and root tasks, in memory.
+fn start_run(engine: &Engine, request: &ValidRequest) -> Result<Run, RunError> {
+    let promise = &request.promise;
     let mut run = Run::new(
-        run_id,
-        request_id,
-        context,
+        request.run_id,
+        request.request_id,
+        request.context.clone(),
         promise.clone(),
         engine.names().clone(),
         request.actor.clone(),
@@ -182,7 +281,7 @@ pub async fn create_request(
         event::REQUEST_ACCEPTED,
         None,
         None,
-        json!({ "request_id": request_id, "promise": promise.metadata.name,
+        json!({ "request_id": request.request_id, "promise": promise.metadata.name,
                 "promise_version": promise.metadata.version, "idempotency_key": request.idempotency_key }),
     );
     run.record(
@@ -197,13 +296,7 @@ pub async fn create_request(
         run.add_timer("run_timeout", "", None, fire_at);
     }
     advance(&mut run)?;
-    let rows = run.commit(tx).await?;
-    engine.after_commit(rows);
-    Ok(Accepted {
-        request_id,
-        run_id,
-        replayed: false,
-    })
+    Ok(run)
 }
 
 /// The environment variables the Promise reads, captured at request time so

@@ -52,6 +52,7 @@ fn request_error(e: RequestError) -> Problem {
         .with("request_id", json!(request_id)),
         RequestError::InvalidIdempotencyKey(_) => Problem::bad_request(e.to_string()),
         RequestError::Promise(e) => super::promises::promise_error(e),
+        RequestError::IntakeStopped => Problem::unavailable(&e),
         RequestError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
         RequestError::Run(e) => Problem::internal(&e),
     }

@@ -1,0 +1,122 @@
+//! Group commit for new requests.
+//!
+//! Every accepted request needs its request, run, steps, history and first
+//! tasks written and committed before it is answered. Written one at a time,
+//! each is a transaction of its own with a WAL flush at its commit; under
+//! load the commits queue behind each other. The intake instead hands each
+//! validated request to a few writer tasks; a writer takes every request
+//! waiting when it becomes free and stores them all in one transaction
+//! ([`crate::requests::store_requests`]), so the batch grows with the load
+//! and a lone request waits for no one.
+//!
+//! Each request is answered only after the transaction holding it
+//! committed. If a batch fails, its requests are retried one transaction
+//! each, so one bad request cannot fail the others and every caller gets
+//! the error its own request met.
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::Engine;
+use crate::engine::Inner;
+use crate::requests::{Accepted, RequestError, ValidRequest, store_requests};
+
+/// Writer tasks: one can commit while the next batch gathers.
+const WRITERS: usize = 4;
+/// Most requests in one transaction.
+const MAX_BATCH: usize = 256;
+/// Requests waiting for a writer before callers wait to hand theirs over.
+const QUEUE: usize = 4096;
+
+/// A request waiting to be stored, and where its answer goes.
+pub(crate) struct Pending {
+    request: ValidRequest,
+    answer: oneshot::Sender<Result<Accepted, RequestError>>,
+}
+
+pub(crate) type IntakeSender = mpsc::Sender<Pending>;
+
+/// Starts the writers of an engine. They hold the engine weakly: once every
+/// handle is dropped the queue closes and they end.
+pub(crate) fn start(engine: Weak<Inner>) -> IntakeSender {
+    let (sender, receiver) = mpsc::channel(QUEUE);
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..WRITERS {
+        tokio::spawn(write_batches(engine.clone(), receiver.clone()));
+    }
+    sender
+}
+
+/// Stores `request` with whatever else is waiting; answers once committed.
+pub(crate) async fn submit(
+    engine: &Engine,
+    request: ValidRequest,
+) -> Result<Accepted, RequestError> {
+    let (answer, answered) = oneshot::channel();
+    engine
+        .intake()
+        .send(Pending { request, answer })
+        .await
+        .map_err(|_| RequestError::IntakeStopped)?;
+    answered.await.map_err(|_| RequestError::IntakeStopped)?
+}
+
+async fn write_batches(engine: Weak<Inner>, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            match receiver.recv().await {
+                Some(first) => batch.push(first),
+                None => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(engine) = Engine::upgrade(&engine) else {
+            return;
+        };
+        write(&engine, batch).await;
+    }
+}
+
+async fn write(engine: &Engine, batch: Vec<Pending>) {
+    let (requests, answers): (Vec<ValidRequest>, Vec<_>) =
+        batch.into_iter().map(|p| (p.request, p.answer)).unzip();
+    let started = std::time::Instant::now();
+    match store_requests(engine, &requests).await {
+        Ok(outcomes) => {
+            debug!(
+                requests = requests.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "requests stored"
+            );
+            for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                // The caller may have gone away; its request is stored anyway.
+                let _ = answer.send(outcome);
+            }
+        }
+        Err(e) if requests.len() == 1 => {
+            if let Some(answer) = answers.into_iter().next() {
+                let _ = answer.send(Err(RequestError::Run(e)));
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, requests = requests.len(),
+                  "storing a batch of requests failed; storing them one by one");
+            for (request, answer) in requests.iter().zip(answers) {
+                let outcome = match store_requests(engine, std::slice::from_ref(request)).await {
+                    Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(RequestError::IntakeStopped)),
+                    Err(e) => Err(RequestError::Run(e)),
+                };
+                let _ = answer.send(outcome);
+            }
+        }
+    }
+}
