@@ -11,10 +11,11 @@
 //!
 //! Fast path: a process with a NATS connection marks the rows it writes
 //! `fast` and publishes them itself right after its commit, from memory, then
-//! deletes them ([`run_fast_publisher`]); no extra transaction sits between a
-//! commit and the next task reaching a worker. The relay sweeps fast rows
-//! only once they are older than [`FAST_PATH_GRACE_SECS`], i.e. when their
-//! writer died or could not publish.
+//! deletes them in the background ([`run_fast_publisher`]); no extra
+//! transaction sits between a commit and the next task reaching a worker.
+//! The relay sweeps fast rows only once they are older than
+//! [`FAST_PATH_GRACE_SECS`], i.e. when their writer died or could not
+//! publish.
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
@@ -52,15 +53,18 @@ pub struct OutboxRow {
 pub const FAST_PATH_GRACE_SECS: f64 = 2.0;
 
 /// Publishes rows committed by this process as soon as they are handed
-/// over, then deletes them; rows it cannot publish stay for the relay.
+/// over; rows it cannot publish stay for the relay. Deleting what was
+/// published is left to [`delete_published`], so the next tasks never wait
+/// for that cleanup.
 pub(crate) async fn run_fast_publisher(
     pool: sqlx::PgPool,
     js: jetstream::Context,
     mut committed: tokio::sync::mpsc::UnboundedReceiver<Vec<OutboxRow>>,
 ) {
+    let (published, to_delete) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(delete_published(pool, to_delete));
     while let Some(mut rows) = committed.recv().await {
-        // Coalesce whatever else is already waiting into one round of
-        // publishes and one DELETE.
+        // Coalesce whatever else is already waiting into one round of publishes.
         while let Ok(more) = committed.try_recv() {
             rows.extend(more);
             if rows.len() >= 1024 {
@@ -70,19 +74,45 @@ pub(crate) async fn run_fast_publisher(
         match publish_all(&js, &rows).await {
             Ok(()) => {
                 let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                if let Err(e) = sqlx::query("DELETE FROM fulfil.outbox WHERE id = ANY($1)")
-                    .bind(&ids)
-                    .execute(&pool)
-                    .await
-                {
-                    // Published but not deleted: the relay republishes them
-                    // later and the stream drops the duplicates.
-                    warn!(error = %e, rows = ids.len(), "deleting published outbox rows failed");
+                if published.send(ids).is_err() {
+                    return;
                 }
             }
             Err(e) => {
                 warn!(error = %e, rows = rows.len(), "fast publish failed; the relay will retry")
             }
+        }
+    }
+}
+
+/// Deletes published outbox rows, as many at a time as are waiting. The
+/// commit does not wait for the WAL to reach disk: if a crash loses the
+/// delete, the rows are published again by the relay and the stream drops
+/// the copies by their message id, so nothing is lost or doubled.
+async fn delete_published(
+    pool: sqlx::PgPool,
+    mut published: tokio::sync::mpsc::UnboundedReceiver<Vec<i64>>,
+) {
+    while let Some(mut ids) = published.recv().await {
+        while let Ok(more) = published.try_recv() {
+            ids.extend(more);
+        }
+        let deleted = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM fulfil.outbox WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = deleted {
+            // Published but not deleted: the relay republishes them later
+            // and the stream drops the duplicates.
+            warn!(error = %e, rows = ids.len(), "deleting published outbox rows failed");
         }
     }
 }

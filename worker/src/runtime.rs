@@ -157,10 +157,12 @@ impl WorkerConfig {
         Ok(())
     }
 
-    /// Messages asked for per pull request. Small, so a busy worker does not
-    /// hoard tasks that an idle one could run.
+    /// Messages asked for per pull request: half the concurrency, so the
+    /// next tasks are already here when slots free up (the client asks for
+    /// more as the batch drains), yet a busy worker holds at most about its
+    /// concurrency of unstarted tasks that an idle one could run.
     fn pull_batch(&self) -> usize {
-        (self.concurrency / 4).clamp(1, 8)
+        (self.concurrency / 2).clamp(1, 128)
     }
 
     /// Outstanding unacked tasks the consumer allows, for every worker of
@@ -981,8 +983,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(sized(1).pull_batch(), 1);
-        assert_eq!(sized(16).pull_batch(), 4);
-        assert_eq!(sized(1000).pull_batch(), 8);
+        assert_eq!(sized(16).pull_batch(), 8);
+        assert_eq!(sized(1000).pull_batch(), 128);
         assert!(sized(16).max_ack_pending() >= 16);
         assert!(sized(10_000).max_ack_pending() >= 10_000);
 

@@ -61,7 +61,7 @@ pub async fn lock_run(
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut runs = load_runs(engine, conn, rows).await?;
+    let (mut runs, _) = load_runs(engine, conn, rows, &[]).await?;
     Ok(runs.remove(&run_id).map(|mut run| {
         run.actor = actor;
         run
@@ -90,53 +90,53 @@ pub(crate) async fn lock_runs_of_tasks(
     if rows.is_empty() {
         return Ok((HashMap::new(), HashMap::new()));
     }
-    let runs = load_runs(engine, conn, rows).await?;
-    let attempts: Vec<AttemptRow> = sqlx::query_as(
-        "SELECT task_id, run_id, step_id, attempt, status, kind
-         FROM fulfil.attempts WHERE task_id = ANY($1)",
-    )
-    .bind(task_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let attempts = attempts
-        .into_iter()
-        .map(|a| {
-            (
-                a.task_id,
-                LockedAttempt {
-                    task_id: a.task_id,
-                    run_id: a.run_id,
-                    step_id: a.step_id,
-                    attempt: a.attempt,
-                    status: a.status,
-                    kind: a.kind,
-                },
-            )
-        })
-        .collect();
-    Ok((runs, attempts))
+    load_runs(engine, conn, rows, task_ids).await
 }
 
-/// Reads the steps of locked runs and builds their in-memory state.
+/// Reads the steps of locked runs, and the attempts `task_ids`, in one
+/// statement, and builds the runs' in-memory state. The statement runs
+/// after the locks are held, and attempts only change under their run's
+/// lock, so what it reads is current.
 async fn load_runs(
     engine: &Engine,
     conn: &mut PgConnection,
     rows: Vec<RunRow>,
-) -> Result<HashMap<Uuid, Run>, RunError> {
+    task_ids: &[Uuid],
+) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
     if rows.is_empty() {
-        return Ok(HashMap::new());
+        return Ok((HashMap::new(), HashMap::new()));
     }
     let run_ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let step_rows: Vec<StepDbRow> = sqlx::query_as(
+    let state_rows: Vec<StateRow> = sqlx::query_as(
         "SELECT run_id, step_id, status, attempt, outputs, input, error, compensation_status,
-                compensation_attempt, compensation_outputs, compensation_error
-         FROM fulfil.steps WHERE run_id = ANY($1)",
+                compensation_attempt, compensation_outputs, compensation_error, NULL::uuid AS task_id,
+                NULL::text AS kind
+         FROM fulfil.steps WHERE run_id = ANY($1)
+         UNION ALL
+         SELECT run_id, step_id, status, attempt, NULL, NULL, NULL, NULL, 0, NULL, NULL, task_id, kind
+         FROM fulfil.attempts WHERE task_id = ANY($2)",
     )
     .bind(&run_ids)
+    .bind(task_ids)
     .fetch_all(&mut *conn)
     .await?;
     let mut steps_by_run: HashMap<Uuid, HashMap<String, StepRow>> = HashMap::new();
-    for r in step_rows {
+    let mut attempts = HashMap::new();
+    for r in state_rows {
+        if let (Some(task_id), Some(kind)) = (r.task_id, r.kind) {
+            attempts.insert(
+                task_id,
+                LockedAttempt {
+                    task_id,
+                    run_id: r.run_id,
+                    step_id: r.step_id,
+                    attempt: r.attempt,
+                    status: r.status,
+                    kind,
+                },
+            );
+            continue;
+        }
         let status = StepStatus::parse(&r.status)
             .ok_or_else(|| RunError::Corrupt(format!("step status {:?}", r.status)))?;
         let compensation = match r.compensation_status.as_deref() {
@@ -191,7 +191,7 @@ async fn load_runs(
             },
         );
     }
-    Ok(runs)
+    Ok((runs, attempts))
 }
 
 #[derive(sqlx::FromRow)]
@@ -207,8 +207,10 @@ struct RunRow {
     stop_reason: Option<String>,
 }
 
+/// A step of a locked run or, with `task_id` and `kind` set, one of the
+/// reported attempts (its status and attempt number in the step's columns).
 #[derive(sqlx::FromRow)]
-struct StepDbRow {
+struct StateRow {
     run_id: Uuid,
     step_id: String,
     status: String,
@@ -220,14 +222,6 @@ struct StepDbRow {
     compensation_attempt: i32,
     compensation_outputs: Option<Value>,
     compensation_error: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct AttemptRow {
-    task_id: Uuid,
-    run_id: Uuid,
-    step_id: String,
-    attempt: i32,
-    status: String,
-    kind: String,
+    task_id: Option<Uuid>,
+    kind: Option<String>,
 }
