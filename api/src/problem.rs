@@ -15,6 +15,8 @@ pub struct Problem {
     pub detail: String,
     /// Extra members, e.g. `errors` with every validation problem.
     pub extra: Map<String, Value>,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    pub retry_after_s: Option<u32>,
 }
 
 impl Problem {
@@ -30,6 +32,7 @@ impl Problem {
             title,
             detail: detail.into(),
             extra: Map::new(),
+            retry_after_s: None,
         }
     }
 
@@ -74,6 +77,23 @@ impl Problem {
             "Service unavailable",
             format!("a dependency is unavailable, retry later: {error}"),
         )
+        .retry_after(1)
+    }
+
+    /// Load shedding: the request was turned away unstored.
+    pub fn overloaded(error: &dyn std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            error.to_string(),
+        )
+        .retry_after(1)
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
 }
 
@@ -93,6 +113,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -113,5 +138,23 @@ pub fn from_db(error: &sqlx::Error) -> Problem {
         Problem::unavailable(error)
     } else {
         Problem::internal(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_problems_say_when_to_retry() {
+        let shed = Problem::overloaded(&"queue full").into_response();
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            shed.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from_static("1"))
+        );
+        let bug = Problem::internal(&"boom").into_response();
+        assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(bug.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -162,6 +162,7 @@ async fn apply_workflows(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
                 let outcome = promises::apply(engine.pool(), &promise)
                     .await
                     .with_context(|| format!("applying {}", file.display()))?;
+                engine.promises().forget_head(&promise.metadata.name);
                 info!(file = %file.display(), name = %promise.metadata.name,
                       version = %promise.metadata.version, ?outcome, "Promise applied");
             }

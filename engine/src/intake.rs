@@ -27,8 +27,11 @@ use crate::requests::{Accepted, RequestError, ValidRequest, store_requests};
 const WRITERS: usize = 4;
 /// Most requests in one transaction.
 const MAX_BATCH: usize = 256;
-/// Requests waiting for a writer before callers wait to hand theirs over.
-const QUEUE: usize = 4096;
+/// Requests waiting for a writer before new ones are turned away. Each
+/// waiting request also holds its caller's HTTP connection (tens of KiB of
+/// buffers in the API), so this bounds the API's memory under overload; at
+/// the writers' pace it is well under a second of work.
+pub(crate) const QUEUE: usize = 1024;
 
 /// A request waiting to be stored, and where its answer goes.
 pub(crate) struct Pending {
@@ -50,6 +53,8 @@ pub(crate) fn start(engine: Weak<Inner>) -> IntakeSender {
 }
 
 /// Stores `request` with whatever else is waiting; answers once committed.
+/// A full queue turns the request away at once ([`RequestError::Overloaded`])
+/// rather than letting callers pile up without bound.
 pub(crate) async fn submit(
     engine: &Engine,
     request: ValidRequest,
@@ -57,9 +62,11 @@ pub(crate) async fn submit(
     let (answer, answered) = oneshot::channel();
     engine
         .intake()
-        .send(Pending { request, answer })
-        .await
-        .map_err(|_| RequestError::IntakeStopped)?;
+        .try_send(Pending { request, answer })
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => RequestError::Overloaded(QUEUE),
+            mpsc::error::TrySendError::Closed(_) => RequestError::IntakeStopped,
+        })?;
     answered.await.map_err(|_| RequestError::IntakeStopped)?
 }
 

@@ -65,11 +65,18 @@ pub struct PromiseRecord {
 
 /// Parsed Promise versions, shared by every task of a process. Versions are
 /// immutable, so an entry never goes stale.
+///
+/// Heads do move, when any process applies a new version; the cached head
+/// is a guess that the transaction storing a request checks
+/// ([`crate::requests`]), and a request validated against a version that is
+/// no longer the head is validated again against the new one.
 #[derive(Debug, Default, Clone)]
 pub struct PromiseCache {
     entries: Arc<RwLock<HashMap<NameVersion, Arc<Promise>>>>,
     /// Compiled request schemas, so a request does not recompile one.
     schemas: Arc<RwLock<HashMap<NameVersion, Arc<ParamsSchema>>>>,
+    /// The head version of each name, as last read.
+    heads: Arc<RwLock<HashMap<String, String>>>,
 }
 
 type NameVersion = (String, String);
@@ -139,15 +146,37 @@ impl PromiseCache {
         Ok(schema)
     }
 
-    /// The head version of `name`.
+    /// The head version of `name`, as this process last saw it (read from
+    /// the store the first time and after [`Self::forget_head`]).
     pub async fn load_head(&self, pool: &PgPool, name: &str) -> Result<Arc<Promise>, PromiseError> {
-        let version: Option<String> =
-            sqlx::query_scalar("SELECT version FROM fulfil.promise_heads WHERE name = $1")
-                .bind(name)
-                .fetch_optional(pool)
-                .await?;
-        let version = version.ok_or_else(|| PromiseError::NotFound(name.to_string()))?;
+        let cached = self
+            .heads
+            .read()
+            .ok()
+            .and_then(|heads| heads.get(name).cloned());
+        let version = match cached {
+            Some(version) => version,
+            None => {
+                let version: Option<String> =
+                    sqlx::query_scalar("SELECT version FROM fulfil.promise_heads WHERE name = $1")
+                        .bind(name)
+                        .fetch_optional(pool)
+                        .await?;
+                let version = version.ok_or_else(|| PromiseError::NotFound(name.to_string()))?;
+                if let Ok(mut heads) = self.heads.write() {
+                    heads.insert(name.to_string(), version.clone());
+                }
+                version
+            }
+        };
         self.load(pool, name, &version).await
+    }
+
+    /// Drops the cached head of `name`: it moved, here or elsewhere.
+    pub fn forget_head(&self, name: &str) {
+        if let Ok(mut heads) = self.heads.write() {
+            heads.remove(name);
+        }
     }
 }
 

@@ -8,6 +8,11 @@
 //! Only after that transaction commits is the request answered (HTTP 202),
 //! so nothing acknowledged can be lost. Invalid input is refused before
 //! anything is written.
+//!
+//! The Promise's head version comes from a per-process cache, so a request
+//! costs no read of its own; the storing transaction inserts a request only
+//! if the version it was validated against is still the head, and one that
+//! lost the head is validated again against the new one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -68,6 +73,18 @@ pub enum RequestError {
     /// This process is shutting down and stored nothing; try again.
     #[error("the engine is shutting down; the request was not stored")]
     IntakeStopped,
+    /// More requests are waiting to be stored than the intake holds; this
+    /// one was turned away before anything was stored. Retry shortly.
+    #[error(
+        "the engine is taking in more requests than it can store ({0} waiting); the request was not stored, retry shortly"
+    )]
+    Overloaded(usize),
+    /// The Promise's head version kept moving while the request was being
+    /// stored; nothing was stored. Retry.
+    #[error(
+        "Promise {0:?} got a new version while the request was being stored; the request was not stored, retry"
+    )]
+    HeadMoved(String),
     /// The run could not be created; the transaction rolled back.
     #[error(transparent)]
     Run(#[from] RunError),
@@ -94,6 +111,25 @@ pub async fn create_request(
             key.len()
         )));
     }
+    // The head is a cached guess; the storing transaction checks it, and a
+    // request validated against a version that lost the head is validated
+    // again against the new head.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match validate_and_store(engine, &request).await {
+            Err(RequestError::HeadMoved(name)) if tries < 3 => {
+                engine.promises().forget_head(&name);
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn validate_and_store(
+    engine: &Engine,
+    request: &NewRequest,
+) -> Result<Accepted, RequestError> {
     let promise = match engine
         .promises()
         .load_head(engine.pool(), &request.promise)
@@ -101,14 +137,14 @@ pub async fn create_request(
     {
         Ok(p) => p,
         Err(PromiseError::NotFound(_)) => {
-            return Err(RequestError::UnknownPromise(request.promise));
+            return Err(RequestError::UnknownPromise(request.promise.clone()));
         }
         Err(e) => return Err(RequestError::Promise(e)),
     };
     let params = engine
         .promises()
         .params_schema(&promise)
-        .and_then(|schema| schema.validate(request.params))
+        .and_then(|schema| schema.validate(request.params.clone()))
         .map_err(|e| match e {
             ParamsError::Invalid(violations) => RequestError::InvalidParams {
                 promise: request.promise.clone(),
@@ -140,8 +176,8 @@ pub async fn create_request(
             promise,
             params,
             context,
-            idempotency_key: request.idempotency_key,
-            actor: request.actor,
+            idempotency_key: request.idempotency_key.clone(),
+            actor: request.actor.clone(),
         },
     )
     .await
@@ -164,7 +200,9 @@ pub(crate) struct ValidRequest {
 /// Stores `requests` in one transaction: each request row, then the run,
 /// steps, first history events and root tasks of every request that is new.
 /// A request whose idempotency key was used before gets the earlier request
-/// back (same parameters) or a conflict, and adds nothing. Answers one
+/// back (same parameters) or a conflict, and adds nothing; one validated
+/// against a version that is no longer its Promise's head is not stored
+/// and gets [`RequestError::HeadMoved`]. Answers one
 /// outcome per request, in order, and only once the transaction committed;
 /// an `Err` means nothing was stored.
 pub(crate) async fn store_requests(
@@ -178,6 +216,8 @@ pub(crate) async fn store_requests(
          SELECT id, promise, version, params, key, 'running', run_id, actor
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[], $7::text[])
               AS u(id, promise, version, params, key, run_id, actor)
+         WHERE EXISTS (SELECT 1 FROM fulfil.promise_heads h
+                       WHERE h.name = u.promise AND h.version = u.version)
          ON CONFLICT (promise, idempotency_key) DO NOTHING
          RETURNING id",
     )
@@ -205,8 +245,9 @@ pub(crate) async fn store_requests(
             }));
             continue;
         }
-        // Only an idempotency key can conflict, and the request holding it
-        // is visible now: committed by another transaction, or this one's.
+        // Not stored: its idempotency key is held by an earlier request,
+        // visible now (committed by another transaction, or this one's), or
+        // else its version lost the head.
         let key = request.idempotency_key.clone().unwrap_or_default();
         let holder = earlier.get(&(request.promise.metadata.name.clone(), key.clone()));
         outcomes.push(match holder {
@@ -219,9 +260,9 @@ pub(crate) async fn store_requests(
                 key,
                 request_id: *id,
             }),
-            None => Err(RequestError::Run(RunError::Corrupt(format!(
-                "request with idempotency key {key:?} was neither stored nor found"
-            )))),
+            None => Err(RequestError::HeadMoved(
+                request.promise.metadata.name.clone(),
+            )),
         });
     }
     let rows = crate::run::flush(&mut tx, &mut runs).await?;

@@ -259,3 +259,42 @@ async fn promise_versions_are_kept_for_runs_that_use_them() -> anyhow::Result<()
     );
     stack.stop().await
 }
+
+/// Another process moves the head while this API still has the old one
+/// cached: the next request is validated against, and bound to, the new head.
+#[tokio::test]
+async fn a_head_moved_by_another_process_is_used_by_the_next_request() -> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    stack.apply(PROMISE).await?;
+    let first = stack.request("db", json!({ "name": "first" })).await?;
+    // v2 renames the default size; applied straight to the store, as a
+    // second API process would, so this API's cached head is not told.
+    let v2 = PROMISE.replace("version: \"1\"", "version: \"2\"").replace(
+        "enum: [small, large], default: small",
+        "enum: [medium, large], default: medium",
+    );
+    let v2 = fulfil_spec::Promise::parse(&v2).map_err(|e| anyhow::anyhow!("{e}"))?;
+    fulfil_engine::promises::apply(&stack.pool, &v2).await?;
+
+    let second = stack.request("db", json!({ "name": "second" })).await?;
+    assert_eq!(stack.run(first).await?["promise_version"], "1");
+    assert_eq!(stack.run(second).await?["promise_version"], "2");
+    let (params,): (serde_json::Value,) =
+        sqlx::query_as("SELECT params FROM fulfil.requests WHERE run_id = $1")
+            .bind(second)
+            .fetch_one(&stack.pool)
+            .await?;
+    assert_eq!(params, json!({ "name": "second", "size": "medium" }));
+
+    // Under v2, v1's size is refused, and nothing more is stored.
+    let (status, _, body) = stack
+        .post_request(
+            "db",
+            json!({ "params": { "name": "third", "size": "small" } }),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 422, "{body:#}");
+    assert_eq!(stack.count("requests").await?, 2);
+    stack.stop().await
+}

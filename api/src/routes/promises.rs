@@ -63,6 +63,9 @@ pub async fn apply(
     let outcome = promises::apply(state.engine.pool(), &promise)
         .await
         .map_err(promise_error)?;
+    // Requests this process takes next use the new head without waiting
+    // for a storing transaction to find the cached one stale.
+    state.engine.promises().forget_head(&name);
     let status = match outcome {
         ApplyOutcome::Created => StatusCode::CREATED,
         ApplyOutcome::Unchanged => StatusCode::OK,

@@ -53,6 +53,7 @@ fn request_error(e: RequestError) -> Problem {
         RequestError::InvalidIdempotencyKey(_) => Problem::bad_request(e.to_string()),
         RequestError::Promise(e) => super::promises::promise_error(e),
         RequestError::IntakeStopped => Problem::unavailable(&e),
+        RequestError::Overloaded(_) | RequestError::HeadMoved(_) => Problem::overloaded(&e),
         RequestError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
         RequestError::Run(e) => Problem::internal(&e),
     }

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::procs::{self, ProcessFigures, Role};
-use super::report::{Percentiles, Report, Stages};
+use super::report::{self, Percentiles, Report, Stages};
 use super::{BenchArgs, Scenario, Topology};
 
 const PROMISE: &str = "bench";
@@ -110,7 +110,21 @@ impl Load {
 
 struct Submitted {
     request_id: Uuid,
+    /// Round trip of the POST that was accepted.
     accept: Duration,
+    /// Earlier POSTs of it that were turned away (503 with Retry-After).
+    shed: usize,
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 /// Files `count` requests at the configured concurrency or rate and waits
@@ -145,18 +159,34 @@ async fn offer(
         };
         let (http, url, body, load) = (http.clone(), url.clone(), body.clone(), load.clone());
         tasks.spawn(async move {
-            let sent = Instant::now();
-            let response = http.post(&url).json(&body).send().await?;
-            let accept = sent.elapsed();
-            let status = response.status();
-            let answer: Value = response.json().await?;
-            if status.as_u16() != 202 {
-                bail!("request refused with {status}: {answer}");
+            let mut shed = 0;
+            loop {
+                let sent = Instant::now();
+                let response = http.post(&url).json(&body).send().await?;
+                let accept = sent.elapsed();
+                let status = response.status();
+                // Turned away unstored: wait as told and file it again.
+                if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && let Some(wait) = retry_after(&response)
+                    && Instant::now() + wait < deadline
+                {
+                    shed += 1;
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let answer: Value = response.json().await?;
+                if status.as_u16() != 202 {
+                    bail!("request refused with {status}: {answer}");
+                }
+                let run_id: Uuid = answer["run_id"].as_str().unwrap_or_default().parse()?;
+                let request_id: Uuid = answer["request_id"].as_str().unwrap_or_default().parse()?;
+                load.submitted(run_id, permit);
+                return anyhow::Ok(Submitted {
+                    request_id,
+                    accept,
+                    shed,
+                });
             }
-            let run_id: Uuid = answer["run_id"].as_str().unwrap_or_default().parse()?;
-            let request_id: Uuid = answer["request_id"].as_str().unwrap_or_default().parse()?;
-            load.submitted(run_id, permit);
-            anyhow::Ok(Submitted { request_id, accept })
         });
     }
     let mut submitted = Vec::with_capacity(count);
@@ -402,8 +432,10 @@ async fn measure(
         per_step_overhead_ms: latency.p50 / critical_path as f64,
         latency_ms: latency,
         accept_ms: Percentiles::of(&accepts),
+        shed_requests: submitted.iter().map(|s| s.shed).sum(),
         pg_xact: xact_after - xact_before,
         pg_xact_per_step: (xact_after - xact_before) as f64 / total_steps,
+        peak_runs_in_flight: report::peak_overlap(rows.iter().map(|r| (r.1, r.2))),
         processes,
         stages_ms: stages,
     })

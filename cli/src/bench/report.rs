@@ -55,8 +55,14 @@ pub struct Report {
     pub per_step_overhead_ms: f64,
     /// `POST .../requests` round trip seen by the client.
     pub accept_ms: Percentiles,
+    /// POSTs the API turned away under overload (503, `Retry-After`) and
+    /// the bench filed again; not counted in `accept_ms`.
+    pub shed_requests: usize,
     pub pg_xact: i64,
     pub pg_xact_per_step: f64,
+    /// Most runs accepted and not yet finished at one instant, from the
+    /// same Postgres timestamps as the latency.
+    pub peak_runs_in_flight: usize,
     pub processes: Vec<ProcessFigures>,
     /// Where each step's time went.
     pub stages_ms: Stages,
@@ -106,10 +112,12 @@ impl Report {
                 "accept ms p50/p99",
                 format!("{:.2} / {:.2}", self.accept_ms.p50, self.accept_ms.p99),
             ),
+            ("requests shed (retried)", self.shed_requests.to_string()),
             (
                 "pg transactions/step",
                 format!("{:.2} ({} in all)", self.pg_xact_per_step, self.pg_xact),
             ),
+            ("peak runs in flight", self.peak_runs_in_flight.to_string()),
             ("failed workflows", self.failed.to_string()),
             ("duration s", format!("{:.2}", self.duration_s)),
         ];
@@ -141,5 +149,39 @@ impl Report {
             ));
         }
         out
+    }
+}
+
+/// The most intervals `[start, end)` open at one instant.
+pub fn peak_overlap<T: Ord + Copy>(intervals: impl IntoIterator<Item = (T, T)>) -> usize {
+    // An end sorts before a start at the same instant: a run that finished
+    // when another was accepted was not in flight beside it.
+    let mut edges: Vec<(T, bool)> = intervals
+        .into_iter()
+        .flat_map(|(start, end)| [(start, true), (end, false)])
+        .collect();
+    edges.sort();
+    let (mut open, mut peak) = (0usize, 0usize);
+    for (_, is_start) in edges {
+        if is_start {
+            open += 1;
+            peak = peak.max(open);
+        } else {
+            open = open.saturating_sub(1);
+        }
+    }
+    peak
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peak_overlap;
+
+    #[test]
+    fn peak_overlap_counts_runs_open_together() {
+        assert_eq!(peak_overlap(Vec::<(i32, i32)>::new()), 0);
+        assert_eq!(peak_overlap([(0, 10), (2, 5), (3, 4), (6, 8)]), 3);
+        // Back to back is not overlapping.
+        assert_eq!(peak_overlap([(0, 5), (5, 9), (9, 12)]), 1);
     }
 }
