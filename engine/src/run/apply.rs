@@ -20,7 +20,7 @@ use fulfil_spec::dag::CompensationStatus;
 use fulfil_spec::wire::{Outcome, ProgressMessage, ResultMessage, TaskKind};
 use serde_json::json;
 use sqlx::PgConnection;
-use tracing::info_span;
+use tracing::{info_span, trace};
 use uuid::Uuid;
 
 use super::advance::{advance, attempt_failed, set_compensation, set_step};
@@ -105,14 +105,23 @@ impl ReportBatch<'_> {
         let mut task_ids: Vec<Uuid> = self.reports.iter().map(Report::task_id).collect();
         task_ids.sort_unstable();
         task_ids.dedup();
+        let started = std::time::Instant::now();
         let (mut runs, mut attempts) = lock_runs_of_tasks(engine, conn, &task_ids).await?;
+        let loaded = started.elapsed();
         let outcomes = self
             .reports
             .iter()
             .map(|report| apply_one(engine, &mut runs, &mut attempts, report))
             .collect();
+        let decided = started.elapsed();
         let mut runs: Vec<Run> = runs.into_values().collect();
         let outbox_rows = flush(conn, &mut runs).await?;
+        trace!(
+            lock_and_read_us = loaded.as_micros() as u64,
+            decide_us = (decided - loaded).as_micros() as u64,
+            flush_us = (started.elapsed() - decided).as_micros() as u64,
+            "batch decided and written"
+        );
         Ok(BatchOutcome {
             outcomes,
             outbox_rows,
