@@ -445,6 +445,12 @@ async fn measure(
 /// (the dispatching transaction) to the worker's start, the handler, and
 /// the worker's finish to the commit that applied the result.
 async fn stage_breakdown(pool: &sqlx::PgPool, request_ids: &[Uuid]) -> anyhow::Result<Stages> {
+    // The tables grew from empty during the run and autovacuum may not
+    // have seen them yet: without fresh statistics this join is planned
+    // as nested scans and took 30 s for 12,000 workflows (0.1 s after).
+    sqlx::query("ANALYZE fulfil.requests, fulfil.attempts, fulfil.history")
+        .execute(pool)
+        .await?;
     let rows: Vec<(f64, f64, f64)> = sqlx::query_as(
         "SELECT (extract(epoch FROM a.started_at - a.dispatched_at) * 1000)::float8,
                 (extract(epoch FROM a.finished_at - a.started_at) * 1000)::float8,
