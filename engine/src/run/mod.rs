@@ -37,7 +37,7 @@ pub use apply::{
 };
 pub use load::{LockedAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
-pub(crate) use writes::{AttemptUpdate, RequestStatus, RunEnding, flush};
+pub(crate) use writes::{AttemptUpdate, LeadingPart, RequestStatus, RunEnding, flush, flush_with};
 pub use writes::{OutboxMessage, PendingEvent};
 
 /// Kinds of history event, as stored in `history.type`.

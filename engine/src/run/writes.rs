@@ -12,6 +12,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgConnection};
 use uuid::Uuid;
 
@@ -200,6 +202,32 @@ pub(crate) async fn flush(
     conn: &mut PgConnection,
     runs: &mut [Run],
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    flush_with(conn, runs, None).await
+}
+
+/// A statement part written first, in the same statement as a flush: the
+/// rows the flushed runs refer to (their requests).
+pub(crate) struct LeadingPart<'a> {
+    pub name: &'static str,
+    /// Numbers its parameters from `$1`.
+    pub sql: &'static str,
+    pub bind: BindArguments<'a>,
+}
+
+/// Binds a statement part's parameters, in order.
+pub(crate) type BindArguments<'a> =
+    Box<dyn FnOnce(&mut PgArguments) -> Result<(), BoxDynError> + Send + 'a>;
+
+/// [`flush`], with `leading` written by the same statement. Run outside a
+/// transaction, that statement is a transaction of its own: one round trip
+/// that writes everything or nothing, provided the runs need no second
+/// statement (no cancelled attempts, and the fast publisher rather than
+/// the relay's notification).
+pub(crate) async fn flush_with(
+    conn: &mut PgConnection,
+    runs: &mut [Run],
+    leading: Option<LeadingPart<'_>>,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let mut columns = Columns::default();
     let mut cancels = Vec::new();
     let mut slow_outbox = false;
@@ -213,10 +241,17 @@ pub(crate) async fn flush(
         }
         columns.add(run, writes, &mut cancels);
     }
-    if columns.is_empty() && cancels.is_empty() {
+    if columns.is_empty() && cancels.is_empty() && leading.is_none() {
         return Ok(Vec::new());
     }
-    let inserted: Vec<(i64, String)> = columns.write(conn).await?;
+    if leading.is_some() && (!cancels.is_empty() || slow_outbox) {
+        // Refused before writing: a second statement outside a transaction
+        // could commit half of the change.
+        return Err(sqlx::Error::Protocol(
+            "a flush with a leading part must fit in one statement".into(),
+        ));
+    }
+    let inserted: Vec<(i64, String)> = columns.write(conn, leading).await?;
     if !cancels.is_empty() {
         write_cancels(conn, &cancels).await?;
     }
@@ -503,8 +538,15 @@ impl Columns {
     /// one row into one entry, and timers armed then cleared in the same
     /// change were never buffered. Foreign keys between rows inserted by
     /// sibling CTEs hold: they are checked once the whole statement ran.
-    async fn write(&self, conn: &mut PgConnection) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        leading: Option<LeadingPart<'_>>,
+    ) -> Result<Vec<(i64, String)>, sqlx::Error> {
         let mut statement = Statement::default();
+        if let Some(part) = leading {
+            statement.part(part.name, part.sql, part.bind);
+        }
         if !self.c_run.is_empty() {
             statement.part(
                 "created_runs",
@@ -745,9 +787,9 @@ impl Columns {
 #[derive(Default)]
 struct Statement {
     sql: String,
-    arguments: sqlx::postgres::PgArguments,
+    arguments: PgArguments,
     bound: usize,
-    failed: Option<sqlx::error::BoxDynError>,
+    failed: Option<BoxDynError>,
 }
 
 impl Statement {
@@ -755,7 +797,7 @@ impl Statement {
         &mut self,
         name: &str,
         sql: &str,
-        bind: impl FnOnce(&mut sqlx::postgres::PgArguments) -> Result<(), sqlx::error::BoxDynError>,
+        bind: impl FnOnce(&mut PgArguments) -> Result<(), BoxDynError>,
     ) {
         self.sql
             .push_str(if self.sql.is_empty() { "WITH " } else { ",\n" });
