@@ -222,11 +222,13 @@ pub(crate) async fn store_requests(
         }
     }
     let mut tx = engine.pool().begin().await?;
-    let inserted: Vec<Uuid> = bind_request_columns(
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+    let mut arguments = sqlx::postgres::PgArguments::default();
+    bind_requests(&mut arguments, requests).map_err(sqlx::Error::Encode)?;
+    let inserted: Vec<Uuid> = sqlx::query_scalar_with(
+        sqlx::AssertSqlSafe(format!(
             "{INSERT_REQUESTS}\n ON CONFLICT (promise, idempotency_key) DO NOTHING RETURNING id"
-        ))),
-        requests,
+        )),
+        arguments,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -282,38 +284,19 @@ const INSERT_REQUESTS: &str =
  WHERE EXISTS (SELECT 1 FROM fulfil.promise_heads h
                WHERE h.name = u.promise AND h.version = u.version)";
 
-fn bind_request_columns<'q, O>(
-    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+/// Binds the columns of [`INSERT_REQUESTS`].
+fn bind_requests(
+    arguments: &mut sqlx::postgres::PgArguments,
     requests: &[ValidRequest],
-) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    query
-        .bind(requests.iter().map(|r| r.request_id).collect::<Vec<_>>())
-        .bind(
-            requests
-                .iter()
-                .map(|r| r.promise.metadata.name.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            requests
-                .iter()
-                .map(|r| r.promise.metadata.version.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            requests
-                .iter()
-                .map(|r| r.params.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            requests
-                .iter()
-                .map(|r| r.idempotency_key.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(requests.iter().map(|r| r.run_id).collect::<Vec<_>>())
-        .bind(requests.iter().map(|r| r.actor.clone()).collect::<Vec<_>>())
+) -> Result<(), sqlx::error::BoxDynError> {
+    let column = |f: fn(&ValidRequest) -> Option<&str>| requests.iter().map(f).collect::<Vec<_>>();
+    arguments.add(requests.iter().map(|r| r.request_id).collect::<Vec<_>>())?;
+    arguments.add(column(|r| Some(r.promise.metadata.name.as_str())))?;
+    arguments.add(column(|r| Some(r.promise.metadata.version.as_str())))?;
+    arguments.add(requests.iter().map(|r| &r.params).collect::<Vec<_>>())?;
+    arguments.add(column(|r| r.idempotency_key.as_deref()))?;
+    arguments.add(requests.iter().map(|r| r.run_id).collect::<Vec<_>>())?;
+    arguments.add(column(|r| Some(r.actor.as_str())))
 }
 
 /// The common case in one round trip: requests without idempotency keys
@@ -333,30 +316,7 @@ async fn store_in_one_statement(
     let leading = crate::run::LeadingPart {
         name: "new_requests",
         sql: INSERT_REQUESTS,
-        bind: Box::new(|a| {
-            a.add(requests.iter().map(|r| r.request_id).collect::<Vec<_>>())?;
-            a.add(
-                requests
-                    .iter()
-                    .map(|r| r.promise.metadata.name.as_str())
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(
-                requests
-                    .iter()
-                    .map(|r| r.promise.metadata.version.as_str())
-                    .collect::<Vec<_>>(),
-            )?;
-            a.add(requests.iter().map(|r| &r.params).collect::<Vec<_>>())?;
-            a.add(requests.iter().map(|_| None::<&str>).collect::<Vec<_>>())?;
-            a.add(requests.iter().map(|r| r.run_id).collect::<Vec<_>>())?;
-            a.add(
-                requests
-                    .iter()
-                    .map(|r| r.actor.as_str())
-                    .collect::<Vec<_>>(),
-            )
-        }),
+        bind: Box::new(|arguments| bind_requests(arguments, requests)),
     };
     let mut conn = engine.pool().acquire().await?;
     let rows = crate::run::flush_with(&mut conn, &mut runs, Some(leading)).await?;
