@@ -29,27 +29,55 @@ impl Api {
         })
     }
 
+    /// Sends `request`. A request the API shed (503 `.../overloaded` with
+    /// `Retry-After`: turned away before anything was stored) is sent again
+    /// after the wait it names, up to [`SEND_TRIES`] times in all. Other
+    /// 503s are reported, not retried: a connection lost during a commit
+    /// cannot say whether the commit happened.
     async fn send(
         &self,
-        request: reqwest::RequestBuilder,
+        mut request: reqwest::RequestBuilder,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        let response = request.send().await.with_context(|| {
-            format!(
-                "cannot reach the Fulfil API at {} (is `fulfil dev` running?)",
-                self.base
-            )
-        })?;
-        let status = response.status();
-        let text = response.text().await.context("reading the API response")?;
-        let body: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        if status.is_client_error() || status.is_server_error() {
-            return Err(anyhow!(describe_problem(status, &body)));
+        let mut tries = 1;
+        loop {
+            let again = request.try_clone();
+            let response = request.send().await.with_context(|| {
+                format!(
+                    "cannot reach the Fulfil API at {} (is `fulfil dev` running?)",
+                    self.base
+                )
+            })?;
+            let status = response.status();
+            let wait = retry_after(&response);
+            let text = response.text().await.context("reading the API response")?;
+            let body: Value = if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            };
+            let shed = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && body["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("/overloaded"));
+            if shed
+                && tries < SEND_TRIES
+                && let (Some(again), Some(wait)) = (again, wait)
+            {
+                let wait = wait.min(MAX_RETRY_WAIT);
+                eprintln!(
+                    "the API is overloaded and stored nothing; retrying in {} s",
+                    wait.as_secs()
+                );
+                tokio::time::sleep(wait).await;
+                request = again;
+                tries += 1;
+                continue;
+            }
+            if status.is_client_error() || status.is_server_error() {
+                return Err(anyhow!(describe_problem(status, &body)));
+            }
+            return Ok((status, body));
         }
-        Ok((status, body))
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -58,6 +86,23 @@ impl Api {
             .await?
             .1)
     }
+}
+
+/// Sends of one CLI request, the first included, while the API answers 503.
+const SEND_TRIES: u32 = 4;
+/// Longest wait between them, whatever `Retry-After` says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
+/// The wait a `Retry-After` header names, in seconds.
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let seconds: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
 }
 
 fn describe_problem(status: reqwest::StatusCode, body: &Value) -> String {
@@ -542,5 +587,96 @@ pub fn text(v: &Value) -> String {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::routing::post;
+
+    use super::*;
+
+    const OVERLOADED: &str =
+        r#"{"type":"https://fulfil.dev/problems/overloaded","title":"Overloaded"}"#;
+    const UNAVAILABLE: &str =
+        r#"{"type":"https://fulfil.dev/problems/unavailable","title":"Service unavailable"}"#;
+
+    /// An API answering 503 with `problem` (and `Retry-After: 0` when
+    /// `retry_after`) to its first `busy` requests, then 202; returns a
+    /// client of it and the count of requests it received.
+    async fn busy_api(
+        busy: u32,
+        retry_after: bool,
+        problem: &'static str,
+    ) -> anyhow::Result<(Api, Arc<AtomicU32>)> {
+        let seen = Arc::new(AtomicU32::new(0));
+        let counter = seen.clone();
+        let app = axum::Router::new().route(
+            "/requests",
+            post(move || {
+                let counter = counter.clone();
+                async move {
+                    let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                    let mut headers = HeaderMap::new();
+                    if n <= busy {
+                        if retry_after {
+                            headers.insert(header::RETRY_AFTER, "0".parse().expect("header"));
+                        }
+                        (StatusCode::SERVICE_UNAVAILABLE, headers, problem)
+                    } else {
+                        (StatusCode::ACCEPTED, headers, r#"{"run_id":"r"}"#)
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let api = Api {
+            http: reqwest::Client::new(),
+            base,
+        };
+        Ok((api, seen))
+    }
+
+    async fn post_to(api: &Api) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        api.send(api.http.post(format!("{}/requests", api.base)).body("{}"))
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_shed_request_is_sent_again_after_the_wait_it_names() -> anyhow::Result<()> {
+        let (api, seen) = busy_api(2, true, OVERLOADED).await?;
+        let (status, body) = post_to(&api).await?;
+        assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+        assert_eq!(body["run_id"], "r");
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn retries_stop_after_the_last_try_and_the_problem_is_reported() -> anyhow::Result<()> {
+        let (api, seen) = busy_api(100, true, OVERLOADED).await?;
+        let error = post_to(&api).await.expect_err("still overloaded");
+        assert!(error.to_string().contains("Overloaded (503)"), "{error}");
+        assert_eq!(seen.load(Ordering::SeqCst), SEND_TRIES);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn other_503s_are_reported_not_retried() -> anyhow::Result<()> {
+        // Without Retry-After, and a database outage, which may have hit a
+        // commit that happened.
+        for (retry_after, problem) in [(false, OVERLOADED), (true, UNAVAILABLE)] {
+            let (api, seen) = busy_api(1, retry_after, problem).await?;
+            assert!(post_to(&api).await.is_err());
+            assert_eq!(seen.load(Ordering::SeqCst), 1, "{problem}");
+        }
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::procs::{self, ProcessFigures, Role};
 use super::report::{self, Percentiles, Report, Stages};
 use super::{BenchArgs, Scenario, Topology};
+use crate::client::retry_after;
 
 const PROMISE: &str = "bench";
 
@@ -114,17 +115,6 @@ struct Submitted {
     accept: Duration,
     /// Earlier POSTs of it that were turned away (503 with Retry-After).
     shed: usize,
-}
-
-fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    let seconds: u64 = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds))
 }
 
 /// Files `count` requests at the configured concurrency or rate and waits
