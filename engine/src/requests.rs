@@ -289,14 +289,29 @@ fn bind_requests(
     arguments: &mut sqlx::postgres::PgArguments,
     requests: &[ValidRequest],
 ) -> Result<(), sqlx::error::BoxDynError> {
-    let column = |f: fn(&ValidRequest) -> Option<&str>| requests.iter().map(f).collect::<Vec<_>>();
-    arguments.add(requests.iter().map(|r| r.request_id).collect::<Vec<_>>())?;
-    arguments.add(column(|r| Some(r.promise.metadata.name.as_str())))?;
-    arguments.add(column(|r| Some(r.promise.metadata.version.as_str())))?;
-    arguments.add(requests.iter().map(|r| &r.params).collect::<Vec<_>>())?;
-    arguments.add(column(|r| r.idempotency_key.as_deref()))?;
-    arguments.add(requests.iter().map(|r| r.run_id).collect::<Vec<_>>())?;
-    arguments.add(column(|r| Some(r.actor.as_str())))
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id).collect();
+    let promises: Vec<&str> = requests
+        .iter()
+        .map(|r| r.promise.metadata.name.as_str())
+        .collect();
+    let versions: Vec<&str> = requests
+        .iter()
+        .map(|r| r.promise.metadata.version.as_str())
+        .collect();
+    let params: Vec<&Value> = requests.iter().map(|r| &r.params).collect();
+    let keys: Vec<Option<&str>> = requests
+        .iter()
+        .map(|r| r.idempotency_key.as_deref())
+        .collect();
+    let run_ids: Vec<Uuid> = requests.iter().map(|r| r.run_id).collect();
+    let actors: Vec<&str> = requests.iter().map(|r| r.actor.as_str()).collect();
+    arguments.add(ids)?;
+    arguments.add(promises)?;
+    arguments.add(versions)?;
+    arguments.add(params)?;
+    arguments.add(keys)?;
+    arguments.add(run_ids)?;
+    arguments.add(actors)
 }
 
 /// The common case in one round trip: requests without idempotency keys

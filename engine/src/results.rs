@@ -1,9 +1,10 @@
 //! The result applier: consumes `<prefix>.results` through one durable
 //! consumer shared by every engine process, applies the reports in batches
 //! (see [`crate::run::ReportBatch`]), and acknowledges each message only
-//! after its batch's transaction committed. A message that cannot be parsed, or names a task
-//! that does not exist, goes to the dead-letter stream with the reason and is
-//! acknowledged; a database failure leaves it to be redelivered.
+//! after its batch's transaction committed. A message that cannot be
+//! parsed, or names a task that does not exist, goes to the dead-letter
+//! stream with the reason and is acknowledged; a database failure leaves it
+//! to be redelivered.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::run::{Applied, ApplyError, Report, ReportBatch, RunError};
+use crate::run::{Applied, ApplyError, Report, RunError, apply_committed, apply_single};
 use crate::{Engine, EngineConfig};
 
 pub(crate) async fn run_applier(
@@ -120,7 +121,7 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
     if reports.is_empty() {
         return;
     }
-    match apply_in_transaction(engine, &reports).await {
+    match apply_committed(engine, &reports).await {
         Ok(outcomes) => {
             for (message, outcome) in messages.into_iter().zip(outcomes) {
                 acknowledge(js, engine, message, outcome).await;
@@ -130,14 +131,7 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
             warn!(error = %e, reports = reports.len(),
                   "applying a batch failed; applying its reports one by one");
             for (message, report) in messages.into_iter().zip(reports) {
-                let outcome = apply_in_transaction(engine, std::slice::from_ref(&report))
-                    .await
-                    .map_err(ApplyError::Run)
-                    .and_then(|mut outcomes| {
-                        outcomes
-                            .pop()
-                            .unwrap_or(Err(ApplyError::UnknownTask(report.task_id())))
-                    });
+                let outcome = apply_single(engine, report).await;
                 acknowledge(js, engine, message, outcome).await;
             }
         }
@@ -148,30 +142,6 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
             }
         }
     }
-}
-
-/// Applies `reports` in one transaction and commits it; one outcome per report.
-async fn apply_in_transaction(
-    engine: &Engine,
-    reports: &[Report],
-) -> Result<Vec<Result<Applied, ApplyError>>, RunError> {
-    let started = std::time::Instant::now();
-    let mut tx = engine.pool().begin().await?;
-    let begun = started.elapsed();
-    let done = ReportBatch { reports }.apply(engine, &mut tx).await?;
-    let applied = started.elapsed();
-    tx.commit().await?;
-    // Where a batch's time goes, for profiling the result path.
-    debug!(
-        reports = reports.len(),
-        begin_us = begun.as_micros() as u64,
-        apply_us = (applied - begun).as_micros() as u64,
-        commit_us = (started.elapsed() - applied).as_micros() as u64,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "batch applied"
-    );
-    engine.after_commit(done.outbox_rows);
-    Ok(done.outcomes)
 }
 
 /// Whether the failure says nothing about the reports themselves.

@@ -33,7 +33,8 @@ pub use advance::{
     advance, attempt_failed, dispatch_action, dispatch_compensation, stop_in_flight,
 };
 pub use apply::{
-    Applied, ApplyError, BatchOutcome, Report, ReportBatch, apply_progress, apply_result,
+    Applied, ApplyError, BatchOutcome, Report, ReportBatch, apply_committed, apply_progress,
+    apply_result, apply_single,
 };
 pub use load::{LockedAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
