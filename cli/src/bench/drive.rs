@@ -12,11 +12,15 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::procs::{self, ProcessFigures, Role};
-use super::report::{self, Percentiles, Report, Stages};
+use super::report::{self, Percentiles, PgWrites, Report, ServiceCpu, Stages, TableWrites};
 use super::{BenchArgs, Scenario, Topology};
 use crate::client::retry_after;
 
 const PROMISE: &str = "bench";
+
+/// The services whose CPU the bench reports beside Fulfil's own processes,
+/// by process name; only meaningful when they run on this machine.
+const SERVICES: [&str; 2] = ["postgres", "nats-server"];
 
 /// The generated Promise of the scenario.
 fn promise_yaml(args: &BenchArgs) -> String {
@@ -225,6 +229,64 @@ async fn settled_xact_commits(pool: &sqlx::PgPool, database: &str) -> anyhow::Re
     Ok(last)
 }
 
+/// Postgres's cumulative write counters for the scratch database: rows
+/// written to each of Fulfil's tables, and the WAL position (cluster-wide:
+/// nothing else writes while the bench runs).
+async fn write_counters(pool: &sqlx::PgPool) -> anyhow::Result<WriteCounters> {
+    let tables: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del
+         FROM pg_stat_user_tables WHERE schemaname = 'fulfil'",
+    )
+    .fetch_all(pool)
+    .await?;
+    let wal_lsn: i64 =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
+            .fetch_one(pool)
+            .await?;
+    Ok(WriteCounters {
+        tables: tables
+            .into_iter()
+            .map(|(name, ins, upd, hot, del)| (name, [ins, upd, hot, del]))
+            .collect(),
+        wal_lsn,
+    })
+}
+
+struct WriteCounters {
+    /// Rows inserted, updated, HOT-updated and deleted, by table.
+    tables: HashMap<String, [i64; 4]>,
+    wal_lsn: i64,
+}
+
+impl WriteCounters {
+    /// What was written between `self` and `later`, per step.
+    fn per_step(&self, later: &WriteCounters, steps: f64) -> PgWrites {
+        let mut writes = PgWrites {
+            wal_bytes: (later.wal_lsn - self.wal_lsn) as f64 / steps,
+            ..PgWrites::default()
+        };
+        for (table, after) in &later.tables {
+            let before = self.tables.get(table).copied().unwrap_or_default();
+            let per = |i: usize| (after[i] - before[i]) as f64 / steps;
+            let rows = TableWrites {
+                inserted: per(0),
+                updated: per(1),
+                hot_updated: per(2),
+                deleted: per(3),
+            };
+            if rows.inserted + rows.updated + rows.deleted == 0.0 {
+                continue;
+            }
+            writes.rows_inserted += rows.inserted;
+            writes.rows_updated += rows.updated;
+            writes.rows_hot_updated += rows.hot_updated;
+            writes.rows_deleted += rows.deleted;
+            writes.tables.insert(table.clone(), rows);
+        }
+        writes
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
@@ -356,15 +418,19 @@ async fn measure(
         offer(args, &http, api, &load, args.warmup, deadline).await?;
     }
     let xact_before = settled_xact_commits(pool, database).await?;
+    let writes_before = write_counters(pool).await?;
     let cpu_before: Vec<ProcessFigures> =
         roles.iter().map(procs::figures).collect::<Result<_, _>>()?;
+    let services_before = SERVICES.map(procs::cpu_of_processes_named);
     let failed_before = load.tracker.lock().map(|t| t.failed).unwrap_or(0);
     let wall = Instant::now();
     let submitted = offer(args, &http, api, &load, args.workflows, deadline).await?;
     let wall = wall.elapsed();
     let cpu_after: Vec<ProcessFigures> =
         roles.iter().map(procs::figures).collect::<Result<_, _>>()?;
+    let services_after = SERVICES.map(procs::cpu_of_processes_named);
     let xact_after = settled_xact_commits(pool, database).await?;
+    let writes_after = write_counters(pool).await?;
     listener.abort();
     let failed = load.tracker.lock().map(|t| t.failed).unwrap_or(0) - failed_before;
 
@@ -425,8 +491,18 @@ async fn measure(
         shed_requests: submitted.iter().map(|s| s.shed).sum(),
         pg_xact: xact_after - xact_before,
         pg_xact_per_step: (xact_after - xact_before) as f64 / total_steps,
+        pg_writes_per_step: writes_before.per_step(&writes_after, total_steps),
         peak_runs_in_flight: report::peak_overlap(rows.iter().map(|r| (r.1, r.2))),
         processes,
+        services: SERVICES
+            .iter()
+            .zip(services_before.iter().zip(&services_after))
+            .map(|(name, (before, after))| ServiceCpu {
+                name: name.to_string(),
+                cpu_s: after - before,
+                cpu_ms_per_step: (after - before) * 1000.0 / total_steps,
+            })
+            .collect(),
         stages_ms: stages,
     })
 }

@@ -59,21 +59,44 @@ pub fn spawn(name: &str, roles: &str, env: &Env<'_>) -> anyhow::Result<Role> {
 /// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// The command name and CPU time (user + system, seconds) in a
+/// `/proc/<pid>/stat` line.
+fn parse_stat(stat: &str) -> Option<(&str, f64)> {
+    let (head, after) = stat.rsplit_once(')')?;
+    let (_, comm) = head.split_once('(')?;
+    // utime and stime are the 14th and 15th fields of the whole line, the
+    // 12th and 13th after the parenthesised command name.
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some((comm, (ticks(11)? + ticks(12)?) / TICKS_PER_SECOND))
+}
+
+/// CPU seconds used so far by every live process named `comm` (all of
+/// Postgres's backends, say). A process that exits takes its time with it,
+/// so this is a floor; the services' own long-lived processes and the
+/// Fulfil processes' pooled connections do the work that matters here.
+pub fn cpu_of_processes_named(comm: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| parse_stat(&stat).and_then(|(name, cpu)| (name == comm).then_some(cpu)))
+        .sum()
+}
+
 /// Reads CPU time (user + system) and peak RSS (VmHWM) of a live process.
 pub fn figures(role: &Role) -> anyhow::Result<ProcessFigures> {
     let pid = role.child.id().context("the process has exited")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let cpu_s = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
+    let cpu_s = parse_stat(&stat).map(|(_, cpu)| cpu).unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let peak_kib = status
         .lines()
@@ -99,5 +122,21 @@ pub async fn stop(role: &mut Role) {
         .is_err()
     {
         let _ = role.child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stat;
+
+    #[test]
+    fn stat_lines_give_the_command_and_its_cpu_seconds() {
+        let line =
+            "4242 (postgres) S 1 4242 4242 0 -1 4194560 500 0 0 0 150 25 0 0 20 0 1 0 99 0 0";
+        assert_eq!(parse_stat(line), Some(("postgres", 1.75)));
+        // A command name may itself hold spaces and parentheses.
+        let odd = "7 (a (b) c) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0";
+        assert_eq!(parse_stat(odd), Some(("a (b) c", 0.07)));
+        assert_eq!(parse_stat("garbage"), None);
     }
 }

@@ -1,5 +1,7 @@
 //! The bench's figures, as a table and as JSON.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::procs::ProcessFigures;
@@ -60,12 +62,46 @@ pub struct Report {
     pub shed_requests: usize,
     pub pg_xact: i64,
     pub pg_xact_per_step: f64,
+    /// What those transactions wrote, per step: the cost behind them.
+    pub pg_writes_per_step: PgWrites,
     /// Most runs accepted and not yet finished at one instant, from the
     /// same Postgres timestamps as the latency.
     pub peak_runs_in_flight: usize,
     pub processes: Vec<ProcessFigures>,
+    /// CPU used meanwhile by Postgres and nats-server on this machine.
+    pub services: Vec<ServiceCpu>,
     /// Where each step's time went.
     pub stages_ms: Stages,
+}
+
+/// CPU a local service used while the measured workflows ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceCpu {
+    pub name: String,
+    pub cpu_s: f64,
+    pub cpu_ms_per_step: f64,
+}
+
+/// Rows written to Fulfil's tables (from `pg_stat_user_tables`) and WAL
+/// generated, per step. A HOT update changed no index; every other row
+/// write also wrote an entry in each of its table's indexes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PgWrites {
+    pub rows_inserted: f64,
+    pub rows_updated: f64,
+    pub rows_hot_updated: f64,
+    pub rows_deleted: f64,
+    pub wal_bytes: f64,
+    /// The same row counts, by table.
+    pub tables: BTreeMap<String, TableWrites>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TableWrites {
+    pub inserted: f64,
+    pub updated: f64,
+    pub hot_updated: f64,
+    pub deleted: f64,
 }
 
 /// Per-step latency broken down by stage (see the bench's docs).
@@ -117,6 +153,20 @@ impl Report {
                 "pg transactions/step",
                 format!("{:.2} ({} in all)", self.pg_xact_per_step, self.pg_xact),
             ),
+            (
+                "pg rows/step ins/upd(hot)/del",
+                format!(
+                    "{:.2} / {:.2} ({:.2}) / {:.2}",
+                    self.pg_writes_per_step.rows_inserted,
+                    self.pg_writes_per_step.rows_updated,
+                    self.pg_writes_per_step.rows_hot_updated,
+                    self.pg_writes_per_step.rows_deleted
+                ),
+            ),
+            (
+                "pg WAL bytes/step",
+                format!("{:.0}", self.pg_writes_per_step.wal_bytes),
+            ),
             ("peak runs in flight", self.peak_runs_in_flight.to_string()),
             ("failed workflows", self.failed.to_string()),
             ("duration s", format!("{:.2}", self.duration_s)),
@@ -146,6 +196,14 @@ impl Report {
                 format!("process {}", p.role),
                 p.cpu_s,
                 p.peak_rss_mib
+            ));
+        }
+        for service in &self.services {
+            out.push_str(&format!(
+                "  {:<28} cpu {:.2} s, {:.3} ms/step\n",
+                format!("service {}", service.name),
+                service.cpu_s,
+                service.cpu_ms_per_step
             ));
         }
         out
