@@ -8,7 +8,9 @@ out=${1:-benchmarks/results-$(date +%F)}
 runs=${RUNS:-3}
 mkdir -p "$out"
 cargo build --release -p fulfil
-bench() { ./target/release/fulfil bench "$@"; }
+# The processes' warnings (stderr) are kept beside the reports: an outlier
+# run is explained there or nowhere.
+bench() { ./target/release/fulfil bench "$@" 2>>"$out/stderr.log"; }
 for i in $(seq 1 "$runs"); do
   bench --scenario three-step --workflows 6000 --concurrency 64 --json "$out/three-step-c64-$i.json"
   bench --scenario three-step --workflows 6000 --concurrency 256 --json "$out/three-step-c256-$i.json"
