@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pool: PgPool,
     names: NatsNames,
     promises: PromiseCache,
+    /// Runs as this process last stored them (see [`crate::run::RunCache`]).
+    runs: crate::run::RunCache,
     id: String,
     outbox_wake: Notify,
     /// Set once [`Engine::start_fast_publisher`] ran.
@@ -71,6 +73,7 @@ impl Engine {
                 pool,
                 names,
                 promises: PromiseCache::default(),
+                runs: crate::run::RunCache::default(),
                 id: id.into(),
                 outbox_wake: Notify::new(),
                 publisher: std::sync::OnceLock::new(),
@@ -100,6 +103,10 @@ impl Engine {
 
     pub fn promises(&self) -> &PromiseCache {
         &self.inner.promises
+    }
+
+    pub(crate) fn run_cache(&self) -> &crate::run::RunCache {
+        &self.inner.runs
     }
 
     /// Identity recorded in history as the actor of engine decisions.

@@ -5,6 +5,12 @@
 //! order, concurrent batches cannot deadlock on each other. Steps and
 //! attempts are read by statements that start after the locks are held, so
 //! they see whatever the previous holder committed.
+//!
+//! [`read_runs_of_tasks`] reads the same state without any lock, for the
+//! optimistic path: each run remembers the version it was read at, and its
+//! changes are stored only if that is still the run's version. The steps
+//! are read by a later statement than the run, so a change committed
+//! between the two has bumped the version and the store refuses the mix.
 
 use std::collections::HashMap;
 
@@ -55,13 +61,13 @@ pub async fn lock_run(
 ) -> Result<Option<Run>, RunError> {
     let rows: Vec<RunRow> = sqlx::query_as(
         "SELECT id, request_id, promise, promise_version, status, context, history_seq,
-                cancel_requested, stop_reason
+                cancel_requested, stop_reason, version
          FROM fulfil.runs WHERE id = $1 FOR UPDATE",
     )
     .bind(run_id)
     .fetch_all(&mut *conn)
     .await?;
-    let (mut runs, _) = load_runs(engine, conn, rows, &[]).await?;
+    let (mut runs, _) = load_runs(engine, conn, rows, &[], Locking::Locked).await?;
     Ok(runs.remove(&run_id).map(|mut run| {
         run.actor = actor;
         run
@@ -75,22 +81,54 @@ pub(crate) async fn lock_runs_of_tasks(
     conn: &mut PgConnection,
     task_ids: &[Uuid],
 ) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
+    runs_of_tasks(engine, conn, task_ids, Locking::Locked).await
+}
+
+/// Reads every run that owns one of `task_ids`, and those attempts, without
+/// locking anything; see the module docs.
+pub(crate) async fn read_runs_of_tasks(
+    engine: &Engine,
+    conn: &mut PgConnection,
+    task_ids: &[Uuid],
+) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
+    runs_of_tasks(engine, conn, task_ids, Locking::Optimistic).await
+}
+
+macro_rules! runs_of_tasks_sql {
+    () => {
+        "SELECT id, request_id, promise, promise_version, status, context, history_seq,
+                cancel_requested, stop_reason, version
+         FROM fulfil.runs
+         WHERE id IN (SELECT run_id FROM fulfil.attempts WHERE task_id = ANY($1))"
+    };
+}
+
+async fn runs_of_tasks(
+    engine: &Engine,
+    conn: &mut PgConnection,
+    task_ids: &[Uuid],
+    locking: Locking,
+) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
     // An attempt's run id never changes, so finding the runs through their
     // attempts before the lock is held is safe.
-    let rows: Vec<RunRow> = sqlx::query_as(
-        "SELECT id, request_id, promise, promise_version, status, context, history_seq,
-                cancel_requested, stop_reason
-         FROM fulfil.runs
-         WHERE id IN (SELECT run_id FROM fulfil.attempts WHERE task_id = ANY($1))
-         ORDER BY id FOR UPDATE",
-    )
-    .bind(task_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    if rows.is_empty() {
-        return Ok((HashMap::new(), HashMap::new()));
-    }
-    load_runs(engine, conn, rows, task_ids).await
+    let sql = match locking {
+        Locking::Locked => concat!(runs_of_tasks_sql!(), " ORDER BY id FOR UPDATE"),
+        Locking::Optimistic => runs_of_tasks_sql!(),
+    };
+    let rows: Vec<RunRow> = sqlx::query_as(sql)
+        .bind(task_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    load_runs(engine, conn, rows, task_ids, locking).await
+}
+
+/// How the runs being loaded are protected from concurrent changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Locking {
+    /// Their row locks are held until the transaction ends.
+    Locked,
+    /// Nothing is held; their changes are stored only at the version read.
+    Optimistic,
 }
 
 /// Reads the steps of locked runs, and the attempts `task_ids`, in one
@@ -102,6 +140,7 @@ async fn load_runs(
     conn: &mut PgConnection,
     rows: Vec<RunRow>,
     task_ids: &[Uuid],
+    locking: Locking,
 ) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
     if rows.is_empty() {
         return Ok((HashMap::new(), HashMap::new()));
@@ -164,6 +203,10 @@ async fn load_runs(
     }
     let mut runs = HashMap::with_capacity(rows.len());
     for row in rows {
+        if locking == Locking::Locked {
+            // This change is made under the lock, and the copy would be stale.
+            engine.run_cache().forget(row.id);
+        }
         let status = RunStatus::parse(&row.status)
             .ok_or_else(|| RunError::Corrupt(format!("run status {:?}", row.status)))?;
         // Versions are immutable, so the cache answers without a query once
@@ -187,6 +230,7 @@ async fn load_runs(
                 stop_reason: row.stop_reason,
                 fast_publish: engine.has_fast_publisher(),
                 next_seq: row.history_seq + 1,
+                read_version: (locking == Locking::Optimistic).then_some(row.version),
                 writes: Writes::default(),
             },
         );
@@ -205,6 +249,7 @@ struct RunRow {
     history_seq: i64,
     cancel_requested: bool,
     stop_reason: Option<String>,
+    version: i64,
 }
 
 /// A step of a locked run or, with `task_id` and `kind` set, one of the

@@ -1,9 +1,13 @@
 //! A run's state machine.
 //!
-//! Every change to a run happens in a transaction that holds the run's row
-//! lock (`SELECT ... FOR UPDATE`, see [`load`]), so results, timers and
-//! operator actions on the same run are serialized across every engine
-//! process, and planning always sees committed state. The state machine
+//! Changes to one run are serialized across every engine process in one of
+//! two ways. Timers and operator actions hold the run's row lock
+//! (`SELECT ... FOR UPDATE`, see [`load`]) from reading the run to
+//! committing. Worker reports take the optimistic path first: the run is
+//! read without a lock, and the statement that stores the change does so
+//! only if the run's version is still the one read ([`apply`]). Every
+//! change bumps the version, so either way a decision is stored only if it
+//! was made on the run's latest committed state. The state machine
 //! itself never waits on Postgres: a [`Run`] is the locked run's state in
 //! memory, every decision changes that copy and buffers what must be stored
 //! ([`writes`]), and [`flush`] stores the changes of one run or of a whole
@@ -11,6 +15,7 @@
 
 mod advance;
 mod apply;
+mod cache;
 mod load;
 mod operator;
 mod progress;
@@ -36,9 +41,12 @@ pub use apply::{
     Applied, ApplyError, BatchOutcome, Report, ReportBatch, apply_committed, apply_progress,
     apply_result, apply_single,
 };
+pub(crate) use cache::{RunCache, Stored};
 pub use load::{LockedAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
-pub(crate) use writes::{AttemptUpdate, LeadingPart, RequestStatus, RunEnding, flush, flush_with};
+pub(crate) use writes::{
+    AttemptUpdate, LeadingPart, RequestStatus, RunEnding, fits_one_statement, flush, flush_with,
+};
 pub use writes::{OutboxMessage, PendingEvent};
 
 /// Kinds of history event, as stored in `history.type`.
@@ -154,6 +162,9 @@ pub struct Run {
     fast_publish: bool,
     /// The history sequence number the next stored event gets.
     next_seq: i64,
+    /// For a run read without its row lock, the version it was read at:
+    /// its changes are stored only if no one changed the run meanwhile.
+    read_version: Option<i64>,
     writes: writes::Writes,
 }
 
@@ -208,6 +219,7 @@ impl Run {
             stop_reason: None,
             fast_publish,
             next_seq: 1,
+            read_version: None,
             writes: writes::Writes {
                 created: Some(writes::CreatedRun {
                     promise: promise_name,

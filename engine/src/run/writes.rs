@@ -205,6 +205,15 @@ pub(crate) async fn flush(
     flush_with(conn, runs, None).await
 }
 
+/// Whether [`flush`] stores these runs' changes in a single statement,
+/// which outside a transaction commits on its own: true unless an attempt
+/// is cancelled or the relay must be woken (no fast publisher).
+pub(crate) fn fits_one_statement(runs: &[Run]) -> bool {
+    runs.iter().all(|run| {
+        run.writes.cancels.is_empty() && (run.fast_publish || run.writes.outbox.is_empty())
+    })
+}
+
 /// A statement part written first, in the same statement as a flush: the
 /// rows the flushed runs refer to (their requests).
 pub(crate) struct LeadingPart<'a> {
@@ -330,6 +339,8 @@ struct Columns {
     r_finished: Vec<bool>,
     r_outputs: Vec<Option<Value>>,
     r_error: Vec<Option<String>>,
+    /// The version each run was read at, for runs read without their lock.
+    r_read_version: Vec<Option<i64>>,
     // requests
     q_id: Vec<Uuid>,
     q_status: Vec<&'static str>,
@@ -421,8 +432,11 @@ impl Columns {
         let is_new = writes.created.is_some();
         if let Some(created) = writes.created {
             self.add_created(run, created, writes.ending.as_ref());
-        } else if writes.run || events > 0 || writes.ending.is_some() {
+        } else {
+            // Every change to an existing run writes its row, if only to
+            // bump the version that writers without the lock check.
             self.r_id.push(run_id);
+            self.r_read_version.push(run.read_version);
             self.r_status.push(run.status.as_str());
             self.r_seq.push(run.next_seq - 1);
             self.r_cancel_requested.push(run.cancel_requested);
@@ -612,15 +626,18 @@ impl Columns {
             statement.part(
                 "runs",
                 "UPDATE fulfil.runs r SET status = u.status, history_seq = u.seq,
+                        version = r.version + 1,
                         cancel_requested = u.cancel_requested, stop_reason = u.stop_reason,
                         outputs = CASE WHEN u.ending THEN u.outputs ELSE r.outputs END,
                         error = CASE WHEN u.ending THEN u.error ELSE r.error END,
                         finished_at = CASE WHEN NOT u.ending THEN r.finished_at
                                            WHEN u.finished THEN now() END
                  FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bool[], $5::text[],
-                             $6::bool[], $7::bool[], $8::jsonb[], $9::text[])
-                      AS u(id, status, seq, cancel_requested, stop_reason, ending, finished, outputs, error)
-                 WHERE r.id = u.id",
+                             $6::bool[], $7::bool[], $8::jsonb[], $9::text[], $10::bigint[])
+                      AS u(id, status, seq, cancel_requested, stop_reason, ending, finished, outputs,
+                           error, read_version)
+                 WHERE r.id = u.id AND (u.read_version IS NULL OR r.version = u.read_version)
+                 RETURNING r.id",
                 |a| {
                     a.add(&self.r_id)?;
                     a.add(&self.r_status)?;
@@ -630,7 +647,8 @@ impl Columns {
                     a.add(&self.r_ending)?;
                     a.add(&self.r_finished)?;
                     a.add(&self.r_outputs)?;
-                    a.add(&self.r_error)
+                    a.add(&self.r_error)?;
+                    a.add(&self.r_read_version)
                 },
             );
         }
@@ -758,9 +776,19 @@ impl Columns {
                 },
             );
         }
-        let returning = if self.outbox_subject.is_empty() {
-            "SELECT 0::bigint, ''::text WHERE false"
-        } else {
+        let guarded = self.r_read_version.iter().any(Option::is_some);
+        if guarded {
+            // Every run in the update is expected to change; one that moved
+            // on since it was read aborts the statement, and with it every
+            // other part.
+            statement.part(
+                "stale_guard",
+                "SELECT fulfil.refuse_stale_runs((SELECT count(*) FROM runs), $1::int) AS refused",
+                |a| a.add(self.r_id.len() as i32),
+            );
+        }
+        let has_outbox = !self.outbox_subject.is_empty();
+        if has_outbox {
             statement.part(
                 "outbox",
                 "INSERT INTO fulfil.outbox (subject, msg_id, payload, fast)
@@ -773,7 +801,19 @@ impl Columns {
                     a.add(&self.outbox_fast)
                 },
             );
-            "SELECT id, msg_id FROM outbox"
+        }
+        // The guard's branch returns no row; it is there to be evaluated, and
+        // first: reading it runs the update of the runs, so their row locks
+        // are taken (in the order of the runs, which the caller sorts by id)
+        // before any other row is touched, as a locking writer takes them.
+        let returning = match (has_outbox, guarded) {
+            (true, true) => {
+                "SELECT 0::bigint, refused FROM stale_guard WHERE refused IS NOT NULL
+                 UNION ALL SELECT id, msg_id FROM outbox"
+            }
+            (true, false) => "SELECT id, msg_id FROM outbox",
+            (false, true) => "SELECT 0::bigint, refused FROM stale_guard WHERE refused IS NOT NULL",
+            (false, false) => "SELECT 0::bigint, ''::text WHERE false",
         };
         statement.fetch(conn, returning).await
     }
