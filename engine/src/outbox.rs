@@ -85,33 +85,53 @@ pub(crate) async fn run_fast_publisher(
     }
 }
 
-/// Deletes published outbox rows, as many at a time as are waiting. The
-/// commit does not wait for the WAL to reach disk: if a crash loses the
-/// delete, the rows are published again by the relay and the stream drops
-/// the copies by their message id, so nothing is lost or doubled.
+/// How long the deleter gathers published rows before deleting them. At
+/// low load every commit is a batch of its own; deleting each in its own
+/// statement cost a transaction per step. Rows left a little longer are
+/// harmless: the relay leaves them alone for [`FAST_PATH_GRACE_SECS`].
+const DELETE_GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+/// Most rows deleted by one statement.
+const DELETE_BATCH: usize = 4096;
+
+/// Deletes published outbox rows, gathered for [`DELETE_GATHER`], on a
+/// connection of its own whose commits do not wait for the WAL to reach
+/// disk: if a crash loses the delete, the rows are published again by the
+/// relay and the stream drops the copies by their message id, so nothing
+/// is lost or doubled. Each delete is one statement, committed on its own.
 async fn delete_published(
     pool: sqlx::PgPool,
     mut published: tokio::sync::mpsc::UnboundedReceiver<Vec<i64>>,
 ) {
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    let mut conn: Option<sqlx::PgConnection> = None;
     while let Some(mut ids) = published.recv().await {
-        while let Ok(more) = published.try_recv() {
-            ids.extend(more);
+        let gathered_by = tokio::time::Instant::now() + DELETE_GATHER;
+        while ids.len() < DELETE_BATCH {
+            match tokio::time::timeout_at(gathered_by, published.recv()).await {
+                Ok(Some(more)) => ids.extend(more),
+                Ok(None) | Err(_) => break,
+            }
         }
         let deleted = async {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
+            let conn = match &mut conn {
+                Some(conn) => conn,
+                None => conn.insert(sqlx::ConnectOptions::connect(&options).await?),
+            };
             sqlx::query("DELETE FROM fulfil.outbox WHERE id = ANY($1)")
                 .bind(&ids)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
+                .execute(conn)
+                .await
         }
         .await;
         if let Err(e) = deleted {
             // Published but not deleted: the relay republishes them later
-            // and the stream drops the duplicates.
+            // and the stream drops the duplicates. The connection may be
+            // what failed; the next batch opens a new one.
+            conn = None;
             warn!(error = %e, rows = ids.len(), "deleting published outbox rows failed");
         }
     }

@@ -267,9 +267,11 @@ pub(crate) async fn store_requests(
             )),
         });
     }
+    let notes: Vec<_> = runs.iter().map(crate::run::Stored::note).collect();
     let rows = crate::run::flush(&mut tx, &mut runs).await?;
     tx.commit().await?;
     engine.after_commit(rows);
+    engine.run_cache().keep_stored(runs, notes, HashMap::new());
     Ok(outcomes)
 }
 
@@ -333,9 +335,12 @@ async fn store_in_one_statement(
         sql: INSERT_REQUESTS,
         bind: Box::new(|arguments| bind_requests(arguments, requests)),
     };
+    let notes: Vec<_> = runs.iter().map(crate::run::Stored::note).collect();
     let mut conn = engine.pool().acquire().await?;
     let rows = crate::run::flush_with(&mut conn, &mut runs, Some(leading)).await?;
     engine.after_commit(rows);
+    // The first results of these runs are decided without reading them.
+    engine.run_cache().keep_stored(runs, notes, HashMap::new());
     Ok(requests
         .iter()
         .map(|r| {
