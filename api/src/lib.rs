@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use fulfil_engine::Engine;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
 pub use problem::Problem;
@@ -26,12 +27,27 @@ pub struct ApiState {
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     routes::router()
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
             Duration::from_secs(30),
         ))
         .with_state(state)
+}
+
+/// Logs a 5xx answer. A 503 is the intake shedding load on purpose (the
+/// caller is told when to retry and nothing was stored): under overload
+/// there are thousands of them, and at ERROR they drowned the log.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _: &tracing::Span) {
+    let latency_ms = latency.as_millis() as u64;
+    match class {
+        ServerErrorsFailureClass::StatusCode(status)
+            if status == axum::http::StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            tracing::debug!(%status, latency_ms, "request shed")
+        }
+        class => tracing::error!(%class, latency_ms, "request failed"),
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
