@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use super::advance::{advance, attempt_failed, set_compensation, set_step};
 use super::event::{self, AttemptEvent, attempt_event};
-use super::load::{LockedAttempt, lock_runs_of_tasks, read_runs_of_tasks};
+use super::load::{KnownAttempt, lock_runs_of_tasks, read_runs_of_tasks};
 use super::{AttemptUpdate, Run, RunError, Stored, fits_one_statement, flush};
 use crate::Engine;
 use crate::outbox::OutboxRow;
@@ -146,7 +146,7 @@ impl ReportBatch<'_> {
 fn decide(
     engine: &Engine,
     runs: &mut HashMap<Uuid, Run>,
-    attempts: &mut HashMap<Uuid, LockedAttempt>,
+    attempts: &mut HashMap<Uuid, KnownAttempt>,
     reports: &[Report],
 ) -> Vec<Result<Applied, ApplyError>> {
     reports
@@ -160,7 +160,7 @@ fn decide(
 fn apply_one(
     engine: &Engine,
     runs: &mut HashMap<Uuid, Run>,
-    attempts: &mut HashMap<Uuid, LockedAttempt>,
+    attempts: &mut HashMap<Uuid, KnownAttempt>,
     report: &Report,
 ) -> Result<Applied, ApplyError> {
     let task_id = report.task_id();
@@ -306,9 +306,9 @@ async fn apply_optimistically(
 fn take_cached(
     engine: &Engine,
     reports: &[Report],
-) -> Option<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>)> {
+) -> Option<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>)> {
     let mut runs = HashMap::new();
-    let mut attempts: HashMap<Uuid, LockedAttempt> = HashMap::new();
+    let mut attempts: HashMap<Uuid, KnownAttempt> = HashMap::new();
     for report in reports {
         let (run_id, task_id) = (report.run_hint(), report.task_id());
         if attempts.get(&task_id).is_some_and(|a| a.run_id == run_id) {
@@ -356,7 +356,7 @@ async fn apply_locked(
 }
 
 /// Why a report about `attempt` must not change the run, if it must not.
-pub(super) fn stale_reason(run: &Run, attempt: &LockedAttempt) -> Option<String> {
+pub(super) fn stale_reason(run: &Run, attempt: &KnownAttempt) -> Option<String> {
     let current = run
         .steps
         .get(&attempt.step_id)
@@ -382,7 +382,7 @@ pub(super) fn stale_reason(run: &Run, attempt: &LockedAttempt) -> Option<String>
 fn apply_result_to(
     engine: &Engine,
     run: &mut Run,
-    attempt: &mut LockedAttempt,
+    attempt: &mut KnownAttempt,
     result: &ResultMessage,
 ) -> Result<Applied, RunError> {
     let kind = attempt.task_kind();

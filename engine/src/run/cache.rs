@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use uuid::Uuid;
 
 use super::Run;
-use super::load::LockedAttempt;
+use super::load::KnownAttempt;
 
 /// Runs kept; at a few KiB each, a few MiB in all. Enough for every run in
 /// flight at the concurrency one engine sustains.
@@ -31,7 +31,7 @@ const CAPACITY: usize = 4096;
 /// A run as stored at `run.read_version`, with its open attempts.
 pub(crate) struct CachedRun {
     pub run: Run,
-    pub attempts: HashMap<Uuid, LockedAttempt>,
+    pub attempts: HashMap<Uuid, KnownAttempt>,
 }
 
 #[derive(Default)]
@@ -50,7 +50,7 @@ impl RunCache {
     }
 
     /// Keeps `run` (stored at `run.read_version`) with its open attempts.
-    pub fn keep(&self, run: Run, attempts: HashMap<Uuid, LockedAttempt>) {
+    pub fn keep(&self, run: Run, attempts: HashMap<Uuid, KnownAttempt>) {
         if run.status.is_terminal() || run.read_version.is_none() {
             return;
         }
@@ -85,7 +85,7 @@ pub(crate) struct Stored {
     /// The run's version once the change is stored.
     version: i64,
     /// Attempts the change dispatches.
-    opened: Vec<LockedAttempt>,
+    opened: Vec<KnownAttempt>,
     /// Attempts whose status the change sets.
     updated: Vec<(Uuid, &'static str)>,
 }
@@ -107,7 +107,7 @@ impl Stored {
         let opened = writes
             .new_attempts
             .iter()
-            .map(|a| LockedAttempt {
+            .map(|a| KnownAttempt {
                 task_id: a.task_id,
                 run_id: run.run_id,
                 step_id: a.step_id.clone(),
@@ -136,9 +136,9 @@ impl RunCache {
         &self,
         runs: Vec<Run>,
         notes: Vec<Option<Stored>>,
-        mut attempts: HashMap<Uuid, LockedAttempt>,
+        mut attempts: HashMap<Uuid, KnownAttempt>,
     ) {
-        let mut by_run: HashMap<Uuid, HashMap<Uuid, LockedAttempt>> = HashMap::new();
+        let mut by_run: HashMap<Uuid, HashMap<Uuid, KnownAttempt>> = HashMap::new();
         for (task_id, attempt) in attempts.drain() {
             by_run
                 .entry(attempt.run_id)

@@ -25,10 +25,11 @@ use uuid::Uuid;
 use super::{Run, RunError, StepRow, writes::Writes};
 use crate::Engine;
 
-/// An attempt as read under its run's lock (and as changed since, within
-/// the same batch).
+/// An attempt as the state machine knows it: read with its run (under the
+/// run's lock or at the run's version), or dispatched by a change this
+/// process stored, and as changed since within the same batch.
 #[derive(Debug, Clone)]
-pub struct LockedAttempt {
+pub struct KnownAttempt {
     pub task_id: Uuid,
     pub run_id: Uuid,
     pub step_id: String,
@@ -37,7 +38,7 @@ pub struct LockedAttempt {
     pub kind: String,
 }
 
-impl LockedAttempt {
+impl KnownAttempt {
     pub fn task_kind(&self) -> TaskKind {
         if self.kind == "compensation" {
             TaskKind::Compensation
@@ -80,7 +81,7 @@ pub(crate) async fn lock_runs_of_tasks(
     engine: &Engine,
     conn: &mut PgConnection,
     task_ids: &[Uuid],
-) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
+) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>), RunError> {
     runs_of_tasks(engine, conn, task_ids, Locking::Locked).await
 }
 
@@ -90,7 +91,7 @@ pub(crate) async fn read_runs_of_tasks(
     engine: &Engine,
     conn: &mut PgConnection,
     task_ids: &[Uuid],
-) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
+) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>), RunError> {
     runs_of_tasks(engine, conn, task_ids, Locking::Optimistic).await
 }
 
@@ -108,7 +109,7 @@ async fn runs_of_tasks(
     conn: &mut PgConnection,
     task_ids: &[Uuid],
     locking: Locking,
-) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
+) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>), RunError> {
     // An attempt's run id never changes, so finding the runs through their
     // attempts before the lock is held is safe.
     let sql = match locking {
@@ -141,7 +142,7 @@ async fn load_runs(
     rows: Vec<RunRow>,
     task_ids: &[Uuid],
     locking: Locking,
-) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, LockedAttempt>), RunError> {
+) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>), RunError> {
     if rows.is_empty() {
         return Ok((HashMap::new(), HashMap::new()));
     }
@@ -165,7 +166,7 @@ async fn load_runs(
         if let (Some(task_id), Some(kind)) = (r.task_id, r.kind) {
             attempts.insert(
                 task_id,
-                LockedAttempt {
+                KnownAttempt {
                     task_id,
                     run_id: r.run_id,
                     step_id: r.step_id,

@@ -42,7 +42,7 @@ pub use apply::{
     apply_result, apply_single,
 };
 pub(crate) use cache::{RunCache, Stored};
-pub use load::{LockedAttempt, lock_run};
+pub use load::{KnownAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
 pub(crate) use writes::{
     AttemptUpdate, LeadingPart, RequestStatus, RunEnding, fits_one_statement, flush, flush_with,

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::advance::{set_compensation, set_step};
 use super::apply::{Applied, stale_reason};
 use super::event::{AttemptEvent, attempt_event};
-use super::load::LockedAttempt;
+use super::load::KnownAttempt;
 use super::{AttemptUpdate, Run, RunError};
 
 /// Added to an attempt's timeout before the engine declares it timed out:
@@ -32,7 +32,7 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 /// Applies one progress report to its locked run, in memory.
 pub(super) fn apply_progress_to(
     run: &mut Run,
-    attempt: &mut LockedAttempt,
+    attempt: &mut KnownAttempt,
     report: &ProgressMessage,
 ) -> Result<Applied, RunError> {
     if let Some(reason) = stale_reason(run, attempt) {
