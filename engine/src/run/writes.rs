@@ -229,14 +229,20 @@ pub(crate) type BindArguments<'a> =
 
 /// [`flush`], with `leading` written by the same statement. Run outside a
 /// transaction, that statement is a transaction of its own: one round trip
-/// that writes everything or nothing, provided the runs need no second
-/// statement (no cancelled attempts, and the fast publisher rather than
-/// the relay's notification).
+/// that writes everything or nothing, provided the runs
+/// [fit in one statement](fits_one_statement).
 pub(crate) async fn flush_with(
     conn: &mut PgConnection,
     runs: &mut [Run],
     leading: Option<LeadingPart<'_>>,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    if leading.is_some() && !fits_one_statement(runs) {
+        // Refused before writing: a second statement outside a transaction
+        // could commit half of the change.
+        return Err(sqlx::Error::Protocol(
+            "a flush with a leading part must fit in one statement".into(),
+        ));
+    }
     let mut columns = Columns::default();
     let mut cancels = Vec::new();
     let mut slow_outbox = false;
@@ -252,13 +258,6 @@ pub(crate) async fn flush_with(
     }
     if columns.is_empty() && cancels.is_empty() && leading.is_none() {
         return Ok(Vec::new());
-    }
-    if leading.is_some() && (!cancels.is_empty() || slow_outbox) {
-        // Refused before writing: a second statement outside a transaction
-        // could commit half of the change.
-        return Err(sqlx::Error::Protocol(
-            "a flush with a leading part must fit in one statement".into(),
-        ));
     }
     let inserted: Vec<(i64, String)> = columns.write(conn, leading).await?;
     if !cancels.is_empty() {
