@@ -65,6 +65,38 @@ impl RunCache {
         runs.insert(run.run_id, CachedRun { run, attempts });
     }
 
+    /// Keeps the runs of a committed change: `notes` are theirs, in order,
+    /// and `attempts` the attempts the change read (as it left them).
+    pub fn keep_stored(
+        &self,
+        runs: Vec<Run>,
+        notes: Vec<Option<Stored>>,
+        attempts: HashMap<Uuid, KnownAttempt>,
+    ) {
+        let mut by_run: HashMap<Uuid, HashMap<Uuid, KnownAttempt>> = HashMap::new();
+        for (task_id, attempt) in attempts {
+            by_run
+                .entry(attempt.run_id)
+                .or_default()
+                .insert(task_id, attempt);
+        }
+        for (mut run, note) in runs.into_iter().zip(notes) {
+            let Some(stored) = note else {
+                self.forget(run.run_id);
+                continue;
+            };
+            let mut known = by_run.remove(&run.run_id).unwrap_or_default();
+            known.extend(stored.opened.into_iter().map(|a| (a.task_id, a)));
+            for (task_id, status) in stored.updated {
+                if let Some(attempt) = known.get_mut(&task_id) {
+                    attempt.status = status.to_string();
+                }
+            }
+            run.read_version = Some(stored.version);
+            self.keep(run, known);
+        }
+    }
+
     /// Drops `run_id`'s copy: this process is changing the run another way.
     pub fn forget(&self, run_id: Uuid) {
         self.lock().remove(&run_id);
@@ -126,39 +158,5 @@ impl Stored {
             opened,
             updated,
         })
-    }
-}
-
-impl RunCache {
-    /// Keeps the runs of a committed change: `notes` are theirs, in order,
-    /// and `attempts` the attempts the change read (as it left them).
-    pub fn keep_stored(
-        &self,
-        runs: Vec<Run>,
-        notes: Vec<Option<Stored>>,
-        mut attempts: HashMap<Uuid, KnownAttempt>,
-    ) {
-        let mut by_run: HashMap<Uuid, HashMap<Uuid, KnownAttempt>> = HashMap::new();
-        for (task_id, attempt) in attempts.drain() {
-            by_run
-                .entry(attempt.run_id)
-                .or_default()
-                .insert(task_id, attempt);
-        }
-        for (mut run, note) in runs.into_iter().zip(notes) {
-            let Some(stored) = note else {
-                self.forget(run.run_id);
-                continue;
-            };
-            let mut known = by_run.remove(&run.run_id).unwrap_or_default();
-            known.extend(stored.opened.into_iter().map(|a| (a.task_id, a)));
-            for (task_id, status) in stored.updated {
-                if let Some(attempt) = known.get_mut(&task_id) {
-                    attempt.status = status.to_string();
-                }
-            }
-            run.read_version = Some(stored.version);
-            self.keep(run, known);
-        }
     }
 }

@@ -132,10 +132,12 @@ enum Locking {
     Optimistic,
 }
 
-/// Reads the steps of locked runs, and the attempts `task_ids`, in one
-/// statement, and builds the runs' in-memory state. The statement runs
-/// after the locks are held, and attempts only change under their run's
-/// lock, so what it reads is current.
+/// Reads the steps of the runs in `rows`, and the attempts `task_ids`, in
+/// one statement, and builds the runs' in-memory state. Under `Locked`, the
+/// statement runs after the locks are held, and attempts only change under
+/// their run's lock or at a new version of it, so what it reads is current;
+/// under `Optimistic` it may not be, and the version check at the store
+/// decides (see the module docs).
 async fn load_runs(
     engine: &Engine,
     conn: &mut PgConnection,
