@@ -14,6 +14,18 @@ use fulfil_spec::wire::{Outcome, ResultMessage};
 use serde_json::json;
 use uuid::Uuid;
 
+/// Two steps, the second after the first.
+const PAIR: &str = r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: pair, version: "1" }
+spec:
+  workflow:
+    steps:
+      - { id: first, uses: noop }
+      - { id: second, uses: noop, needs: [first] }
+"#;
+
 async fn quiet_stack() -> anyhow::Result<TestStack> {
     TestStack::start_with(StackOptions {
         worker: false,
@@ -71,20 +83,7 @@ async fn history_types(stack: &TestStack, run_id: Uuid) -> anyhow::Result<Vec<(i
 #[tokio::test]
 async fn a_copy_made_stale_by_another_engine_is_refused_and_read_again() -> anyhow::Result<()> {
     let stack = quiet_stack().await?;
-    stack
-        .apply(
-            r#"
-apiVersion: fulfil.dev/v1
-kind: Promise
-metadata: { name: pair, version: "1" }
-spec:
-  workflow:
-    steps:
-      - { id: first, uses: noop }
-      - { id: second, uses: noop, needs: [first] }
-"#,
-        )
-        .await?;
+    stack.apply(PAIR).await?;
     let run_id = stack.request("pair", json!({})).await?;
     let engine_a = stack.engine.clone();
     let engine_b = Engine::new(stack.pool.clone(), stack.names.clone(), "engine-b");
@@ -191,5 +190,39 @@ async fn racing_results_for_one_run_each_apply_once() -> anyhow::Result<()> {
     assert_eq!(history_seq, history.len() as i64);
     // Created at 0; every stored report (applied or ignored) bumped it once.
     assert_eq!(version, 2 * BRANCHES as i64);
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn a_report_naming_the_wrong_run_is_applied_to_its_task_s_run() -> anyhow::Result<()> {
+    let stack = quiet_stack().await?;
+    stack.apply(PAIR).await?;
+    let real = stack.request("pair", json!({})).await?;
+    let other = stack.request("pair", json!({})).await?;
+    let engine = stack.engine.clone();
+
+    // Both runs are in the engine's cache (the intake keeps new runs). The
+    // report's run id is only where to look; the task id decides.
+    let mut first = succeeded(&stack, real, "first").await?;
+    first.run_id = other;
+    assert_eq!(apply_result(&engine, &first).await?, Applied::Applied);
+    let mut second = succeeded(&stack, real, "second").await?;
+    second.run_id = Uuid::now_v7();
+    assert_eq!(apply_result(&engine, &second).await?, Applied::Applied);
+
+    let status = |run: Uuid| {
+        sqlx::query_scalar::<_, String>("SELECT status FROM fulfil.runs WHERE id = $1")
+            .bind(run)
+            .fetch_one(&stack.pool)
+    };
+    assert_eq!(status(real).await?, "succeeded");
+    assert_eq!(status(other).await?, "running");
+    let other_history = history_types(&stack, other).await?;
+    assert!(
+        !other_history
+            .iter()
+            .any(|(_, t)| t.starts_with("step.succeeded")),
+        "{other_history:?}"
+    );
     stack.stop().await
 }
