@@ -8,9 +8,9 @@ out=${1:-benchmarks/results-$(date +%F)}
 runs=${RUNS:-3}
 mkdir -p "$out"
 cargo build --release -p fulfil
-# The processes' warnings (stderr) are kept beside the reports: an outlier
-# run is explained there or nowhere.
-bench() { ./target/release/fulfil bench "$@" 2>>"$out/stderr.log"; }
+# The processes' warnings (stderr) are kept beside the reports, as .txt
+# because git ignores *.log: an outlier run is explained there or nowhere.
+bench() { ./target/release/fulfil bench "$@" 2>>"$out/stderr.txt"; }
 for i in $(seq 1 "$runs"); do
   bench --scenario three-step --workflows 6000 --concurrency 64 --json "$out/three-step-c64-$i.json"
   bench --scenario three-step --workflows 6000 --concurrency 256 --json "$out/three-step-c256-$i.json"
