@@ -9,6 +9,8 @@ pub mod expr;
 pub mod params;
 pub mod promise;
 #[cfg(feature = "nats")]
+pub mod pull;
+#[cfg(feature = "nats")]
 pub mod streams;
 pub mod validate;
 pub mod wire;

@@ -41,7 +41,6 @@ use async_nats::{
 };
 use bytes::Bytes;
 use chrono::Utc;
-use futures::StreamExt;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
@@ -53,6 +52,7 @@ use tokio_util::{
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use fulfil_spec::{
+    pull::PullFeed,
     streams::{StreamError, ensure_streams},
     wire::{
         DEAD_LETTER_REASON_HEADER, NatsNames, Outcome, Progress, ProgressMessage, ResultMessage,
@@ -74,8 +74,8 @@ pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// at most once a second.
 const MIN_ACK_WAIT: Duration = Duration::from_secs(2);
 
-/// Idle heartbeat requested on pull requests; two missed ones rebuild the
-/// pull stream.
+/// Idle heartbeat requested on pull requests; silence for two of them means
+/// the server lost the requests, and the feed asks again.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Lifetime of one pull request.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
@@ -375,18 +375,19 @@ impl Puller<'_> {
         .await;
     }
 
-    /// Runs one pull stream until it fails or shutdown.
+    /// Runs one pull feed until it fails or shutdown.
     async fn pull(&self, consumer: &PullConsumer, backoff: &mut Backoff) {
         let ack_wait = consumer.cached_info().config.ack_wait;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(self.config.pull_batch())
-            .heartbeat(PULL_HEARTBEAT)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
+        let feed = PullFeed::open(
+            &self.shared.js,
+            consumer.clone(),
+            self.config.pull_batch(),
+            PULL_EXPIRES,
+            PULL_HEARTBEAT,
+        )
+        .await;
+        let mut feed = match feed {
+            Ok(feed) => feed,
             Err(err) => {
                 warn!(error = %err, "cannot start pulling; retrying");
                 return;
@@ -406,20 +407,16 @@ impl Puller<'_> {
             let next = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return,
-                next = messages.next() => next,
+                next = feed.next() => next,
             };
             match next {
-                Some(Ok(message)) => {
+                Ok(message) => {
                     backoff.reset();
                     self.tracker
                         .spawn(process(Arc::clone(self.shared), message, ack_wait, slot));
                 }
-                Some(Err(err)) => {
-                    warn!(error = %err, "pull stream failed; rebuilding it");
-                    return;
-                }
-                None => {
-                    warn!("pull stream ended; rebuilding it");
+                Err(err) => {
+                    warn!(error = %err, "pull feed failed; rebuilding it");
                     return;
                 }
             }
