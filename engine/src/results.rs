@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
+use fulfil_spec::pull::{PullError, PullFeed};
 use fulfil_spec::wire::{DEAD_LETTER_REASON_HEADER, NatsNames, header_text};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,12 @@ use tracing::{debug, warn};
 
 use crate::run::{Applied, ApplyError, Report, RunError, apply_committed, apply_single};
 use crate::{Engine, EngineConfig};
+
+/// Lifetime of one pull request for results.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// Idle heartbeat asked for on those requests; silence for two of them means
+/// the server lost the requests, and the feed asks again.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run_applier(
     engine: Engine,
@@ -57,21 +64,30 @@ async fn consume(
             },
         )
         .await?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(config.result_concurrency * config.result_batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
-    let mut failed: Option<async_nats::Error> = None;
+    let feed = PullFeed::open(
+        js,
+        consumer,
+        config.result_concurrency * config.result_batch,
+        PULL_EXPIRES,
+        PULL_HEARTBEAT,
+    )
+    .await?;
+    // The feed's first error ends it; the caller then builds a new one.
+    let messages = futures::stream::unfold(Some(feed), |feed| async move {
+        let mut feed = feed?;
+        match feed.next().await {
+            Ok(message) => Some((Ok(message), Some(feed))),
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let mut failed: Option<PullError> = None;
     messages
         .take_until(shutdown.cancelled())
         .filter_map(|message| {
             let message = match message {
                 Ok(message) => Some(message),
                 Err(e) => {
-                    failed.get_or_insert(Box::new(e));
+                    failed.get_or_insert(e);
                     None
                 }
             };
@@ -83,7 +99,7 @@ async fn consume(
         })
         .await;
     match failed {
-        Some(e) => Err(e),
+        Some(e) => Err(e.into()),
         None => Ok(()),
     }
 }
