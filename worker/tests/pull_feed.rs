@@ -52,27 +52,36 @@ impl Fixture {
         Ok(())
     }
 
-    async fn delete(self) {
-        fulfil_spec::streams::delete_streams(&self.js, &self.names).await;
+    async fn feed(
+        &self,
+        batch: usize,
+        expires: Duration,
+        heartbeat: Duration,
+    ) -> anyhow::Result<PullFeed> {
+        Ok(PullFeed::open(&self.js, self.consumer.clone(), batch, expires, heartbeat).await?)
     }
+}
+
+/// Runs `test` on streams of its own, deleted afterwards whatever the outcome.
+async fn with_fixture(
+    test: impl AsyncFnOnce(&Fixture) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let fixture = Fixture::new().await?;
+    let outcome = test(&fixture).await;
+    fulfil_spec::streams::delete_streams(&fixture.js, &fixture.names).await;
+    outcome
 }
 
 #[tokio::test]
 async fn a_feed_drains_a_backlog_two_at_a_time_and_then_owes_one_request() -> anyhow::Result<()> {
-    let fixture = Fixture::new().await?;
-    let outcome = async {
+    with_fixture(async |fixture| {
         const BACKLOG: usize = 300;
         for i in 0..BACKLOG {
             fixture.publish(format!("task {i}")).await?;
         }
-        let mut feed = PullFeed::open(
-            &fixture.js,
-            fixture.consumer.clone(),
-            2,
-            Duration::from_secs(30),
-            Duration::from_secs(5),
-        )
-        .await?;
+        let mut feed = fixture
+            .feed(2, Duration::from_secs(30), Duration::from_secs(5))
+            .await?;
         let mut seen = HashSet::new();
         tokio::time::timeout(WAIT, async {
             while seen.len() < BACKLOG {
@@ -91,28 +100,20 @@ async fn a_feed_drains_a_backlog_two_at_a_time_and_then_owes_one_request() -> an
         assert!(idle.is_err(), "no message beyond the backlog");
         assert!(feed.owed() <= 2, "owed {} with batch 2", feed.owed());
         assert!(feed.owed() >= 1, "a request stays outstanding while idle");
-        anyhow::Ok(())
-    }
-    .await;
-    fixture.delete().await;
-    outcome
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test]
 async fn expired_requests_are_replaced_so_a_late_message_still_arrives() -> anyhow::Result<()> {
-    let fixture = Fixture::new().await?;
-    let outcome = async {
+    with_fixture(async |fixture| {
         // No heartbeats: only the expiries' 408s can tell the feed that its
         // requests are gone. If it did not count them, it would think four
         // messages still owed and never ask again.
-        let mut feed = PullFeed::open(
-            &fixture.js,
-            fixture.consumer.clone(),
-            4,
-            Duration::from_secs(1),
-            Duration::ZERO,
-        )
-        .await?;
+        let mut feed = fixture
+            .feed(4, Duration::from_secs(1), Duration::ZERO)
+            .await?;
         let waited = tokio::time::timeout(Duration::from_millis(2500), feed.next()).await;
         assert!(waited.is_err(), "nothing was published yet");
         fixture.publish("late".into()).await?;
@@ -121,25 +122,17 @@ async fn expired_requests_are_replaced_so_a_late_message_still_arrives() -> anyh
             .context("a message published after two expiries never arrived")??;
         assert_eq!(&message.payload[..], b"late");
         message.ack().await.map_err(anyhow::Error::from_boxed)?;
-        anyhow::Ok(())
-    }
-    .await;
-    fixture.delete().await;
-    outcome
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_deleted_consumer_stops_the_feed_with_a_clear_error() -> anyhow::Result<()> {
-    let fixture = Fixture::new().await?;
-    let outcome = async {
-        let mut feed = PullFeed::open(
-            &fixture.js,
-            fixture.consumer.clone(),
-            2,
-            Duration::from_secs(30),
-            Duration::from_secs(5),
-        )
-        .await?;
+    with_fixture(async |fixture| {
+        let mut feed = fixture
+            .feed(2, Duration::from_secs(30), Duration::from_secs(5))
+            .await?;
         let pending = tokio::spawn(async move { feed.next().await.map(|_| ()) });
         // Let the first request reach the server before the consumer goes.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -157,9 +150,7 @@ async fn a_deleted_consumer_stops_the_feed_with_a_clear_error() -> anyhow::Resul
             error.to_string().contains("deleted"),
             "unexpected error: {error}"
         );
-        anyhow::Ok(())
-    }
-    .await;
-    fixture.delete().await;
-    outcome
+        Ok(())
+    })
+    .await
 }
