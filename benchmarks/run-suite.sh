@@ -19,5 +19,8 @@ for i in $(seq 1 "$runs"); do
   bench --scenario fanout --steps 10 --workflows 500 --concurrency 16 --json "$out/fanout10-c16-$i.json"
   bench --scenario three-step --workflows 2500 --rate 500 --json "$out/rate500-$i.json"
   bench --scenario three-step --workflows 10000 --rate 10000 --warmup 0 --json "$out/backlog10k-$i.json"
+  # A small worker under a backlog: pulls two tasks at a time, where a pull
+  # stream that miscounts what it is owed stalls (fifth round).
+  bench --scenario three-step --workflows 3000 --rate 10000 --warmup 0 --worker-concurrency 4 --json "$out/backlog3k-worker4-$i.json"
 done
 echo "reports in $out"
