@@ -1,7 +1,8 @@
 //! Types shared by the Fulfil engine and workers: the Promise spec and its
 //! validation, the DAG planner, template expressions, and the wire messages.
 //!
-//! A worker depends on this crate for [`wire`] alone and never links the
+//! A worker depends on this crate for [`wire`] and, with the `nats`
+//! feature, the JetStream streams and the pull feed; it never links the
 //! engine or a database driver.
 
 pub mod dag;
