@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
-use fulfil_spec::pull::{PullError, PullFeed};
+use fulfil_spec::pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullError, PullFeed};
 use fulfil_spec::wire::{DEAD_LETTER_REASON_HEADER, NatsNames, header_text};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -18,12 +18,6 @@ use tracing::{debug, warn};
 
 use crate::run::{Applied, ApplyError, Report, RunError, apply_committed, apply_single};
 use crate::{Engine, EngineConfig};
-
-/// Lifetime of one pull request for results.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
-/// Idle heartbeat asked for on those requests; silence for two of them means
-/// the server lost the requests, and the feed asks again.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run_applier(
     engine: Engine,

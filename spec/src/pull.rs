@@ -26,6 +26,12 @@ use async_nats::{StatusCode, Subscriber};
 use futures::StreamExt;
 use tracing::{debug, warn};
 
+/// Lifetime of one pull request: an idle consumer sends one every 30 s.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// Idle heartbeat asked for on pull requests; silence for two of them means
+/// the server lost the requests, and the feed asks again.
+pub const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+
 /// Header on an expired or terminated pull request: how many of its
 /// messages were never sent.
 const PENDING_MESSAGES_HEADER: &str = "Nats-Pending-Messages";

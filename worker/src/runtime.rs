@@ -52,7 +52,7 @@ use tokio_util::{
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use fulfil_spec::{
-    pull::PullFeed,
+    pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullFeed},
     streams::{StreamError, ensure_streams},
     wire::{
         DEAD_LETTER_REASON_HEADER, NatsNames, Outcome, Progress, ProgressMessage, ResultMessage,
@@ -73,12 +73,6 @@ pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// Shortest `ack_wait` accepted: progress goes out every `ack_wait / 2`, but
 /// at most once a second.
 const MIN_ACK_WAIT: Duration = Duration::from_secs(2);
-
-/// Idle heartbeat requested on pull requests; silence for two of them means
-/// the server lost the requests, and the feed asks again.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
-/// Lifetime of one pull request.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
 
 /// Attempts at publishing a result (or dead letter) before giving up and
 /// leaving the task to be redelivered.
