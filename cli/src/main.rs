@@ -257,7 +257,7 @@ enum RunCommand {
 }
 
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
-    fulfil_spec::promise::parse_duration(s)
+    fulfil_core::promise::parse_duration(s)
 }
 
 fn main() -> ExitCode {

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use fulfil_bus::NatsNames;
 use fulfil_engine::{Engine, EngineConfig, db, promises};
-use fulfil_spec::wire::NatsNames;
 use fulfil_worker::{Handlers, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -66,7 +66,7 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
     let _ = rustls::crypto::ring::default_provider().install_default();
     let names = NatsNames::new(args.nats_prefix.clone())?;
     for queue in &args.queues {
-        if !fulfil_spec::wire::is_valid_queue_name(queue) {
+        if !fulfil_core::wire::is_valid_queue_name(queue) {
             bail!("invalid queue name {queue:?}: use letters, digits, '-' and '_'");
         }
     }
@@ -81,7 +81,7 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
     let js = async_nats::jetstream::new(nats.clone());
-    fulfil_spec::streams::ensure_streams(&js, &names)
+    fulfil_bus::streams::ensure_streams(&js, &names)
         .await
         .context("creating JetStream streams")?;
 
@@ -157,7 +157,7 @@ async fn apply_workflows(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
     for file in files {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        match fulfil_spec::Promise::parse(&text) {
+        match fulfil_core::Promise::parse(&text) {
             Ok(promise) => {
                 let outcome = promises::apply(engine.pool(), &promise)
                     .await

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use fulfil_spec::wire::NatsNames;
+use fulfil_bus::NatsNames;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -162,8 +162,8 @@ impl Engine {
         js: jetstream::Context,
         config: EngineConfig,
         shutdown: CancellationToken,
-    ) -> Result<(), fulfil_spec::streams::StreamError> {
-        fulfil_spec::streams::ensure_streams(&js, self.names()).await?;
+    ) -> Result<(), fulfil_bus::streams::StreamError> {
+        fulfil_bus::streams::ensure_streams(&js, self.names()).await?;
         let relay =
             crate::outbox::run_relay(self.clone(), js.clone(), config.clone(), shutdown.clone());
         let results =

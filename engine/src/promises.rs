@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use fulfil_spec::params::{ParamsError, ParamsSchema};
-use fulfil_spec::{Promise, SpecErrors};
+use fulfil_core::params::{ParamsError, ParamsSchema};
+use fulfil_core::{Promise, SpecErrors};
 use serde::Serialize;
 use sqlx::PgPool;
 

@@ -21,8 +21,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fulfil_spec::Promise;
-use fulfil_spec::params::{ParamsError, Violation};
+use fulfil_core::Promise;
+use fulfil_core::params::{ParamsError, Violation};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::Arguments;

@@ -9,9 +9,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use bytes::Bytes;
-use fulfil_spec::pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullError, PullFeed};
-use fulfil_spec::wire::{DEAD_LETTER_REASON_HEADER, NatsNames, header_text};
+use fulfil_bus::pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullError, PullFeed};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -124,7 +122,7 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
                     "result"
                 };
                 let reason = format!("unparseable {what}: {e}");
-                dead_letter_then_ack(js, engine.names(), &message, &reason).await;
+                fulfil_bus::dead_letter(js, engine.names(), "results", &message, &reason).await;
             }
         }
     }
@@ -177,7 +175,7 @@ async fn acknowledge(
         }
         Err(ApplyError::UnknownTask(task_id)) => {
             let reason = format!("no attempt with task id {task_id}");
-            dead_letter_then_ack(js, engine.names(), &message, &reason).await;
+            fulfil_bus::dead_letter(js, engine.names(), "results", &message, &reason).await;
         }
         Err(ApplyError::Run(e)) => {
             warn!(error = %e, "applying a worker report failed; it will be redelivered");
@@ -191,52 +189,5 @@ async fn ack(message: &jetstream::Message, kind: AckKind) {
         // The message is redelivered after ack_wait, and applying it again is
         // recorded as ignored: nothing is lost or applied twice.
         warn!(error = %e, "acknowledging a result failed");
-    }
-}
-
-/// Moves a result message to the dead-letter stream, and terminates it only
-/// once the dead letter is stored; otherwise it is redelivered later, so a
-/// message is never silently dropped.
-async fn dead_letter_then_ack(
-    js: &jetstream::Context,
-    names: &NatsNames,
-    message: &jetstream::Message,
-    reason: &str,
-) {
-    if dead_letter(js, names, "results", message.payload.clone(), reason).await {
-        ack(message, AckKind::Term).await;
-    } else {
-        ack(message, AckKind::Nak(Some(Duration::from_secs(5)))).await;
-    }
-}
-
-/// Publishes `payload` to `<prefix>.deadletter.<what>` with the reason;
-/// returns whether the stream stored it.
-pub async fn dead_letter(
-    js: &jetstream::Context,
-    names: &NatsNames,
-    what: &str,
-    payload: Bytes,
-    reason: &str,
-) -> bool {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(DEAD_LETTER_REASON_HEADER, header_text(reason).as_str());
-    let subject = names.dead_letter_subject(what);
-    warn!(%subject, %reason, "dead-lettering a message");
-    match js
-        .publish_with_headers(subject.clone(), headers, payload)
-        .await
-    {
-        Ok(ack) => match ack.await {
-            Ok(_) => true,
-            Err(e) => {
-                warn!(%subject, error = %e, "dead-letter publish was not acknowledged");
-                false
-            }
-        },
-        Err(e) => {
-            warn!(%subject, error = %e, "dead-letter publish failed");
-            false
-        }
     }
 }

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use fulfil_spec::dag::CompensationStatus;
-use fulfil_spec::wire::{StepFailure, TaskKind};
-use fulfil_spec::{RunStatus, StepStatus};
+use fulfil_core::dag::CompensationStatus;
+use fulfil_core::wire::{StepFailure, TaskKind};
+use fulfil_core::{RunStatus, StepStatus};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};

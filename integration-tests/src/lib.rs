@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use fulfil_bus::NatsNames;
 use fulfil_engine::{Engine, EngineConfig, db};
-use fulfil_spec::wire::NatsNames;
 use fulfil_worker::{Handlers, Worker, WorkerConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -112,7 +112,7 @@ impl TestStack {
             .await
             .with_context(|| format!("connecting to NATS at {nats_url} (is it up?)"))?;
         let js = async_nats::jetstream::new(nats.clone());
-        fulfil_spec::streams::ensure_streams(&js, &names).await?;
+        fulfil_bus::streams::ensure_streams(&js, &names).await?;
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -195,7 +195,7 @@ impl TestStack {
             anyhow::Ok(())
         })
         .await;
-        fulfil_spec::streams::delete_streams(&self.js, &self.names).await;
+        fulfil_bus::streams::delete_streams(&self.js, &self.names).await;
         self.pool.close().await;
         db::drop_database(&database_url(), &self.database).await?;
         deadline.context("roles did not stop within 15s")??;

@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use fulfil_core::wire::{Outcome, ResultMessage};
 use fulfil_engine::Engine;
 use fulfil_engine::run::{Applied, apply_result, cancel_run};
 use fulfil_integration_tests::{StackOptions, TestStack};
-use fulfil_spec::wire::{Outcome, ResultMessage};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -273,7 +273,7 @@ async fn a_head_moved_by_another_process_is_used_by_the_next_request() -> anyhow
         "enum: [small, large], default: small",
         "enum: [medium, large], default: medium",
     );
-    let v2 = fulfil_spec::Promise::parse(&v2).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let v2 = fulfil_core::Promise::parse(&v2).map_err(|e| anyhow::anyhow!("{e}"))?;
     fulfil_engine::promises::apply(&stack.pool, &v2).await?;
 
     let second = stack.request("db", json!({ "name": "second" })).await?;

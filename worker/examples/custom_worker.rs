@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use fulfil_spec::wire::NatsNames;
+use fulfil_bus::NatsNames;
 use fulfil_worker::{Handler, Handlers, StepError, TaskContext, Worker, WorkerConfig, parse_input};
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -22,7 +22,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use fulfil_spec::wire::{StepFailure, TaskMessage};
+use fulfil_core::wire::{StepFailure, TaskMessage};
 use serde_json::Value;
 use uuid::Uuid;
 

@@ -1,8 +1,8 @@
 //! Fulfil's worker runtime and the [`Handler`] trait custom workers implement.
 //!
-//! A worker pulls [`TaskMessage`](fulfil_spec::wire::TaskMessage)s from the
+//! A worker pulls [`TaskMessage`](fulfil_core::wire::TaskMessage)s from the
 //! JetStream tasks stream, runs the handler each names, and publishes a
-//! [`ResultMessage`](fulfil_spec::wire::ResultMessage) for the engine. The
+//! [`ResultMessage`](fulfil_core::wire::ResultMessage) for the engine. The
 //! contract, in short (details in [`runtime`] and `docs/wire.md`):
 //!
 //! * delivery is **at least once**: a task may run more than once, so
@@ -18,7 +18,7 @@
 //! # async fn start(nats: async_nats::Client) -> Result<(), fulfil_worker::WorkerError> {
 //! use fulfil_worker::{Handlers, Worker, WorkerConfig};
 //!
-//! let names = fulfil_spec::wire::NatsNames::new("fulfil").expect("valid prefix");
+//! let names = fulfil_bus::NatsNames::new("fulfil").expect("valid prefix");
 //! let handlers = Handlers::with_builtins(nats.clone());
 //! let js = async_nats::jetstream::new(nats);
 //! let shutdown = tokio_util::sync::CancellationToken::new();
@@ -33,7 +33,7 @@ pub mod handler;
 pub mod runtime;
 
 /// The streams every process creates at start; re-exported so a custom worker
-/// needs no direct dependency on `fulfil-spec`'s `nats` feature.
-pub use fulfil_spec::streams::{StreamError, ensure_streams};
+/// needs no direct dependency on `fulfil-core`'s `nats` feature.
+pub use fulfil_bus::streams::{StreamError, ensure_streams};
 pub use handler::{Handler, Handlers, RetryDecision, StepError, TaskContext, parse_input};
 pub use runtime::{Worker, WorkerConfig, WorkerError, default_worker_id};

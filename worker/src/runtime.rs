@@ -30,14 +30,11 @@
 
 use std::{any::Any, future::Future, sync::Arc, time::Duration};
 
-use async_nats::{
-    HeaderMap,
-    jetstream::{
-        self, AckKind,
-        consumer::{AckPolicy, PullConsumer, pull},
-        message::PublishMessage,
-        stream::ConsumerError,
-    },
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, PullConsumer, pull},
+    message::PublishMessage,
+    stream::ConsumerError,
 };
 use bytes::Bytes;
 use chrono::Utc;
@@ -51,21 +48,18 @@ use tokio_util::{
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use fulfil_spec::{
-    pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullFeed},
-    streams::{StreamError, ensure_streams},
-    wire::{
-        DEAD_LETTER_REASON_HEADER, NatsNames, Outcome, Progress, ProgressMessage, ResultMessage,
-        StepFailure, TaskMessage, header_text, is_valid_queue_name,
-    },
+use fulfil_bus::{
+    Backoff, NatsNames, PULL_EXPIRES, PULL_HEARTBEAT, PublishError, PullFeed, StreamError,
+    ensure_streams, publish_with_retry,
+};
+use fulfil_core::wire::{
+    Outcome, Progress, ProgressMessage, ResultMessage, StepFailure, TaskMessage,
+    is_valid_queue_name,
 };
 
 use serde_json::Value;
 
 use crate::handler::{Handlers, Heartbeat, StepError, TaskContext};
-
-/// Header on a dead letter naming the subject the message arrived on.
-pub const DEAD_LETTER_SUBJECT_HEADER: &str = "Fulfil-Dead-Letter-Subject";
 
 /// Default redelivery delay of an unacked task, set on consumers this worker
 /// creates ([`WorkerConfig::ack_wait`]).
@@ -74,14 +68,8 @@ pub const ACK_WAIT: Duration = Duration::from_secs(60);
 /// at most once a second.
 const MIN_ACK_WAIT: Duration = Duration::from_secs(2);
 
-/// Attempts at publishing a result (or dead letter) before giving up and
-/// leaving the task to be redelivered.
-const PUBLISH_ATTEMPTS: u32 = 5;
 /// Steps finishing sooner than this send no `started` report.
 const STARTED_REPORT_DELAY: Duration = Duration::from_millis(250);
-
-/// Bound on one publish, including the wait for the stream's ack.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Room left for headers and protocol overhead when checking a result
 /// against the server's maximum payload.
@@ -108,7 +96,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             worker_id: default_worker_id(),
-            queues: vec![fulfil_spec::wire::DEFAULT_QUEUE.to_owned()],
+            queues: vec![fulfil_core::wire::DEFAULT_QUEUE.to_owned()],
             concurrency: 16,
             drain_timeout: Duration::from_secs(30),
             ack_wait: ACK_WAIT,
@@ -235,7 +223,7 @@ impl Worker {
             worker_id: self.config.worker_id.clone(),
             results_subject: self.names.results_subject(),
             progress_subject: self.names.progress_subject(),
-            dead_letter_subject: self.names.dead_letter_subject("tasks"),
+            names: self.names.clone(),
             abandon: CancellationToken::new(),
         });
         // If this future is dropped rather than shut down, stop the handlers
@@ -295,7 +283,7 @@ struct Shared {
     worker_id: String,
     results_subject: String,
     progress_subject: String,
-    dead_letter_subject: String,
+    names: NatsNames,
     /// Cancelled when the drain timeout passes: running tasks give up.
     abandon: CancellationToken,
 }
@@ -354,14 +342,14 @@ impl Puller<'_> {
                             Ok(consumer) => consumer,
                             Err(err) => {
                                 warn!(error = %err, "cannot open the queue's consumer; retrying");
-                                self.pause(backoff.next()).await;
+                                self.pause(backoff.next_delay()).await;
                                 continue;
                             }
                         }
                     }
                 };
                 self.pull(&current, &mut backoff).await;
-                self.pause(backoff.next()).await;
+                self.pause(backoff.next_delay()).await;
             }
             debug!("stopped pulling");
         }
@@ -447,7 +435,14 @@ async fn handle_message(shared: &Shared, message: &jetstream::Message, ack_wait:
     let task: TaskMessage = match serde_json::from_slice(&message.payload) {
         Ok(task) => task,
         Err(err) => {
-            dead_letter(shared, message, &format!("not a valid task message: {err}")).await;
+            fulfil_bus::dead_letter(
+                &shared.js,
+                &shared.names,
+                "tasks",
+                message,
+                &format!("not a valid task message: {err}"),
+            )
+            .await;
             return;
         }
     };
@@ -679,15 +674,15 @@ async fn with_progress<F: Future>(
     }
 }
 
-/// A result or dead letter could not be stored.
+/// A result could not be stored.
 #[derive(Debug, thiserror::Error)]
 enum PublishFailure {
     /// The message could not be encoded.
     #[error("cannot encode the result: {0}")]
     Encode(#[from] serde_json::Error),
-    /// Every attempt failed; the last error is attached.
-    #[error("gave up after {PUBLISH_ATTEMPTS} attempts: {0}")]
-    GaveUp(String),
+    /// Every attempt failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
 /// Publishes `result` with `Nats-Msg-Id` = task id and waits for the stream
@@ -719,119 +714,13 @@ async fn publish_result(shared: &Shared, mut result: ResultMessage) -> Result<()
     }
     let payload = Bytes::from(payload);
     let message_id = result.task_id.to_string();
-    publish_with_retry(shared, &shared.results_subject, || {
+    publish_with_retry(&shared.js, &shared.results_subject, || {
         PublishMessage::build()
             .payload(payload.clone())
             .message_id(&message_id)
     })
-    .await
-}
-
-/// Copies an unusable message to the dead-letter subject with `reason`, then
-/// terminates it. If the dead letter cannot be stored the message is left
-/// unacked, to be redelivered and tried again: never dropped silently.
-async fn dead_letter(shared: &Shared, message: &jetstream::Message, reason: &str) {
-    warn!(subject = %message.subject, reason, "dead-lettering a message");
-    let mut headers = HeaderMap::new();
-    headers.insert(DEAD_LETTER_REASON_HEADER, header_text(reason));
-    headers.insert(
-        DEAD_LETTER_SUBJECT_HEADER,
-        header_text(message.subject.as_str()),
-    );
-    // Keep the publisher's id, so a redelivered copy is deduplicated.
-    if let Some(id) = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-    {
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.clone());
-    }
-    let published = publish_with_retry(shared, &shared.dead_letter_subject, || {
-        PublishMessage::build()
-            .payload(message.payload.clone())
-            .headers(headers.clone())
-    })
-    .await;
-    match published {
-        Ok(()) => {
-            if let Err(err) = message.ack_with(AckKind::Term).await {
-                warn!(error = %err, "dead letter stored but the message could not be terminated");
-            }
-        }
-        Err(err) => error!(
-            error = %err,
-            "cannot store the dead letter; leaving the message unacked so it is redelivered"
-        ),
-    }
-}
-
-/// A header value: one line, bounded.
-/// Publishes via JetStream and waits for the stream's ack, retrying a few
-/// times with backoff.
-async fn publish_with_retry(
-    shared: &Shared,
-    subject: &str,
-    build: impl Fn() -> PublishMessage,
-) -> Result<(), PublishFailure> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut last_error = String::new();
-    for attempt in 1..=PUBLISH_ATTEMPTS {
-        let publish = async {
-            let ack = shared.js.send_publish(subject.to_owned(), build()).await?;
-            ack.await
-        };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(ack)) => {
-                debug!(
-                    subject,
-                    sequence = ack.sequence,
-                    duplicate = ack.duplicate,
-                    "published"
-                );
-                return Ok(());
-            }
-            Ok(Err(err)) => last_error = err.to_string(),
-            Err(_) => {
-                last_error = format!(
-                    "no ack within {}",
-                    humantime::format_duration(PUBLISH_TIMEOUT)
-                );
-            }
-        }
-        warn!(subject, attempt, error = %last_error, "publish failed");
-        if attempt < PUBLISH_ATTEMPTS {
-            tokio::time::sleep(backoff.next()).await;
-        }
-    }
-    Err(PublishFailure::GaveUp(last_error))
-}
-
-/// Exponential backoff with a cap.
-#[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -978,7 +867,5 @@ mod tests {
         assert_eq!(sized(1000).pull_batch(), 128);
         assert!(sized(16).max_ack_pending() >= 16);
         assert!(sized(10_000).max_ack_pending() >= 10_000);
-
-        assert_eq!(header_text("line1\nline2\r"), "line1 line2 ");
     }
 }

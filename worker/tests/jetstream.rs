@@ -7,9 +7,8 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use async_trait::async_trait;
 use chrono::Utc;
-use fulfil_spec::wire::{
-    DEAD_LETTER_REASON_HEADER, NatsNames, Outcome, ResultMessage, StepFailure, TaskMessage,
-};
+use fulfil_bus::{DEAD_LETTER_REASON_HEADER, NatsNames};
+use fulfil_core::wire::{Outcome, ResultMessage, StepFailure, TaskMessage};
 use fulfil_worker::{Handler, Handlers, StepError, TaskContext, Worker, WorkerConfig};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -81,7 +80,7 @@ async fn worker_reports_results_and_dead_letters_garbage() -> anyhow::Result<()>
 
     let outcome = scenario(&client, &js, &names).await;
 
-    fulfil_spec::streams::delete_streams(&js, &names).await;
+    fulfil_bus::streams::delete_streams(&js, &names).await;
     outcome
 }
 

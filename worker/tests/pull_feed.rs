@@ -5,8 +5,8 @@ use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
-use fulfil_spec::pull::PullFeed;
-use fulfil_spec::wire::NatsNames;
+use fulfil_bus::NatsNames;
+use fulfil_bus::pull::PullFeed;
 
 /// Bound on every wait; the waits below end in milliseconds when all is well.
 const WAIT: Duration = Duration::from_secs(30);
@@ -26,7 +26,7 @@ impl Fixture {
             .with_context(|| format!("cannot connect to NATS at {url}"))?;
         let js = jetstream::new(client);
         let names = NatsNames::new(format!("pf_{}", uuid::Uuid::now_v7().simple()))?;
-        fulfil_spec::streams::ensure_streams(&js, &names).await?;
+        fulfil_bus::streams::ensure_streams(&js, &names).await?;
         let consumer = js
             .get_stream(names.tasks_stream())
             .await?
@@ -68,7 +68,7 @@ async fn with_fixture(
 ) -> anyhow::Result<()> {
     let fixture = Fixture::new().await?;
     let outcome = test(&fixture).await;
-    fulfil_spec::streams::delete_streams(&fixture.js, &fixture.names).await;
+    fulfil_bus::streams::delete_streams(&fixture.js, &fixture.names).await;
     outcome
 }
 

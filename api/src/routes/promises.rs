@@ -3,8 +3,8 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use fulfil_core::{Promise, SpecError, SpecErrors};
 use fulfil_engine::promises::{self, ApplyOutcome, PromiseError, PromiseRecord};
-use fulfil_spec::{Promise, SpecError, SpecErrors};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -4,9 +4,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
+use fulfil_core::RunStatus;
 use fulfil_engine::inspect::{self, RunFilter};
 use fulfil_engine::run::{OperatorError, cancel_run, retry_run};
-use fulfil_spec::RunStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -86,7 +86,7 @@ fn actor(headers: &HeaderMap) -> String {
     headers
         .get("fulfil-actor")
         .and_then(|v| v.to_str().ok())
-        .map(|v| fulfil_spec::wire::header_text(v).trim().to_string())
+        .map(|v| fulfil_bus::header_text(v).trim().to_string())
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "api".to_string())
 }

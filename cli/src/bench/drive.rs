@@ -307,8 +307,8 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     if let Ok(nats) = async_nats::connect(&args.nats_url).await {
         let js = async_nats::jetstream::new(nats);
-        if let Ok(names) = fulfil_spec::wire::NatsNames::new(prefix.clone()) {
-            fulfil_spec::streams::delete_streams(&js, &names).await;
+        if let Ok(names) = fulfil_bus::NatsNames::new(prefix.clone()) {
+            fulfil_bus::streams::delete_streams(&js, &names).await;
         }
     }
     result

@@ -5,7 +5,7 @@
 //! Forward: once a step has failed (or the run is stopping), nothing new
 //! starts; in-flight steps finish or time out. Then, if any succeeded step
 //! declares `compensate`, the run becomes `compensating` and the saga planner
-//! ([`fulfil_spec::Graph::plan_compensation`]) undoes them in reverse
+//! ([`fulfil_core::Graph::plan_compensation`]) undoes them in reverse
 //! dependency order. The run ends `succeeded`, `compensated`, `cancelled`
 //! (an operator stopped it) or `failed` (with the failing step, or the
 //! failing compensation, named in its error).
@@ -14,10 +14,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::Utc;
-use fulfil_spec::dag::{CompensationOutcome, CompensationStatus, Outcome};
-use fulfil_spec::expr::{RenderContext, evaluate_condition, render_value};
-use fulfil_spec::wire::{StepFailure, TaskKind, TaskMessage};
-use fulfil_spec::{Graph, RunStatus, Step, StepStatus};
+use fulfil_core::dag::{CompensationOutcome, CompensationStatus, Outcome};
+use fulfil_core::expr::{RenderContext, evaluate_condition, render_value};
+use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
+use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 

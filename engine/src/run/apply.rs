@@ -25,9 +25,9 @@
 
 use std::collections::HashMap;
 
-use fulfil_spec::StepStatus;
-use fulfil_spec::dag::CompensationStatus;
-use fulfil_spec::wire::{Outcome, ProgressMessage, ResultMessage, TaskKind};
+use fulfil_core::StepStatus;
+use fulfil_core::dag::CompensationStatus;
+use fulfil_core::wire::{Outcome, ProgressMessage, ResultMessage, TaskKind};
 use serde_json::json;
 use sqlx::PgConnection;
 use tracing::{debug, info_span, trace};

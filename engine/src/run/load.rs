@@ -14,10 +14,10 @@
 
 use std::collections::HashMap;
 
-use fulfil_spec::RunStatus;
-use fulfil_spec::StepStatus;
-use fulfil_spec::dag::CompensationStatus;
-use fulfil_spec::wire::TaskKind;
+use fulfil_core::RunStatus;
+use fulfil_core::StepStatus;
+use fulfil_core::dag::CompensationStatus;
+use fulfil_core::wire::TaskKind;
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;

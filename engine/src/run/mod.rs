@@ -24,10 +24,10 @@ mod writes;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use fulfil_spec::dag::CompensationStatus;
-use fulfil_spec::wire::NatsNames;
-use fulfil_spec::wire::TaskKind;
-use fulfil_spec::{RunStatus, StepStatus};
+use fulfil_bus::NatsNames;
+use fulfil_core::dag::CompensationStatus;
+use fulfil_core::wire::TaskKind;
+use fulfil_core::{RunStatus, StepStatus};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
@@ -65,7 +65,7 @@ pub mod event {
     pub const STEP_CANCELLED: &str = "step.cancelled";
     pub const RESULT_IGNORED: &str = "result.ignored";
 
-    use fulfil_spec::wire::TaskKind;
+    use fulfil_core::wire::TaskKind;
 
     /// What can happen to an attempt; the event type names the task kind:
     /// `step.started` for an action, `compensation.started` for its undo.
@@ -149,7 +149,7 @@ pub struct Run {
     pub status: RunStatus,
     /// params, request and env, as expressions see them.
     pub context: Value,
-    pub promise: std::sync::Arc<fulfil_spec::Promise>,
+    pub promise: std::sync::Arc<fulfil_core::Promise>,
     pub steps: HashMap<String, StepRow>,
     pub names: NatsNames,
     /// Who is acting, recorded in history.
@@ -192,7 +192,7 @@ impl Run {
         run_id: Uuid,
         request_id: Uuid,
         context: Value,
-        promise: std::sync::Arc<fulfil_spec::Promise>,
+        promise: std::sync::Arc<fulfil_core::Promise>,
         names: NatsNames,
         actor: String,
         fast_publish: bool,

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use fulfil_spec::dag::CompensationStatus;
-use fulfil_spec::wire::TaskKind;
-use fulfil_spec::{Graph, RunStatus, StepStatus};
+use fulfil_core::dag::CompensationStatus;
+use fulfil_core::wire::TaskKind;
+use fulfil_core::{Graph, RunStatus, StepStatus};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;

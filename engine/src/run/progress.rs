@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use fulfil_spec::StepStatus;
-use fulfil_spec::dag::CompensationStatus;
-use fulfil_spec::wire::{Progress, ProgressMessage, TaskKind};
+use fulfil_core::StepStatus;
+use fulfil_core::dag::CompensationStatus;
+use fulfil_core::wire::{Progress, ProgressMessage, TaskKind};
 use serde_json::json;
 
 use super::advance::{set_compensation, set_step};

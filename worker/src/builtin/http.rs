@@ -382,7 +382,7 @@ mod tests {
     use crate::handler::RetryDecision;
 
     fn task() -> TaskContext {
-        TaskContext::from_task(&fulfil_spec::wire::TaskMessage {
+        TaskContext::from_task(&fulfil_core::wire::TaskMessage {
             task_id: Uuid::now_v7(),
             run_id: Uuid::now_v7(),
             step_id: "provision".into(),

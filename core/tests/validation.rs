@@ -1,6 +1,6 @@
 //! Every kind of Promise problem is reported at its path, all in one answer.
 
-use fulfil_spec::{Promise, SpecErrors};
+use fulfil_core::{Promise, SpecErrors};
 
 fn errors(yaml: &str) -> Vec<(String, &'static str, String)> {
     match Promise::parse(yaml) {

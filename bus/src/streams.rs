@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-use crate::wire::NatsNames;
+use crate::names::NatsNames;
 
 /// A stream could not be created or looked up.
 #[derive(Debug, thiserror::Error)]

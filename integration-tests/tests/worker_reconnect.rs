@@ -1,60 +1,23 @@
 //! The worker survives a NATS restart and the deletion of its consumer: it
 //! keeps its pull loop and serves tasks published afterwards.
 //!
-//! Kills and restarts a private `nats-server` (from `PATH`, or
-//! `NATS_SERVER_BIN`) on a free port, never the machine's shared one; skipped
-//! when no binary is found.
+//! Kills and restarts a private `nats-server` (found as
+//! [`NatsServer`] finds it) on a free port, never the machine's shared one;
+//! the test fails when no binary is found.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use chrono::Utc;
-use fulfil_spec::wire::{NatsNames, Outcome, ResultMessage, TaskMessage};
+use fulfil_bus::NatsNames;
+use fulfil_core::wire::{Outcome, ResultMessage, TaskMessage};
+use fulfil_integration_tests::processes::NatsServer;
 use fulfil_worker::{Handlers, Worker, WorkerConfig};
 use futures::StreamExt;
 use serde_json::json;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-fn nats_server_bin() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
-        return Some(bin.into());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|bin| bin.is_file())
-    })
-}
-
-async fn start_server(bin: &Path, port: u16, store: &Path) -> anyhow::Result<Child> {
-    let child = Command::new(bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start nats-server")?;
-    // Ready once it accepts connections.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .context("nats-server did not start listening")?;
-    Ok(child)
-}
 
 /// Publishes an echo task, retrying while the server is still recovering,
 /// and waits for its result.
@@ -135,25 +98,19 @@ async fn worker_keeps_serving_across_nats_restart_and_consumer_deletion() -> any
         )
         .with_test_writer()
         .try_init();
-    let Some(bin) = nats_server_bin() else {
-        eprintln!("skipping: no nats-server on PATH and no NATS_SERVER_BIN");
-        return Ok(());
-    };
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?.port()
-    };
-    let store = std::env::temp_dir().join(format!("fulfil-worker-reconnect-{}", Uuid::now_v7()));
-    let outcome = scenario(&bin, port, &store).await;
-    let _ = std::fs::remove_dir_all(&store);
+    let dir = std::env::temp_dir().join(format!("fulfil-worker-reconnect-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    let outcome = scenario(&dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
     outcome
 }
 
-async fn scenario(bin: &Path, port: u16, store: &Path) -> anyhow::Result<()> {
-    let mut server = start_server(bin, port, store).await?;
+async fn scenario(dir: &Path) -> anyhow::Result<()> {
+    // A private server this test may kill: never the machine's shared one.
+    let mut server = NatsServer::start(dir).await?;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
-        .connect(format!("nats://127.0.0.1:{port}"))
+        .connect(server.url())
         .await?;
     let js = jetstream::new(client.clone());
     let names = NatsNames::new("rc")?;
@@ -183,7 +140,7 @@ async fn scenario(bin: &Path, port: u16, store: &Path) -> anyhow::Result<()> {
 
     server.kill().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let _server = start_server(bin, port, store).await?;
+    server.restart().await?;
 
     round_trip(&js, &names, &results, "after-restart").await?;
 

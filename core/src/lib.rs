@@ -1,0 +1,17 @@
+//! The core of Fulfil, pure and without I/O: the Promise language (spec,
+//! validation, expressions), the DAG planner, the status vocabulary and the
+//! wire messages exchanged with workers.
+//!
+//! A worker depends on this crate for [`wire`] and on `fulfil-bus` for the
+//! JetStream plumbing; it never links the engine or a database driver.
+
+pub mod dag;
+pub mod expr;
+pub mod params;
+pub mod promise;
+pub mod validate;
+pub mod wire;
+
+pub use dag::{Graph, Plan, RunStatus, StepStatus};
+pub use promise::{Promise, RetryPolicy, Step};
+pub use validate::{SpecError, SpecErrors};
