@@ -9,6 +9,7 @@ pub mod dag;
 pub mod expr;
 pub mod params;
 pub mod promise;
+pub mod status;
 pub mod time;
 pub mod validate;
 pub mod wire;

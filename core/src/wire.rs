@@ -51,27 +51,7 @@ pub struct TaskMessage {
     pub heartbeat_timeout_ms: Option<u64>,
 }
 
-/// What a task does for its step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    #[default]
-    Action,
-    Compensation,
-}
-
-impl TaskKind {
-    pub fn is_action(&self) -> bool {
-        *self == TaskKind::Action
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::Action => "action",
-            TaskKind::Compensation => "compensation",
-        }
-    }
-}
+pub use crate::status::TaskKind;
 
 /// A worker's report that an attempt started, or is still alive, published
 /// on `<prefix>.progress`. Best effort: the engine copes with lost ones

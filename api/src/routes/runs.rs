@@ -27,7 +27,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
     if let Some(status) = &q.status
-        && RunStatus::parse(status).is_none()
+        && RunStatus::parse(status).is_err()
     {
         let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
         return Err(Problem::bad_request(format!(

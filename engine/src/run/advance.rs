@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use super::event::{self, AttemptEvent, attempt_event};
 use super::writes::{AttemptCancel, NewAttempt};
-use super::{RequestStatus, Run, RunEnding, RunError};
+use super::{RequestUpdate, Run, RunEnding, RunError};
+use fulfil_core::status::RequestStatus;
 
 /// An attempt may wait this long for a worker when its step sets no
 /// `schedule_to_start`; only the task's absolute deadline uses it.
@@ -632,8 +633,8 @@ fn finish(run: &mut Run, status: RunStatus, reason: Option<String>) -> Result<()
         outputs: outputs.clone(),
         error: error.clone(),
     });
-    run.set_request_status(RequestStatus {
-        status: status.as_str(),
+    run.set_request_status(RequestUpdate {
+        status: RequestStatus::following(status),
         outputs: outputs.clone(),
     });
     let kind = match status {

@@ -179,14 +179,10 @@ async fn load_runs(
             );
             continue;
         }
-        let status = StepStatus::parse(&r.status)
-            .ok_or_else(|| RunError::Corrupt(format!("step status {:?}", r.status)))?;
+        let status = StepStatus::parse(&r.status)?;
         let compensation = match r.compensation_status.as_deref() {
             None => None,
-            Some(c) => Some(
-                CompensationStatus::parse(c)
-                    .ok_or_else(|| RunError::Corrupt(format!("compensation status {c:?}")))?,
-            ),
+            Some(c) => Some(CompensationStatus::parse(c)?),
         };
         steps_by_run.entry(r.run_id).or_default().insert(
             r.step_id.clone(),
@@ -210,8 +206,7 @@ async fn load_runs(
             // This change is made under the lock, and the copy would be stale.
             engine.run_cache().forget(row.id);
         }
-        let status = RunStatus::parse(&row.status)
-            .ok_or_else(|| RunError::Corrupt(format!("run status {:?}", row.status)))?;
+        let status = RunStatus::parse(&row.status)?;
         // Versions are immutable, so the cache answers without a query once
         // this process has seen the version.
         let promise = engine

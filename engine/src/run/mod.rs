@@ -45,7 +45,7 @@ pub(crate) use cache::{RunCache, Stored};
 pub use load::{KnownAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
 pub(crate) use writes::{
-    AttemptUpdate, LeadingPart, RequestStatus, RunEnding, fits_one_statement, flush, flush_with,
+    AttemptUpdate, LeadingPart, RequestUpdate, RunEnding, fits_one_statement, flush, flush_with,
 };
 pub use writes::{OutboxMessage, PendingEvent};
 
@@ -185,6 +185,12 @@ pub enum RunError {
     IllegalTransition { from: RunStatus, to: RunStatus },
 }
 
+impl From<fulfil_core::status::UnknownValue> for RunError {
+    fn from(unknown: fulfil_core::status::UnknownValue) -> Self {
+        RunError::Corrupt(unknown.to_string())
+    }
+}
+
 impl Run {
     /// A run being created: every step pending. Its run and step rows are
     /// inserted by the flush; its request row must exist by then.
@@ -255,8 +261,8 @@ impl Run {
     }
 
     /// Keeps the request's status in step with the run.
-    pub(crate) fn set_request_status(&mut self, status: RequestStatus) {
-        self.writes.request = Some(status);
+    pub(crate) fn set_request_status(&mut self, update: RequestUpdate) {
+        self.writes.request = Some(update);
     }
 
     /// Marks a step's in-memory row for writing back.

@@ -11,8 +11,9 @@ use uuid::Uuid;
 
 use super::advance::{advance, stop_in_flight};
 use super::event;
-use super::{RequestStatus, Run, RunEnding, RunError, lock_run};
+use super::{RequestUpdate, Run, RunEnding, RunError, lock_run};
 use crate::Engine;
+use fulfil_core::status::RequestStatus;
 use sqlx::{Postgres, Transaction};
 
 /// Why an operator action was refused; nothing changed.
@@ -128,8 +129,8 @@ pub async fn cancel_run(
             outputs: None,
             error: Some(why.clone()),
         });
-        run.set_request_status(RequestStatus {
-            status: RunStatus::Cancelled.as_str(),
+        run.set_request_status(RequestUpdate {
+            status: RequestStatus::following(RunStatus::Cancelled),
             outputs: None,
         });
         run.record(event::RUN_CANCELLED, None, None, json!({ "error": why }));
@@ -251,8 +252,8 @@ pub async fn retry_run(
         outputs: None,
         error: None,
     });
-    run.set_request_status(RequestStatus {
-        status: RunStatus::Running.as_str(),
+    run.set_request_status(RequestUpdate {
+        status: RequestStatus::Running,
         outputs: None,
     });
     if let Some(limit) = promise.run_timeout() {

@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use fulfil_core::status::RequestStatus;
 use serde_json::Value;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::PgArguments;
@@ -117,8 +118,8 @@ pub(crate) struct RunEnding {
 
 /// The request row's status, kept in step with its run.
 #[derive(Debug, Clone)]
-pub(crate) struct RequestStatus {
-    pub status: &'static str,
+pub(crate) struct RequestUpdate {
+    pub status: RequestStatus,
     pub outputs: Option<Value>,
 }
 
@@ -141,7 +142,7 @@ pub(crate) struct Writes {
     /// The run row's status, flags or history sequence changed.
     pub run: bool,
     pub ending: Option<RunEnding>,
-    pub request: Option<RequestStatus>,
+    pub request: Option<RequestUpdate>,
     pub new_attempts: Vec<NewAttempt>,
     pub attempt_updates: Vec<(Uuid, AttemptUpdate)>,
     pub cancels: Vec<AttemptCancel>,
@@ -448,7 +449,7 @@ impl Columns {
         }
         if let Some(request) = writes.request {
             self.q_id.push(run.request_id);
-            self.q_status.push(request.status);
+            self.q_status.push(request.status.as_str());
             self.q_outputs.push(request.outputs);
         }
         // A new run's steps are inserted with their state.

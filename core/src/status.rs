@@ -1,0 +1,351 @@
+//! The status vocabulary: every state and kind Fulfil stores or sends, as
+//! enums, each written once by [`vocabulary!`].
+//!
+//! Each enum has one spelling per variant, used by the database, the wire,
+//! the API and the CLI alike: [`as_str`](RunStatus::as_str) writes it,
+//! [`parse`](RunStatus::parse) reads it back, and a value that no variant
+//! spells is an [`UnknownValue`] error, never a silent default. The
+//! database columns holding these values carry CHECK constraints listing the
+//! same spellings (migration `..._typed_states.sql`); a test below keeps the
+//! two in step. Legal transitions live beside each state machine's enum.
+
+use std::fmt;
+
+/// A stored or received value that the vocabulary does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}; expected one of: {expected}")]
+pub struct UnknownValue {
+    /// Which vocabulary: "run status", "timer kind", ...
+    pub what: &'static str,
+    /// The value as read.
+    pub value: String,
+    /// The accepted spellings, comma-separated.
+    pub expected: String,
+}
+
+/// Declares a closed vocabulary: the enum, its spellings, `ALL`, `as_str`,
+/// `parse`, `Display`, `FromStr` and serde, all from one list.
+macro_rules! vocabulary {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident as $what:literal {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$( $name::$variant, )+];
+
+            /// The one spelling of this value, stored and sent.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            /// Reads a spelling back; anything else is an error.
+            pub fn parse(text: &str) -> Result<Self, UnknownValue> {
+                match text {
+                    $( $text => Ok($name::$variant), )+
+                    _ => Err(UnknownValue {
+                        what: $what,
+                        value: text.to_owned(),
+                        expected: [$( $text, )+].join(", "),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(text: &str) -> Result<Self, UnknownValue> {
+                Self::parse(text)
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// Status of a run (`fulfil.runs.status`).
+    pub enum RunStatus as "run status" {
+        Pending = "pending",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Compensating = "compensating",
+        Compensated = "compensated",
+        Cancelled = "cancelled",
+    }
+}
+
+impl RunStatus {
+    /// Nothing more happens to the run unless an operator retries it.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Compensated | Self::Cancelled
+        )
+    }
+
+    /// The legal transitions, in one place. Terminal runs move only by an
+    /// operator's retry (back to `running`).
+    pub fn can_become(self, next: RunStatus) -> bool {
+        use RunStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Running | Cancelled)
+                | (Running, Succeeded | Failed | Compensating | Cancelled)
+                | (Compensating, Compensated | Failed | Cancelled)
+                | (Failed | Compensated | Cancelled, Running)
+        )
+    }
+}
+
+vocabulary! {
+    /// Status of a step within a run (`fulfil.steps.status`).
+    pub enum StepStatus as "step status" {
+        /// Waiting for its needs.
+        Pending = "pending",
+        /// Task dispatched, not yet reported by a worker.
+        Ready = "ready",
+        /// A worker reported it started.
+        Running = "running",
+        /// Failed, next attempt scheduled.
+        Retrying = "retrying",
+        /// Waiting for an event, an approval or a time.
+        Waiting = "waiting",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Its `if` condition was false.
+        Skipped = "skipped",
+        Cancelled = "cancelled",
+        Compensated = "compensated",
+    }
+}
+
+impl StepStatus {
+    /// Whether dependents may start.
+    pub fn satisfies_needs(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Skipped)
+    }
+
+    /// Dispatched or scheduled, and not finished.
+    pub fn is_in_flight(self) -> bool {
+        matches!(
+            self,
+            Self::Ready | Self::Running | Self::Retrying | Self::Waiting
+        )
+    }
+
+    /// The legal transitions of a step, in one place. A finished step moves
+    /// again only by compensation (`succeeded` → `compensated`) or an
+    /// operator's retry (back to `pending`).
+    pub fn can_become(self, next: StepStatus) -> bool {
+        use StepStatus::*;
+        match (self, next) {
+            (Pending, Ready | Waiting | Skipped | Cancelled | Failed) => true,
+            (Ready | Running | Retrying | Waiting, Ready | Running | Retrying | Waiting) => true,
+            (Ready | Running | Retrying | Waiting, Succeeded | Failed | Cancelled) => true,
+            (Succeeded, Compensated) => true,
+            (Failed | Cancelled | Skipped | Compensated | Succeeded, Pending) => true,
+            _ => false,
+        }
+    }
+}
+
+vocabulary! {
+    /// Progress of a step's compensation (`fulfil.steps.compensation_status`).
+    pub enum CompensationStatus as "compensation status" {
+        /// Will run once every dependent has been compensated.
+        Pending = "pending",
+        /// Task dispatched.
+        Ready = "ready",
+        /// A worker started it.
+        Running = "running",
+        Retrying = "retrying",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Abandoned by an operator's cancel without compensation.
+        Cancelled = "cancelled",
+    }
+}
+
+impl CompensationStatus {
+    /// Dispatched or scheduled, and not finished.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, Self::Ready | Self::Running | Self::Retrying)
+    }
+}
+
+vocabulary! {
+    /// Status of a request (`fulfil.requests.status`).
+    pub enum RequestStatus as "request status" {
+        Accepted = "accepted",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Deleting = "deleting",
+        Deleted = "deleted",
+        DeleteFailed = "delete_failed",
+    }
+}
+
+impl RequestStatus {
+    /// A request's status while its configure run has `run` status: the
+    /// request's vocabulary is coarser, and the run says the rest (why it
+    /// failed, whether it was compensated or cancelled).
+    pub fn following(run: RunStatus) -> Self {
+        match run {
+            RunStatus::Pending | RunStatus::Running | RunStatus::Compensating => Self::Running,
+            RunStatus::Succeeded => Self::Succeeded,
+            RunStatus::Failed | RunStatus::Compensated | RunStatus::Cancelled => Self::Failed,
+        }
+    }
+}
+
+vocabulary! {
+    /// Status of one attempt at a task (`fulfil.attempts.status`).
+    pub enum AttemptStatus as "attempt status" {
+        /// Published to the workers' queue, not yet started.
+        Dispatched = "dispatched",
+        /// A worker reported it started.
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Its deadline passed before a result arrived.
+        TimedOut = "timed_out",
+        /// Abandoned by a cancel or a stop.
+        Cancelled = "cancelled",
+    }
+}
+
+impl AttemptStatus {
+    /// Whether a result for the attempt may still be applied.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Dispatched | Self::Running)
+    }
+}
+
+vocabulary! {
+    /// What a run does for its request (`fulfil.runs.kind`).
+    pub enum RunKind as "run kind" {
+        /// Builds or changes what the request asks for.
+        Configure = "configure",
+        /// Tears it down.
+        Delete = "delete",
+        /// Re-runs configure to correct drift.
+        Reconcile = "reconcile",
+    }
+}
+
+vocabulary! {
+    /// What a task does for its step (`fulfil.attempts.kind`, wire `kind`).
+    pub enum TaskKind as "task kind" {
+        Action = "action",
+        Compensation = "compensation",
+    }
+}
+
+impl Default for TaskKind {
+    /// Tasks from before compensation existed carry no kind.
+    fn default() -> Self {
+        TaskKind::Action
+    }
+}
+
+impl TaskKind {
+    /// Whether this is the step's action (not its undo).
+    pub fn is_action(&self) -> bool {
+        *self == TaskKind::Action
+    }
+}
+
+vocabulary! {
+    /// Why a durable timer exists (`fulfil.timers.kind`).
+    pub enum TimerKind as "timer kind" {
+        /// A step's next attempt after a retryable failure.
+        Retry = "retry",
+        /// A compensation's next attempt.
+        CompensationRetry = "compensation_retry",
+        /// An attempt no worker started in time.
+        ScheduleToStart = "schedule_to_start",
+        /// An attempt that ran past its timeout.
+        AttemptTimeout = "attempt_timeout",
+        /// A running attempt that stopped sending heartbeats.
+        HeartbeatTimeout = "heartbeat_timeout",
+        /// The whole run's deadline.
+        RunTimeout = "run_timeout",
+    }
+}
+
+impl TimerKind {
+    /// Timers about one attempt name its task id.
+    pub fn is_attempt_timer(self) -> bool {
+        matches!(
+            self,
+            Self::ScheduleToStart | Self::AttemptTimeout | Self::HeartbeatTimeout
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip_and_unknown_values_are_errors() {
+        for status in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(status.as_str()), Ok(*status));
+            let json = serde_json::to_value(status).expect("serializes");
+            assert_eq!(json, status.as_str());
+            assert_eq!(
+                serde_json::from_value::<RunStatus>(json).ok(),
+                Some(*status)
+            );
+        }
+        assert_eq!(RequestStatus::DeleteFailed.as_str(), "delete_failed");
+        assert_eq!(TimerKind::parse("run_timeout"), Ok(TimerKind::RunTimeout));
+        let unknown = StepStatus::parse("done").expect_err("not a step status");
+        assert_eq!(unknown.what, "step status");
+        assert!(unknown.to_string().contains("pending, ready, running"));
+        assert!(serde_json::from_str::<TaskKind>("\"undo\"").is_err());
+    }
+
+    #[test]
+    fn run_transitions_are_closed() {
+        use RunStatus::*;
+        assert!(Running.can_become(Compensating));
+        assert!(Compensating.can_become(Compensated));
+        assert!(!Succeeded.can_become(Running));
+        assert!(!Compensated.can_become(Succeeded));
+        for status in RunStatus::ALL {
+            assert!(!status.can_become(Pending), "{status} -> pending");
+        }
+    }
+}
