@@ -168,14 +168,16 @@ impl StepStatus {
     /// operator's retry (back to `pending`).
     pub fn can_become(self, next: StepStatus) -> bool {
         use StepStatus::*;
-        match (self, next) {
-            (Pending, Ready | Waiting | Skipped | Cancelled | Failed) => true,
-            (Ready | Running | Retrying | Waiting, Ready | Running | Retrying | Waiting) => true,
-            (Ready | Running | Retrying | Waiting, Succeeded | Failed | Cancelled) => true,
-            (Succeeded, Compensated) => true,
-            (Failed | Cancelled | Skipped | Compensated | Succeeded, Pending) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Pending, Ready | Waiting | Skipped | Cancelled | Failed)
+                | (
+                    Ready | Running | Retrying | Waiting,
+                    Ready | Running | Retrying | Waiting | Succeeded | Failed | Cancelled
+                )
+                | (Succeeded, Compensated)
+                | (Failed | Cancelled | Skipped | Compensated | Succeeded, Pending)
+        )
     }
 }
 
