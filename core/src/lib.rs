@@ -7,6 +7,7 @@
 
 pub mod dag;
 pub mod expr;
+pub mod ids;
 pub mod params;
 pub mod promise;
 pub mod status;
