@@ -42,7 +42,7 @@ impl NatsNames {
         format!("{}.results", self.prefix)
     }
 
-    /// Subject of [`ProgressMessage`](fulfil_core::wire::ProgressMessage)s; stored in the results stream.
+    /// Subject of progress messages; stored in the results stream.
     pub fn progress_subject(&self) -> String {
         format!("{}.progress", self.prefix)
     }

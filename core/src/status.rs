@@ -1,5 +1,5 @@
 //! The status vocabulary: every state and kind Fulfil stores or sends, as
-//! enums, each written once by [`vocabulary!`].
+//! enums, each written once by one macro (`vocabulary!`).
 //!
 //! Each enum has one spelling per variant, used by the database, the wire,
 //! the API and the CLI alike: [`as_str`](RunStatus::as_str) writes it,
@@ -176,7 +176,10 @@ impl StepStatus {
                     Ready | Running | Retrying | Waiting | Succeeded | Failed | Cancelled
                 )
                 | (Succeeded, Compensated)
-                | (Failed | Cancelled | Skipped | Compensated | Succeeded, Pending)
+                | (
+                    Failed | Cancelled | Skipped | Compensated | Succeeded,
+                    Pending
+                )
         )
     }
 }

@@ -1,301 +1,21 @@
-//! The writes a change to a run produces, buffered in memory and written
-//! for any number of runs at once.
-//!
-//! The state machine never talks to Postgres while it decides: it changes
-//! its in-memory copy of the run and records here what must be stored.
-//! [`flush`] then writes the changes of every run of a batch in one
-//! statement (one data-modifying CTE per table, each fed by `UNNEST`ed
-//! arrays), so the cost of a batch is a fixed handful of round trips
-//! however many results it holds. That is what makes group commit pay.
+//! The buffered writes of many runs, gathered into one array per column
+//! and written by one statement of data-modifying CTEs.
 
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use fulfil_core::status::RequestStatus;
 use serde_json::Value;
-use sqlx::error::BoxDynError;
-use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgConnection};
 use uuid::Uuid;
 
-use super::Run;
+use super::statement::Statement;
+use super::{AttemptCancel, CreatedRun, LeadingPart, RunEnding, Writes};
 use crate::outbox::OutboxRow;
-
-/// A history event waiting to be written.
-#[derive(Debug, Clone)]
-pub struct PendingEvent {
-    pub kind: &'static str,
-    pub step_id: Option<String>,
-    pub attempt: Option<i32>,
-    pub actor: String,
-    pub data: Value,
-}
-
-/// A message waiting to be put in the outbox.
-#[derive(Debug, Clone)]
-pub struct OutboxMessage {
-    pub subject: String,
-    pub msg_id: String,
-    pub payload: Value,
-}
-
-/// An attempt to insert, as dispatched.
-#[derive(Debug, Clone)]
-pub(crate) struct NewAttempt {
-    pub task_id: Uuid,
-    pub step_id: String,
-    pub attempt: i32,
-    pub kind: &'static str,
-    pub handler: String,
-    pub queue: String,
-    pub input: Value,
-    pub deadline: DateTime<Utc>,
-}
-
-/// Changes to an existing attempt row; `None` leaves a column as it is.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct AttemptUpdate {
-    pub status: Option<&'static str>,
-    pub worker: Option<String>,
-    /// Overwrites `started_at` (a start report: the attempt's clocks restart).
-    pub started_at: Option<DateTime<Utc>>,
-    /// Sets `started_at` only if nothing set it before (a result's own clock).
-    pub started_at_if_unset: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub error: Option<Value>,
-    pub heartbeat_at: Option<DateTime<Utc>>,
-    pub heartbeat_details: Option<Value>,
-}
-
-impl AttemptUpdate {
-    /// Folds a later update of the same attempt into this one.
-    fn merge(&mut self, later: AttemptUpdate) {
-        macro_rules! later_wins {
-            ($($field:ident),*) => { $( if later.$field.is_some() { self.$field = later.$field; } )* };
-        }
-        later_wins!(
-            status,
-            worker,
-            started_at,
-            finished_at,
-            error,
-            heartbeat_at,
-            heartbeat_details
-        );
-        if self.started_at_if_unset.is_none() {
-            self.started_at_if_unset = later.started_at_if_unset;
-        }
-    }
-}
-
-/// Cancels the open attempt `attempt` of a step's action or compensation,
-/// and disarms its timers.
-#[derive(Debug, Clone)]
-pub(crate) struct AttemptCancel {
-    pub step_id: String,
-    pub kind: &'static str,
-    pub attempt: i32,
-    pub reason: String,
-}
-
-/// A durable timer to arm.
-#[derive(Debug, Clone)]
-pub(crate) struct NewTimer {
-    pub step_id: String,
-    pub kind: &'static str,
-    pub task_id: Option<Uuid>,
-    pub fire_at: DateTime<Utc>,
-}
-
-/// The run row's end-of-run columns: set when it finishes, cleared when an
-/// operator re-opens it.
-#[derive(Debug, Clone)]
-pub(crate) struct RunEnding {
-    pub finished: bool,
-    pub outputs: Option<Value>,
-    pub error: Option<String>,
-}
-
-/// The request row's status, kept in step with its run.
-#[derive(Debug, Clone)]
-pub(crate) struct RequestUpdate {
-    pub status: RequestStatus,
-    pub outputs: Option<Value>,
-}
-
-/// What a new run's row holds beyond its state.
-#[derive(Debug, Clone)]
-pub(crate) struct CreatedRun {
-    pub promise: String,
-    pub version: String,
-}
-
-/// Everything one run's change must store.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Writes {
-    /// The run is new: its row and its steps are inserted, not updated.
-    pub created: Option<CreatedRun>,
-    pub events: Vec<PendingEvent>,
-    pub outbox: Vec<OutboxMessage>,
-    /// Steps whose in-memory row must be written back.
-    pub steps: BTreeSet<String>,
-    /// The run row's status, flags or history sequence changed.
-    pub run: bool,
-    pub ending: Option<RunEnding>,
-    pub request: Option<RequestUpdate>,
-    pub new_attempts: Vec<NewAttempt>,
-    pub attempt_updates: Vec<(Uuid, AttemptUpdate)>,
-    pub cancels: Vec<AttemptCancel>,
-    /// Disarm the timers of these attempts: all of them, or one kind.
-    pub cleared_attempt_timers: Vec<(Uuid, Option<&'static str>)>,
-    /// Disarm every timer the run had before this change.
-    pub cleared_run_timers: bool,
-    pub new_timers: Vec<NewTimer>,
-}
-
-impl Writes {
-    pub fn is_empty(&self) -> bool {
-        self.created.is_none()
-            && self.events.is_empty()
-            && self.outbox.is_empty()
-            && self.steps.is_empty()
-            && !self.run
-            && self.ending.is_none()
-            && self.request.is_none()
-            && self.new_attempts.is_empty()
-            && self.attempt_updates.is_empty()
-            && self.cancels.is_empty()
-            && self.cleared_attempt_timers.is_empty()
-            && !self.cleared_run_timers
-            && self.new_timers.is_empty()
-    }
-
-    pub fn update_attempt(&mut self, task_id: Uuid, update: AttemptUpdate) {
-        match self
-            .attempt_updates
-            .iter_mut()
-            .find(|(id, _)| *id == task_id)
-        {
-            Some((_, earlier)) => earlier.merge(update),
-            None => self.attempt_updates.push((task_id, update)),
-        }
-    }
-
-    /// Timers armed earlier in this change are dropped here; timers stored
-    /// before it are deleted by the flush.
-    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<&'static str>) {
-        self.new_timers
-            .retain(|t| t.task_id != Some(task_id) || kind.is_some_and(|k| k != t.kind));
-        self.cleared_attempt_timers.push((task_id, kind));
-    }
-
-    pub fn clear_run_timers(&mut self) {
-        self.new_timers.clear();
-        self.cleared_run_timers = true;
-    }
-}
-
-/// Writes the buffered changes of `runs` in one statement (plus one for
-/// cancelled attempts, when there are any), leaving each run's buffer empty.
-/// Returns the outbox rows written, for the fast publisher. The caller
-/// commits.
-pub(crate) async fn flush(
-    conn: &mut PgConnection,
-    runs: &mut [Run],
-) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    flush_with(conn, runs, None).await
-}
-
-/// Whether [`flush`] stores these runs' changes in a single statement,
-/// which outside a transaction commits on its own: true unless an attempt
-/// is cancelled or the relay must be woken (no fast publisher).
-pub(crate) fn fits_one_statement(runs: &[Run]) -> bool {
-    runs.iter().all(|run| {
-        run.writes.cancels.is_empty() && (run.fast_publish || run.writes.outbox.is_empty())
-    })
-}
-
-/// A statement part written first, in the same statement as a flush: the
-/// rows the flushed runs refer to (their requests).
-pub(crate) struct LeadingPart<'a> {
-    pub name: &'static str,
-    /// Numbers its parameters from `$1`.
-    pub sql: &'static str,
-    pub bind: BindArguments<'a>,
-}
-
-/// Binds a statement part's parameters, in order.
-pub(crate) type BindArguments<'a> =
-    Box<dyn FnOnce(&mut PgArguments) -> Result<(), BoxDynError> + Send + 'a>;
-
-/// [`flush`], with `leading` written by the same statement. Run outside a
-/// transaction, that statement is a transaction of its own: one round trip
-/// that writes everything or nothing, provided the runs
-/// [fit in one statement](fits_one_statement).
-pub(crate) async fn flush_with(
-    conn: &mut PgConnection,
-    runs: &mut [Run],
-    leading: Option<LeadingPart<'_>>,
-) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    if leading.is_some() && !fits_one_statement(runs) {
-        // Refused before writing: a second statement outside a transaction
-        // could commit half of the change.
-        return Err(sqlx::Error::Protocol(
-            "a flush with a leading part must fit in one statement".into(),
-        ));
-    }
-    let mut columns = Columns::default();
-    let mut cancels = Vec::new();
-    let mut slow_outbox = false;
-    for run in runs.iter_mut() {
-        let writes = std::mem::take(&mut run.writes);
-        if writes.is_empty() {
-            continue;
-        }
-        if !run.fast_publish && !writes.outbox.is_empty() {
-            slow_outbox = true;
-        }
-        columns.add(run, writes, &mut cancels);
-    }
-    if columns.is_empty() && cancels.is_empty() && leading.is_none() {
-        return Ok(Vec::new());
-    }
-    let inserted: Vec<(i64, String)> = columns.write(conn, leading).await?;
-    if !cancels.is_empty() {
-        write_cancels(conn, &cancels).await?;
-    }
-    if slow_outbox {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(crate::outbox::CHANNEL)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let ids: HashMap<&str, i64> = inserted
-        .iter()
-        .map(|(id, msg_id)| (msg_id.as_str(), *id))
-        .collect();
-    let rows = columns
-        .outbox_fast
-        .iter()
-        .zip(columns.outbox_subject)
-        .zip(columns.outbox_msg_id)
-        .zip(columns.outbox_payload)
-        .filter(|(((fast, _), _), _)| **fast)
-        .filter_map(|(((_, subject), msg_id), payload)| {
-            Some(OutboxRow {
-                id: *ids.get(msg_id.as_str())?,
-                subject,
-                msg_id,
-                payload,
-            })
-        })
-        .collect();
-    Ok(rows)
-}
+use crate::run::Run;
 
 /// The buffered writes of many runs, as one array per column.
 #[derive(Default)]
-struct Columns {
+pub(super) struct Columns {
     // created runs
     c_run: Vec<Uuid>,
     c_request: Vec<Uuid>,
@@ -389,13 +109,13 @@ struct Columns {
 }
 
 /// A cancel with the run it belongs to.
-struct RunCancel {
+pub(super) struct RunCancel {
     run_id: Uuid,
     cancel: AttemptCancel,
 }
 
 impl Columns {
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.c_run.is_empty()
             && self.h_run.is_empty()
             && self.outbox_subject.is_empty()
@@ -409,7 +129,31 @@ impl Columns {
             && self.t_run.is_empty()
     }
 
-    fn add(&mut self, run: &mut Run, writes: Writes, cancels: &mut Vec<RunCancel>) {
+    /// The outbox rows this process publishes itself, with the ids the
+    /// statement gave them (`inserted`: id and message id of each row).
+    pub(super) fn into_fast_outbox_rows(self, inserted: &[(i64, String)]) -> Vec<OutboxRow> {
+        let ids: HashMap<&str, i64> = inserted
+            .iter()
+            .map(|(id, msg_id)| (msg_id.as_str(), *id))
+            .collect();
+        self.outbox_fast
+            .iter()
+            .zip(self.outbox_subject)
+            .zip(self.outbox_msg_id)
+            .zip(self.outbox_payload)
+            .filter(|(((fast, _), _), _)| **fast)
+            .filter_map(|(((_, subject), msg_id), payload)| {
+                Some(OutboxRow {
+                    id: *ids.get(msg_id.as_str())?,
+                    subject,
+                    msg_id,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn add(&mut self, run: &mut Run, writes: Writes, cancels: &mut Vec<RunCancel>) {
         let run_id = run.run_id;
         let first_seq = run.next_seq;
         let events = writes.events.len() as i64;
@@ -552,7 +296,7 @@ impl Columns {
     /// one row into one entry, and timers armed then cleared in the same
     /// change were never buffered. Foreign keys between rows inserted by
     /// sibling CTEs hold: they are checked once the whole statement ran.
-    async fn write(
+    pub(super) async fn write(
         &self,
         conn: &mut PgConnection,
         leading: Option<LeadingPart<'_>>,
@@ -819,69 +563,12 @@ impl Columns {
     }
 }
 
-/// A `WITH` statement assembled from the parts a flush needs. Each part's
-/// SQL numbers its parameters from `$1`; they are renumbered as the part is
-/// appended, so the parts stay readable on their own. The statement text
-/// depends only on which parts are present, so Postgres sees a handful of
-/// distinct statements, each prepared once per connection.
-#[derive(Default)]
-struct Statement {
-    sql: String,
-    arguments: PgArguments,
-    bound: usize,
-    failed: Option<BoxDynError>,
-}
-
-impl Statement {
-    fn part(
-        &mut self,
-        name: &str,
-        sql: &str,
-        bind: impl FnOnce(&mut PgArguments) -> Result<(), BoxDynError>,
-    ) {
-        self.sql
-            .push_str(if self.sql.is_empty() { "WITH " } else { ",\n" });
-        self.sql.push_str(name);
-        self.sql.push_str(" AS (\n");
-        let mut highest = 0;
-        let mut rest = sql;
-        while let Some(at) = rest.find('$') {
-            self.sql.push_str(&rest[..=at]);
-            rest = &rest[at + 1..];
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            let number: usize = rest[..digits].parse().unwrap_or(0);
-            highest = highest.max(number);
-            self.sql.push_str(&(number + self.bound).to_string());
-            rest = &rest[digits..];
-        }
-        self.sql.push_str(rest);
-        self.sql.push(')');
-        self.bound += highest;
-        if self.failed.is_none()
-            && let Err(e) = bind(&mut self.arguments)
-        {
-            self.failed = Some(e);
-        }
-    }
-
-    async fn fetch(
-        self,
-        conn: &mut PgConnection,
-        returning: &str,
-    ) -> Result<Vec<(i64, String)>, sqlx::Error> {
-        if let Some(e) = self.failed {
-            return Err(sqlx::Error::Encode(e));
-        }
-        let sql = format!("{}\n{returning}", self.sql);
-        sqlx::query_as_with(sqlx::AssertSqlSafe(sql), self.arguments)
-            .fetch_all(conn)
-            .await
-    }
-}
-
 /// Cancels open attempts and disarms their timers. Runs after the main
 /// statement, so it also sees attempts that statement inserted.
-async fn write_cancels(conn: &mut PgConnection, cancels: &[RunCancel]) -> Result<(), sqlx::Error> {
+pub(super) async fn write_cancels(
+    conn: &mut PgConnection,
+    cancels: &[RunCancel],
+) -> Result<(), sqlx::Error> {
     let run_ids: Vec<Uuid> = cancels.iter().map(|c| c.run_id).collect();
     let step_ids: Vec<&str> = cancels.iter().map(|c| c.cancel.step_id.as_str()).collect();
     let kinds: Vec<&str> = cancels.iter().map(|c| c.cancel.kind).collect();
