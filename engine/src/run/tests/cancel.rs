@@ -1,0 +1,207 @@
+//! An operator's cancel, with and without compensation.
+
+use super::*;
+
+#[test]
+fn cancel_without_compensation_abandons_in_flight_work_and_ends_at_once() {
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    h.succeed(
+        "reserve",
+        TaskKind::Action,
+        json!({ "reservation": "r-42" }),
+    );
+    let charge = h.latest("charge", TaskKind::Action);
+    let writes = h.started(charge);
+    assert_eq!(armed(&writes), vec![("attempt_timeout", "charge")]);
+    assert_eq!(h.step("charge").status, StepStatus::Running);
+
+    let writes = h.cancel(false).expect("a running run can be cancelled");
+    assert_eq!(
+        events(&writes),
+        vec![
+            (event::RUN_CANCEL_REQUESTED, None, None),
+            (event::STEP_CANCELLED, Some("charge"), Some(1)),
+            (event::RUN_CANCELLED, None, None),
+        ]
+    );
+    assert_eq!(writes.cancels.len(), 1);
+    assert_eq!(
+        (
+            writes.cancels[0].step_id.as_str(),
+            writes.cancels[0].kind,
+            writes.cancels[0].attempt
+        ),
+        ("charge", "action", 1)
+    );
+    assert!(tasks(&writes).is_empty(), "nothing is undone");
+    assert_eq!(run_events(&writes), vec!["test.events.run.cancelled"]);
+    assert_eq!(h.run.status, RunStatus::Cancelled);
+    assert!(h.run.cancel_requested);
+    assert_eq!(h.step("charge").status, StepStatus::Cancelled);
+    assert_eq!(h.step("ship").status, StepStatus::Cancelled);
+    assert_eq!(h.step("reserve").status, StepStatus::Succeeded);
+    assert_eq!(h.step("reserve").compensation, None);
+    let ending = writes.ending.as_ref().expect("the run ends");
+    assert_eq!(
+        ending.error.as_deref(),
+        Some("cancelled by user:ops: no longer needed")
+    );
+    assert!(writes.cleared_run_timers);
+    assert!(h.timers.is_empty(), "the attempt timeout is disarmed");
+    assert_eq!(h.attempts[&charge].status, "cancelled");
+
+    // The abandoned attempt's late result changes nothing.
+    let (applied, writes) = h.report(charge, Outcome::Ok { output: json!({}) });
+    assert_eq!(
+        applied,
+        Applied::Ignored("attempt 1 is already cancelled".to_string())
+    );
+    assert_only_ignored(&writes);
+    assert_eq!(h.step("charge").status, StepStatus::Cancelled);
+
+    // A second cancel is refused and buffers nothing.
+    let refused = h.cancel(false);
+    assert!(
+        matches!(refused, Err(OperatorError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert!(h.run.writes.is_empty());
+}
+
+#[test]
+fn cancel_with_compensation_lets_in_flight_steps_finish_then_undoes_them() {
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    h.succeed(
+        "reserve",
+        TaskKind::Action,
+        json!({ "reservation": "r-42" }),
+    );
+
+    let writes = h.cancel(true).expect("a running run can be cancelled");
+    assert_eq!(
+        events(&writes),
+        vec![(event::RUN_CANCEL_REQUESTED, None, None)]
+    );
+    assert!(writes.cancels.is_empty(), "in-flight charge finishes");
+    assert!(writes.outbox.is_empty());
+    assert_eq!(h.run.status, RunStatus::Running);
+    assert_eq!(h.step("charge").status, StepStatus::Ready);
+    assert_eq!(h.step("ship").status, StepStatus::Cancelled);
+    // Asking again with compensation is refused: it is already happening.
+    assert!(matches!(h.cancel(true), Err(OperatorError::Conflict(_))));
+    assert!(h.run.writes.is_empty());
+
+    // charge succeeds; nothing new starts, and the undo begins with it.
+    let writes = h.succeed("charge", TaskKind::Action, json!({ "payment": "p-1" }));
+    assert_eq!(
+        events(&writes),
+        vec![
+            ("step.succeeded", Some("charge"), Some(1)),
+            (event::RUN_COMPENSATING, None, None),
+            ("compensation.dispatched", Some("charge"), Some(1)),
+        ]
+    );
+    assert_eq!(
+        dispatched(&writes),
+        vec![("charge".into(), TaskKind::Compensation, 1)]
+    );
+    assert_eq!(h.run.status, RunStatus::Compensating);
+
+    let writes = h.succeed("charge", TaskKind::Compensation, json!({}));
+    assert_eq!(
+        dispatched(&writes),
+        vec![("reserve".into(), TaskKind::Compensation, 1)]
+    );
+    let writes = h.succeed("reserve", TaskKind::Compensation, json!({}));
+    assert_eq!(
+        events(&writes),
+        vec![
+            ("compensation.succeeded", Some("reserve"), Some(1)),
+            (event::RUN_CANCELLED, None, None),
+        ]
+    );
+    // A cancelled run ends cancelled, not compensated, with the cancel as reason.
+    assert_eq!(h.run.status, RunStatus::Cancelled);
+    assert_eq!(
+        writes.ending.as_ref().and_then(|e| e.error.as_deref()),
+        Some("cancelled by user:ops: no longer needed; compensated charge, reserve")
+    );
+    assert_eq!(writes.request.as_ref().map(|r| r.status), Some("cancelled"));
+    // Nothing new started after the cancel: only reserve and charge ran.
+    let started: Vec<&str> = h
+        .history
+        .iter()
+        .filter(|e| e.kind == "step.dispatched")
+        .filter_map(|e| e.step_id.as_deref())
+        .collect();
+    assert_eq!(started, vec!["reserve", "charge"]);
+    assert_eq!(h.step("ship").status, StepStatus::Cancelled);
+}
+
+#[test]
+fn cancel_drops_a_scheduled_retry() {
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    h.succeed(
+        "reserve",
+        TaskKind::Action,
+        json!({ "reservation": "r-42" }),
+    );
+    h.fail("charge", TaskKind::Action, retryable("gateway down"));
+    assert_eq!(h.step("charge").status, StepStatus::Retrying);
+
+    // The retrying step is cancelled with the pending ones; what succeeded
+    // is undone at once, since nothing is in flight.
+    let writes = h.cancel(true).expect("a running run can be cancelled");
+    assert_eq!(
+        events(&writes),
+        vec![
+            (event::RUN_CANCEL_REQUESTED, None, None),
+            (event::RUN_COMPENSATING, None, None),
+            ("compensation.dispatched", Some("reserve"), Some(1)),
+        ]
+    );
+    assert_eq!(h.step("charge").status, StepStatus::Cancelled);
+    assert_eq!(
+        h.step("charge").error.as_deref(),
+        Some("cancelled by user:ops: no longer needed")
+    );
+
+    // The retry timer fires anyway: it finds nothing to retry.
+    let writes = h.fire("retry", "charge");
+    assert!(writes.is_empty(), "no second attempt of a cancelled step");
+    assert_eq!(h.step("charge").attempt, 1);
+
+    h.succeed("reserve", TaskKind::Compensation, json!({}));
+    assert_eq!(h.run.status, RunStatus::Cancelled);
+}
+
+#[test]
+fn failure_after_a_cancel_is_final() {
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    h.succeed(
+        "reserve",
+        TaskKind::Action,
+        json!({ "reservation": "r-42" }),
+    );
+    h.cancel(true).expect("a running run can be cancelled");
+
+    // charge had attempts left, but the run is stopping.
+    let writes = h.fail("charge", TaskKind::Action, retryable("gateway down"));
+    assert_eq!(
+        events(&writes),
+        vec![
+            ("step.failed", Some("charge"), Some(1)),
+            (event::RUN_COMPENSATING, None, None),
+            ("compensation.dispatched", Some("reserve"), Some(1)),
+        ]
+    );
+    assert!(armed(&writes).iter().all(|(kind, _)| *kind != "retry"));
+    assert_eq!(h.step("charge").status, StepStatus::Failed);
+
+    let writes = h.succeed("reserve", TaskKind::Compensation, json!({}));
+    assert_eq!(h.run.status, RunStatus::Cancelled);
+    assert_eq!(
+        writes.ending.as_ref().and_then(|e| e.error.as_deref()),
+        Some("cancelled by user:ops: no longer needed; compensated reserve")
+    );
+}
