@@ -104,3 +104,41 @@ fn operator_retry_of_a_compensated_run_reruns_the_undone_steps() {
     assert_eq!(h.step("charge").error, None);
     assert_eq!(h.step("ship").status, StepStatus::Pending);
 }
+
+#[test]
+fn operator_retry_after_a_failed_compensation_reruns_the_half_undone_step() {
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    h.succeed(
+        "reserve",
+        TaskKind::Action,
+        json!({ "reservation": "r-42" }),
+    );
+    h.fail("charge", TaskKind::Action, permanent("bad card number"));
+    h.fail(
+        "reserve",
+        TaskKind::Compensation,
+        permanent("stock offline"),
+    );
+    assert_eq!(h.run.status, RunStatus::Failed);
+    // Its action succeeded, but its undo may have half run: not kept.
+    assert_eq!(h.step("reserve").status, StepStatus::Succeeded);
+    assert_eq!(
+        h.step("reserve").compensation,
+        Some(CompensationStatus::Failed)
+    );
+
+    let (plan, writes) = h.retry(None, false).expect("a failed run can be retried");
+    assert_eq!(plan.rerun, vec!["reserve", "charge", "ship"]);
+    assert!(plan.kept.is_empty());
+    assert_eq!(
+        dispatched(&writes),
+        vec![("reserve".into(), TaskKind::Action, 2)]
+    );
+    assert_eq!(h.step("reserve").compensation, None);
+    assert_eq!(h.step("reserve").compensation_error, None);
+    assert_eq!(
+        h.step("reserve").outputs,
+        None,
+        "its old outputs are dropped"
+    );
+}
