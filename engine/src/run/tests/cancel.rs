@@ -205,3 +205,52 @@ fn failure_after_a_cancel_is_final() {
         Some("cancelled by user:ops: no longer needed; compensated reserve")
     );
 }
+
+#[test]
+fn cancel_without_compensation_stops_a_compensation_in_progress() {
+    let (mut h, _) = Harness::start(DIAMOND, json!({}));
+    h.succeed("a", TaskKind::Action, json!({}));
+    h.succeed("b", TaskKind::Action, json!({}));
+    h.succeed("c", TaskKind::Action, json!({}));
+    h.fail("d", TaskKind::Action, permanent("cannot"));
+    assert_eq!(h.run.status, RunStatus::Compensating);
+    let undo_b = h.task("b", TaskKind::Compensation, 1);
+
+    let writes = h
+        .cancel(false)
+        .expect("a compensating run can be cancelled");
+    let mut recorded = events(&writes);
+    // stop_in_flight walks the run's step map, so the cancelled attempts
+    // come in no fixed order; compare them as a set.
+    recorded[1..3].sort_unstable();
+    assert_eq!(
+        recorded,
+        vec![
+            (event::RUN_CANCEL_REQUESTED, None, None),
+            (event::STEP_CANCELLED, Some("b"), Some(1)),
+            (event::STEP_CANCELLED, Some("c"), Some(1)),
+            (event::RUN_CANCELLED, None, None),
+        ]
+    );
+    let kinds: Vec<&str> = writes.cancels.iter().map(|c| c.kind).collect();
+    assert_eq!(kinds, vec!["compensation", "compensation"]);
+    assert!(tasks(&writes).is_empty(), "a is never undone");
+    assert_eq!(h.run.status, RunStatus::Cancelled);
+    assert_eq!(
+        h.step("b").compensation,
+        Some(CompensationStatus::Cancelled)
+    );
+    assert_eq!(
+        h.step("c").compensation,
+        Some(CompensationStatus::Cancelled)
+    );
+    assert_eq!(h.step("a").compensation, None);
+    assert_eq!(h.attempts[&undo_b].status, "cancelled");
+
+    // The abandoned undo reports anyway: ignored.
+    let before = h.state();
+    let (applied, writes) = h.report(undo_b, Outcome::Ok { output: json!({}) });
+    assert!(matches!(applied, Applied::Ignored(_)), "{applied:?}");
+    assert_only_ignored(&writes);
+    assert_eq!(h.state(), before);
+}

@@ -284,3 +284,44 @@ fn non_retryable_code_fails_at_once_whatever_the_worker_says() {
     assert_eq!(h.step("charge").status, StepStatus::Failed);
     assert_eq!(h.run.status, RunStatus::Compensating);
 }
+
+#[test]
+fn input_that_cannot_render_fails_the_step_without_dispatching_it() {
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    // reserve succeeds without the output charge's input reads.
+    let writes = h.succeed("reserve", TaskKind::Action, json!({}));
+    assert_eq!(
+        events(&writes),
+        vec![
+            ("step.succeeded", Some("reserve"), Some(1)),
+            ("step.failed", Some("charge"), Some(1)),
+            (event::RUN_COMPENSATING, None, None),
+            ("compensation.failed", Some("reserve"), Some(1)),
+            (event::RUN_FAILED, None, None),
+        ]
+    );
+    assert!(
+        tasks(&writes).is_empty(),
+        "neither charge nor the undo is sent"
+    );
+    assert!(writes.new_attempts.is_empty());
+    let failed = &event_of(&writes, "step.failed").data;
+    assert_eq!(failed["code"], "render_error");
+    assert_eq!(failed["final"], true);
+    assert_eq!(h.step("charge").status, StepStatus::Failed);
+    // The undo reads the same missing output, and fails the same way.
+    assert_eq!(
+        event_of(&writes, "compensation.failed").data["code"],
+        "render_error"
+    );
+    assert_eq!(h.run.status, RunStatus::Failed);
+    let error = writes
+        .ending
+        .as_ref()
+        .and_then(|e| e.error.clone())
+        .expect("a failed run says why");
+    assert!(
+        error.starts_with("compensation of step reserve failed: "),
+        "{error}"
+    );
+}
