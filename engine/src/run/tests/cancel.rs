@@ -254,3 +254,39 @@ fn cancel_without_compensation_stops_a_compensation_in_progress() {
     assert_only_ignored(&writes);
     assert_eq!(h.state(), before);
 }
+
+#[test]
+fn cancel_with_compensation_undoes_even_when_the_last_steps_then_succeed() {
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    h.succeed(
+        "reserve",
+        TaskKind::Action,
+        json!({ "reservation": "r-42" }),
+    );
+    h.succeed("charge", TaskKind::Action, json!({}));
+    // Nothing is pending any more: ship, the last step, is in flight.
+    assert_eq!(h.step("ship").status, StepStatus::Ready);
+    h.cancel(true).expect("a running run can be cancelled");
+    assert_eq!(h.run.status, RunStatus::Running);
+
+    // ship succeeds after the cancel: the run must still stop and undo
+    // what succeeded, as `cancel_run` promises, not end succeeded.
+    let writes = h.succeed("ship", TaskKind::Action, json!({}));
+    assert_eq!(
+        events(&writes),
+        vec![
+            ("step.succeeded", Some("ship"), Some(1)),
+            (event::RUN_COMPENSATING, None, None),
+            ("compensation.dispatched", Some("charge"), Some(1)),
+        ]
+    );
+    assert_eq!(h.run.status, RunStatus::Compensating);
+    h.succeed("charge", TaskKind::Compensation, json!({}));
+    let writes = h.succeed("reserve", TaskKind::Compensation, json!({}));
+    assert_eq!(h.run.status, RunStatus::Cancelled);
+    assert_eq!(
+        writes.ending.as_ref().and_then(|e| e.error.as_deref()),
+        Some("cancelled by user:ops: no longer needed; compensated charge, reserve")
+    );
+    assert_eq!(writes.request.as_ref().map(|r| r.status), Some("cancelled"));
+}
