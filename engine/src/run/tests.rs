@@ -34,6 +34,7 @@ use crate::timers::{AttemptState, DueTimer, fire_on};
 mod cancel;
 mod compensation;
 mod dispatch;
+mod invariants;
 mod operator;
 mod retry;
 mod stale;
