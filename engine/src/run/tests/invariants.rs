@@ -17,6 +17,9 @@ const SCHEDULES: u64 = 400;
 /// retries are bounded by the policies.
 const MAX_DECISIONS: usize = 300;
 
+/// Operator retries per schedule, at most.
+const MAX_RETRIES: usize = 2;
+
 /// a -> (b, c) -> d, and c -> e, within an hour: retries and undos at
 /// every level, a queue limit on b, an undo with its own retries on c, and
 /// e, which may become ready after one of its cousins failed.
@@ -136,9 +139,35 @@ fn run_schedule(seed: u64) {
     let (mut h, _) = Harness::start(MIXED, json!({}));
     let graph = Graph::from_workflow(&h.run.promise.spec.workflow);
     let mut log: Vec<String> = Vec::new();
+    let mut retries = 0;
     for _ in 0..MAX_DECISIONS {
         if h.run.status.is_terminal() {
-            break;
+            check_ending(seed, &h, &log);
+            // Sometimes an operator retries a run that did not succeed.
+            if h.run.status == RunStatus::Succeeded || retries == MAX_RETRIES || rng.below(2) == 0 {
+                break;
+            }
+            retries += 1;
+            log.push("Retry".to_string());
+            let attempts_before = latest_attempts(&h);
+            let (plan, writes) = h
+                .retry(None, false)
+                .unwrap_or_else(|e| panic!("seed {seed}: retry refused: {e}\n{log:#?}"));
+            assert!(
+                plan.applied && !plan.rerun.is_empty(),
+                "seed {seed}: {plan:?}"
+            );
+            assert_eq!(h.run.status, RunStatus::Running, "seed {seed}: retried");
+            assert!(!h.run.cancel_requested && h.run.stop_reason.is_none());
+            for kept in &plan.kept {
+                assert!(
+                    h.step(kept).status.satisfies_needs() && h.step(kept).compensation.is_none(),
+                    "seed {seed}: kept {kept} though it did not stay done\n{log:#?}"
+                );
+            }
+            check(seed, &h, &writes, &log);
+            check_dispatches(seed, &h, &graph, &writes, &attempts_before, &log);
+            continue;
         }
         let all = choices(&h, &mut rng);
         assert!(
