@@ -102,7 +102,10 @@ spec:
   workflow:
     steps:
       - { id: first, uses: h.first }
-      - { id: second, uses: h.second, needs: [first], with: { from: "${{ steps.first.outputs.n }}" } }
+      - id: second
+        uses: h.second
+        needs: [first]
+        with: { from: "${{ steps.first.outputs.n }}" }
   outputs:
     n: "${{ steps.second.outputs.n }}"
 "#;

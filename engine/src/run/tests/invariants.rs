@@ -21,8 +21,8 @@ const MAX_DECISIONS: usize = 300;
 const MAX_RETRIES: usize = 2;
 
 /// a -> (b, c) -> d, and c -> e, within an hour: retries and undos at
-/// every level, a queue limit on b, an undo with its own retries on c, and
-/// e, which may become ready after one of its cousins failed.
+/// every level, a queue limit on b, heartbeats and an undo with its own
+/// retries on c, and e, which may become ready after a cousin failed.
 const MIXED: &str = r#"
 apiVersion: fulfil.dev/v1
 kind: Promise
@@ -44,6 +44,7 @@ spec:
       - id: c
         uses: h.c
         needs: [a]
+        heartbeat_timeout: 10s
         compensate: { uses: undo.c, retry: { max_attempts: 3, initial: 1s } }
       - id: d
         uses: h.d
@@ -76,6 +77,7 @@ enum Happening {
     Succeed(Uuid),
     Fail(Uuid, StepFailure),
     Start(Uuid),
+    Heartbeat(Uuid),
     /// The armed timer at this index fires.
     Fire(usize),
     /// A report about an attempt that is no longer open.
@@ -108,6 +110,8 @@ fn choices(h: &Harness, rng: &mut Rng) -> Vec<Happening> {
         all.push(Happening::Fail(a.task_id, failure));
         if a.status == "dispatched" {
             all.push(Happening::Start(a.task_id));
+        } else {
+            all.push(Happening::Heartbeat(a.task_id));
         }
     }
     for (at, timer) in h.timers.iter().enumerate() {
@@ -144,7 +148,8 @@ fn run_schedule(seed: u64) {
         if h.run.status.is_terminal() {
             check_ending(seed, &h, &log);
             // Sometimes an operator retries a run that did not succeed.
-            if h.run.status == RunStatus::Succeeded || retries == MAX_RETRIES || rng.below(2) == 0 {
+            let done = h.run.status == RunStatus::Succeeded || retries == MAX_RETRIES;
+            if done || rng.below(2) == 0 {
                 break;
             }
             retries += 1;
@@ -184,6 +189,15 @@ fn run_schedule(seed: u64) {
             Happening::Succeed(task) => h.report(task, Outcome::Ok { output: json!({}) }).1,
             Happening::Fail(task, failure) => h.report(task, Outcome::Error(failure)).1,
             Happening::Start(task) => h.started(task),
+            Happening::Heartbeat(task) => {
+                let (applied, writes) = h.progress(task, Progress::Heartbeat);
+                assert_eq!(
+                    applied,
+                    Applied::Applied,
+                    "seed {seed}: heartbeat\n{log:#?}"
+                );
+                writes
+            }
             Happening::Fire(at) => {
                 let timer = h.timers.remove(at);
                 h.fire_timer(timer.kind, &timer.step_id, timer.task_id)
@@ -295,6 +309,16 @@ fn check(seed: u64, h: &Harness, writes: &Writes, log: &[String]) {
             a.attempt,
             a.step_id
         );
+    }
+    // An attempt's timers go with it: none outlives its attempt.
+    for timer in &h.timers {
+        if let Some(task_id) = timer.task_id {
+            assert!(
+                h.attempts.get(&task_id).is_some_and(KnownAttempt::is_open),
+                "seed {seed}: a {} timer outlived its attempt\n{log:#?}",
+                timer.kind
+            );
+        }
     }
     if h.run.status.is_terminal() {
         assert!(
