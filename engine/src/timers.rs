@@ -60,12 +60,12 @@ async fn next_wait(engine: &Engine, poll: Duration) -> Duration {
 
 /// A timer claimed for firing.
 #[derive(sqlx::FromRow)]
-struct DueTimer {
-    id: i64,
-    run_id: Uuid,
-    step_id: String,
-    kind: String,
-    task_id: Option<Uuid>,
+pub(crate) struct DueTimer {
+    pub(crate) id: i64,
+    pub(crate) run_id: Uuid,
+    pub(crate) step_id: String,
+    pub(crate) kind: String,
+    pub(crate) task_id: Option<Uuid>,
 }
 
 /// Fires every due timer; returns how many fired.
@@ -110,6 +110,35 @@ async fn fire(
     run: &mut Run,
     timer: &DueTimer,
 ) -> Result<(), RunError> {
+    // Read before deciding, so the decision itself needs no Postgres.
+    let attempt: Option<AttemptState> = match timer.task_id {
+        Some(task_id)
+            if matches!(
+                timer.kind.as_str(),
+                "schedule_to_start" | "attempt_timeout" | "heartbeat_timeout"
+            ) =>
+        {
+            Some(
+                sqlx::query_as(
+                    "SELECT attempt, status, kind FROM fulfil.attempts WHERE task_id = $1",
+                )
+                .bind(task_id)
+                .fetch_one(conn)
+                .await?,
+            )
+        }
+        _ => None,
+    };
+    fire_on(run, timer, attempt.as_ref())
+}
+
+/// [`fire`]'s decision, in memory: `attempt` is the state of the timer's
+/// attempt, read for attempt timeouts.
+pub(crate) fn fire_on(
+    run: &mut Run,
+    timer: &DueTimer,
+    attempt: Option<&AttemptState>,
+) -> Result<(), RunError> {
     let promise = run.promise.clone();
     let row = run.steps.get(&timer.step_id).cloned();
     match timer.kind.as_str() {
@@ -138,12 +167,12 @@ async fn fire(
                     timer.kind
                 )));
             };
-            let attempt: AttemptState = sqlx::query_as(
-                "SELECT attempt, status, kind FROM fulfil.attempts WHERE task_id = $1",
-            )
-            .bind(task_id)
-            .fetch_one(conn)
-            .await?;
+            let Some(attempt) = attempt else {
+                return Err(RunError::Corrupt(format!(
+                    "{} timer's attempt was not read",
+                    timer.kind
+                )));
+            };
             let kind = if attempt.kind == "compensation" {
                 TaskKind::Compensation
             } else {
@@ -224,8 +253,8 @@ async fn fire(
 }
 
 #[derive(sqlx::FromRow)]
-struct AttemptState {
-    attempt: i32,
-    status: String,
-    kind: String,
+pub(crate) struct AttemptState {
+    pub(crate) attempt: i32,
+    pub(crate) status: String,
+    pub(crate) kind: String,
 }

@@ -84,7 +84,15 @@ pub fn advance(run: &mut Run) -> Result<(), RunError> {
                     .map(|(id, s)| (id.clone(), s.status))
                     .collect();
                 let plan = graph.plan(&statuses);
-                match plan.outcome {
+                let outcome = match plan.outcome {
+                    // The last steps finished after an operator's cancel: the
+                    // run still stops and undoes what succeeded (`cancel_run`).
+                    Some(Outcome::Succeeded) if run.cancel_requested => Some(Outcome::Failed {
+                        failed_steps: Vec::new(),
+                    }),
+                    other => other,
+                };
+                match outcome {
                     Some(Outcome::Succeeded) => {
                         return finish(run, RunStatus::Succeeded, None);
                     }

@@ -177,7 +177,7 @@ fn apply_one(
     let run_before = run.clone();
     let attempt_before = attempt.clone();
     let outcome = match report {
-        Report::Result(result) => apply_result_to(engine, run, attempt, result),
+        Report::Result(result) => apply_result_to(engine.id(), run, attempt, result),
         Report::Progress(progress) => super::progress::apply_progress_to(run, attempt, progress),
     };
     if outcome.is_err() {
@@ -379,8 +379,11 @@ pub(super) fn stale_reason(run: &Run, attempt: &KnownAttempt) -> Option<String> 
     }
 }
 
-fn apply_result_to(
-    engine: &Engine,
+/// Applies one result to its run, in memory; `engine_id` is recorded as the
+/// engine that applied it. Takes no [`Engine`] so the decision is testable
+/// without Postgres.
+pub(super) fn apply_result_to(
+    engine_id: &str,
     run: &mut Run,
     attempt: &mut KnownAttempt,
     result: &ResultMessage,
@@ -455,7 +458,7 @@ fn apply_result_to(
                 Some(&step_id),
                 Some(attempt.attempt),
                 json!({ "task_id": result.task_id, "worker": result.worker_id, "duration_ms": duration_ms,
-                        "engine": engine.id() }),
+                        "engine": engine_id }),
             );
         }
         Outcome::Error(failure) => {

@@ -19,6 +19,8 @@ mod cache;
 mod load;
 mod operator;
 mod progress;
+#[cfg(test)]
+mod tests;
 mod writes;
 
 use std::collections::HashMap;

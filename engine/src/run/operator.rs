@@ -63,6 +63,22 @@ pub async fn cancel_run(
     reason: Option<&str>,
 ) -> Result<RunStatus, OperatorError> {
     let (tx, mut run) = lock(engine, run_id, actor).await?;
+    cancel_locked(&mut run, actor, compensate, reason)?;
+    let status = run.status;
+    let rows = run.commit(tx).await?;
+    engine.after_commit(rows);
+    Ok(status)
+}
+
+/// [`cancel_run`]'s decision on the locked run, in memory; the caller
+/// stores it. On an error nothing must be stored.
+pub(super) fn cancel_locked(
+    run: &mut Run,
+    actor: &str,
+    compensate: bool,
+    reason: Option<&str>,
+) -> Result<(), OperatorError> {
+    let run_id = run.run_id;
     if run.status.is_terminal() {
         return Err(OperatorError::Conflict(format!(
             "run {run_id} is already {}; nothing to cancel",
@@ -94,18 +110,11 @@ pub async fn cancel_run(
         .map(|s| s.step_id.clone())
         .collect();
     for step_id in pending {
-        super::advance::set_step(
-            &mut run,
-            &step_id,
-            StepStatus::Cancelled,
-            None,
-            None,
-            Some(&why),
-        );
+        super::advance::set_step(run, &step_id, StepStatus::Cancelled, None, None, Some(&why));
     }
     if !compensate {
-        stop_in_flight(&mut run, TaskKind::Action, &why);
-        stop_in_flight(&mut run, TaskKind::Compensation, &why);
+        stop_in_flight(run, TaskKind::Action, &why);
+        stop_in_flight(run, TaskKind::Compensation, &why);
         // Nothing is left to wait for: without compensation the run ends now.
         let undone: Vec<String> = run
             .steps
@@ -115,7 +124,7 @@ pub async fn cancel_run(
             .collect();
         for step_id in undone {
             super::advance::set_compensation(
-                &mut run,
+                run,
                 &step_id,
                 CompensationStatus::Cancelled,
                 None,
@@ -139,12 +148,9 @@ pub async fn cancel_run(
             json!({ "run_id": run_id, "request_id": run.request_id, "status": "cancelled", "error": why }),
         );
     } else {
-        advance(&mut run)?;
+        advance(run)?;
     }
-    let status = run.status;
-    let rows = run.commit(tx).await?;
-    engine.after_commit(rows);
-    Ok(status)
+    Ok(())
 }
 
 /// What a retry re-runs and what it keeps.
@@ -170,6 +176,22 @@ pub async fn retry_run(
     dry_run: bool,
 ) -> Result<RetryPlan, OperatorError> {
     let (tx, mut run) = lock(engine, run_id, actor).await?;
+    let plan = retry_locked(&mut run, step, dry_run)?;
+    if plan.applied {
+        let rows = run.commit(tx).await?;
+        engine.after_commit(rows);
+    }
+    Ok(plan)
+}
+
+/// [`retry_run`]'s decision on the locked run, in memory; the caller stores
+/// it when the plan is `applied` (otherwise nothing changed).
+pub(super) fn retry_locked(
+    run: &mut Run,
+    step: Option<&str>,
+    dry_run: bool,
+) -> Result<RetryPlan, OperatorError> {
+    let run_id = run.run_id;
     if !run.status.can_become(RunStatus::Running) {
         return Err(OperatorError::Conflict(format!(
             "run {run_id} is {}; only failed, compensated or cancelled runs can be retried",
@@ -267,8 +289,6 @@ pub async fn retry_run(
         None,
         json!({ "rerun": plan.rerun, "kept": plan.kept, "step": step }),
     );
-    advance(&mut run)?;
-    let rows = run.commit(tx).await?;
-    engine.after_commit(rows);
+    advance(run)?;
     Ok(plan)
 }

@@ -1,0 +1,107 @@
+//! Dispatching: which steps start, with which attempt, deadline and timers.
+
+use super::*;
+
+#[test]
+fn start_dispatches_roots_with_attempt_deadline_and_queue_timer() {
+    let before = Utc::now();
+    let (h, writes) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    let after = Utc::now();
+
+    assert_eq!(h.run.status, RunStatus::Running);
+    assert!(writes.created.is_some(), "a new run is inserted");
+    assert_eq!(
+        events(&writes),
+        vec![
+            (event::REQUEST_ACCEPTED, None, None),
+            (event::RUN_STARTED, None, None),
+            ("step.dispatched", Some("reserve"), Some(1)),
+        ]
+    );
+    // Only the root starts; its input is rendered from the params.
+    let sent = tasks(&writes);
+    assert_eq!(sent.len(), 1);
+    let task = &sent[0];
+    assert_eq!(
+        (task.step_id.as_str(), task.attempt, task.kind),
+        ("reserve", 1, TaskKind::Action)
+    );
+    assert_eq!(task.handler, "inventory.reserve");
+    assert_eq!(task.input, json!({ "sku": "A-1" }));
+    assert_eq!(task.idempotency_key, format!("{}/reserve", h.run.run_id));
+    assert_eq!(task.timeout_ms, Some(30_000));
+    assert_eq!(writes.outbox[0].subject, "test.tasks.stock");
+    // The deadline allows the queue wait plus the attempt's timeout.
+    assert_after(task.deadline, before, after, ChronoDuration::seconds(90));
+    assert_eq!(armed(&writes), vec![("schedule_to_start", "reserve")]);
+    assert_eq!(writes.new_timers[0].task_id, Some(task.task_id));
+    assert_after(
+        writes.new_timers[0].fire_at,
+        before,
+        after,
+        ChronoDuration::seconds(60),
+    );
+    assert_eq!(h.step("reserve").status, StepStatus::Ready);
+    assert_eq!(h.step("reserve").attempt, 1);
+    assert_eq!(h.step("charge").status, StepStatus::Pending);
+    assert_eq!(h.step("ship").status, StepStatus::Pending);
+}
+
+/// The example Promise that `fulfil dev` and the README use.
+const POSTGRES_DATABASE: &str = include_str!("../../../../workflows/postgres-database.yaml");
+
+#[test]
+fn example_promise_runs_its_chain_skips_a_false_condition_and_succeeds() {
+    let params = json!({ "name": "orders", "size": "small", "team": "payments" });
+    let (mut h, writes) = Harness::start(POSTGRES_DATABASE, params);
+    let sent = tasks(&writes);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].step_id, "provision");
+    assert_eq!(
+        sent[0].input,
+        json!({ "endpoint": "orders.db.internal:5432", "size": "small", "storage_gb": 20 })
+    );
+    assert_eq!(writes.outbox[0].subject, "test.tasks.default");
+    assert_eq!(sent[0].timeout_ms, Some(600_000), "the step's own timeout");
+
+    // echo's output is its input.
+    let writes = h.succeed("provision", TaskKind::Action, sent[0].input.clone());
+    let sent = tasks(&writes);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].step_id, "configure");
+    assert_eq!(sent[0].timeout_ms, Some(300_000), "the Promise's default");
+    assert_eq!(
+        sent[0].input,
+        json!({ "endpoint": "orders.db.internal:5432", "database": "orders",
+                "owner_role": "payments_owner" })
+    );
+
+    // alert's condition is false for a small database: skipped, and the
+    // run succeeds with its outputs rendered.
+    let writes = h.succeed("configure", TaskKind::Action, sent[0].input.clone());
+    assert_eq!(
+        events(&writes),
+        vec![
+            ("step.succeeded", Some("configure"), Some(1)),
+            (event::STEP_SKIPPED, Some("alert"), None),
+            (event::RUN_SUCCEEDED, None, None),
+        ]
+    );
+    assert!(tasks(&writes).is_empty());
+    assert_eq!(h.step("alert").status, StepStatus::Skipped);
+    assert_eq!(h.run.status, RunStatus::Succeeded);
+    let outputs = json!({ "endpoint": "orders.db.internal:5432", "owner_role": "payments_owner" });
+    let ending = writes.ending.as_ref().expect("the run ends");
+    assert!(ending.finished && ending.error.is_none());
+    assert_eq!(ending.outputs, Some(outputs.clone()));
+    let request = writes
+        .request
+        .as_ref()
+        .expect("the request follows its run");
+    assert_eq!(
+        (request.status, request.outputs.clone()),
+        ("succeeded", Some(outputs))
+    );
+    assert_eq!(run_events(&writes), vec!["test.events.run.succeeded"]);
+    assert!(writes.cleared_run_timers);
+}
