@@ -16,6 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use fulfil_bus::NatsNames;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::status::RequestStatus;
 use fulfil_core::wire::{
     Outcome, Progress, ProgressMessage, ResultMessage, StepFailure, TaskKind, TaskMessage,
 };

@@ -126,7 +126,10 @@ fn cancel_with_compensation_lets_in_flight_steps_finish_then_undoes_them() {
         writes.ending.as_ref().and_then(|e| e.error.as_deref()),
         Some("cancelled by user:ops: no longer needed; compensated charge, reserve")
     );
-    assert_eq!(writes.request.as_ref().map(|r| r.status), Some("cancelled"));
+    assert_eq!(
+        writes.request.as_ref().map(|r| r.status),
+        Some(RequestStatus::Failed)
+    );
     // Nothing new started after the cancel: only reserve and charge ran.
     let started: Vec<&str> = h
         .history
@@ -288,5 +291,8 @@ fn cancel_with_compensation_undoes_even_when_the_last_steps_then_succeed() {
         writes.ending.as_ref().and_then(|e| e.error.as_deref()),
         Some("cancelled by user:ops: no longer needed; compensated charge, reserve")
     );
-    assert_eq!(writes.request.as_ref().map(|r| r.status), Some("cancelled"));
+    assert_eq!(
+        writes.request.as_ref().map(|r| r.status),
+        Some(RequestStatus::Failed)
+    );
 }

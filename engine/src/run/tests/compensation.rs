@@ -100,7 +100,10 @@ fn failed_compensation_fails_the_run_naming_it_and_stops_the_undo() {
         writes.ending.as_ref().and_then(|e| e.error.as_deref()),
         Some("compensation of step b failed: refund rejected")
     );
-    assert_eq!(writes.request.as_ref().map(|r| r.status), Some("failed"));
+    assert_eq!(
+        writes.request.as_ref().map(|r| r.status),
+        Some(RequestStatus::Failed)
+    );
     assert_eq!(run_events(&writes), vec!["test.events.run.failed"]);
 }
 

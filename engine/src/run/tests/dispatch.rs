@@ -100,7 +100,7 @@ fn example_promise_runs_its_chain_skips_a_false_condition_and_succeeds() {
         .expect("the request follows its run");
     assert_eq!(
         (request.status, request.outputs.clone()),
-        ("succeeded", Some(outputs))
+        (RequestStatus::Succeeded, Some(outputs))
     );
     assert_eq!(run_events(&writes), vec!["test.events.run.succeeded"]);
     assert!(writes.cleared_run_timers);

@@ -41,7 +41,10 @@ fn operator_retry_reruns_what_failed_and_keeps_what_succeeded() {
     assert_eq!(h.run.status, RunStatus::Running);
     let ending = writes.ending.as_ref().expect("the ending is cleared");
     assert!(!ending.finished && ending.error.is_none());
-    assert_eq!(writes.request.as_ref().map(|r| r.status), Some("running"));
+    assert_eq!(
+        writes.request.as_ref().map(|r| r.status),
+        Some(RequestStatus::Running)
+    );
     assert_eq!(h.step("first").status, StepStatus::Succeeded);
 
     // Only a finished run that did not succeed can be retried.

@@ -201,7 +201,7 @@ fn exhausting_max_attempts_fails_the_step_then_the_run_compensates() {
     );
     assert_eq!(
         writes.request.as_ref().map(|r| r.status),
-        Some("compensated")
+        Some(RequestStatus::Failed)
     );
     assert!(writes.cleared_run_timers);
     assert_eq!(run_events(&writes), vec!["test.events.run.compensated"]);
