@@ -1,8 +1,7 @@
 //! Filing and reading Promise requests.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fulfil_engine::inspect::{self, RequestFilter};
@@ -11,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{inspect_error, parse_id};
+use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem};
 
 #[derive(Deserialize)]
@@ -52,7 +52,13 @@ fn request_error(e: RequestError) -> Problem {
         .with("request_id", json!(request_id)),
         RequestError::InvalidIdempotencyKey(_) => Problem::bad_request(e.to_string()),
         RequestError::Promise(e) => super::promises::promise_error(e),
-        RequestError::IntakeStopped => Problem::unavailable(&e),
+        RequestError::IntakeStopped => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            e.to_string(),
+        )
+        .retry_after(1),
         RequestError::Overloaded(_) | RequestError::HeadMoved(_) => Problem::overloaded(&e),
         RequestError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
         RequestError::Run(e) => Problem::internal(&e),
@@ -64,10 +70,8 @@ pub async fn create(
     State(state): State<ApiState>,
     Path(promise): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<CreateBody>, JsonRejection>,
+    extract::Json(body): extract::Json<CreateBody>,
 ) -> Result<Response, Problem> {
-    let Json(body) =
-        body.map_err(|e| Problem::bad_request(format!("invalid request body: {}", e.body_text())))?;
     let header_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -136,6 +140,7 @@ pub async fn get(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     promise: Option<String>,
     status: Option<String>,

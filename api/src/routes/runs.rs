@@ -1,7 +1,7 @@
 //! Reading runs and their history.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fulfil_core::RunStatus;
@@ -11,9 +11,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{inspect_error, parse_id};
+use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem};
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
     promise: Option<String>,
@@ -63,6 +65,7 @@ pub async fn get(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     cursor: Option<String>,
     limit: Option<i64>,
@@ -124,10 +127,10 @@ pub async fn cancel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<CancelBody>>,
+    body: Option<extract::Json<CancelBody>>,
 ) -> Result<Json<Value>, Problem> {
     let uuid = parse_id("run", &id)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|extract::Json(b)| b).unwrap_or_default();
     let compensate = body.compensate.unwrap_or(true);
     let status = cancel_run(
         &state.engine,
@@ -158,10 +161,10 @@ pub async fn retry(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<RetryBody>>,
+    body: Option<extract::Json<RetryBody>>,
 ) -> Result<Json<Value>, Problem> {
     let uuid = parse_id("run", &id)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|extract::Json(b)| b).unwrap_or_default();
     let plan = retry_run(
         &state.engine,
         uuid,
