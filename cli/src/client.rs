@@ -41,12 +41,10 @@ impl Api {
         let mut tries = 1;
         loop {
             let again = request.try_clone();
-            let response = request.send().await.with_context(|| {
-                format!(
-                    "cannot reach the Fulfil API at {} (is `fulfil dev` running?)",
-                    self.base
-                )
-            })?;
+            let response = request
+                .send()
+                .await
+                .with_context(|| crate::report::Reaching::Api(self.base.clone()))?;
             let status = response.status();
             let wait = retry_after(&response);
             let text = response.text().await.context("reading the API response")?;
