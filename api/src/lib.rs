@@ -8,6 +8,7 @@
 //! committed (see `fulfil_engine::requests`).
 
 pub mod extract;
+pub mod model;
 pub mod problem;
 mod routes;
 

@@ -11,15 +11,7 @@ use serde_json::{Value, json};
 
 use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
-use crate::{ApiState, Problem};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    #[serde(default)]
-    params: Value,
-    idempotency_key: Option<String>,
-}
+use crate::{ApiState, Problem, model};
 
 fn request_error(e: RequestError) -> Problem {
     match e {
@@ -70,7 +62,7 @@ pub async fn create(
     State(state): State<ApiState>,
     Path(promise): Path<String>,
     headers: HeaderMap,
-    extract::Json(body): extract::Json<CreateBody>,
+    extract::Json(body): extract::Json<model::CreateRequest>,
 ) -> Result<Response, Problem> {
     let header_key = match headers.get("idempotency-key") {
         Some(v) => Some(
@@ -107,19 +99,13 @@ pub async fn create(
     )
     .await
     .map_err(request_error)?;
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "request_id": accepted.request_id,
-            "run_id": accepted.run_id,
-            "replayed": accepted.replayed,
-        })),
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{}", accepted.request_id)) {
+    let (request_id, replayed) = (accepted.request_id, accepted.replayed);
+    let mut response =
+        (StatusCode::ACCEPTED, Json(model::Accepted::from(accepted))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{request_id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    if accepted.replayed {
+    if replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -130,13 +116,13 @@ pub async fn create(
 pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::Request>, Problem> {
     let uuid = parse_id("request", &id)?;
     let request = inspect::get_request(state.engine.pool(), uuid)
         .await
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("request", &id))?;
-    Ok(Json(json!(request)))
+    Ok(Json(request.into()))
 }
 
 #[derive(Deserialize)]
@@ -151,7 +137,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::Page<model::Request>>, Problem> {
     let page = inspect::list_requests(
         state.engine.pool(),
         &RequestFilter {
@@ -163,5 +149,5 @@ pub async fn list(
     )
     .await
     .map_err(inspect_error)?;
-    Ok(Json(json!(page)))
+    Ok(Json(page.into()))
 }
