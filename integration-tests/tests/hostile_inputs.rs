@@ -547,10 +547,10 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// Arbitrary bodies, sent to the router in process, never get a 5xx, and
-/// every error is a problem.
+/// Arbitrary bodies, path parameters and query values, sent to the router
+/// in process, never get a 5xx, and every error is a problem.
 #[test]
-fn arbitrary_bodies_never_get_a_server_error() -> anyhow::Result<()> {
+fn arbitrary_bodies_paths_and_queries_never_get_a_server_error() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let stack = runtime.block_on(async {
         let stack = TestStack::start().await?;
@@ -574,7 +574,7 @@ fn arbitrary_bodies_never_get_a_server_error() -> anyhow::Result<()> {
         failure_persistence: None,
         ..ProptestConfig::default()
     };
-    proptest!(config, |(route in 0..routes.len(), json in any::<bool>(), body in body())| {
+    proptest!(config.clone(), |(route in 0..routes.len(), json in any::<bool>(), body in body())| {
         let (method, path) = routes[route];
         let mut request = axum::http::Request::builder().method(method).uri(path);
         if json {
@@ -592,6 +592,42 @@ fn arbitrary_bodies_never_get_a_server_error() -> anyhow::Result<()> {
             prop_assert_eq!(
                 response.headers().get("content-type").and_then(|v| v.to_str().ok()),
                 Some("application/problem+json")
+            );
+        }
+    });
+    // Arbitrary bytes, percent-encoded, as a path parameter and as the value
+    // of each query parameter.
+    let paths = [
+        "/v1/promises/{}",
+        "/v1/promises/db?version={}",
+        "/v1/promises/{}/requests",
+        "/v1/requests?promise={}&status={}&cursor={}",
+        "/v1/requests/{}",
+        "/v1/runs?status={}&promise={}&cursor={}",
+        "/v1/runs?since={}&limit={}",
+        "/v1/runs/{}",
+        "/v1/runs/{}/history?cursor={}&limit={}",
+    ];
+    proptest!(config, |(path in 0..paths.len(), bytes in proptest::collection::vec(any::<u8>(), 0..64))| {
+        let encoded: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
+        let uri = paths[path].replace("{}", &encoded);
+        let method = if uri.ends_with("/requests") { "POST" } else { "GET" };
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(r#"{"params": {"name": "x"}}"#))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let response = runtime
+            .block_on(router.clone().oneshot(request))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let status = response.status();
+        prop_assert!(!status.is_server_error(), "{method} {uri}: {status}");
+        if !status.is_success() {
+            prop_assert_eq!(
+                response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+                Some("application/problem+json"),
+                "{} {}", method, uri
             );
         }
     });
