@@ -1,5 +1,31 @@
 //! Errors as `application/problem+json` (RFC 9457), with a stable `type` per
 //! kind of problem so scripts and people can search for it.
+//!
+//! The codes (`type: https://fulfil.dev/problems/<code>`); a new one is
+//! added here first:
+//!
+//! | code | status | meaning |
+//! |---|---|---|
+//! | `bad-request` | 400 | the request is wrong in a way the detail names |
+//! | `invalid-json` | 400 | the body is not JSON (syntax, nesting over 128, not UTF-8) |
+//! | `invalid-body` | 422 | JSON of the wrong shape; `errors[].pointer` says where |
+//! | `invalid-query` | 400 | a query parameter is unknown, repeated or of the wrong type |
+//! | `invalid-path` | 400 | a path parameter is not UTF-8 |
+//! | `nul-character` | 400 | a NUL (U+0000) in a body, path or query; `pointer`, `parameter` or `offset` says where |
+//! | `unsupported-media-type` | 415 | the route takes JSON and the body is labelled otherwise |
+//! | `payload-too-large` | 413 | the body is over the limit (`limit_bytes`), on every route |
+//! | `not-found` | 404 | no such route, Promise, request or run |
+//! | `method-not-allowed` | 405 | the route takes other methods (`Allow`, `allowed`) |
+//! | `invalid-params` | 422 | the parameters break the Promise's schema; `errors[].pointer` |
+//! | `invalid-promise` | 422 | the Promise does not compile; `errors[].path` |
+//! | `idempotency-conflict` | 409 | the key was used with other parameters |
+//! | `version-conflict` | 409 | a Promise version's content is immutable |
+//! | `run-state-conflict` | 409 | the run's status does not allow the operation |
+//! | `unknown-step` | 422 | the run's Promise has no such step |
+//! | `overloaded` | 503 | shed before anything was stored; `Retry-After` |
+//! | `unavailable` | 503 | a dependency failed; `error_id`, `Retry-After` |
+//! | `timeout` | 504 | no answer within 30 s; the outcome is unknown |
+//! | `internal` | 500 | a server bug; `error_id` names its log line, the text is never sent |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -134,18 +160,21 @@ impl IntoResponse for Problem {
     }
 }
 
-/// Makes any error answer that is not already a problem into one, keeping
-/// its status and headers (`Allow` on a 405, `Retry-After`): axum's own
-/// answers (a wrong method, a path no route takes) and the timeout's are
-/// `text/plain` or empty. Its body is dropped, so no text of unknown origin
-/// reaches the caller.
+/// Makes any error answer without a JSON body into a problem, keeping its
+/// status and headers (`Allow` on a 405, `Retry-After`): axum's own answers
+/// (a wrong method, a path no route takes) and the timeout's are
+/// `text/plain` or empty. Their body is dropped, so no text of unknown
+/// origin reaches the caller. JSON answers were written by a handler on
+/// purpose and pass: problems, and `/readyz`'s 503 listing what is down.
 pub async fn every_error_a_problem(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
+    let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim())
+        .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
     let (mut parts, _) = response.into_parts();
@@ -241,6 +270,34 @@ mod tests {
         let bug = Problem::internal(&"boom").into_response();
         assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(bug.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[tokio::test]
+    async fn bare_error_answers_become_problems_and_json_ones_pass() {
+        let mut bare = (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response();
+        bare.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+        let answer = every_error_a_problem(bare).await;
+        assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            answer.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/problem+json"))
+        );
+        assert_eq!(
+            answer.headers().get(header::ALLOW),
+            Some(&HeaderValue::from_static("GET,HEAD"))
+        );
+
+        let not_ready = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not ready" })),
+        )
+            .into_response();
+        let answer = every_error_a_problem(not_ready).await;
+        assert_eq!(
+            answer.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
     }
 
     #[test]
