@@ -34,9 +34,10 @@ impl Reaching {
         match self {
             Self::Postgres(url) => format!(
                 "hint: is Postgres running and accepting connections at {}? Start it (e.g. \
-                 `pg_ctlcluster <version> main start` or `systemctl start postgresql`), or \
+                 `pg_ctlcluster {} main start` or `systemctl start postgresql`), or \
                  point --database-url / DATABASE_URL at a running server.",
-                host_port(url)
+                host_port(url),
+                postgres_version()
             ),
             Self::Nats(url) => format!(
                 "hint: is nats-server running at {}, with JetStream? Start it with \
@@ -48,6 +49,24 @@ impl Reaching {
                  --api-url / FULFIL_API_URL at it."
             ),
         }
+    }
+}
+
+/// The installed Postgres version for `pg_ctlcluster` when there is exactly
+/// one (Debian and Ubuntu keep one directory per version under
+/// /etc/postgresql); `<version>` otherwise.
+fn postgres_version() -> String {
+    let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    match versions.as_slice() {
+        [one] => one.clone(),
+        _ => "<version>".to_string(),
     }
 }
 
