@@ -1,9 +1,14 @@
 //! Fulfil's HTTP/JSON API (`/v1`), mounted by `fulfil serve --roles api`.
 //!
-//! Every error is `application/problem+json`. `POST .../requests` answers 202
-//! only after the request's transaction committed (see
-//! `fulfil_engine::requests`).
+//! Every error is `application/problem+json`: handlers and the extractors of
+//! [`extract`] answer problems, and [`problem::every_error_a_problem`] turns
+//! whatever else answers an error (a wrong method, the timeout) into one.
+//! A 500 never carries the error's text, only an id it is logged under.
+//! `POST .../requests` answers 202 only after the request's transaction
+//! committed (see `fulfil_engine::requests`).
 
+pub mod extract;
+pub mod model;
 pub mod problem;
 mod routes;
 
@@ -27,10 +32,19 @@ pub struct ApiState {
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     routes::router()
+        // One limit for every route's body, read by the extractors of
+        // `extract`, which answer 413 over it.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            extract::MAX_BODY_BYTES,
+        ))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
             Duration::from_secs(30),
+        ))
+        // Outermost, so the timeout's answer passes through it too.
+        .layer(axum::middleware::map_response(
+            problem::every_error_a_problem,
         ))
         .with_state(state)
 }

@@ -1,5 +1,31 @@
 //! Errors as `application/problem+json` (RFC 9457), with a stable `type` per
 //! kind of problem so scripts and people can search for it.
+//!
+//! The codes (`type: https://fulfil.dev/problems/<code>`); a new one is
+//! added here first:
+//!
+//! | code | status | meaning |
+//! |---|---|---|
+//! | `bad-request` | 400 | the request is wrong in a way the detail names |
+//! | `invalid-json` | 400 | the body is not JSON (syntax, nesting over 128, not UTF-8) |
+//! | `invalid-body` | 422 | JSON of the wrong shape; `errors[].pointer` says where |
+//! | `invalid-query` | 400 | a query parameter is unknown, repeated or of the wrong type |
+//! | `invalid-path` | 400 | a path parameter is not UTF-8 |
+//! | `nul-character` | 400 | a NUL (U+0000) in a body, path or query; `pointer`, `parameter` or `offset` says where |
+//! | `unsupported-media-type` | 415 | the route takes JSON and the body is labelled otherwise |
+//! | `payload-too-large` | 413 | the body is over the limit (`limit_bytes`), on every route |
+//! | `not-found` | 404 | no such route, Promise, request or run |
+//! | `method-not-allowed` | 405 | the route takes other methods (`Allow`, `allowed`) |
+//! | `invalid-params` | 422 | the parameters break the Promise's schema; `errors[].pointer` |
+//! | `invalid-promise` | 422 | the Promise does not compile; `errors[].path` |
+//! | `idempotency-conflict` | 409 | the key was used with other parameters |
+//! | `version-conflict` | 409 | a Promise version's content is immutable |
+//! | `run-state-conflict` | 409 | the run's status does not allow the operation |
+//! | `unknown-step` | 422 | the run's Promise has no such step |
+//! | `overloaded` | 503 | shed before anything was stored; `Retry-After` |
+//! | `unavailable` | 503 | a dependency failed; `error_id`, `Retry-After` |
+//! | `timeout` | 504 | no answer within 30 s; the outcome is unknown |
+//! | `internal` | 500 | a server bug; `error_id` names its log line, the text is never sent |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -59,24 +85,36 @@ impl Problem {
         )
     }
 
+    /// A failure of the server, not of the request. The answer never carries
+    /// the error's text (it can hold SQL, hostnames or the caller's own input
+    /// echoed by a driver); it carries an `error_id` under which the text is
+    /// logged at ERROR, so an operator can find it from a user's report.
     pub fn internal(error: &dyn std::fmt::Display) -> Self {
-        tracing::error!(%error, "internal error");
+        let error_id = uuid::Uuid::now_v7();
+        tracing::error!(%error_id, %error, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "Internal error",
-            format!("the server failed: {error}"),
+            format!("the server failed; the error is logged under error_id {error_id}"),
         )
+        .with("error_id", json!(error_id))
     }
 
+    /// A dependency (Postgres, NATS) failed in a way worth retrying. As for
+    /// [`Problem::internal`], its text is logged under an `error_id`, not sent.
     pub fn unavailable(error: &dyn std::fmt::Display) -> Self {
-        tracing::warn!(%error, "dependency unavailable");
+        let error_id = uuid::Uuid::now_v7();
+        tracing::warn!(%error_id, %error, "dependency unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "Service unavailable",
-            format!("a dependency is unavailable, retry later: {error}"),
+            format!(
+                "a dependency of the server is unavailable; retry later (logged under error_id {error_id})"
+            ),
         )
+        .with("error_id", json!(error_id))
         .retry_after(1)
     }
 
@@ -122,6 +160,82 @@ impl IntoResponse for Problem {
     }
 }
 
+/// Makes any error answer without a JSON body into a problem, keeping its
+/// status and headers (`Allow` on a 405, `Retry-After`): axum's own answers
+/// (a wrong method, a path no route takes) and the timeout's are
+/// `text/plain` or empty. Their body is dropped, so no text of unknown
+/// origin reaches the caller. JSON answers were written by a handler on
+/// purpose and pass: problems, and `/readyz`'s 503 listing what is down.
+pub async fn every_error_a_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim())
+        .is_some_and(|v| v == "application/json" || v.ends_with("+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let problem = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_string();
+            Problem::new(
+                status,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("this route does not take that method; it takes: {allowed}"),
+            )
+            .with("allowed", json!(allowed))
+        }
+        StatusCode::NOT_FOUND => not_a_route(),
+        StatusCode::PAYLOAD_TOO_LARGE => crate::extract::too_large(),
+        StatusCode::GATEWAY_TIMEOUT => Problem::new(
+            status,
+            "timeout",
+            "Timeout",
+            "the server did not answer within 30 s; what the request changed, if anything, is unknown: read it back before retrying",
+        ),
+        status if status.is_server_error() => {
+            Problem::internal(&format!("a layer answered {status} without a problem body"))
+        }
+        status => Problem::new(
+            status,
+            "bad-request",
+            "Bad request",
+            format!(
+                "the request was refused ({})",
+                status.canonical_reason().unwrap_or("client error")
+            ),
+        ),
+    };
+    let mut answer = problem.into_response();
+    // The problem's own headers (content type, Retry-After) over the
+    // original's, which keep the rest (Allow).
+    for (name, value) in answer.headers() {
+        parts.headers.insert(name, value.clone());
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = std::mem::take(answer.body_mut());
+    Response::from_parts(parts, body)
+}
+
+/// The answer to a path no route takes.
+pub fn not_a_route() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "no such route; see the README for the /v1 routes",
+    )
+}
+
 /// Database errors that mean "try again" (503) rather than "bug" (500):
 /// connection loss, an administrator terminating the session (SQLSTATE class
 /// 57), connection exceptions (class 08), serialization failures and
@@ -156,5 +270,44 @@ mod tests {
         let bug = Problem::internal(&"boom").into_response();
         assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(bug.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[tokio::test]
+    async fn bare_error_answers_become_problems_and_json_ones_pass() {
+        let mut bare = (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response();
+        bare.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+        let answer = every_error_a_problem(bare).await;
+        assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            answer.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/problem+json"))
+        );
+        assert_eq!(
+            answer.headers().get(header::ALLOW),
+            Some(&HeaderValue::from_static("GET,HEAD"))
+        );
+
+        let not_ready = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "not ready" })),
+        )
+            .into_response();
+        let answer = every_error_a_problem(not_ready).await;
+        assert_eq!(
+            answer.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/json"))
+        );
+    }
+
+    #[test]
+    fn server_failures_carry_an_error_id_and_never_the_error_text() {
+        let secret = r#"invalid byte sequence for encoding "UTF8": 0x00"#;
+        for problem in [Problem::internal(&secret), Problem::unavailable(&secret)] {
+            assert!(!problem.detail.contains("UTF8"), "{}", problem.detail);
+            let id = problem.extra["error_id"].as_str().unwrap_or_default();
+            assert!(uuid::Uuid::parse_str(id).is_ok(), "{:?}", problem.extra);
+            assert!(problem.detail.contains(id), "{}", problem.detail);
+        }
     }
 }

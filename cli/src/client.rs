@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use fulfil_api::model;
 use serde_json::{Map, Value, json};
 
-use crate::output::{print_history, print_json, print_run, print_table};
+use crate::output::{at, opt, print_history, print_json, print_run, print_table};
 use crate::{ClientArgs, Format};
 
 struct Api {
@@ -41,12 +42,10 @@ impl Api {
         let mut tries = 1;
         loop {
             let again = request.try_clone();
-            let response = request.send().await.with_context(|| {
-                format!(
-                    "cannot reach the Fulfil API at {} (is `fulfil dev` running?)",
-                    self.base
-                )
-            })?;
+            let response = request
+                .send()
+                .await
+                .with_context(|| crate::report::Reaching::Api(self.base.clone()))?;
             let status = response.status();
             let wait = retry_after(&response);
             let text = response.text().await.context("reading the API response")?;
@@ -86,6 +85,12 @@ impl Api {
             .await?
             .1)
     }
+}
+
+/// An API answer read as its model; the raw value stays for `--output json`,
+/// which prints fields this CLI does not know too.
+fn model<T: serde::de::DeserializeOwned>(body: &Value, what: &str) -> anyhow::Result<T> {
+    T::deserialize(body).with_context(|| format!("the API answered an unexpected {what}: {body}"))
 }
 
 /// Sends of one CLI request, the first included, while the API answers 503.
@@ -270,33 +275,34 @@ pub async fn request_create(
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let api = Api::new(args)?;
-    let mut body = json!({ "params": params });
-    if let Some(key) = idempotency_key {
-        body["idempotency_key"] = Value::String(key);
-    }
+    let body = model::CreateRequest {
+        params,
+        idempotency_key,
+    };
     let request = api
         .http
         .post(format!("{}/v1/promises/{promise}/requests", api.base))
         .json(&body);
-    let (_, accepted) = api.send(request).await?;
-    let run_id = text(&accepted["run_id"]);
+    let (_, answer) = api.send(request).await?;
+    let accepted: model::Accepted = model(&answer, "answer to a new request")?;
     if args.output == Format::Json && !wait {
-        return print_json(&accepted);
+        return print_json(&answer);
     }
     eprintln!(
-        "request {} accepted{}; run {run_id}",
-        text(&accepted["request_id"]),
-        if accepted["replayed"] == true {
+        "request {} accepted{}; run {}",
+        accepted.request_id,
+        if accepted.replayed {
             " (idempotent replay)"
         } else {
             ""
-        }
+        },
+        accepted.run_id
     );
     if !wait {
-        println!("{}", text(&accepted["request_id"]));
+        println!("{}", accepted.request_id);
         return Ok(ExitCode::SUCCESS);
     }
-    follow_run(&api, &run_id, timeout, args.output).await
+    follow_run(&api, &accepted.run_id.to_string(), timeout, args.output).await
 }
 
 /// Prints each step's status changes until the run finishes.
@@ -310,40 +316,39 @@ async fn follow_run(
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut poll = Duration::from_millis(5);
     loop {
-        let run = api.get(&format!("/v1/runs/{run_id}")).await?;
-        for step in run["steps"].as_array().into_iter().flatten() {
-            let id = text(&step["id"]);
-            let status = text(&step["status"]);
-            if seen.get(&id) != Some(&status) {
-                let error = step["error"]
-                    .as_str()
+        let body = api.get(&format!("/v1/runs/{run_id}")).await?;
+        let run: model::Run = model(&body, "run")?;
+        for step in run.steps() {
+            if seen.get(&step.id) != Some(&step.status) {
+                let error = step
+                    .error
+                    .as_deref()
                     .map(|e| format!("  {e}"))
                     .unwrap_or_default();
                 eprintln!(
-                    "  {:>7.1}s  {id:<20} {status:<10} attempt {}{error}",
+                    "  {:>7.1}s  {:<20} {:<10} attempt {}{error}",
                     started.elapsed().as_secs_f64(),
-                    text(&step["attempt"])
+                    step.id,
+                    step.status,
+                    step.attempt
                 );
-                seen.insert(id, status);
+                seen.insert(step.id.clone(), step.status.clone());
             }
         }
-        let status = text(&run["status"]);
-        if matches!(
-            status.as_str(),
-            "succeeded" | "failed" | "compensated" | "cancelled"
-        ) {
+        let status = run.status.as_str();
+        if run.is_finished() {
             if format == Format::Json {
-                print_json(&run)?;
+                print_json(&body)?;
             } else {
                 eprintln!(
                     "run {run_id} {status} in {:.2}s",
                     started.elapsed().as_secs_f64()
                 );
-                if let Some(error) = run["error"].as_str() {
+                if let Some(error) = &run.error {
                     eprintln!("  error: {error}");
                 }
-                if !run["outputs"].is_null() {
-                    println!("{}", serde_json::to_string_pretty(&run["outputs"])?);
+                if let Some(outputs) = &run.outputs {
+                    println!("{}", serde_json::to_string_pretty(outputs)?);
                 }
             }
             return Ok(if status == "succeeded" {
@@ -368,19 +373,20 @@ pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
     if args.output == Format::Json {
         return print_json(&body);
     }
-    for key in [
-        "id",
-        "promise",
-        "promise_version",
-        "status",
-        "run_id",
-        "created_at",
+    let request: model::Request = model(&body, "request")?;
+    for (key, value) in [
+        ("id", request.id.to_string()),
+        ("promise", request.promise),
+        ("promise_version", request.promise_version),
+        ("status", request.status),
+        ("run_id", opt(request.run_id)),
+        ("created_at", at(Some(request.created_at))),
     ] {
-        println!("{key:<16} {}", text(&body[key]));
+        println!("{key:<16} {value}");
     }
-    println!("params           {}", body["params"]);
-    if !body["outputs"].is_null() {
-        println!("outputs          {}", body["outputs"]);
+    println!("params           {}", request.params);
+    if let Some(outputs) = &request.outputs {
+        println!("outputs          {outputs}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -420,38 +426,37 @@ pub async fn request_list(
         ("status", status),
         ("limit", Some(limit.to_string())),
     ]);
-    let columns = [
-        ("ID", "id"),
-        ("PROMISE", "promise"),
-        ("STATUS", "status"),
-        ("RUN", "run_id"),
-        ("CREATED", "created_at"),
-    ];
-    print_list(args, &format!("/v1/requests{q}"), &columns).await
+    print_list(
+        args,
+        &format!("/v1/requests{q}"),
+        &["ID", "PROMISE", "STATUS", "RUN", "CREATED"],
+        |r: &model::Request| {
+            vec![
+                r.id.to_string(),
+                r.promise.clone(),
+                r.status.clone(),
+                opt(r.run_id),
+                at(Some(r.created_at)),
+            ]
+        },
+    )
+    .await
 }
 
-/// Prints a list endpoint's items as a table of `(header, field)` columns,
-/// or the whole answer as JSON.
-async fn print_list(
+/// Prints a list endpoint's items as a table, a row per item, or the whole
+/// answer as JSON.
+async fn print_list<T: serde::de::DeserializeOwned>(
     args: &ClientArgs,
     path: &str,
-    columns: &[(&str, &str)],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let body = Api::new(args)?.get(path).await?;
     if args.output == Format::Json {
         return print_json(&body);
     }
-    let rows = items(&body)
-        .iter()
-        .map(|item| {
-            columns
-                .iter()
-                .map(|(_, field)| text(&item[*field]))
-                .collect()
-        })
-        .collect();
-    let headers: Vec<&str> = columns.iter().map(|(header, _)| *header).collect();
-    print_table(&headers, rows);
+    let page: model::Page<T> = model(&body, "list")?;
+    print_table(headers, page.items.iter().map(row).collect());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -460,7 +465,7 @@ pub async fn run_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
     if args.output == Format::Json {
         return print_json(&body);
     }
-    print_run(&body);
+    print_run(&model(&body, "run")?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -475,35 +480,46 @@ pub async fn run_list(
         ("promise", promise),
         ("limit", Some(limit.to_string())),
     ]);
-    let columns = [
-        ("ID", "id"),
-        ("PROMISE", "promise"),
-        ("KIND", "kind"),
-        ("STATUS", "status"),
-        ("CREATED", "created_at"),
-        ("FINISHED", "finished_at"),
-    ];
-    print_list(args, &format!("/v1/runs{q}"), &columns).await
+    print_list(
+        args,
+        &format!("/v1/runs{q}"),
+        &["ID", "PROMISE", "KIND", "STATUS", "CREATED", "FINISHED"],
+        |r: &model::Run| {
+            vec![
+                r.id.to_string(),
+                r.promise.clone(),
+                r.kind.clone(),
+                r.status.clone(),
+                at(Some(r.created_at)),
+                at(r.finished_at),
+            ]
+        },
+    )
+    .await
 }
 
 pub async fn run_history(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
     let api = Api::new(args)?;
     let mut all = Vec::new();
+    let mut events = Vec::new();
     let mut cursor: Option<String> = None;
     // History pages are bounded; a run's whole history is a few pages at most.
     for _ in 0..1000 {
         let q = query(&[("cursor", cursor.clone())]);
-        let page = api.get(&format!("/v1/runs/{id}/history{q}")).await?;
-        all.extend(items(&page).iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
+        let body = api.get(&format!("/v1/runs/{id}/history{q}")).await?;
+        // Raw items for --output json, which keeps fields this CLI does not know.
+        all.extend(items(&body).iter().cloned());
+        let page: model::Page<model::HistoryEvent> = model(&body, "history page")?;
+        events.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
     if args.output == Format::Json {
         return print_json(&json!({ "items": all }));
     }
-    print_history(&all);
+    print_history(&events);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -526,15 +542,19 @@ pub async fn run_cancel(
         .http
         .post(format!("{}/v1/runs/{id}/cancel", api.base))
         .header("Fulfil-Actor", actor())
-        .json(&json!({ "compensate": compensate, "reason": reason }));
+        .json(&model::CancelRun {
+            compensate: Some(compensate),
+            reason,
+        });
     let (_, body) = api.send(request).await?;
     if args.output == Format::Json {
         return print_json(&body);
     }
+    let cancelled: model::Cancelled = model(&body, "answer to a cancel")?;
     println!(
         "run {id}: {}{}",
-        text(&body["status"]),
-        if compensate && body["status"] != "cancelled" {
+        cancelled.status,
+        if compensate && cancelled.status != "cancelled" {
             " (compensating succeeded steps; it ends cancelled)"
         } else {
             ""
@@ -554,26 +574,26 @@ pub async fn run_retry(
         .http
         .post(format!("{}/v1/runs/{id}/retry", api.base))
         .header("Fulfil-Actor", actor())
-        .json(&json!({ "step": step, "dry_run": dry_run }));
+        .json(&model::RetryRun { step, dry_run });
     let (_, body) = api.send(request).await?;
     if args.output == Format::Json {
         return print_json(&body);
     }
-    let list = |v: &Value| {
-        let names: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+    let retried: model::Retried = model(&body, "answer to a retry")?;
+    let list = |names: &[String]| {
         if names.is_empty() {
             "-".to_string()
         } else {
             names.join(", ")
         }
     };
-    let verb = if body["applied"] == true {
+    let verb = if retried.applied {
         "re-running"
     } else {
         "would re-run"
     };
-    println!("run {id}: {verb}: {}", list(&body["rerun"]));
-    println!("keeping outputs of: {}", list(&body["kept"]));
+    println!("run {id}: {verb}: {}", list(&retried.rerun));
+    println!("keeping outputs of: {}", list(&retried.kept));
     Ok(ExitCode::SUCCESS)
 }
 

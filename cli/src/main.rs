@@ -6,12 +6,13 @@
 mod bench;
 mod client;
 mod output;
+mod report;
 mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// glibc's allocator spent a third of the engine's CPU under load (perf:
 /// `_int_malloc`, `unlink_chunk`, `malloc_consolidate` across the runtime's
@@ -260,8 +261,34 @@ fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
     fulfil_core::promise::parse_duration(s)
 }
 
+/// DESIGN: "An empty value is unset", for every environment fallback. clap
+/// takes `FULFIL_WORKFLOWS=` as an empty value given (refused, or used as
+/// an empty URL), so every argument whose variable is set but empty is
+/// unlinked from it before parsing: one rule for all flags, present and
+/// future, instead of a parser per flag. (Removing the variables from the
+/// environment instead would need `unsafe`, which the workspace forbids.)
+fn without_empty_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|value| value.is_empty());
+            if empty {
+                arg.env(None::<&'static str>)
+            } else {
+                arg
+            }
+        })
+        .mut_subcommands(without_empty_env)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = without_empty_env(Cli::command()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -275,7 +302,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", report::render(&e));
             ExitCode::FAILURE
         }
     }

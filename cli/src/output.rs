@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use chrono::{DateTime, SecondsFormat, Utc};
+use fulfil_api::model::{HistoryEvent, Run};
 use serde_json::Value;
-
-use crate::client::text;
 
 pub fn print_json(value: &Value) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -34,43 +34,48 @@ pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-pub fn print_run(run: &Value) {
-    for key in [
-        "id",
-        "promise",
-        "promise_version",
-        "kind",
-        "status",
-        "request_id",
-        "created_at",
-        "finished_at",
+/// An optional value as text; `-` when absent.
+pub fn opt(value: Option<impl std::fmt::Display>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// A time as the API writes it (RFC 3339, UTC); `-` when absent.
+pub fn at(time: Option<DateTime<Utc>>) -> String {
+    opt(time.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+}
+
+pub fn print_run(run: &Run) {
+    for (key, value) in [
+        ("id", run.id.to_string()),
+        ("promise", run.promise.clone()),
+        ("promise_version", run.promise_version.clone()),
+        ("kind", run.kind.clone()),
+        ("status", run.status.clone()),
+        ("request_id", run.request_id.to_string()),
+        ("created_at", at(Some(run.created_at))),
+        ("finished_at", at(run.finished_at)),
     ] {
-        println!("{key:<16} {}", text(&run[key]));
+        println!("{key:<16} {value}");
     }
-    if let Some(error) = run["error"].as_str() {
+    if let Some(error) = &run.error {
         println!("error            {error}");
     }
-    if !run["outputs"].is_null() {
-        println!("outputs          {}", run["outputs"]);
+    if let Some(outputs) = &run.outputs {
+        println!("outputs          {outputs}");
     }
     println!();
-    let rows = run["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows = run
+        .steps()
+        .iter()
         .map(|s| {
-            let last = s["attempts"]
-                .as_array()
-                .and_then(|a| a.last())
-                .cloned()
-                .unwrap_or(Value::Null);
+            let last = s.attempts.last();
             vec![
-                text(&s["id"]),
-                text(&s["status"]),
-                text(&s["attempt"]),
-                text(&last["worker"]),
-                text(&last["finished_at"]),
-                s["error"].as_str().unwrap_or("").to_string(),
+                s.id.clone(),
+                s.status.clone(),
+                s.attempt.to_string(),
+                opt(last.and_then(|a| a.worker.as_deref())),
+                at(last.and_then(|a| a.finished_at)),
+                s.error.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -80,18 +85,18 @@ pub fn print_run(run: &Value) {
     );
 }
 
-pub fn print_history(events: &[Value]) {
+pub fn print_history(events: &[HistoryEvent]) {
     let rows = events
         .iter()
         .map(|e| {
             vec![
-                text(&e["seq"]),
-                text(&e["at"]),
-                text(&e["type"]),
-                text(&e["step"]),
-                text(&e["attempt"]),
-                text(&e["actor"]),
-                compact(&e["data"]),
+                e.seq.to_string(),
+                at(Some(e.at)),
+                e.kind.clone(),
+                opt(e.step_id.as_deref()),
+                opt(e.attempt),
+                e.actor.clone(),
+                compact(&e.data),
             ]
         })
         .collect();

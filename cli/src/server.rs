@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::ServerArgs;
+use crate::report::Reaching;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fulfil";
 
@@ -36,12 +37,18 @@ fn init_tracing(json: bool) {
 
 pub async fn migrate(database_url: &str, create: bool) -> anyhow::Result<()> {
     init_tracing(false);
-    if create && db::ensure_database(database_url).await? {
-        info!("created database");
+    let reaching = || Reaching::Postgres(redact(database_url));
+    if create {
+        if db::ensure_database(database_url)
+            .await
+            .with_context(reaching)?
+        {
+            info!("created database");
+        }
+    } else {
+        probe_postgres(database_url).await.with_context(reaching)?;
     }
-    let pool = db::connect(database_url, 2)
-        .await
-        .with_context(|| format!("connecting to {}", redact(database_url)))?;
+    let pool = db::connect(database_url, 2).await.with_context(reaching)?;
     db::migrate(&pool).await?;
     println!("migrations applied");
     Ok(())
@@ -70,16 +77,26 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
             bail!("invalid queue name {queue:?}: use letters, digits, '-' and '_'");
         }
     }
-    if create_database && db::ensure_database(&args.database_url).await? {
-        info!(database = %redact(&args.database_url), "created database");
+    let reaching = || Reaching::Postgres(redact(&args.database_url));
+    if create_database {
+        if db::ensure_database(&args.database_url)
+            .await
+            .with_context(reaching)?
+        {
+            info!(database = %redact(&args.database_url), "created database");
+        }
+    } else {
+        probe_postgres(&args.database_url)
+            .await
+            .with_context(reaching)?;
     }
     let pool = db::connect(&args.database_url, args.db_pool)
         .await
-        .with_context(|| format!("connecting to Postgres at {}", redact(&args.database_url)))?;
+        .with_context(reaching)?;
     db::migrate(&pool).await.context("applying migrations")?;
     let nats = async_nats::connect(&args.nats_url)
         .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+        .with_context(|| Reaching::Nats(redact(&args.nats_url)))?;
     let js = async_nats::jetstream::new(nats.clone());
     fulfil_bus::streams::ensure_streams(&js, &names)
         .await
@@ -149,6 +166,16 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// One direct connection: a pool only says "timed out" after 10 s when the
+/// server is down, this says why at once. (`ensure_database` connects
+/// directly already, so it stands in for this where the database is made.)
+async fn probe_postgres(url: &str) -> anyhow::Result<()> {
+    use sqlx::ConnectOptions;
+    let connection = db::options(url)?.connect().await?;
+    let _ = sqlx::Connection::close(connection).await;
+    Ok(())
 }
 
 async fn apply_workflows(engine: &Engine, dir: &Path) -> anyhow::Result<()> {

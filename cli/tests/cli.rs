@@ -149,3 +149,128 @@ async fn cli_applies_examples_runs_them_and_reports_failures() -> anyhow::Result
     assert_eq!(ready["nats"]["ok"], true);
     stack.stop().await
 }
+
+/// A loopback address nothing listens on: bound, then released.
+fn closed_address() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// `fulfil` with `vars` set (and nothing of the caller's FULFIL_* kept from
+/// the test's own environment beyond them).
+fn fulfil_with(vars: &[(&str, &str)], args: &[&str]) -> std::io::Result<Output> {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fulfil"));
+    command.args(args).current_dir(std::env::temp_dir());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("FULFIL_") || name == "DATABASE_URL" || name == "NATS_URL" {
+            command.env_remove(name);
+        }
+    }
+    command.envs(vars.iter().copied());
+    command.output()
+}
+
+/// Every environment fallback set to "" counts as unset (DESIGN: "An empty
+/// value is unset"): `serve` parses and gets as far as connecting.
+#[test]
+fn empty_environment_values_are_unset() -> anyhow::Result<()> {
+    let postgres = format!("postgres://postgres@{}/fulfil", closed_address()?);
+    let mut vars = vec![("DATABASE_URL", postgres.as_str())];
+    for empty in [
+        "NATS_URL",
+        "FULFIL_ROLES",
+        "FULFIL_NATS_PREFIX",
+        "FULFIL_HTTP_ADDR",
+        "FULFIL_WORKFLOWS",
+        "FULFIL_QUEUES",
+        "FULFIL_WORKER_CONCURRENCY",
+        "FULFIL_WORKER_ACK_WAIT",
+        "FULFIL_DB_POOL",
+        "FULFIL_LOG_JSON",
+    ] {
+        vars.push((empty, ""));
+    }
+    let served = fulfil_with(&vars, &["serve"])?;
+    let out = text(&served);
+    assert_eq!(
+        served.status.code(),
+        Some(1),
+        "not a usage error (2): {out}"
+    );
+    assert!(out.contains("cannot connect to Postgres"), "{out}");
+
+    // An operator command with an empty API URL takes the default one.
+    let api = closed_address()?;
+    let listed = fulfil_with(
+        &[("FULFIL_API_URL", "")],
+        &["run", "list", "--api-url", &format!("http://{api}")],
+    )?;
+    assert_eq!(listed.status.code(), Some(1), "{}", text(&listed));
+    let listed = fulfil_with(&[("FULFIL_API_URL", "")], &["run", "list"])?;
+    assert_ne!(listed.status.code(), Some(2), "{}", text(&listed));
+    assert!(
+        !text(&listed).contains("a value is required"),
+        "{}",
+        text(&listed)
+    );
+    Ok(())
+}
+
+/// A service that does not answer is reported once, with how to start it;
+/// the exit code is 1.
+#[tokio::test]
+async fn unreachable_services_are_named_once_with_how_to_start_them() -> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    let (postgres, nats, api) = (
+        format!("postgres://postgres@{}/fulfil", closed_address()?),
+        format!("nats://{}", closed_address()?),
+        format!("http://{}", closed_address()?),
+    );
+    let database_url = stack.database_url.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let cases = [
+            (
+                vec![("DATABASE_URL", postgres.as_str())],
+                vec!["serve"],
+                "cannot connect to Postgres",
+                "hint: is Postgres running",
+            ),
+            (
+                vec![("DATABASE_URL", postgres.as_str())],
+                vec!["migrate"],
+                "cannot connect to Postgres",
+                "pg_ctlcluster",
+            ),
+            (
+                vec![
+                    ("DATABASE_URL", database_url.as_str()),
+                    ("NATS_URL", nats.as_str()),
+                ],
+                vec!["serve", "--roles", "api", "--http-addr", "127.0.0.1:0"],
+                "cannot connect to NATS",
+                "nats-server -js",
+            ),
+            (
+                vec![("FULFIL_API_URL", api.as_str())],
+                vec!["run", "list"],
+                "cannot reach the Fulfil API",
+                "is `fulfil dev` or `fulfil serve` running at",
+            ),
+        ];
+        for (vars, args, what, hint) in cases {
+            let output = fulfil_with(&vars, &args)?;
+            let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains(what), "{args:?}: {stderr}");
+            assert!(stderr.contains(hint), "{args:?}: {stderr}");
+            assert_eq!(
+                stderr.matches("Connection refused").count(),
+                1,
+                "{args:?}: the cause once: {stderr}"
+            );
+        }
+        Ok(())
+    })
+    .await??;
+    stack.stop().await
+}

@@ -29,14 +29,7 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/retry", post(runs::retry))
         .route("/v1/dead-letters", get(health::dead_letters))
-        .fallback(|| async {
-            Problem::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not-found",
-                "Not found",
-                "no such route; see the README for the /v1 routes",
-            )
-        })
+        .fallback(|| async { crate::problem::not_a_route() })
 }
 
 pub(crate) fn parse_id(what: &str, id: &str) -> Result<Uuid, Problem> {

@@ -1,13 +1,14 @@
 //! `PUT /v1/promises/{name}` and reading Promises back.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use fulfil_core::{Promise, SpecError, SpecErrors};
 use fulfil_engine::promises::{self, ApplyOutcome, PromiseError, PromiseRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::extract::{Path, Query, Text};
 use crate::{ApiState, Problem};
 
 fn invalid(errors: &SpecErrors) -> Problem {
@@ -42,7 +43,7 @@ pub(crate) fn promise_error(e: PromiseError) -> Problem {
 pub async fn apply(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    body: String,
+    Text(body): Text,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     if body.trim().is_empty() {
         return Err(Problem::bad_request(
@@ -50,6 +51,10 @@ pub async fn apply(
         ));
     }
     let promise = Promise::parse(&body).map_err(|e| invalid(&e))?;
+    // A NUL escaped in the text ("\0" in YAML, "\u0000" in JSON) is only
+    // there once parsed; Postgres would refuse to store it.
+    let document = serde_json::to_value(&promise).map_err(|e| Problem::internal(&e))?;
+    crate::extract::refuse_nul(&document, "the Promise")?;
     if promise.metadata.name != name {
         return Err(invalid(&SpecErrors::one(SpecError::new(
             "metadata.name",
@@ -100,6 +105,7 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, Problem>
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VersionQuery {
     version: Option<String>,
 }

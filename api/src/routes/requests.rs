@@ -1,8 +1,7 @@
 //! Filing and reading Promise requests.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fulfil_engine::inspect::{self, RequestFilter};
@@ -11,15 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{inspect_error, parse_id};
-use crate::{ApiState, Problem};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateBody {
-    #[serde(default)]
-    params: Value,
-    idempotency_key: Option<String>,
-}
+use crate::extract::{self, Path, Query};
+use crate::{ApiState, Problem, model};
 
 fn request_error(e: RequestError) -> Problem {
     match e {
@@ -52,7 +44,13 @@ fn request_error(e: RequestError) -> Problem {
         .with("request_id", json!(request_id)),
         RequestError::InvalidIdempotencyKey(_) => Problem::bad_request(e.to_string()),
         RequestError::Promise(e) => super::promises::promise_error(e),
-        RequestError::IntakeStopped => Problem::unavailable(&e),
+        RequestError::IntakeStopped => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            e.to_string(),
+        )
+        .retry_after(1),
         RequestError::Overloaded(_) | RequestError::HeadMoved(_) => Problem::overloaded(&e),
         RequestError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
         RequestError::Run(e) => Problem::internal(&e),
@@ -64,10 +62,8 @@ pub async fn create(
     State(state): State<ApiState>,
     Path(promise): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<CreateBody>, JsonRejection>,
+    extract::Json(body): extract::Json<model::CreateRequest>,
 ) -> Result<Response, Problem> {
-    let Json(body) =
-        body.map_err(|e| Problem::bad_request(format!("invalid request body: {}", e.body_text())))?;
     let header_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -103,19 +99,13 @@ pub async fn create(
     )
     .await
     .map_err(request_error)?;
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "request_id": accepted.request_id,
-            "run_id": accepted.run_id,
-            "replayed": accepted.replayed,
-        })),
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{}", accepted.request_id)) {
+    let (request_id, replayed) = (accepted.request_id, accepted.replayed);
+    let mut response =
+        (StatusCode::ACCEPTED, Json(model::Accepted::from(accepted))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/requests/{request_id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    if accepted.replayed {
+    if replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -126,16 +116,17 @@ pub async fn create(
 pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::Request>, Problem> {
     let uuid = parse_id("request", &id)?;
     let request = inspect::get_request(state.engine.pool(), uuid)
         .await
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("request", &id))?;
-    Ok(Json(json!(request)))
+    Ok(Json(request.into()))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     promise: Option<String>,
     status: Option<String>,
@@ -146,7 +137,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::Page<model::Request>>, Problem> {
     let page = inspect::list_requests(
         state.engine.pool(),
         &RequestFilter {
@@ -158,5 +149,5 @@ pub async fn list(
     )
     .await
     .map_err(inspect_error)?;
-    Ok(Json(json!(page)))
+    Ok(Json(page.into()))
 }

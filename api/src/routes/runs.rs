@@ -1,19 +1,20 @@
 //! Reading runs and their history.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fulfil_core::RunStatus;
 use fulfil_engine::inspect::{self, RunFilter};
 use fulfil_engine::run::{OperatorError, cancel_run, retry_run};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{inspect_error, parse_id};
-use crate::{ApiState, Problem};
+use crate::extract::{self, Path, Query};
+use crate::{ApiState, Problem, model};
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
     promise: Option<String>,
@@ -25,7 +26,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::Page<model::Run>>, Problem> {
     if let Some(status) = &q.status
         && RunStatus::parse(status).is_err()
     {
@@ -47,22 +48,23 @@ pub async fn list(
     )
     .await
     .map_err(inspect_error)?;
-    Ok(Json(json!(page)))
+    Ok(Json(page.into()))
 }
 
 pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::Run>, Problem> {
     let uuid = parse_id("run", &id)?;
     let run = inspect::get_run(state.engine.pool(), uuid)
         .await
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("run", &id))?;
-    Ok(Json(json!(run)))
+    Ok(Json(run.into()))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     cursor: Option<String>,
     limit: Option<i64>,
@@ -72,13 +74,13 @@ pub async fn history(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::Page<model::HistoryEvent>>, Problem> {
     let uuid = parse_id("run", &id)?;
     let page = inspect::history(state.engine.pool(), uuid, q.cursor.as_deref(), q.limit)
         .await
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("run", &id))?;
-    Ok(Json(json!(page)))
+    Ok(Json(page.into()))
 }
 
 /// Who is acting, from the `Fulfil-Actor` header (the CLI sends `cli:<user>`).
@@ -111,23 +113,15 @@ fn operator_error(e: OperatorError) -> Problem {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct CancelBody {
-    /// Compensate succeeded steps before ending (default true).
-    compensate: Option<bool>,
-    reason: Option<String>,
-}
-
 /// `POST /v1/runs/{id}/cancel`
 pub async fn cancel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<CancelBody>>,
-) -> Result<Json<Value>, Problem> {
+    body: Option<extract::Json<model::CancelRun>>,
+) -> Result<Json<model::Cancelled>, Problem> {
     let uuid = parse_id("run", &id)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|extract::Json(b)| b).unwrap_or_default();
     let compensate = body.compensate.unwrap_or(true);
     let status = cancel_run(
         &state.engine,
@@ -138,19 +132,11 @@ pub async fn cancel(
     )
     .await
     .map_err(operator_error)?;
-    Ok(Json(
-        json!({ "run_id": uuid, "status": status.as_str(), "compensate": compensate }),
-    ))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RetryBody {
-    /// Also re-run this step and what depends on it.
-    step: Option<String>,
-    /// Only say what would be re-run.
-    #[serde(default)]
-    dry_run: bool,
+    Ok(Json(model::Cancelled {
+        run_id: uuid,
+        status: status.as_str().to_string(),
+        compensate,
+    }))
 }
 
 /// `POST /v1/runs/{id}/retry`
@@ -158,10 +144,10 @@ pub async fn retry(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<RetryBody>>,
-) -> Result<Json<Value>, Problem> {
+    body: Option<extract::Json<model::RetryRun>>,
+) -> Result<Json<model::Retried>, Problem> {
     let uuid = parse_id("run", &id)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|extract::Json(b)| b).unwrap_or_default();
     let plan = retry_run(
         &state.engine,
         uuid,
@@ -171,7 +157,10 @@ pub async fn retry(
     )
     .await
     .map_err(operator_error)?;
-    Ok(Json(
-        json!({ "run_id": uuid, "rerun": plan.rerun, "kept": plan.kept, "applied": plan.applied }),
-    ))
+    Ok(Json(model::Retried {
+        run_id: uuid,
+        rerun: plan.rerun,
+        kept: plan.kept,
+        applied: plan.applied,
+    }))
 }

@@ -1,0 +1,396 @@
+//! The REST bodies of requests and runs as types, shared by the server
+//! (which writes and reads them) and the CLI (which reads and writes them),
+//! so neither side goes through `json["field"]`.
+//!
+//! Field names are the public contract of DESIGN.md ("add fields freely;
+//! never rename these"): the tests at the bottom pin them. Readers ignore
+//! fields they do not know, so a newer server can add some.
+
+use chrono::{DateTime, Utc};
+use fulfil_engine::inspect;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A page of a list: `{items, next_cursor}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// The same page with its items converted.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
+    }
+}
+
+/// `POST /v1/promises/{name}/requests`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// A JSON object (or absent, read as null: the Promise's defaults).
+    #[serde(default)]
+    pub params: Value,
+    /// Also accepted as the `Idempotency-Key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The 202 answer to [`CreateRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub request_id: Uuid,
+    pub run_id: Uuid,
+    /// True when an earlier request with the same idempotency key and the
+    /// same parameters was returned instead of a new one.
+    pub replayed: bool,
+}
+
+/// A request: `GET /v1/requests/{id}`, items of `GET /v1/requests`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: Uuid,
+    pub promise: String,
+    pub promise_version: String,
+    pub params: Value,
+    pub status: String,
+    pub run_id: Option<Uuid>,
+    pub outputs: Option<Value>,
+    pub idempotency_key: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A run: `GET /v1/runs/{id}` (with its steps), items of `GET /v1/runs`
+/// (without: `steps` is absent and reads as empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: Uuid,
+    pub request_id: Uuid,
+    pub promise: String,
+    pub promise_version: String,
+    /// `configure`, `delete` or `reconcile`.
+    pub kind: String,
+    pub status: String,
+    pub outputs: Option<Value>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Step>>,
+}
+
+impl Run {
+    /// Whether the run has ended (nothing more will happen unless retried).
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "succeeded" | "failed" | "compensated" | "cancelled"
+        )
+    }
+
+    /// Its steps; none for a run read from a list.
+    pub fn steps(&self) -> &[Step] {
+        self.steps.as_deref().unwrap_or_default()
+    }
+}
+
+/// A step of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: String,
+    pub status: String,
+    /// The current attempt number (0 before the first).
+    pub attempt: i32,
+    pub attempts: Vec<Attempt>,
+    pub outputs: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// One dispatched attempt of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub status: String,
+    pub task_id: Uuid,
+    pub handler: String,
+    pub queue: String,
+    pub input: Value,
+    pub dispatched_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub worker: Option<String>,
+    pub error: Option<Value>,
+}
+
+/// One entry of `GET /v1/runs/{id}/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(rename = "step")]
+    pub step_id: Option<String>,
+    pub attempt: Option<i32>,
+    pub actor: String,
+    pub at: DateTime<Utc>,
+    pub data: Value,
+}
+
+/// `POST /v1/runs/{id}/cancel` (the body may be absent: the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRun {
+    /// Compensate succeeded steps before ending (default true).
+    #[serde(default)]
+    pub compensate: Option<bool>,
+    /// Recorded in the run's history.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The answer to [`CancelRun`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    pub run_id: Uuid,
+    /// `cancelled`, or `compensating` while succeeded steps are undone.
+    pub status: String,
+    pub compensate: bool,
+}
+
+/// `POST /v1/runs/{id}/retry` (the body may be absent: the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRun {
+    /// Also re-run this step and what depends on it.
+    #[serde(default)]
+    pub step: Option<String>,
+    /// Only say what would be re-run.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to [`RetryRun`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retried {
+    pub run_id: Uuid,
+    /// Steps reset to pending, in workflow order.
+    pub rerun: Vec<String>,
+    /// Steps whose outputs are kept.
+    pub kept: Vec<String>,
+    /// False for a dry run.
+    pub applied: bool,
+}
+
+impl From<fulfil_engine::requests::Accepted> for Accepted {
+    fn from(a: fulfil_engine::requests::Accepted) -> Self {
+        Self {
+            request_id: a.request_id,
+            run_id: a.run_id,
+            replayed: a.replayed,
+        }
+    }
+}
+
+impl From<inspect::RequestView> for Request {
+    fn from(r: inspect::RequestView) -> Self {
+        Self {
+            id: r.id,
+            promise: r.promise,
+            promise_version: r.promise_version,
+            params: r.params,
+            status: r.status,
+            run_id: r.run_id,
+            outputs: r.outputs,
+            idempotency_key: r.idempotency_key,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+impl From<inspect::RunSummary> for Run {
+    fn from(r: inspect::RunSummary) -> Self {
+        Self {
+            id: r.id,
+            request_id: r.request_id,
+            promise: r.promise,
+            promise_version: r.promise_version,
+            kind: r.kind,
+            status: r.status,
+            outputs: r.outputs,
+            error: r.error,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+            steps: None,
+        }
+    }
+}
+
+impl From<inspect::RunView> for Run {
+    fn from(r: inspect::RunView) -> Self {
+        Self {
+            steps: Some(r.steps.into_iter().map(Step::from).collect()),
+            ..Self::from(r.run)
+        }
+    }
+}
+
+impl From<inspect::StepView> for Step {
+    fn from(s: inspect::StepView) -> Self {
+        Self {
+            id: s.id,
+            status: s.status,
+            attempt: s.attempt,
+            attempts: s.attempts.into_iter().map(Attempt::from).collect(),
+            outputs: s.outputs,
+            error: s.error,
+        }
+    }
+}
+
+impl From<inspect::AttemptView> for Attempt {
+    fn from(a: inspect::AttemptView) -> Self {
+        Self {
+            attempt: a.attempt,
+            status: a.status,
+            task_id: a.task_id,
+            handler: a.handler,
+            queue: a.queue,
+            input: a.input,
+            dispatched_at: a.dispatched_at,
+            deadline: a.deadline,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            worker: a.worker,
+            error: a.error,
+        }
+    }
+}
+
+impl From<inspect::HistoryEvent> for HistoryEvent {
+    fn from(e: inspect::HistoryEvent) -> Self {
+        Self {
+            seq: e.seq,
+            kind: e.kind,
+            step_id: e.step_id,
+            attempt: e.attempt,
+            actor: e.actor,
+            at: e.at,
+            data: e.data,
+        }
+    }
+}
+
+impl<T, U: From<T>> From<inspect::Page<T>> for Page<U> {
+    fn from(p: inspect::Page<T>) -> Self {
+        Page {
+            items: p.items.into_iter().map(U::from).collect(),
+            next_cursor: p.next_cursor,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The field names are a public contract: the model and the engine's
+    /// read models serialize to the same JSON, key for key.
+    #[test]
+    fn models_serialize_as_the_engine_views_did() -> Result<(), serde_json::Error> {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        let (run_id, request_id, task_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let summary = inspect::RunSummary {
+            id: run_id,
+            request_id,
+            promise: "db".into(),
+            promise_version: "1".into(),
+            kind: "configure".into(),
+            status: "running".into(),
+            outputs: None,
+            error: Some("boom".into()),
+            created_at: at,
+            finished_at: None,
+        };
+        let view = inspect::RunView {
+            run: summary.clone(),
+            steps: vec![inspect::StepView {
+                id: "provision".into(),
+                status: "running".into(),
+                attempt: 1,
+                attempts: vec![inspect::AttemptView {
+                    attempt: 1,
+                    status: "running".into(),
+                    task_id,
+                    handler: "noop".into(),
+                    queue: "default".into(),
+                    input: json!({ "a": 1 }),
+                    dispatched_at: at,
+                    deadline: at,
+                    started_at: Some(at),
+                    finished_at: None,
+                    worker: Some("w".into()),
+                    error: None,
+                }],
+                outputs: None,
+                error: None,
+            }],
+        };
+        let engine = serde_json::to_value(&view)?;
+        let model = serde_json::to_value(Run::from(view))?;
+        assert_eq!(model, engine);
+        assert_eq!(serde_json::from_value::<Run>(engine)?.steps().len(), 1);
+        assert_eq!(
+            serde_json::to_value(Run::from(summary.clone()))?,
+            serde_json::to_value(&summary)?
+        );
+
+        let request = inspect::RequestView {
+            id: request_id,
+            promise: "db".into(),
+            promise_version: "1".into(),
+            params: json!({ "name": "x" }),
+            status: "accepted".into(),
+            run_id: Some(run_id),
+            outputs: None,
+            idempotency_key: None,
+            created_by: Some("api".into()),
+            created_at: at,
+            updated_at: at,
+        };
+        assert_eq!(
+            serde_json::to_value(Request::from(request.clone()))?,
+            serde_json::to_value(&request)?
+        );
+        let event = inspect::HistoryEvent {
+            seq: 1,
+            kind: "run_created".into(),
+            step_id: None,
+            attempt: None,
+            actor: "api".into(),
+            at,
+            data: json!({}),
+        };
+        let page = inspect::Page {
+            items: vec![event],
+            next_cursor: Some("c".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(Page::<HistoryEvent>::from(page.clone()))?,
+            serde_json::to_value(&page)?
+        );
+        Ok(())
+    }
+}
