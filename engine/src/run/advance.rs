@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::event::{self, AttemptEvent, attempt_event};
 use super::writes::{AttemptCancel, NewAttempt};
 use super::{RequestUpdate, Run, RunEnding, RunError};
-use fulfil_core::status::RequestStatus;
+use fulfil_core::status::{RequestStatus, TimerKind};
 
 /// An attempt may wait this long for a worker when its step sets no
 /// `schedule_to_start`; only the task's absolute deadline uses it.
@@ -283,7 +283,7 @@ pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
     for (step_id, attempt) in in_flight {
         run.cancel_attempt(AttemptCancel {
             step_id: step_id.clone(),
-            kind: kind.as_str(),
+            kind,
             attempt,
             reason: reason.to_string(),
         });
@@ -422,7 +422,7 @@ fn dispatch(
         task_id,
         step_id: step_id.to_string(),
         attempt,
-        kind: spec.kind.as_str(),
+        kind: spec.kind,
         handler: spec.handler.to_string(),
         queue: spec.queue.to_string(),
         input: input.clone(),
@@ -430,7 +430,7 @@ fn dispatch(
     });
     if let Some(wait) = spec.schedule_to_start {
         run.add_timer(
-            "schedule_to_start",
+            TimerKind::ScheduleToStart,
             step_id,
             Some(task_id),
             now + chrono_duration(wait),
@@ -501,7 +501,7 @@ pub fn attempt_failed(
         let fire_at = Utc::now() + chrono_duration(delay);
         match kind {
             TaskKind::Action => {
-                run.add_timer("retry", step_id, None, fire_at);
+                run.add_timer(TimerKind::Retry, step_id, None, fire_at);
                 set_step(
                     run,
                     step_id,
@@ -512,7 +512,7 @@ pub fn attempt_failed(
                 );
             }
             TaskKind::Compensation => {
-                run.add_timer("compensation_retry", step_id, None, fire_at);
+                run.add_timer(TimerKind::CompensationRetry, step_id, None, fire_at);
                 set_compensation(
                     run,
                     step_id,

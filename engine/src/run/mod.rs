@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use fulfil_bus::NatsNames;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::status::{RunKind, TimerKind};
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{RunStatus, StepStatus};
 use serde_json::{Value, json};
@@ -148,6 +149,8 @@ impl StepRow {
 pub struct Run {
     pub run_id: Uuid,
     pub request_id: Uuid,
+    /// What the run does for its request; fixed at creation.
+    pub kind: RunKind,
     pub status: RunStatus,
     /// params, request and env, as expressions see them.
     pub context: Value,
@@ -193,18 +196,35 @@ impl From<fulfil_core::status::UnknownValue> for RunError {
     }
 }
 
+/// What a run being created starts from.
+pub struct NewRun {
+    pub kind: RunKind,
+    pub run_id: Uuid,
+    pub request_id: Uuid,
+    /// params, request and env, as expressions see them.
+    pub context: Value,
+    pub promise: std::sync::Arc<fulfil_core::Promise>,
+    pub names: NatsNames,
+    /// Who creates it, recorded in history.
+    pub actor: String,
+    /// The committing process publishes the run's outbox rows itself.
+    pub fast_publish: bool,
+}
+
 impl Run {
     /// A run being created: every step pending. Its run and step rows are
     /// inserted by the flush; its request row must exist by then.
-    pub fn new(
-        run_id: Uuid,
-        request_id: Uuid,
-        context: Value,
-        promise: std::sync::Arc<fulfil_core::Promise>,
-        names: NatsNames,
-        actor: String,
-        fast_publish: bool,
-    ) -> Self {
+    pub fn new(new: NewRun) -> Self {
+        let NewRun {
+            kind,
+            run_id,
+            request_id,
+            context,
+            promise,
+            names,
+            actor,
+            fast_publish,
+        } = new;
         let steps = promise
             .spec
             .workflow
@@ -217,6 +237,7 @@ impl Run {
         Run {
             run_id,
             request_id,
+            kind,
             status: RunStatus::Running,
             context,
             promise,
@@ -275,7 +296,7 @@ impl Run {
     /// Arms a durable timer for this run.
     pub fn add_timer(
         &mut self,
-        kind: &'static str,
+        kind: TimerKind,
         step_id: &str,
         task_id: Option<Uuid>,
         fire_at: DateTime<Utc>,
@@ -289,7 +310,7 @@ impl Run {
     }
 
     /// Disarms the timers of one attempt (all of them, or one kind).
-    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<&'static str>) {
+    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<TimerKind>) {
         self.writes.clear_attempt_timers(task_id, kind);
     }
 

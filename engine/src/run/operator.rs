@@ -13,7 +13,7 @@ use super::advance::{advance, stop_in_flight};
 use super::event;
 use super::{RequestUpdate, Run, RunEnding, RunError, lock_run};
 use crate::Engine;
-use fulfil_core::status::RequestStatus;
+use fulfil_core::status::{RequestStatus, TimerKind};
 use sqlx::{Postgres, Transaction};
 
 /// Why an operator action was refused; nothing changed.
@@ -281,7 +281,7 @@ pub(super) fn retry_locked(
     if let Some(limit) = promise.run_timeout() {
         let fire_at =
             chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
-        run.add_timer("run_timeout", "", None, fire_at);
+        run.add_timer(TimerKind::RunTimeout, "", None, fire_at);
     }
     run.record(
         event::RUN_RETRIED,
