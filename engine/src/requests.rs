@@ -409,7 +409,12 @@ fn start_run(engine: &Engine, request: &ValidRequest) -> Result<Run, RunError> {
         json!({ "request_id": request.request_id, "promise": promise.metadata.name,
                 "promise_version": promise.metadata.version, "idempotency_key": request.idempotency_key }),
     );
-    run.record(event::RUN_STARTED, None, None, json!({ "kind": run.kind }));
+    run.record(
+        event::RUN_STARTED,
+        None,
+        None,
+        json!({ "kind": run.kind() }),
+    );
     if let Some(limit) = promise.run_timeout() {
         let fire_at =
             chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);

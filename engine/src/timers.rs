@@ -131,16 +131,16 @@ pub(crate) fn fire_on(
     timer: &DueTimer,
     attempt: Option<&AttemptState>,
 ) -> Result<(), RunError> {
-    let promise = run.promise.clone();
-    let row = run.steps.get(&timer.step_id).cloned();
+    let promise = run.promise().clone();
+    let row = run.step(&timer.step_id).cloned();
     let timer_kind = TimerKind::parse(&timer.kind)?;
     match timer_kind {
         TimerKind::Retry => {
             if let (Some(row), Some(step)) = (row, promise.step(&timer.step_id))
                 && row.status == StepStatus::Retrying
-                && run.status == RunStatus::Running
-                && !run.cancel_requested
-                && run.stop_reason.is_none()
+                && run.status() == RunStatus::Running
+                && !run.cancel_requested()
+                && run.stop_reason().is_none()
             {
                 dispatch_action(run, step, row.attempt + 1)?;
             }
@@ -148,7 +148,7 @@ pub(crate) fn fire_on(
         TimerKind::CompensationRetry => {
             if let (Some(row), Some(step)) = (row, promise.step(&timer.step_id))
                 && row.compensation == Some(CompensationStatus::Retrying)
-                && run.status == RunStatus::Compensating
+                && run.status() == RunStatus::Compensating
             {
                 dispatch_compensation(run, step, row.compensation_attempt + 1)?;
             }
@@ -173,7 +173,7 @@ pub(crate) fn fire_on(
                 TimerKind::ScheduleToStart => status == AttemptStatus::Dispatched,
                 _ => status.is_open(),
             };
-            if !current || !open || run.status.is_terminal() {
+            if !current || !open || run.status().is_terminal() {
                 return Ok(());
             }
             let (code, message) = match timer_kind {
@@ -217,22 +217,21 @@ pub(crate) fn fire_on(
             attempt_failed(run, &timer.step_id, kind, attempt.attempt, &failure, None)?;
         }
         TimerKind::RunTimeout => {
-            if run.status == RunStatus::Running {
+            if run.status() == RunStatus::Running {
                 let limit = promise
                     .spec
                     .timeout
                     .clone()
                     .unwrap_or_else(|| "its timeout".to_string());
                 let reason = format!("run timed out after {limit}");
-                run.stop_reason = Some(reason.clone());
-                run.flags_changed();
+                run.stop_for(reason.clone());
                 run.record(
                     event::RUN_TIMED_OUT,
                     None,
                     None,
                     json!({ "timeout": limit }),
                 );
-                stop_in_flight(run, TaskKind::Action, &reason);
+                stop_in_flight(run, TaskKind::Action, &reason)?;
             }
         }
     }

@@ -97,7 +97,7 @@ pub fn advance(run: &mut Run) -> Result<(), RunError> {
                         return finish(run, RunStatus::Succeeded, None);
                     }
                     Some(Outcome::Failed { failed_steps }) => {
-                        cancel_pending(run);
+                        cancel_pending(run)?;
                         let reason = failure_reason(run, &failed_steps);
                         if to_undo(run).is_empty() {
                             let status = if run.cancel_requested {
@@ -138,7 +138,7 @@ pub fn advance(run: &mut Run) -> Result<(), RunError> {
                                     None,
                                     Some(json!({})),
                                     None,
-                                );
+                                )?;
                                 run.record(
                                     event::STEP_SKIPPED,
                                     Some(&step_id),
@@ -249,7 +249,7 @@ fn failure_reason(run: &Run, failed_steps: &[String]) -> String {
 }
 
 /// Steps that never started will not: say so instead of leaving them pending.
-fn cancel_pending(run: &mut Run) {
+fn cancel_pending(run: &mut Run) -> Result<(), RunError> {
     let pending: Vec<String> = run
         .steps
         .values()
@@ -264,13 +264,14 @@ fn cancel_pending(run: &mut Run) {
             None,
             None,
             Some("the run stopped before this step started"),
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Cancels every in-flight attempt of `kind` (their results will be
 /// ignored), recording why; used by run timeouts and operator cancels.
-pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
+pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) -> Result<(), RunError> {
     let in_flight: Vec<(String, i32)> = run
         .steps
         .values()
@@ -296,7 +297,7 @@ pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
                     None,
                     None,
                     Some(reason),
-                );
+                )?;
             }
             TaskKind::Compensation => {
                 set_compensation(
@@ -315,6 +316,7 @@ pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
             json!({ "kind": kind.as_str(), "reason": reason }),
         );
     }
+    Ok(())
 }
 
 /// Renders the step's input and queues attempt `attempt` of its action.
@@ -334,13 +336,10 @@ pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), R
         schedule_to_start: promise.schedule_to_start_of(step),
         heartbeat_timeout: promise.heartbeat_timeout_of(step),
     };
-    if let Some(row) = run.steps.get_mut(&step.id) {
-        row.status = StepStatus::Ready;
-        row.attempt = attempt;
-        row.error = None;
-        row.input = Some(input.clone());
-    }
-    run.step_changed(&step.id);
+    let row = run.set_step_status(&step.id, StepStatus::Ready)?;
+    row.attempt = attempt;
+    row.error = None;
+    row.input = Some(input.clone());
     dispatch(run, &step.id, attempt, input, spec)
 }
 
@@ -509,7 +508,7 @@ pub fn attempt_failed(
                     Some(attempt),
                     None,
                     Some(&failure.message),
-                );
+                )?;
             }
             TaskKind::Compensation => {
                 run.add_timer(TimerKind::CompensationRetry, step_id, None, fire_at);
@@ -559,7 +558,8 @@ pub fn attempt_failed(
     }
 }
 
-/// Updates a step's row and the in-memory copy the planner reads.
+/// Moves a step to `status` ([`Run::set_step_status`]) and updates the
+/// rest of its row.
 pub(super) fn set_step(
     run: &mut Run,
     step_id: &str,
@@ -567,18 +567,16 @@ pub(super) fn set_step(
     attempt: Option<i32>,
     outputs: Option<Value>,
     error: Option<&str>,
-) {
-    if let Some(row) = run.steps.get_mut(step_id) {
-        row.status = status;
-        if let Some(attempt) = attempt {
-            row.attempt = attempt;
-        }
-        if outputs.is_some() {
-            row.outputs = outputs;
-        }
-        row.error = error.map(str::to_string);
+) -> Result<(), RunError> {
+    let row = run.set_step_status(step_id, status)?;
+    if let Some(attempt) = attempt {
+        row.attempt = attempt;
     }
-    run.step_changed(step_id);
+    if outputs.is_some() {
+        row.outputs = outputs;
+    }
+    row.error = error.map(str::to_string);
+    Ok(())
 }
 
 /// Updates a step's compensation state.
@@ -614,7 +612,7 @@ pub(super) fn fail_step(
         attempt,
         None,
         Some(message),
-    );
+    )?;
     run.record(
         attempt_event(TaskKind::Action, AttemptEvent::Failed),
         Some(step_id),

@@ -174,7 +174,7 @@ fn apply_one(
     let _span = info_span!("apply_report", run_id = %run.run_id, step_id = %attempt.step_id,
                            attempt = attempt.attempt, %task_id)
     .entered();
-    run.actor = format!("worker:{}", report.worker_id());
+    run.set_actor(format!("worker:{}", report.worker_id()));
     let run_before = run.clone();
     let attempt_before = attempt.clone();
     let outcome = match report {
@@ -444,11 +444,11 @@ pub(super) fn apply_result_to(
                         None,
                         Some(output.clone()),
                         None,
-                    );
+                    )?;
                 }
                 TaskKind::Compensation => {
                     set_compensation(run, &step_id, CompensationStatus::Succeeded, None, None);
-                    set_step(run, &step_id, StepStatus::Compensated, None, None, None);
+                    set_step(run, &step_id, StepStatus::Compensated, None, None, None)?;
                     if let Some(row) = run.steps.get_mut(&step_id) {
                         row.compensation_outputs = Some(output.clone());
                     }

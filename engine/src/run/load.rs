@@ -67,7 +67,7 @@ pub async fn lock_run(
     .await?;
     let (mut runs, _) = load_runs(engine, conn, rows, &[], Locking::Locked).await?;
     Ok(runs.remove(&run_id).map(|mut run| {
-        run.actor = actor;
+        run.set_actor(actor);
         run
     }))
 }

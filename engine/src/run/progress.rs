@@ -65,7 +65,7 @@ pub(super) fn apply_progress_to(
             attempt.status = AttemptStatus::Running;
             match kind {
                 TaskKind::Action => {
-                    set_step(run, &attempt.step_id, StepStatus::Running, None, None, None);
+                    set_step(run, &attempt.step_id, StepStatus::Running, None, None, None)?;
                 }
                 TaskKind::Compensation => {
                     set_compensation(

@@ -29,7 +29,7 @@ use super::load::KnownAttempt;
 use super::operator::{OperatorError, RetryPlan, cancel_locked, retry_locked};
 use super::progress::apply_progress_to;
 use super::writes::{NewTimer, PendingEvent, Writes};
-use super::{NewRun, Run, advance, event};
+use super::{NewRun, Run, RunError, advance, event};
 use crate::timers::{AttemptState, DueTimer, fire_on};
 
 mod cancel;
