@@ -16,6 +16,8 @@
 mod advance;
 mod apply;
 mod cache;
+mod compensate;
+mod forward;
 mod load;
 mod operator;
 mod progress;
@@ -37,14 +39,14 @@ use uuid::Uuid;
 
 use crate::outbox::OutboxRow;
 
-pub use advance::{
-    advance, attempt_failed, dispatch_action, dispatch_compensation, stop_in_flight,
-};
+pub use advance::{advance, attempt_failed, stop_in_flight};
 pub use apply::{
     Applied, ApplyError, BatchOutcome, Report, ReportBatch, apply_committed, apply_progress,
     apply_result, apply_single,
 };
 pub(crate) use cache::{RunCache, Stored};
+pub use compensate::dispatch_compensation;
+pub use forward::dispatch_action;
 pub use load::{KnownAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
 pub(crate) use writes::{
