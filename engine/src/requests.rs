@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use fulfil_core::Promise;
 use fulfil_core::params::{ParamsError, Violation};
+use fulfil_core::status::{RunKind, TimerKind};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::Arguments;
@@ -30,7 +31,7 @@ use uuid::Uuid;
 
 use crate::Engine;
 use crate::promises::PromiseError;
-use crate::run::{Run, RunError, advance, event};
+use crate::run::{NewRun, Run, RunError, advance, event};
 
 /// What the caller asked for.
 #[derive(Debug, Clone, Default)]
@@ -391,15 +392,16 @@ async fn earlier_requests(
 /// The run of a new request, with its first events and root tasks, in memory.
 fn start_run(engine: &Engine, request: &ValidRequest) -> Result<Run, RunError> {
     let promise = &request.promise;
-    let mut run = Run::new(
-        request.run_id,
-        request.request_id,
-        request.context.clone(),
-        promise.clone(),
-        engine.names().clone(),
-        request.actor.clone(),
-        engine.has_fast_publisher(),
-    );
+    let mut run = Run::new(NewRun {
+        kind: RunKind::Configure,
+        run_id: request.run_id,
+        request_id: request.request_id,
+        context: request.context.clone(),
+        promise: promise.clone(),
+        names: engine.names().clone(),
+        actor: request.actor.clone(),
+        fast_publish: engine.has_fast_publisher(),
+    });
     run.record(
         event::REQUEST_ACCEPTED,
         None,
@@ -411,12 +413,12 @@ fn start_run(engine: &Engine, request: &ValidRequest) -> Result<Run, RunError> {
         event::RUN_STARTED,
         None,
         None,
-        json!({ "kind": "configure" }),
+        json!({ "kind": run.kind() }),
     );
     if let Some(limit) = promise.run_timeout() {
         let fire_at =
             chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
-        run.add_timer("run_timeout", "", None, fire_at);
+        run.add_timer(TimerKind::RunTimeout, "", None, fire_at);
     }
     advance(&mut run)?;
     Ok(run)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::status::{AttemptStatus, TimerKind};
 use fulfil_core::wire::{StepFailure, TaskKind};
 use fulfil_core::{RunStatus, StepStatus};
 use serde_json::json;
@@ -112,21 +113,12 @@ async fn fire(
 ) -> Result<(), RunError> {
     // Read before deciding, so the decision itself needs no Postgres.
     let attempt: Option<AttemptState> = match timer.task_id {
-        Some(task_id)
-            if matches!(
-                timer.kind.as_str(),
-                "schedule_to_start" | "attempt_timeout" | "heartbeat_timeout"
-            ) =>
-        {
-            Some(
-                sqlx::query_as(
-                    "SELECT attempt, status, kind FROM fulfil.attempts WHERE task_id = $1",
-                )
+        Some(task_id) if TimerKind::parse(&timer.kind)?.is_attempt_timer() => Some(
+            sqlx::query_as("SELECT attempt, status, kind FROM fulfil.attempts WHERE task_id = $1")
                 .bind(task_id)
                 .fetch_one(conn)
                 .await?,
-            )
-        }
+        ),
         _ => None,
     };
     fire_on(run, timer, attempt.as_ref())
@@ -139,28 +131,29 @@ pub(crate) fn fire_on(
     timer: &DueTimer,
     attempt: Option<&AttemptState>,
 ) -> Result<(), RunError> {
-    let promise = run.promise.clone();
-    let row = run.steps.get(&timer.step_id).cloned();
-    match timer.kind.as_str() {
-        "retry" => {
+    let promise = run.promise().clone();
+    let row = run.step(&timer.step_id).cloned();
+    let timer_kind = TimerKind::parse(&timer.kind)?;
+    match timer_kind {
+        TimerKind::Retry => {
             if let (Some(row), Some(step)) = (row, promise.step(&timer.step_id))
                 && row.status == StepStatus::Retrying
-                && run.status == RunStatus::Running
-                && !run.cancel_requested
-                && run.stop_reason.is_none()
+                && run.status() == RunStatus::Running
+                && !run.cancel_requested()
+                && run.stop_reason().is_none()
             {
                 dispatch_action(run, step, row.attempt + 1)?;
             }
         }
-        "compensation_retry" => {
+        TimerKind::CompensationRetry => {
             if let (Some(row), Some(step)) = (row, promise.step(&timer.step_id))
                 && row.compensation == Some(CompensationStatus::Retrying)
-                && run.status == RunStatus::Compensating
+                && run.status() == RunStatus::Compensating
             {
                 dispatch_compensation(run, step, row.compensation_attempt + 1)?;
             }
         }
-        "schedule_to_start" | "attempt_timeout" | "heartbeat_timeout" => {
+        TimerKind::ScheduleToStart | TimerKind::AttemptTimeout | TimerKind::HeartbeatTimeout => {
             let Some(task_id) = timer.task_id else {
                 return Err(RunError::Corrupt(format!(
                     "{} timer without a task id",
@@ -173,25 +166,22 @@ pub(crate) fn fire_on(
                     timer.kind
                 )));
             };
-            let kind = if attempt.kind == "compensation" {
-                TaskKind::Compensation
-            } else {
-                TaskKind::Action
-            };
+            let kind = TaskKind::parse(&attempt.kind)?;
+            let status = AttemptStatus::parse(&attempt.status)?;
             let current = row.map(|r| r.current_attempt(kind)) == Some(attempt.attempt);
-            let open = match timer.kind.as_str() {
-                "schedule_to_start" => attempt.status == "dispatched",
-                _ => attempt.status == "dispatched" || attempt.status == "running",
+            let open = match timer_kind {
+                TimerKind::ScheduleToStart => status == AttemptStatus::Dispatched,
+                _ => status.is_open(),
             };
-            if !current || !open || run.status.is_terminal() {
+            if !current || !open || run.status().is_terminal() {
                 return Ok(());
             }
-            let (code, message) = match timer.kind.as_str() {
-                "schedule_to_start" => (
+            let (code, message) = match timer_kind {
+                TimerKind::ScheduleToStart => (
                     "schedule_to_start_timeout",
                     "no worker of the step's queue started the attempt in time".to_string(),
                 ),
-                "heartbeat_timeout" => (
+                TimerKind::HeartbeatTimeout => (
                     "heartbeat_timeout",
                     "the handler stopped sending heartbeats".to_string(),
                 ),
@@ -211,7 +201,7 @@ pub(crate) fn fire_on(
             run.update_attempt(
                 task_id,
                 AttemptUpdate {
-                    status: Some("timed_out"),
+                    status: Some(AttemptStatus::TimedOut),
                     finished_at: Some(Utc::now()),
                     error: Some(error),
                     ..AttemptUpdate::default()
@@ -226,27 +216,23 @@ pub(crate) fn fire_on(
             );
             attempt_failed(run, &timer.step_id, kind, attempt.attempt, &failure, None)?;
         }
-        "run_timeout" => {
-            if run.status == RunStatus::Running {
+        TimerKind::RunTimeout => {
+            if run.status() == RunStatus::Running {
                 let limit = promise
                     .spec
                     .timeout
                     .clone()
                     .unwrap_or_else(|| "its timeout".to_string());
                 let reason = format!("run timed out after {limit}");
-                run.stop_reason = Some(reason.clone());
-                run.flags_changed();
+                run.stop_for(reason.clone());
                 run.record(
                     event::RUN_TIMED_OUT,
                     None,
                     None,
                     json!({ "timeout": limit }),
                 );
-                stop_in_flight(run, TaskKind::Action, &reason);
+                stop_in_flight(run, TaskKind::Action, &reason)?;
             }
-        }
-        other => {
-            warn!(kind = other, "unknown timer kind; dropped");
         }
     }
     Ok(())

@@ -2,6 +2,12 @@
 //! needs are met, skip those whose `if` is false, switch to compensation
 //! when a step failed for good, and finish the run when nothing is left.
 //!
+//! [`advance`] plans in rounds until nothing more can happen now: forward
+//! planning while the run is `running` ([`super::forward`]), the saga while
+//! it is `compensating` ([`super::compensate`]). This module holds what
+//! both share: dispatching an attempt, a failed attempt's retry or final
+//! failure, stopping what is in flight, and ending the run.
+//!
 //! Forward: once a step has failed (or the run is stopping), nothing new
 //! starts; in-flight steps finish or time out. Then, if any succeeded step
 //! declares `compensate`, the run becomes `compensating` and the saga planner
@@ -10,21 +16,22 @@
 //! (an operator stopped it) or `failed` (with the failing step, or the
 //! failing compensation, named in its error).
 
-use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::Utc;
-use fulfil_core::dag::{CompensationOutcome, CompensationStatus, Outcome};
-use fulfil_core::expr::{RenderContext, evaluate_condition, render_value};
+use fulfil_core::dag::CompensationStatus;
+use fulfil_core::expr::{RenderContext, render_value};
 use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
-use fulfil_core::{Graph, RunStatus, Step, StepStatus};
+use fulfil_core::{Graph, RunStatus, StepStatus};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::compensate::plan_compensation;
 use super::event::{self, AttemptEvent, attempt_event};
+use super::forward::plan_forward;
 use super::writes::{AttemptCancel, NewAttempt};
 use super::{RequestUpdate, Run, RunEnding, RunError};
-use fulfil_core::status::RequestStatus;
+use fulfil_core::status::{RequestStatus, TimerKind};
 
 /// An attempt may wait this long for a worker when its step sets no
 /// `schedule_to_start`; only the task's absolute deadline uses it.
@@ -53,22 +60,13 @@ pub fn render_context(run: &Run) -> RenderContext {
     }
 }
 
-/// Succeeded steps that declare a compensation: what a saga must undo.
-fn to_undo(run: &Run) -> BTreeSet<String> {
-    run.promise
-        .spec
-        .workflow
-        .steps
-        .iter()
-        .filter(|s| s.compensate.is_some())
-        .filter(|s| {
-            run.steps.get(&s.id).is_some_and(|row| {
-                row.status == StepStatus::Succeeded
-                    || (row.status == StepStatus::Compensated && row.compensation.is_some())
-            })
-        })
-        .map(|s| s.id.clone())
-        .collect()
+/// What a round of planning leaves to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// The run changed in a way that may let more happen: plan again.
+    Again,
+    /// Nothing more happens until something is reported or fires.
+    Done,
 }
 
 /// Drives the run as far as it can go now; see the module docs.
@@ -76,155 +74,19 @@ pub fn advance(run: &mut Run) -> Result<(), RunError> {
     let promise = run.promise.clone();
     let graph = Graph::from_workflow(&promise.spec.workflow);
     loop {
-        match run.status {
-            RunStatus::Running => {
-                let statuses: HashMap<String, StepStatus> = run
-                    .steps
-                    .iter()
-                    .map(|(id, s)| (id.clone(), s.status))
-                    .collect();
-                let plan = graph.plan(&statuses);
-                let outcome = match plan.outcome {
-                    // The last steps finished after an operator's cancel: the
-                    // run still stops and undoes what succeeded (`cancel_run`).
-                    Some(Outcome::Succeeded) if run.cancel_requested => Some(Outcome::Failed {
-                        failed_steps: Vec::new(),
-                    }),
-                    other => other,
-                };
-                match outcome {
-                    Some(Outcome::Succeeded) => {
-                        return finish(run, RunStatus::Succeeded, None);
-                    }
-                    Some(Outcome::Failed { failed_steps }) => {
-                        cancel_pending(run);
-                        let reason = failure_reason(run, &failed_steps);
-                        if to_undo(run).is_empty() {
-                            let status = if run.cancel_requested {
-                                RunStatus::Cancelled
-                            } else {
-                                RunStatus::Failed
-                            };
-                            return finish(run, status, Some(reason));
-                        }
-                        run.set_status(RunStatus::Compensating)?;
-                        run.record(
-                            event::RUN_COMPENSATING,
-                            None,
-                            None,
-                            json!({ "reason": reason, "undo": to_undo(run) }),
-                        );
-                        continue;
-                    }
-                    None => {}
-                }
-                if plan.start.is_empty() {
-                    return Ok(());
-                }
-                for step_id in plan.start {
-                    let Some(step) = promise.step(&step_id) else {
-                        return Err(RunError::Corrupt(format!(
-                            "step {step_id} is not in the Promise"
-                        )));
-                    };
-                    if let Some(condition) = &step.condition {
-                        match evaluate_condition(condition, &render_context(run)) {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                set_step(
-                                    run,
-                                    &step_id,
-                                    StepStatus::Skipped,
-                                    None,
-                                    Some(json!({})),
-                                    None,
-                                );
-                                run.record(
-                                    event::STEP_SKIPPED,
-                                    Some(&step_id),
-                                    None,
-                                    json!({ "condition": condition }),
-                                );
-                                continue;
-                            }
-                            Err(e) => {
-                                fail_step(run, &step_id, None, "condition_error", &e.to_string())?;
-                                continue;
-                            }
-                        }
-                    }
-                    let attempt = run.steps.get(&step_id).map_or(0, |s| s.attempt) + 1;
-                    dispatch_action(run, step, attempt)?;
-                }
-            }
-            RunStatus::Compensating => {
-                let undo = to_undo(run);
-                let compensations: HashMap<String, CompensationStatus> = run
-                    .steps
-                    .iter()
-                    .filter_map(|(id, s)| s.compensation.map(|c| (id.clone(), c)))
-                    .collect();
-                let plan = graph.plan_compensation(&undo, &compensations);
-                match plan.outcome {
-                    Some(CompensationOutcome::Compensated) => {
-                        let status = if run.cancel_requested {
-                            RunStatus::Cancelled
-                        } else {
-                            RunStatus::Compensated
-                        };
-                        let failed: Vec<String> = run
-                            .steps
-                            .values()
-                            .filter(|s| s.status == StepStatus::Failed)
-                            .map(|s| s.step_id.clone())
-                            .collect();
-                        let reason = format!(
-                            "{}; compensated {}",
-                            failure_reason(run, &failed),
-                            undo.iter().cloned().collect::<Vec<_>>().join(", ")
-                        );
-                        return finish(run, status, Some(reason));
-                    }
-                    Some(CompensationOutcome::Failed { steps }) => {
-                        let reasons: Vec<String> = steps
-                            .iter()
-                            .map(|id| {
-                                let error = run
-                                    .steps
-                                    .get(id)
-                                    .and_then(|s| s.compensation_error.clone())
-                                    .unwrap_or_default();
-                                format!("compensation of step {id} failed: {error}")
-                            })
-                            .collect();
-                        return finish(run, RunStatus::Failed, Some(reasons.join("; ")));
-                    }
-                    None => {}
-                }
-                if plan.start.is_empty() {
-                    return Ok(());
-                }
-                for step_id in plan.start {
-                    let Some(step) = promise.step(&step_id) else {
-                        return Err(RunError::Corrupt(format!(
-                            "step {step_id} is not in the Promise"
-                        )));
-                    };
-                    let attempt = run
-                        .steps
-                        .get(&step_id)
-                        .map_or(0, |s| s.compensation_attempt)
-                        + 1;
-                    dispatch_compensation(run, step, attempt)?;
-                }
-            }
-            _ => return Ok(()),
+        let next = match run.status {
+            RunStatus::Running => plan_forward(run, &graph)?,
+            RunStatus::Compensating => plan_compensation(run, &graph)?,
+            _ => Next::Done,
+        };
+        if next == Next::Done {
+            return Ok(());
         }
     }
 }
 
 /// What failed, in words, for the run's error.
-fn failure_reason(run: &Run, failed_steps: &[String]) -> String {
+pub(super) fn failure_reason(run: &Run, failed_steps: &[String]) -> String {
     if let Some(reason) = &run.stop_reason {
         return reason.clone();
     }
@@ -248,29 +110,9 @@ fn failure_reason(run: &Run, failed_steps: &[String]) -> String {
     parts.join("; ")
 }
 
-/// Steps that never started will not: say so instead of leaving them pending.
-fn cancel_pending(run: &mut Run) {
-    let pending: Vec<String> = run
-        .steps
-        .values()
-        .filter(|s| s.status == StepStatus::Pending)
-        .map(|s| s.step_id.clone())
-        .collect();
-    for step_id in pending {
-        set_step(
-            run,
-            &step_id,
-            StepStatus::Cancelled,
-            None,
-            None,
-            Some("the run stopped before this step started"),
-        );
-    }
-}
-
 /// Cancels every in-flight attempt of `kind` (their results will be
 /// ignored), recording why; used by run timeouts and operator cancels.
-pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
+pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) -> Result<(), RunError> {
     let in_flight: Vec<(String, i32)> = run
         .steps
         .values()
@@ -283,7 +125,7 @@ pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
     for (step_id, attempt) in in_flight {
         run.cancel_attempt(AttemptCancel {
             step_id: step_id.clone(),
-            kind: kind.as_str(),
+            kind,
             attempt,
             reason: reason.to_string(),
         });
@@ -296,7 +138,7 @@ pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
                     None,
                     None,
                     Some(reason),
-                );
+                )?;
             }
             TaskKind::Compensation => {
                 set_compensation(
@@ -315,89 +157,16 @@ pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) {
             json!({ "kind": kind.as_str(), "reason": reason }),
         );
     }
+    Ok(())
 }
 
-/// Renders the step's input and queues attempt `attempt` of its action.
-pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), RunError> {
-    let input = match render_value(&step.with, &render_context(run)) {
-        Ok(input) => input,
-        Err(e) => {
-            return fail_step(run, &step.id, Some(attempt), "render_error", &e.to_string());
-        }
-    };
-    let promise = run.promise.clone();
-    let spec = AttemptSpec {
-        kind: TaskKind::Action,
-        handler: &step.uses,
-        queue: promise.queue_of(step),
-        timeout: promise.timeout_of(step),
-        schedule_to_start: promise.schedule_to_start_of(step),
-        heartbeat_timeout: promise.heartbeat_timeout_of(step),
-    };
-    if let Some(row) = run.steps.get_mut(&step.id) {
-        row.status = StepStatus::Ready;
-        row.attempt = attempt;
-        row.error = None;
-        row.input = Some(input.clone());
-    }
-    run.step_changed(&step.id);
-    dispatch(run, &step.id, attempt, input, spec)
-}
-
-/// Renders the step's compensation input and queues attempt `attempt` of it.
-pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result<(), RunError> {
-    let Some(compensation) = &step.compensate else {
-        return Err(RunError::Corrupt(format!(
-            "step {} has no compensation",
-            step.id
-        )));
-    };
-    let input = match render_value(&compensation.with, &render_context(run)) {
-        Ok(input) => input,
-        Err(e) => {
-            let message = e.to_string();
-            set_compensation(
-                run,
-                &step.id,
-                CompensationStatus::Failed,
-                Some(attempt),
-                Some(&message),
-            );
-            run.record(
-                attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
-                Some(&step.id),
-                Some(attempt),
-                json!({ "code": "render_error", "message": message, "final": true }),
-            );
-            return Ok(());
-        }
-    };
-    let promise = run.promise.clone();
-    let spec = AttemptSpec {
-        kind: TaskKind::Compensation,
-        handler: &compensation.uses,
-        queue: promise.queue_of(step),
-        timeout: promise.compensation_timeout_of(compensation),
-        schedule_to_start: promise.schedule_to_start_of(step),
-        heartbeat_timeout: promise.heartbeat_timeout_of(step),
-    };
-    set_compensation(
-        run,
-        &step.id,
-        CompensationStatus::Ready,
-        Some(attempt),
-        None,
-    );
-    dispatch(run, &step.id, attempt, input, spec)
-}
-
-struct AttemptSpec<'a> {
-    kind: TaskKind,
-    handler: &'a str,
-    queue: &'a str,
-    timeout: Duration,
-    schedule_to_start: Option<Duration>,
-    heartbeat_timeout: Option<Duration>,
+pub(super) struct AttemptSpec<'a> {
+    pub(super) kind: TaskKind,
+    pub(super) handler: &'a str,
+    pub(super) queue: &'a str,
+    pub(super) timeout: Duration,
+    pub(super) schedule_to_start: Option<Duration>,
+    pub(super) heartbeat_timeout: Option<Duration>,
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
@@ -406,7 +175,7 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 
 /// Inserts the attempt, arms its schedule-to-start timer, and puts its task
 /// in the outbox.
-fn dispatch(
+pub(super) fn dispatch(
     run: &mut Run,
     step_id: &str,
     attempt: i32,
@@ -422,7 +191,7 @@ fn dispatch(
         task_id,
         step_id: step_id.to_string(),
         attempt,
-        kind: spec.kind.as_str(),
+        kind: spec.kind,
         handler: spec.handler.to_string(),
         queue: spec.queue.to_string(),
         input: input.clone(),
@@ -430,7 +199,7 @@ fn dispatch(
     });
     if let Some(wait) = spec.schedule_to_start {
         run.add_timer(
-            "schedule_to_start",
+            TimerKind::ScheduleToStart,
             step_id,
             Some(task_id),
             now + chrono_duration(wait),
@@ -501,7 +270,7 @@ pub fn attempt_failed(
         let fire_at = Utc::now() + chrono_duration(delay);
         match kind {
             TaskKind::Action => {
-                run.add_timer("retry", step_id, None, fire_at);
+                run.add_timer(TimerKind::Retry, step_id, None, fire_at);
                 set_step(
                     run,
                     step_id,
@@ -509,10 +278,10 @@ pub fn attempt_failed(
                     Some(attempt),
                     None,
                     Some(&failure.message),
-                );
+                )?;
             }
             TaskKind::Compensation => {
-                run.add_timer("compensation_retry", step_id, None, fire_at);
+                run.add_timer(TimerKind::CompensationRetry, step_id, None, fire_at);
                 set_compensation(
                     run,
                     step_id,
@@ -559,7 +328,8 @@ pub fn attempt_failed(
     }
 }
 
-/// Updates a step's row and the in-memory copy the planner reads.
+/// Moves a step to `status` ([`Run::set_step_status`]) and updates the
+/// rest of its row.
 pub(super) fn set_step(
     run: &mut Run,
     step_id: &str,
@@ -567,18 +337,16 @@ pub(super) fn set_step(
     attempt: Option<i32>,
     outputs: Option<Value>,
     error: Option<&str>,
-) {
-    if let Some(row) = run.steps.get_mut(step_id) {
-        row.status = status;
-        if let Some(attempt) = attempt {
-            row.attempt = attempt;
-        }
-        if outputs.is_some() {
-            row.outputs = outputs;
-        }
-        row.error = error.map(str::to_string);
+) -> Result<(), RunError> {
+    let row = run.set_step_status(step_id, status)?;
+    if let Some(attempt) = attempt {
+        row.attempt = attempt;
     }
-    run.step_changed(step_id);
+    if outputs.is_some() {
+        row.outputs = outputs;
+    }
+    row.error = error.map(str::to_string);
+    Ok(())
 }
 
 /// Updates a step's compensation state.
@@ -614,7 +382,7 @@ pub(super) fn fail_step(
         attempt,
         None,
         Some(message),
-    );
+    )?;
     run.record(
         attempt_event(TaskKind::Action, AttemptEvent::Failed),
         Some(step_id),
@@ -625,7 +393,11 @@ pub(super) fn fail_step(
 }
 
 /// Ends the run: outputs on success, the reason otherwise.
-fn finish(run: &mut Run, status: RunStatus, reason: Option<String>) -> Result<(), RunError> {
+pub(super) fn finish(
+    run: &mut Run,
+    status: RunStatus,
+    reason: Option<String>,
+) -> Result<(), RunError> {
     let (status, outputs, error) = if status == RunStatus::Succeeded {
         match render_outputs(run) {
             Ok(outputs) => (status, Some(outputs), None),

@@ -27,6 +27,7 @@ use std::collections::HashMap;
 
 use fulfil_core::StepStatus;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::status::AttemptStatus;
 use fulfil_core::wire::{Outcome, ProgressMessage, ResultMessage, TaskKind};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -173,7 +174,7 @@ fn apply_one(
     let _span = info_span!("apply_report", run_id = %run.run_id, step_id = %attempt.step_id,
                            attempt = attempt.attempt, %task_id)
     .entered();
-    run.actor = format!("worker:{}", report.worker_id());
+    run.set_actor(format!("worker:{}", report.worker_id()));
     let run_before = run.clone();
     let attempt_before = attempt.clone();
     let outcome = match report {
@@ -402,7 +403,7 @@ pub(super) fn apply_result_to(
     }
     // Only an attempt that reported its start, or waits under a
     // schedule-to-start limit, has timers armed.
-    let may_have_timers = attempt.status == "running"
+    let may_have_timers = attempt.status == AttemptStatus::Running
         || run
             .promise
             .step(&step_id)
@@ -413,9 +414,9 @@ pub(super) fn apply_result_to(
 
     let duration_ms = (result.finished_at - result.started_at).num_milliseconds();
     let (status, error) = match &result.outcome {
-        Outcome::Ok { .. } => ("succeeded", None),
+        Outcome::Ok { .. } => (AttemptStatus::Succeeded, None),
         Outcome::Error(failure) => (
-            "failed",
+            AttemptStatus::Failed,
             Some(serde_json::to_value(failure).map_err(|e| RunError::Corrupt(e.to_string()))?),
         ),
     };
@@ -430,7 +431,7 @@ pub(super) fn apply_result_to(
             ..AttemptUpdate::default()
         },
     );
-    attempt.status = status.to_string();
+    attempt.status = status;
 
     match &result.outcome {
         Outcome::Ok { output } => {
@@ -443,11 +444,11 @@ pub(super) fn apply_result_to(
                         None,
                         Some(output.clone()),
                         None,
-                    );
+                    )?;
                 }
                 TaskKind::Compensation => {
                     set_compensation(run, &step_id, CompensationStatus::Succeeded, None, None);
-                    set_step(run, &step_id, StepStatus::Compensated, None, None, None);
+                    set_step(run, &step_id, StepStatus::Compensated, None, None, None)?;
                     if let Some(row) = run.steps.get_mut(&step_id) {
                         row.compensation_outputs = Some(output.clone());
                     }

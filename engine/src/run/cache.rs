@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use fulfil_core::status::AttemptStatus;
 use uuid::Uuid;
 
 use super::Run;
@@ -89,7 +90,7 @@ impl RunCache {
             known.extend(stored.opened.into_iter().map(|a| (a.task_id, a)));
             for (task_id, status) in stored.updated {
                 if let Some(attempt) = known.get_mut(&task_id) {
-                    attempt.status = status.to_string();
+                    attempt.status = status;
                 }
             }
             run.read_version = Some(stored.version);
@@ -119,7 +120,7 @@ pub(crate) struct Stored {
     /// Attempts the change dispatches.
     opened: Vec<KnownAttempt>,
     /// Attempts whose status the change sets.
-    updated: Vec<(Uuid, &'static str)>,
+    updated: Vec<(Uuid, AttemptStatus)>,
 }
 
 impl Stored {
@@ -144,8 +145,8 @@ impl Stored {
                 run_id: run.run_id,
                 step_id: a.step_id.clone(),
                 attempt: a.attempt,
-                status: "dispatched".to_string(),
-                kind: a.kind.to_string(),
+                status: AttemptStatus::Dispatched,
+                kind: a.kind,
             })
             .collect();
         let updated = writes

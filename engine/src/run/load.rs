@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use fulfil_core::RunStatus;
 use fulfil_core::StepStatus;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::status::{AttemptStatus, RunKind};
 use fulfil_core::wire::TaskKind;
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -34,22 +35,18 @@ pub struct KnownAttempt {
     pub run_id: Uuid,
     pub step_id: String,
     pub attempt: i32,
-    pub status: String,
-    pub kind: String,
+    pub status: AttemptStatus,
+    pub kind: TaskKind,
 }
 
 impl KnownAttempt {
     pub fn task_kind(&self) -> TaskKind {
-        if self.kind == "compensation" {
-            TaskKind::Compensation
-        } else {
-            TaskKind::Action
-        }
+        self.kind
     }
 
     /// Dispatched or running: a result may still be applied.
     pub fn is_open(&self) -> bool {
-        self.status == "dispatched" || self.status == "running"
+        self.status.is_open()
     }
 }
 
@@ -61,7 +58,7 @@ pub async fn lock_run(
     actor: String,
 ) -> Result<Option<Run>, RunError> {
     let rows: Vec<RunRow> = sqlx::query_as(
-        "SELECT id, request_id, promise, promise_version, status, context, history_seq,
+        "SELECT id, request_id, promise, promise_version, kind, status, context, history_seq,
                 cancel_requested, stop_reason, version
          FROM fulfil.runs WHERE id = $1 FOR UPDATE",
     )
@@ -70,7 +67,7 @@ pub async fn lock_run(
     .await?;
     let (mut runs, _) = load_runs(engine, conn, rows, &[], Locking::Locked).await?;
     Ok(runs.remove(&run_id).map(|mut run| {
-        run.actor = actor;
+        run.set_actor(actor);
         run
     }))
 }
@@ -97,7 +94,7 @@ pub(crate) async fn read_runs_of_tasks(
 
 macro_rules! runs_of_tasks_sql {
     () => {
-        "SELECT id, request_id, promise, promise_version, status, context, history_seq,
+        "SELECT id, request_id, promise, promise_version, kind, status, context, history_seq,
                 cancel_requested, stop_reason, version
          FROM fulfil.runs
          WHERE id IN (SELECT run_id FROM fulfil.attempts WHERE task_id = ANY($1))"
@@ -173,8 +170,8 @@ async fn load_runs(
                     run_id: r.run_id,
                     step_id: r.step_id,
                     attempt: r.attempt,
-                    status: r.status,
-                    kind,
+                    status: AttemptStatus::parse(&r.status)?,
+                    kind: TaskKind::parse(&kind)?,
                 },
             );
             continue;
@@ -207,6 +204,7 @@ async fn load_runs(
             engine.run_cache().forget(row.id);
         }
         let status = RunStatus::parse(&row.status)?;
+        let kind = RunKind::parse(&row.kind)?;
         // Versions are immutable, so the cache answers without a query once
         // this process has seen the version.
         let promise = engine
@@ -218,6 +216,7 @@ async fn load_runs(
             Run {
                 run_id: row.id,
                 request_id: row.request_id,
+                kind,
                 status,
                 context: row.context,
                 promise,
@@ -242,6 +241,7 @@ struct RunRow {
     request_id: Uuid,
     promise: String,
     promise_version: String,
+    kind: String,
     status: String,
     context: Value,
     history_seq: i64,

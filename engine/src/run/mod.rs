@@ -16,6 +16,8 @@
 mod advance;
 mod apply;
 mod cache;
+mod compensate;
+mod forward;
 mod load;
 mod operator;
 mod progress;
@@ -28,6 +30,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use fulfil_bus::NatsNames;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::status::{RunKind, TimerKind};
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{RunStatus, StepStatus};
 use serde_json::{Value, json};
@@ -36,14 +39,14 @@ use uuid::Uuid;
 
 use crate::outbox::OutboxRow;
 
-pub use advance::{
-    advance, attempt_failed, dispatch_action, dispatch_compensation, stop_in_flight,
-};
+pub use advance::{advance, attempt_failed, stop_in_flight};
 pub use apply::{
     Applied, ApplyError, BatchOutcome, Report, ReportBatch, apply_committed, apply_progress,
     apply_result, apply_single,
 };
 pub(crate) use cache::{RunCache, Stored};
+pub use compensate::dispatch_compensation;
+pub use forward::dispatch_action;
 pub use load::{KnownAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
 pub(crate) use writes::{
@@ -144,22 +147,29 @@ impl StepRow {
 /// A locked run's state, and the changes made to it that are not stored yet.
 /// Cloning it is how a batch takes a snapshot to fall back to when one
 /// report cannot be applied.
+///
+/// Its fields are private to the state machine (this module): the rest of
+/// the engine reads them through accessors, and every change goes through
+/// a method that keeps the rules (legal transitions) and marks what the
+/// flush must store.
 #[derive(Clone)]
 pub struct Run {
-    pub run_id: Uuid,
-    pub request_id: Uuid,
-    pub status: RunStatus,
+    run_id: Uuid,
+    request_id: Uuid,
+    /// What the run does for its request; fixed at creation.
+    kind: RunKind,
+    status: RunStatus,
     /// params, request and env, as expressions see them.
-    pub context: Value,
-    pub promise: std::sync::Arc<fulfil_core::Promise>,
-    pub steps: HashMap<String, StepRow>,
-    pub names: NatsNames,
+    context: Value,
+    promise: std::sync::Arc<fulfil_core::Promise>,
+    steps: HashMap<String, StepRow>,
+    names: NatsNames,
     /// Who is acting, recorded in history.
-    pub actor: String,
+    actor: String,
     /// An operator asked to cancel the run.
-    pub cancel_requested: bool,
+    cancel_requested: bool,
     /// Why the run is stopping when no step failed (cancel, run timeout).
-    pub stop_reason: Option<String>,
+    stop_reason: Option<String>,
     /// The committing process publishes this run's outbox rows itself.
     fast_publish: bool,
     /// The history sequence number the next stored event gets.
@@ -185,6 +195,13 @@ pub enum RunError {
     /// A change would break the run state machine (a bug, never user input).
     #[error("illegal run transition {from:?} -> {to:?}")]
     IllegalTransition { from: RunStatus, to: RunStatus },
+    /// A change would break a step's state machine (a bug, never user input).
+    #[error("illegal transition of step {step}: {from:?} -> {to:?}")]
+    IllegalStepTransition {
+        step: String,
+        from: StepStatus,
+        to: StepStatus,
+    },
 }
 
 impl From<fulfil_core::status::UnknownValue> for RunError {
@@ -193,18 +210,35 @@ impl From<fulfil_core::status::UnknownValue> for RunError {
     }
 }
 
+/// What a run being created starts from.
+pub struct NewRun {
+    pub kind: RunKind,
+    pub run_id: Uuid,
+    pub request_id: Uuid,
+    /// params, request and env, as expressions see them.
+    pub context: Value,
+    pub promise: std::sync::Arc<fulfil_core::Promise>,
+    pub names: NatsNames,
+    /// Who creates it, recorded in history.
+    pub actor: String,
+    /// The committing process publishes the run's outbox rows itself.
+    pub fast_publish: bool,
+}
+
 impl Run {
     /// A run being created: every step pending. Its run and step rows are
     /// inserted by the flush; its request row must exist by then.
-    pub fn new(
-        run_id: Uuid,
-        request_id: Uuid,
-        context: Value,
-        promise: std::sync::Arc<fulfil_core::Promise>,
-        names: NatsNames,
-        actor: String,
-        fast_publish: bool,
-    ) -> Self {
+    pub fn new(new: NewRun) -> Self {
+        let NewRun {
+            kind,
+            run_id,
+            request_id,
+            context,
+            promise,
+            names,
+            actor,
+            fast_publish,
+        } = new;
         let steps = promise
             .spec
             .workflow
@@ -217,6 +251,7 @@ impl Run {
         Run {
             run_id,
             request_id,
+            kind,
             status: RunStatus::Running,
             context,
             promise,
@@ -238,6 +273,63 @@ impl Run {
         }
     }
 
+    pub fn run_id(&self) -> Uuid {
+        self.run_id
+    }
+
+    pub fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+
+    /// What the run does for its request.
+    pub fn kind(&self) -> RunKind {
+        self.kind
+    }
+
+    pub fn status(&self) -> RunStatus {
+        self.status
+    }
+
+    /// params, request and env, as expressions see them.
+    pub fn context(&self) -> &Value {
+        &self.context
+    }
+
+    /// The Promise version the run follows.
+    pub fn promise(&self) -> &std::sync::Arc<fulfil_core::Promise> {
+        &self.promise
+    }
+
+    /// The step `step_id`'s row, if the run has such a step.
+    pub fn step(&self, step_id: &str) -> Option<&StepRow> {
+        self.steps.get(step_id)
+    }
+
+    /// Every step's row, in no particular order.
+    pub fn steps(&self) -> impl Iterator<Item = &StepRow> {
+        self.steps.values()
+    }
+
+    /// Who is acting, recorded in history.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Records `actor` as the one making the next changes.
+    pub fn set_actor(&mut self, actor: String) {
+        self.actor = actor;
+    }
+
+    /// An operator asked to cancel the run.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel_requested
+    }
+
+    /// Why the run is stopping when no step failed (cancel, run timeout).
+    pub fn stop_reason(&self) -> Option<&str> {
+        self.stop_reason.as_deref()
+    }
+
     /// Moves the run to `next`, refusing a transition the state machine
     /// does not allow.
     pub fn set_status(&mut self, next: RunStatus) -> Result<(), RunError> {
@@ -252,9 +344,50 @@ impl Run {
         Ok(())
     }
 
-    /// Marks the run's cancel and stop flags for writing.
-    pub fn flags_changed(&mut self) {
+    /// An operator asked to cancel the run: nothing new starts, and `why`
+    /// becomes its error.
+    pub(crate) fn request_cancel(&mut self, why: String) {
+        self.cancel_requested = true;
+        self.stop_reason = Some(why);
         self.writes.run = true;
+    }
+
+    /// The run stops for `why` although no step failed (its deadline
+    /// passed): nothing new starts.
+    pub(crate) fn stop_for(&mut self, why: String) {
+        self.stop_reason = Some(why);
+        self.writes.run = true;
+    }
+
+    /// Forgets a cancel or stop: an operator re-opened the run.
+    pub(crate) fn clear_stop(&mut self) {
+        self.cancel_requested = false;
+        self.stop_reason = None;
+        self.writes.run = true;
+    }
+
+    /// Moves step `step_id` to `next`, refusing a transition the step state
+    /// machine does not allow ([`StepStatus::can_become`]), and marks the
+    /// step for writing. Every change of a step's status goes through here;
+    /// the returned row is for the caller to update what goes with it.
+    pub(crate) fn set_step_status(
+        &mut self,
+        step_id: &str,
+        next: StepStatus,
+    ) -> Result<&mut StepRow, RunError> {
+        let Some(row) = self.steps.get_mut(step_id) else {
+            return Err(RunError::Corrupt(format!("run has no step {step_id}")));
+        };
+        if !row.status.can_become(next) {
+            return Err(RunError::IllegalStepTransition {
+                step: step_id.to_string(),
+                from: row.status,
+                to: next,
+            });
+        }
+        row.status = next;
+        self.writes.steps.insert(step_id.to_string());
+        Ok(row)
     }
 
     /// Sets (on finishing) or clears (on re-opening) the run's end columns.
@@ -275,7 +408,7 @@ impl Run {
     /// Arms a durable timer for this run.
     pub fn add_timer(
         &mut self,
-        kind: &'static str,
+        kind: TimerKind,
         step_id: &str,
         task_id: Option<Uuid>,
         fire_at: DateTime<Utc>,
@@ -289,7 +422,7 @@ impl Run {
     }
 
     /// Disarms the timers of one attempt (all of them, or one kind).
-    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<&'static str>) {
+    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<TimerKind>) {
         self.writes.clear_attempt_timers(task_id, kind);
     }
 

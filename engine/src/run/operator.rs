@@ -13,7 +13,7 @@ use super::advance::{advance, stop_in_flight};
 use super::event;
 use super::{RequestUpdate, Run, RunEnding, RunError, lock_run};
 use crate::Engine;
-use fulfil_core::status::RequestStatus;
+use fulfil_core::status::{RequestStatus, TimerKind};
 use sqlx::{Postgres, Transaction};
 
 /// Why an operator action was refused; nothing changed.
@@ -94,9 +94,7 @@ pub(super) fn cancel_locked(
         Some(r) if !r.trim().is_empty() => format!("cancelled by {actor}: {r}"),
         _ => format!("cancelled by {actor}"),
     };
-    run.cancel_requested = true;
-    run.stop_reason = Some(why.clone());
-    run.flags_changed();
+    run.request_cancel(why.clone());
     run.record(
         event::RUN_CANCEL_REQUESTED,
         None,
@@ -110,11 +108,11 @@ pub(super) fn cancel_locked(
         .map(|s| s.step_id.clone())
         .collect();
     for step_id in pending {
-        super::advance::set_step(run, &step_id, StepStatus::Cancelled, None, None, Some(&why));
+        super::advance::set_step(run, &step_id, StepStatus::Cancelled, None, None, Some(&why))?;
     }
     if !compensate {
-        stop_in_flight(run, TaskKind::Action, &why);
-        stop_in_flight(run, TaskKind::Compensation, &why);
+        stop_in_flight(run, TaskKind::Action, &why)?;
+        stop_in_flight(run, TaskKind::Compensation, &why)?;
         // Nothing is left to wait for: without compensation the run ends now.
         let undone: Vec<String> = run
             .steps
@@ -253,8 +251,8 @@ pub(super) fn retry_locked(
         });
     }
     for id in &plan.rerun {
+        run.set_step_status(id, StepStatus::Pending)?;
         if let Some(row) = run.steps.get_mut(id) {
-            row.status = StepStatus::Pending;
             row.outputs = None;
             row.error = None;
             row.input = None;
@@ -262,12 +260,9 @@ pub(super) fn retry_locked(
             row.compensation_outputs = None;
             row.compensation_error = None;
         }
-        run.step_changed(id);
     }
     run.set_status(RunStatus::Running)?;
-    run.cancel_requested = false;
-    run.stop_reason = None;
-    run.flags_changed();
+    run.clear_stop();
     run.clear_run_timers();
     run.set_ending(RunEnding {
         finished: false,
@@ -281,7 +276,7 @@ pub(super) fn retry_locked(
     if let Some(limit) = promise.run_timeout() {
         let fire_at =
             chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
-        run.add_timer("run_timeout", "", None, fire_at);
+        run.add_timer(TimerKind::RunTimeout, "", None, fire_at);
     }
     run.record(
         event::RUN_RETRIED,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fulfil_core::StepStatus;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::status::{AttemptStatus, TimerKind};
 use fulfil_core::wire::{Progress, ProgressMessage, TaskKind};
 use serde_json::json;
 
@@ -54,17 +55,17 @@ pub(super) fn apply_progress_to(
             run.update_attempt(
                 report.task_id,
                 AttemptUpdate {
-                    status: Some("running"),
+                    status: Some(AttemptStatus::Running),
                     started_at: Some(now),
                     worker: Some(report.worker_id.clone()),
                     heartbeat_at: Some(now),
                     ..AttemptUpdate::default()
                 },
             );
-            attempt.status = "running".to_string();
+            attempt.status = AttemptStatus::Running;
             match kind {
                 TaskKind::Action => {
-                    set_step(run, &attempt.step_id, StepStatus::Running, None, None, None);
+                    set_step(run, &attempt.step_id, StepStatus::Running, None, None, None)?;
                 }
                 TaskKind::Compensation => {
                     set_compensation(
@@ -79,14 +80,14 @@ pub(super) fn apply_progress_to(
             // A redelivered task starts again on another worker: its clocks restart.
             run.clear_attempt_timers(report.task_id, None);
             run.add_timer(
-                "attempt_timeout",
+                TimerKind::AttemptTimeout,
                 &attempt.step_id,
                 Some(report.task_id),
                 now + chrono_duration(timeout + TIMEOUT_GRACE),
             );
             if let Some(heartbeat) = heartbeat_timeout {
                 run.add_timer(
-                    "heartbeat_timeout",
+                    TimerKind::HeartbeatTimeout,
                     &attempt.step_id,
                     Some(report.task_id),
                     now + chrono_duration(heartbeat),
@@ -109,9 +110,9 @@ pub(super) fn apply_progress_to(
                 },
             );
             if let Some(heartbeat) = heartbeat_timeout {
-                run.clear_attempt_timers(report.task_id, Some("heartbeat_timeout"));
+                run.clear_attempt_timers(report.task_id, Some(TimerKind::HeartbeatTimeout));
                 run.add_timer(
-                    "heartbeat_timeout",
+                    TimerKind::HeartbeatTimeout,
                     &attempt.step_id,
                     Some(report.task_id),
                     now + chrono_duration(heartbeat),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use fulfil_bus::NatsNames;
 use fulfil_core::dag::CompensationStatus;
-use fulfil_core::status::RequestStatus;
+use fulfil_core::status::{AttemptStatus, RequestStatus, RunKind, TimerKind};
 use fulfil_core::wire::{
     Outcome, Progress, ProgressMessage, ResultMessage, StepFailure, TaskKind, TaskMessage,
 };
@@ -29,7 +29,7 @@ use super::load::KnownAttempt;
 use super::operator::{OperatorError, RetryPlan, cancel_locked, retry_locked};
 use super::progress::apply_progress_to;
 use super::writes::{NewTimer, PendingEvent, Writes};
-use super::{Run, advance, event};
+use super::{NewRun, Run, RunError, advance, event};
 use crate::timers::{AttemptState, DueTimer, fire_on};
 
 mod cancel;
@@ -150,21 +150,22 @@ impl Harness {
     /// returns the writes of its creation.
     fn start(yaml: &str, params: Value) -> (Harness, Writes) {
         let promise = Arc::new(Promise::parse(yaml).expect("the test Promise is valid"));
-        let mut run = Run::new(
-            Uuid::now_v7(),
-            Uuid::now_v7(),
-            json!({ "params": params, "request": {}, "env": {} }),
+        let mut run = Run::new(NewRun {
+            kind: RunKind::Configure,
+            run_id: Uuid::now_v7(),
+            request_id: Uuid::now_v7(),
+            context: json!({ "params": params, "request": {}, "env": {} }),
             promise,
-            NatsNames::new("test").expect("a valid prefix"),
-            "api:test".to_string(),
-            true,
-        );
+            names: NatsNames::new("test").expect("a valid prefix"),
+            actor: "api:test".to_string(),
+            fast_publish: true,
+        });
         run.record(event::REQUEST_ACCEPTED, None, None, json!({}));
         run.record(event::RUN_STARTED, None, None, json!({}));
         if let Some(limit) = run.promise.run_timeout() {
             let fire_at =
                 Utc::now() + ChronoDuration::from_std(limit).expect("a test timeout fits");
-            run.add_timer("run_timeout", "", None, fire_at);
+            run.add_timer(TimerKind::RunTimeout, "", None, fire_at);
         }
         advance(&mut run).expect("a new run advances");
         let mut harness = Harness {
@@ -191,8 +192,8 @@ impl Harness {
                     run_id: self.run.run_id,
                     step_id: a.step_id.clone(),
                     attempt: a.attempt,
-                    status: "dispatched".to_string(),
-                    kind: a.kind.to_string(),
+                    status: AttemptStatus::Dispatched,
+                    kind: a.kind,
                 },
             );
         }
@@ -202,7 +203,7 @@ impl Harness {
                 .get_mut(task_id)
                 .expect("an update is for a stored attempt");
             if let Some(status) = update.status {
-                attempt.status = status.to_string();
+                attempt.status = status;
             }
         }
         // As the flush's statement: deletes see the timers stored before
@@ -223,7 +224,7 @@ impl Harness {
                     && a.attempt == cancel.attempt
                     && a.is_open()
                 {
-                    a.status = "cancelled".to_string();
+                    a.status = AttemptStatus::Cancelled;
                     let task_id = a.task_id;
                     self.timers.retain(|t| t.task_id != Some(task_id));
                 }
@@ -240,7 +241,7 @@ impl Harness {
     fn task(&self, step_id: &str, kind: TaskKind, attempt: i32) -> Uuid {
         self.attempts
             .values()
-            .find(|a| a.step_id == step_id && a.kind == kind.as_str() && a.attempt == attempt)
+            .find(|a| a.step_id == step_id && a.kind == kind && a.attempt == attempt)
             .map(|a| a.task_id)
             .unwrap_or_else(|| panic!("no {kind:?} attempt {attempt} of {step_id}"))
     }
@@ -249,7 +250,7 @@ impl Harness {
     fn latest(&self, step_id: &str, kind: TaskKind) -> Uuid {
         self.attempts
             .values()
-            .filter(|a| a.step_id == step_id && a.kind == kind.as_str())
+            .filter(|a| a.step_id == step_id && a.kind == kind)
             .max_by_key(|a| a.attempt)
             .map(|a| a.task_id)
             .unwrap_or_else(|| panic!("no {kind:?} attempt of {step_id}"))
@@ -331,7 +332,7 @@ impl Harness {
         let at = self
             .timers
             .iter()
-            .position(|t| t.kind == kind && t.step_id == step_id)
+            .position(|t| t.kind.as_str() == kind && t.step_id == step_id)
             .unwrap_or_else(|| panic!("no {kind} timer armed for {step_id}"));
         let timer = self.timers.remove(at);
         self.fire_timer(kind, step_id, timer.task_id)
@@ -351,8 +352,8 @@ impl Harness {
             .and_then(|id| self.attempts.get(&id))
             .map(|a| AttemptState {
                 attempt: a.attempt,
-                status: a.status.clone(),
-                kind: a.kind.clone(),
+                status: a.status.as_str().to_string(),
+                kind: a.kind.as_str().to_string(),
             });
         self.run.actor = format!("engine:{ENGINE}");
         fire_on(&mut self.run, &due, attempt.as_ref()).expect("the timer fires");
@@ -458,7 +459,7 @@ fn armed(writes: &Writes) -> Vec<(&'static str, &str)> {
     writes
         .new_timers
         .iter()
-        .map(|t| (t.kind, t.step_id.as_str()))
+        .map(|t| (t.kind.as_str(), t.step_id.as_str()))
         .collect()
 }
 

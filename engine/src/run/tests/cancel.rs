@@ -31,7 +31,7 @@ fn cancel_without_compensation_abandons_in_flight_work_and_ends_at_once() {
             writes.cancels[0].kind,
             writes.cancels[0].attempt
         ),
-        ("charge", "action", 1)
+        ("charge", TaskKind::Action, 1)
     );
     assert!(tasks(&writes).is_empty(), "nothing is undone");
     assert_eq!(run_events(&writes), vec!["test.events.run.cancelled"]);
@@ -48,7 +48,7 @@ fn cancel_without_compensation_abandons_in_flight_work_and_ends_at_once() {
     );
     assert!(writes.cleared_run_timers);
     assert!(h.timers.is_empty(), "the attempt timeout is disarmed");
-    assert_eq!(h.attempts[&charge].status, "cancelled");
+    assert_eq!(h.attempts[&charge].status, AttemptStatus::Cancelled);
 
     // The abandoned attempt's late result changes nothing.
     let (applied, writes) = h.report(charge, Outcome::Ok { output: json!({}) });
@@ -235,8 +235,8 @@ fn cancel_without_compensation_stops_a_compensation_in_progress() {
             (event::RUN_CANCELLED, None, None),
         ]
     );
-    let kinds: Vec<&str> = writes.cancels.iter().map(|c| c.kind).collect();
-    assert_eq!(kinds, vec!["compensation", "compensation"]);
+    let kinds: Vec<TaskKind> = writes.cancels.iter().map(|c| c.kind).collect();
+    assert_eq!(kinds, vec![TaskKind::Compensation, TaskKind::Compensation]);
     assert!(tasks(&writes).is_empty(), "a is never undone");
     assert_eq!(h.run.status, RunStatus::Cancelled);
     assert_eq!(
@@ -248,7 +248,7 @@ fn cancel_without_compensation_stops_a_compensation_in_progress() {
         Some(CompensationStatus::Cancelled)
     );
     assert_eq!(h.step("a").compensation, None);
-    assert_eq!(h.attempts[&undo_b].status, "cancelled");
+    assert_eq!(h.attempts[&undo_b].status, AttemptStatus::Cancelled);
 
     // The abandoned undo reports anyway: ignored.
     let before = h.state();

@@ -141,7 +141,7 @@ fn compensation_retries_under_its_own_policy_then_fails_the_run() {
         h.step("reserve").compensation,
         Some(CompensationStatus::Retrying)
     );
-    assert_eq!(h.attempts[&first].status, "failed");
+    assert_eq!(h.attempts[&first].status, AttemptStatus::Failed);
     assert_eq!(h.run.status, RunStatus::Compensating);
 
     let writes = h.fire("compensation_retry", "reserve");

@@ -105,3 +105,38 @@ fn example_promise_runs_its_chain_skips_a_false_condition_and_succeeds() {
     assert_eq!(run_events(&writes), vec!["test.events.run.succeeded"]);
     assert!(writes.cleared_run_timers);
 }
+
+#[test]
+fn a_step_moves_only_along_its_legal_transitions() {
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    let before = h.state();
+
+    // `ship` waits for its needs: it cannot have succeeded or be undone.
+    for next in [StepStatus::Succeeded, StepStatus::Compensated] {
+        match h.run.set_step_status("ship", next) {
+            Err(RunError::IllegalStepTransition { step, from, to }) => {
+                assert_eq!(
+                    (step.as_str(), from, to),
+                    ("ship", StepStatus::Pending, next)
+                );
+            }
+            other => panic!(
+                "pending -> {next} was not refused: {:?}",
+                other.map(|r| r.status)
+            ),
+        }
+    }
+    assert!(matches!(
+        h.run.set_step_status("nope", StepStatus::Ready),
+        Err(RunError::Corrupt(_))
+    ));
+    assert_eq!(h.state(), before, "a refused change changes nothing");
+    assert!(h.run.writes.is_empty(), "and marks nothing for writing");
+
+    // A legal one moves the step and marks it for writing.
+    h.run
+        .set_step_status("ship", StepStatus::Cancelled)
+        .expect("pending -> cancelled is legal");
+    assert_eq!(h.step("ship").status, StepStatus::Cancelled);
+    assert!(h.run.writes.steps.contains("ship"));
+}

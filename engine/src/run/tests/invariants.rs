@@ -108,7 +108,7 @@ fn choices(h: &Harness, rng: &mut Rng) -> Vec<Happening> {
             _ => retryable("busy"),
         };
         all.push(Happening::Fail(a.task_id, failure));
-        if a.status == "dispatched" {
+        if a.status == AttemptStatus::Dispatched {
             all.push(Happening::Start(a.task_id));
         } else {
             all.push(Happening::Heartbeat(a.task_id));
@@ -116,7 +116,7 @@ fn choices(h: &Harness, rng: &mut Rng) -> Vec<Happening> {
     }
     for (at, timer) in h.timers.iter().enumerate() {
         // The run's deadline is rare: most runs should get to finish.
-        if timer.kind != "run_timeout" || rng.below(15) == 0 {
+        if timer.kind != TimerKind::RunTimeout || rng.below(15) == 0 {
             all.push(Happening::Fire(at));
         }
     }
@@ -184,7 +184,7 @@ fn run_schedule(seed: u64) {
         log.push(format!("{happening:?}"));
         let failed_before = h.run.steps.values().any(|s| s.status == StepStatus::Failed);
         let stopping_before = h.run.cancel_requested || h.run.stop_reason.is_some();
-        let attempts_before: BTreeMap<(String, String), i32> = latest_attempts(&h);
+        let attempts_before: BTreeMap<(String, TaskKind), i32> = latest_attempts(&h);
         let writes = match happening {
             Happening::Succeed(task) => h.report(task, Outcome::Ok { output: json!({}) }).1,
             Happening::Fail(task, failure) => h.report(task, Outcome::Error(failure)).1,
@@ -200,7 +200,7 @@ fn run_schedule(seed: u64) {
             }
             Happening::Fire(at) => {
                 let timer = h.timers.remove(at);
-                h.fire_timer(timer.kind, &timer.step_id, timer.task_id)
+                h.fire_timer(timer.kind.as_str(), &timer.step_id, timer.task_id)
             }
             Happening::Stale(task) => {
                 let before = h.state();
@@ -274,12 +274,10 @@ fn run_schedule(seed: u64) {
 }
 
 /// The latest attempt number of each (step, kind).
-fn latest_attempts(h: &Harness) -> BTreeMap<(String, String), i32> {
+fn latest_attempts(h: &Harness) -> BTreeMap<(String, TaskKind), i32> {
     let mut latest = BTreeMap::new();
     for a in h.attempts.values() {
-        let entry = latest
-            .entry((a.step_id.clone(), a.kind.clone()))
-            .or_insert(0);
+        let entry = latest.entry((a.step_id.clone(), a.kind)).or_insert(0);
         *entry = (*entry).max(a.attempt);
     }
     latest
@@ -294,10 +292,10 @@ fn check(seed: u64, h: &Harness, writes: &Writes, log: &[String]) {
         "seed {seed}: history sequence"
     );
     // At most one open attempt per step and kind, and it is the current one.
-    let mut open: BTreeMap<(&str, &str), i32> = BTreeMap::new();
+    let mut open: BTreeMap<(&str, TaskKind), i32> = BTreeMap::new();
     for a in h.attempts.values().filter(|a| a.is_open()) {
         assert!(
-            open.insert((&a.step_id, &a.kind), a.attempt).is_none(),
+            open.insert((&a.step_id, a.kind), a.attempt).is_none(),
             "seed {seed}: two open attempts of {} {}\n{log:#?}",
             a.step_id,
             a.kind
@@ -342,11 +340,11 @@ fn check_dispatches(
     h: &Harness,
     graph: &Graph,
     writes: &Writes,
-    before: &BTreeMap<(String, String), i32>,
+    before: &BTreeMap<(String, TaskKind), i32>,
     log: &[String],
 ) {
     for task in tasks(writes) {
-        let key = (task.step_id.clone(), task.kind.as_str().to_string());
+        let key = (task.step_id.clone(), task.kind);
         let previous = before.get(&key).copied().unwrap_or(0);
         assert_eq!(
             task.attempt as i32,

@@ -33,7 +33,7 @@ fn retry_backs_off_then_succeeds() {
     assert!(writes.cleared_attempt_timers.contains(&(first_task, None)));
     assert_eq!(h.step("reserve").status, StepStatus::Retrying);
     assert_eq!(h.step("reserve").error.as_deref(), Some("503 from stock"));
-    assert_eq!(h.attempts[&first_task].status, "failed");
+    assert_eq!(h.attempts[&first_task].status, AttemptStatus::Failed);
     assert_eq!(h.run.status, RunStatus::Running);
 
     // The timer dispatches attempt 2: a new task id, the same idempotency key.

@@ -21,7 +21,7 @@ fn result_for_an_older_attempt_is_ignored_and_changes_nothing() {
         ]
     );
     assert_eq!(event_of(&writes, "step.timed_out").data["code"], "timeout");
-    assert_eq!(h.attempts[&first].status, "timed_out");
+    assert_eq!(h.attempts[&first].status, AttemptStatus::TimedOut);
     assert_eq!(h.step("reserve").status, StepStatus::Retrying);
     h.fire("retry", "reserve");
     assert_eq!(h.step("reserve").attempt, 2);
@@ -42,7 +42,7 @@ fn result_for_an_older_attempt_is_ignored_and_changes_nothing() {
 
     // An older attempt still open (as a stale copy of the store would
     // have it) is refused by its number.
-    h.attempts.get_mut(&first).expect("stored").status = "dispatched".to_string();
+    h.attempts.get_mut(&first).expect("stored").status = AttemptStatus::Dispatched;
     let (applied, writes) = h.report(first, Outcome::Error(retryable("late")));
     assert_eq!(
         applied,
@@ -72,7 +72,7 @@ fn redelivered_result_of_an_applied_task_is_ignored() {
         TaskKind::Action,
         json!({ "reservation": "r-42" }),
     );
-    assert_eq!(h.attempts[&task].status, "succeeded");
+    assert_eq!(h.attempts[&task].status, AttemptStatus::Succeeded);
     let before = h.state();
     let history = h.history.len();
 

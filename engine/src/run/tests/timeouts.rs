@@ -45,7 +45,7 @@ fn schedule_to_start_timeout_retries_an_attempt_no_worker_took() {
     );
     assert_eq!(writes.attempt_updates.len(), 1);
     assert_eq!(writes.attempt_updates[0].0, first);
-    assert_eq!(h.attempts[&first].status, "timed_out");
+    assert_eq!(h.attempts[&first].status, AttemptStatus::TimedOut);
     assert_eq!(h.step("probe").status, StepStatus::Retrying);
     assert_eq!(
         h.step("probe").error.as_deref(),
@@ -91,8 +91,9 @@ fn heartbeats_push_the_heartbeat_timer_until_one_is_missed() {
         ChronoDuration::seconds(10),
     );
     assert_eq!(h.step("probe").status, StepStatus::Running);
-    assert_eq!(h.attempts[&task].status, "running");
-    let kinds = |h: &Harness| -> Vec<&'static str> { h.timers.iter().map(|t| t.kind).collect() };
+    assert_eq!(h.attempts[&task].status, AttemptStatus::Running);
+    let kinds =
+        |h: &Harness| -> Vec<&'static str> { h.timers.iter().map(|t| t.kind.as_str()).collect() };
     assert_eq!(
         kinds(&h),
         vec!["run_timeout", "attempt_timeout", "heartbeat_timeout"],
@@ -105,7 +106,7 @@ fn heartbeats_push_the_heartbeat_timer_until_one_is_missed() {
     assert!(writes.events.is_empty() && writes.steps.is_empty());
     assert_eq!(
         writes.cleared_attempt_timers,
-        vec![(task, Some("heartbeat_timeout"))]
+        vec![(task, Some(TimerKind::HeartbeatTimeout))]
     );
     assert_eq!(armed(&writes), vec![("heartbeat_timeout", "probe")]);
     assert_eq!(
@@ -127,7 +128,7 @@ fn heartbeats_push_the_heartbeat_timer_until_one_is_missed() {
         "heartbeat_timeout"
     );
     assert_eq!(armed(&writes), vec![("retry", "probe")]);
-    assert_eq!(h.attempts[&task].status, "timed_out");
+    assert_eq!(h.attempts[&task].status, AttemptStatus::TimedOut);
     assert_eq!(
         kinds(&h),
         vec!["run_timeout", "retry"],
@@ -160,7 +161,7 @@ fn run_timeout_stops_in_flight_steps_then_compensates() {
     );
     assert!(!h.run.cancel_requested);
     assert_eq!(h.step("probe").status, StepStatus::Cancelled);
-    assert_eq!(h.attempts[&probe].status, "cancelled");
+    assert_eq!(h.attempts[&probe].status, AttemptStatus::Cancelled);
     let undo = tasks(&writes);
     assert_eq!(undo.len(), 1);
     assert_eq!(undo[0].handler, "h.unlease");

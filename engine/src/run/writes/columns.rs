@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use fulfil_core::status::{AttemptStatus, TimerKind};
 use serde_json::Value;
 use sqlx::{Arguments, PgConnection};
 use uuid::Uuid;
@@ -27,6 +28,7 @@ pub(super) struct Columns {
     c_outputs: Vec<Option<Value>>,
     c_error: Vec<Option<String>>,
     c_finished: Vec<bool>,
+    c_kind: Vec<&'static str>,
     // their steps
     cs_run: Vec<Uuid>,
     cs_step: Vec<String>,
@@ -224,7 +226,7 @@ impl Columns {
             self.n_run.push(run_id);
             self.n_step.push(a.step_id);
             self.n_attempt.push(a.attempt);
-            self.n_kind.push(a.kind);
+            self.n_kind.push(a.kind.as_str());
             self.n_handler.push(a.handler);
             self.n_queue.push(a.queue);
             self.n_input.push(a.input);
@@ -232,7 +234,7 @@ impl Columns {
         }
         for (task_id, u) in writes.attempt_updates {
             self.u_task.push(task_id);
-            self.u_status.push(u.status);
+            self.u_status.push(u.status.map(AttemptStatus::as_str));
             self.u_worker.push(u.worker);
             self.u_started.push(u.started_at);
             self.u_started_if_unset.push(u.started_at_if_unset);
@@ -243,7 +245,7 @@ impl Columns {
         }
         for (task_id, kind) in writes.cleared_attempt_timers {
             self.td_task.push(task_id);
-            self.td_kind.push(kind);
+            self.td_kind.push(kind.map(TimerKind::as_str));
         }
         if writes.cleared_run_timers {
             self.td_run.push(run_id);
@@ -251,7 +253,7 @@ impl Columns {
         for t in writes.new_timers {
             self.t_run.push(run_id);
             self.t_step.push(t.step_id);
-            self.t_kind.push(t.kind);
+            self.t_kind.push(t.kind.as_str());
             self.t_task.push(t.task_id);
             self.t_fire_at.push(t.fire_at);
         }
@@ -274,6 +276,7 @@ impl Columns {
         self.c_outputs.push(ending.and_then(|e| e.outputs.clone()));
         self.c_error.push(ending.and_then(|e| e.error.clone()));
         self.c_finished.push(ending.is_some_and(|e| e.finished));
+        self.c_kind.push(run.kind.as_str());
         for (position, step) in run.promise.spec.workflow.steps.iter().enumerate() {
             let Some(row) = run.steps.get(&step.id) else {
                 continue;
@@ -310,12 +313,13 @@ impl Columns {
                 "created_runs",
                 "INSERT INTO fulfil.runs (id, request_id, promise, promise_version, kind, status,
                                           context, history_seq, outputs, error, finished_at)
-                 SELECT id, request_id, promise, version, 'configure', status, context, seq,
+                 SELECT id, request_id, promise, version, kind, status, context, seq,
                         outputs, error, CASE WHEN finished THEN now() END
                  FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                             $6::jsonb[], $7::bigint[], $8::jsonb[], $9::text[], $10::bool[])
+                             $6::jsonb[], $7::bigint[], $8::jsonb[], $9::text[], $10::bool[],
+                             $11::text[])
                       AS u(id, request_id, promise, version, status, context, seq, outputs, error,
-                           finished)",
+                           finished, kind)",
                 |a| {
                     a.add(&self.c_run)?;
                     a.add(&self.c_request)?;
@@ -326,7 +330,8 @@ impl Columns {
                     a.add(&self.c_seq)?;
                     a.add(&self.c_outputs)?;
                     a.add(&self.c_error)?;
-                    a.add(&self.c_finished)
+                    a.add(&self.c_finished)?;
+                    a.add(&self.c_kind)
                 },
             );
         }
@@ -441,7 +446,7 @@ impl Columns {
                 "new_attempts",
                 "INSERT INTO fulfil.attempts (task_id, run_id, step_id, attempt, kind, status, handler,
                                               queue, input, deadline)
-                 SELECT t, r, s, a, k, 'dispatched', h, q, i, d
+                 SELECT t, r, s, a, k, $10::text, h, q, i, d
                  FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::text[],
                              $6::text[], $7::text[], $8::jsonb[], $9::timestamptz[])
                       AS n(t, r, s, a, k, h, q, i, d)",
@@ -454,7 +459,8 @@ impl Columns {
                     a.add(&self.n_handler)?;
                     a.add(&self.n_queue)?;
                     a.add(&self.n_input)?;
-                    a.add(&self.n_deadline)
+                    a.add(&self.n_deadline)?;
+                    a.add(AttemptStatus::Dispatched.as_str())
                 },
             );
         }
@@ -571,17 +577,22 @@ pub(super) async fn write_cancels(
 ) -> Result<(), sqlx::Error> {
     let run_ids: Vec<Uuid> = cancels.iter().map(|c| c.run_id).collect();
     let step_ids: Vec<&str> = cancels.iter().map(|c| c.cancel.step_id.as_str()).collect();
-    let kinds: Vec<&str> = cancels.iter().map(|c| c.cancel.kind).collect();
+    let kinds: Vec<&str> = cancels.iter().map(|c| c.cancel.kind.as_str()).collect();
     let attempts: Vec<i32> = cancels.iter().map(|c| c.cancel.attempt).collect();
     let reasons: Vec<&str> = cancels.iter().map(|c| c.cancel.reason.as_str()).collect();
+    let open: Vec<&str> = AttemptStatus::ALL
+        .iter()
+        .filter(|s| s.is_open())
+        .map(|s| s.as_str())
+        .collect();
     sqlx::query(
         "WITH cancelled AS (
-             UPDATE fulfil.attempts a SET status = 'cancelled', finished_at = now(),
+             UPDATE fulfil.attempts a SET status = $6::text, finished_at = now(),
                     error = jsonb_build_object('code', 'cancelled', 'message', u.reason, 'retryable', false)
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[])
                   AS u(run_id, step_id, kind, attempt, reason)
              WHERE a.run_id = u.run_id AND a.step_id = u.step_id AND a.kind = u.kind
-               AND a.attempt = u.attempt AND a.status IN ('dispatched', 'running')
+               AND a.attempt = u.attempt AND a.status = ANY($7::text[])
              RETURNING a.task_id)
          DELETE FROM fulfil.timers WHERE task_id IN (SELECT task_id FROM cancelled)",
     )
@@ -590,6 +601,8 @@ pub(super) async fn write_cancels(
     .bind(&kinds)
     .bind(&attempts)
     .bind(&reasons)
+    .bind(AttemptStatus::Cancelled.as_str())
+    .bind(open)
     .execute(conn)
     .await?;
     Ok(())

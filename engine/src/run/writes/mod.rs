@@ -20,7 +20,7 @@ mod statement;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use fulfil_core::status::RequestStatus;
+use fulfil_core::status::{AttemptStatus, RequestStatus, TaskKind, TimerKind};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ pub(crate) struct NewAttempt {
     pub task_id: Uuid,
     pub step_id: String,
     pub attempt: i32,
-    pub kind: &'static str,
+    pub kind: TaskKind,
     pub handler: String,
     pub queue: String,
     pub input: Value,
@@ -60,7 +60,7 @@ pub(crate) struct NewAttempt {
 /// Changes to an existing attempt row; `None` leaves a column as it is.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AttemptUpdate {
-    pub status: Option<&'static str>,
+    pub status: Option<AttemptStatus>,
     pub worker: Option<String>,
     /// Overwrites `started_at` (a start report: the attempt's clocks restart).
     pub started_at: Option<DateTime<Utc>>,
@@ -98,7 +98,7 @@ impl AttemptUpdate {
 #[derive(Debug, Clone)]
 pub(crate) struct AttemptCancel {
     pub step_id: String,
-    pub kind: &'static str,
+    pub kind: TaskKind,
     pub attempt: i32,
     pub reason: String,
 }
@@ -107,7 +107,7 @@ pub(crate) struct AttemptCancel {
 #[derive(Debug, Clone)]
 pub(crate) struct NewTimer {
     pub step_id: String,
-    pub kind: &'static str,
+    pub kind: TimerKind,
     pub task_id: Option<Uuid>,
     pub fire_at: DateTime<Utc>,
 }
@@ -152,7 +152,7 @@ pub(crate) struct Writes {
     pub attempt_updates: Vec<(Uuid, AttemptUpdate)>,
     pub cancels: Vec<AttemptCancel>,
     /// Disarm the timers of these attempts: all of them, or one kind.
-    pub cleared_attempt_timers: Vec<(Uuid, Option<&'static str>)>,
+    pub cleared_attempt_timers: Vec<(Uuid, Option<TimerKind>)>,
     /// Disarm every timer the run had before this change.
     pub cleared_run_timers: bool,
     pub new_timers: Vec<NewTimer>,
@@ -188,7 +188,7 @@ impl Writes {
 
     /// Timers armed earlier in this change are dropped here; timers stored
     /// before it are deleted by the flush.
-    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<&'static str>) {
+    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<TimerKind>) {
         self.new_timers
             .retain(|t| t.task_id != Some(task_id) || kind.is_some_and(|k| k != t.kind));
         self.cleared_attempt_timers.push((task_id, kind));

@@ -1,0 +1,150 @@
+//! Compensation (the saga): once a run that cannot succeed has nothing in
+//! flight, every succeeded step that declares `compensate` is undone, in
+//! reverse dependency order ([`fulfil_core::Graph::plan_compensation`]).
+//! The run ends `compensated` (or `cancelled`, when an operator stopped it)
+//! once every undo succeeded, and `failed` when one failed for good.
+
+use std::collections::{BTreeSet, HashMap};
+
+use fulfil_core::dag::{CompensationOutcome, CompensationStatus};
+use fulfil_core::expr::render_value;
+use fulfil_core::wire::TaskKind;
+use fulfil_core::{Graph, RunStatus, Step, StepStatus};
+use serde_json::json;
+
+use super::advance::{
+    AttemptSpec, Next, dispatch, failure_reason, finish, render_context, set_compensation,
+};
+use super::event::{AttemptEvent, attempt_event};
+use super::{Run, RunError};
+
+/// Succeeded steps that declare a compensation: what a saga must undo.
+pub(super) fn to_undo(run: &Run) -> BTreeSet<String> {
+    run.promise
+        .spec
+        .workflow
+        .steps
+        .iter()
+        .filter(|s| s.compensate.is_some())
+        .filter(|s| {
+            run.steps.get(&s.id).is_some_and(|row| {
+                row.status == StepStatus::Succeeded
+                    || (row.status == StepStatus::Compensated && row.compensation.is_some())
+            })
+        })
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+/// One round of saga planning: finish the run once every undo is done
+/// (or one failed for good), or start the undos that may run now.
+pub(super) fn plan_compensation(run: &mut Run, graph: &Graph) -> Result<Next, RunError> {
+    let promise = run.promise.clone();
+    let undo = to_undo(run);
+    let compensations: HashMap<String, CompensationStatus> = run
+        .steps
+        .iter()
+        .filter_map(|(id, s)| s.compensation.map(|c| (id.clone(), c)))
+        .collect();
+    let plan = graph.plan_compensation(&undo, &compensations);
+    match plan.outcome {
+        Some(CompensationOutcome::Compensated) => {
+            let status = if run.cancel_requested {
+                RunStatus::Cancelled
+            } else {
+                RunStatus::Compensated
+            };
+            let failed: Vec<String> = run
+                .steps
+                .values()
+                .filter(|s| s.status == StepStatus::Failed)
+                .map(|s| s.step_id.clone())
+                .collect();
+            let reason = format!(
+                "{}; compensated {}",
+                failure_reason(run, &failed),
+                undo.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+            return finish(run, status, Some(reason)).map(|()| Next::Done);
+        }
+        Some(CompensationOutcome::Failed { steps }) => {
+            let reasons: Vec<String> = steps
+                .iter()
+                .map(|id| {
+                    let error = run
+                        .steps
+                        .get(id)
+                        .and_then(|s| s.compensation_error.clone())
+                        .unwrap_or_default();
+                    format!("compensation of step {id} failed: {error}")
+                })
+                .collect();
+            return finish(run, RunStatus::Failed, Some(reasons.join("; "))).map(|()| Next::Done);
+        }
+        None => {}
+    }
+    if plan.start.is_empty() {
+        return Ok(Next::Done);
+    }
+    for step_id in plan.start {
+        let Some(step) = promise.step(&step_id) else {
+            return Err(RunError::Corrupt(format!(
+                "step {step_id} is not in the Promise"
+            )));
+        };
+        let attempt = run
+            .steps
+            .get(&step_id)
+            .map_or(0, |s| s.compensation_attempt)
+            + 1;
+        dispatch_compensation(run, step, attempt)?;
+    }
+    Ok(Next::Again)
+}
+
+/// Renders the step's compensation input and queues attempt `attempt` of it.
+pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result<(), RunError> {
+    let Some(compensation) = &step.compensate else {
+        return Err(RunError::Corrupt(format!(
+            "step {} has no compensation",
+            step.id
+        )));
+    };
+    let input = match render_value(&compensation.with, &render_context(run)) {
+        Ok(input) => input,
+        Err(e) => {
+            let message = e.to_string();
+            set_compensation(
+                run,
+                &step.id,
+                CompensationStatus::Failed,
+                Some(attempt),
+                Some(&message),
+            );
+            run.record(
+                attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
+                Some(&step.id),
+                Some(attempt),
+                json!({ "code": "render_error", "message": message, "final": true }),
+            );
+            return Ok(());
+        }
+    };
+    let promise = run.promise.clone();
+    let spec = AttemptSpec {
+        kind: TaskKind::Compensation,
+        handler: &compensation.uses,
+        queue: promise.queue_of(step),
+        timeout: promise.compensation_timeout_of(compensation),
+        schedule_to_start: promise.schedule_to_start_of(step),
+        heartbeat_timeout: promise.heartbeat_timeout_of(step),
+    };
+    set_compensation(
+        run,
+        &step.id,
+        CompensationStatus::Ready,
+        Some(attempt),
+        None,
+    );
+    dispatch(run, &step.id, attempt, input, spec)
+}
