@@ -19,7 +19,7 @@ use fulfil_engine::Engine;
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
-pub use problem::Problem;
+pub use problem::{Problem, ProblemCode};
 
 /// What the handlers share.
 #[derive(Clone)]
