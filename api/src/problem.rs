@@ -344,6 +344,21 @@ pub async fn every_error_a_problem(response: Response) -> Response {
     Response::from_parts(parts, body)
 }
 
+/// The answer to a handler that panicked, for tower-http's
+/// `CatchPanicLayer`; without it the connection drops with no answer. As
+/// for [`Problem::internal`], the panic message is logged at ERROR under an
+/// `error_id` the caller gets, and never sent: it can hold anything.
+pub fn from_panic(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = if let Some(text) = payload.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.as_str()
+    } else {
+        "non-string panic payload"
+    };
+    Problem::internal(&format!("handler panicked: {message}")).into_response()
+}
+
 /// The answer to a path no route takes.
 pub fn not_a_route() -> Problem {
     Problem::new(
