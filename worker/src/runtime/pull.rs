@@ -21,6 +21,9 @@ use fulfil_bus::{Backoff, NatsNames, PULL_EXPIRES, PULL_HEARTBEAT, PullFeed};
 
 use super::{Shared, WorkerConfig, execute::process};
 
+/// Opens the queue's durable consumer, creating it with this worker's
+/// `ack_wait` and `max_ack_pending` when missing; an existing consumer keeps
+/// its own settings.
 pub(super) async fn open_consumer(
     js: &jetstream::Context,
     names: &NatsNames,
