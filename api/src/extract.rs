@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::Problem;
+use crate::{Problem, ProblemCode};
 
 /// The largest request body any route reads.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -162,7 +162,7 @@ where
 fn invalid_query(detail: &str) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
-        "invalid-query",
+        ProblemCode::InvalidQuery,
         "Invalid query string",
         detail.replace(
             "Failed to deserialize query string: ",
@@ -174,7 +174,7 @@ fn invalid_query(detail: &str) -> Problem {
 fn invalid_path(detail: &str) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
-        "invalid-path",
+        ProblemCode::InvalidPath,
         "Invalid path",
         format!("the URL path is invalid: {detail}"),
     )
@@ -183,7 +183,7 @@ fn invalid_path(detail: &str) -> Problem {
 fn nul_problem(detail: String) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
-        "nul-character",
+        ProblemCode::NulCharacter,
         "NUL character",
         detail,
     )
@@ -215,7 +215,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     Err(Problem::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported-media-type",
+        ProblemCode::UnsupportedMediaType,
         "Unsupported media type",
         match got {
             Some(got) => format!(
@@ -246,7 +246,7 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Pr
 pub fn too_large() -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload-too-large",
+        ProblemCode::PayloadTooLarge,
         "Payload too large",
         format!("the body is larger than the {MAX_BODY_BYTES} bytes a request may carry"),
     )
@@ -261,7 +261,7 @@ fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
-            "invalid-json",
+            ProblemCode::InvalidJson,
             "Invalid JSON",
             format!("the body is not valid JSON: {e}"),
         )
@@ -278,7 +278,7 @@ fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         let detail = e.inner().to_string();
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-body",
+            ProblemCode::InvalidBody,
             "Invalid body",
             format!(
                 "{} does not have the expected shape: {detail}",
@@ -415,17 +415,17 @@ mod tests {
         let nul = decode_json::<Body>(br#"{"reason": "a\u0000"}"#).expect_err("nul");
         assert_eq!(
             (nul.status, nul.code),
-            (StatusCode::BAD_REQUEST, "nul-character")
+            (StatusCode::BAD_REQUEST, ProblemCode::NulCharacter)
         );
         assert_eq!(nul.extra["pointer"], "/reason");
         let syntax = decode_json::<Body>(b"{\"reason\": ").expect_err("syntax");
-        assert_eq!(syntax.code, "invalid-json");
+        assert_eq!(syntax.code, ProblemCode::InvalidJson);
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(
             decode_json::<Value>(deep.as_bytes())
                 .expect_err("too deep")
                 .code,
-            "invalid-json"
+            ProblemCode::InvalidJson
         );
         let unknown = decode_json::<Body>(br#"{"colour": 1}"#).expect_err("unknown");
         assert!(unknown.detail.contains("reason"), "{}", unknown.detail);

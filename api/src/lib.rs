@@ -3,6 +3,8 @@
 //! Every error is `application/problem+json`: handlers and the extractors of
 //! [`extract`] answer problems, and [`problem::every_error_a_problem`] turns
 //! whatever else answers an error (a wrong method, the timeout) into one.
+//! A handler that panics answers a 500 problem too, instead of dropping the
+//! connection.
 //! A 500 never carries the error's text, only an id it is logged under.
 //! `POST .../requests` answers 202 only after the request's transaction
 //! committed (see `fulfil_engine::requests`).
@@ -16,10 +18,11 @@ use std::time::Duration;
 
 use axum::Router;
 use fulfil_engine::Engine;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
-pub use problem::Problem;
+pub use problem::{Problem, ProblemCode};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -31,12 +34,21 @@ pub struct ApiState {
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    routes::router()
+    edge(routes::router()).with_state(state)
+}
+
+/// The layers every route sits behind, innermost first; apart from the
+/// routes so a test can put them around a handler of its own.
+fn edge<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes
         // One limit for every route's body, read by the extractors of
         // `extract`, which answer 413 over it.
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_BODY_BYTES,
         ))
+        // Inside the trace, so a panic's 500 is traced and logged as a
+        // failure like any other.
+        .layer(CatchPanicLayer::custom(problem::from_panic))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,
@@ -46,7 +58,6 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::map_response(
             problem::every_error_a_problem,
         ))
-        .with_state(state)
 }
 
 /// Logs a 5xx answer. A 503 is the intake shedding load on purpose (the
@@ -73,4 +84,96 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use axum::routing::get;
+    use serde_json::Value;
+    use tower::ServiceExt;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Collects what the test's subscriber logs.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        fn text(&self) -> String {
+            let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    }
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut bytes) = self.0.lock() {
+                bytes.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    async fn panics() -> &'static str {
+        panic!("boom: secret detail");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_500_problem_logged_under_its_id() {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::ERROR)
+            .finish();
+        // The test runtime is single-threaded, so the handler logs here.
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let app = edge(Router::new().route("/boom", get(panics)));
+        let request = Request::get("/boom")
+            .body(Body::empty())
+            .expect("a valid request");
+        let answer = app.oneshot(request).await.expect("an answer, not an error");
+
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            answer.headers().get(header::CONTENT_TYPE),
+            Some(&header::HeaderValue::from_static(
+                "application/problem+json"
+            ))
+        );
+        let body = axum::body::to_bytes(answer.into_body(), 64 * 1024)
+            .await
+            .expect("the body");
+        let body: Value = serde_json::from_slice(&body).expect("a JSON body");
+        assert_eq!(body["type"], "https://fulfil.dev/problems/internal");
+        assert_eq!(body["status"], 500);
+        assert!(!body.to_string().contains("secret"), "{body}");
+        let error_id = body["error_id"].as_str().expect("an error_id");
+
+        let logs = logs.text();
+        let line = logs
+            .lines()
+            .find(|line| line.contains(error_id))
+            .unwrap_or_else(|| panic!("no log line names {error_id}: {logs}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("boom: secret detail"), "{line}");
+    }
 }

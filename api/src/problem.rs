@@ -1,8 +1,9 @@
 //! Errors as `application/problem+json` (RFC 9457), with a stable `type` per
 //! kind of problem so scripts and people can search for it.
 //!
-//! The codes (`type: https://fulfil.dev/problems/<code>`); a new one is
-//! added here first:
+//! The codes (`type: https://fulfil.dev/problems/<code>`), one
+//! [`ProblemCode`] each; a new one is added to the enum, its `ALL` and this
+//! table together (a test checks they agree), and a spelling never changes:
 //!
 //! | code | status | meaning |
 //! |---|---|---|
@@ -31,12 +32,129 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+/// The closed set of problem codes: each answer's `type` is
+/// `https://fulfil.dev/problems/<code>`. The spellings are a public
+/// contract that scripts match on; none ever changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProblemCode {
+    /// 400: the request is wrong in a way the detail names.
+    BadRequest,
+    /// 400: the body is not JSON (syntax, nesting over 128, not UTF-8).
+    InvalidJson,
+    /// 422: JSON of the wrong shape; `errors[].pointer` says where.
+    InvalidBody,
+    /// 400: a query parameter is unknown, repeated or of the wrong type.
+    InvalidQuery,
+    /// 400: a path parameter is not UTF-8.
+    InvalidPath,
+    /// 400: a NUL (U+0000) in a body, path or query.
+    NulCharacter,
+    /// 415: the route takes JSON and the body is labelled otherwise.
+    UnsupportedMediaType,
+    /// 413: the body is over the limit (`limit_bytes`).
+    PayloadTooLarge,
+    /// 404: no such route, Promise, request or run.
+    NotFound,
+    /// 405: the route takes other methods (`Allow`, `allowed`).
+    MethodNotAllowed,
+    /// 422: the parameters break the Promise's schema.
+    InvalidParams,
+    /// 422: the Promise does not compile; `errors[].path`.
+    InvalidPromise,
+    /// 409: the idempotency key was used with other parameters.
+    IdempotencyConflict,
+    /// 409: a Promise version's content is immutable.
+    VersionConflict,
+    /// 409: the run's status does not allow the operation.
+    RunStateConflict,
+    /// 422: the run's Promise has no such step.
+    UnknownStep,
+    /// 503: shed before anything was stored.
+    Overloaded,
+    /// 503: a dependency failed; `error_id`.
+    Unavailable,
+    /// 504: no answer in time; the outcome is unknown.
+    Timeout,
+    /// 500: a server bug; `error_id` names its log line.
+    Internal,
+}
+
+impl ProblemCode {
+    /// Every code, in the order of the module's table.
+    pub const ALL: [ProblemCode; 20] = [
+        Self::BadRequest,
+        Self::InvalidJson,
+        Self::InvalidBody,
+        Self::InvalidQuery,
+        Self::InvalidPath,
+        Self::NulCharacter,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::InvalidParams,
+        Self::InvalidPromise,
+        Self::IdempotencyConflict,
+        Self::VersionConflict,
+        Self::RunStateConflict,
+        Self::UnknownStep,
+        Self::Overloaded,
+        Self::Unavailable,
+        Self::Timeout,
+        Self::Internal,
+    ];
+
+    /// The code as it appears on the wire, the last segment of `type`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad-request",
+            Self::InvalidJson => "invalid-json",
+            Self::InvalidBody => "invalid-body",
+            Self::InvalidQuery => "invalid-query",
+            Self::InvalidPath => "invalid-path",
+            Self::NulCharacter => "nul-character",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::InvalidParams => "invalid-params",
+            Self::InvalidPromise => "invalid-promise",
+            Self::IdempotencyConflict => "idempotency-conflict",
+            Self::VersionConflict => "version-conflict",
+            Self::RunStateConflict => "run-state-conflict",
+            Self::UnknownStep => "unknown-step",
+            Self::Overloaded => "overloaded",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The problem's `type` URI.
+    pub fn type_uri(self) -> String {
+        format!("https://fulfil.dev/problems/{}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for ProblemCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Written as its wire spelling, as in `type`.
+impl serde::Serialize for ProblemCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// One problem answer.
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub status: StatusCode,
-    /// Short code, rendered as `type: https://fulfil.dev/problems/<code>`.
-    pub code: &'static str,
+    /// Rendered as `type: https://fulfil.dev/problems/<code>`.
+    pub code: ProblemCode,
     pub title: &'static str,
     pub detail: String,
     /// Extra members, e.g. `errors` with every validation problem.
@@ -48,7 +166,7 @@ pub struct Problem {
 impl Problem {
     pub fn new(
         status: StatusCode,
-        code: &'static str,
+        code: ProblemCode,
         title: &'static str,
         detail: impl Into<String>,
     ) -> Self {
@@ -70,7 +188,7 @@ impl Problem {
     pub fn not_found(what: &str, id: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "not-found",
+            ProblemCode::NotFound,
             "Not found",
             format!("no {what} {id:?}"),
         )
@@ -79,7 +197,7 @@ impl Problem {
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "bad-request",
+            ProblemCode::BadRequest,
             "Bad request",
             detail,
         )
@@ -94,7 +212,7 @@ impl Problem {
         tracing::error!(%error_id, %error, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ProblemCode::Internal,
             "Internal error",
             format!("the server failed; the error is logged under error_id {error_id}"),
         )
@@ -108,7 +226,7 @@ impl Problem {
         tracing::warn!(%error_id, %error, "dependency unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ProblemCode::Unavailable,
             "Service unavailable",
             format!(
                 "a dependency of the server is unavailable; retry later (logged under error_id {error_id})"
@@ -122,7 +240,7 @@ impl Problem {
     pub fn overloaded(error: &dyn std::fmt::Display) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ProblemCode::Overloaded,
             "Overloaded",
             error.to_string(),
         )
@@ -138,7 +256,7 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut body = json!({
-            "type": format!("https://fulfil.dev/problems/{}", self.code),
+            "type": self.code.type_uri(),
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
@@ -188,7 +306,7 @@ pub async fn every_error_a_problem(response: Response) -> Response {
                 .to_string();
             Problem::new(
                 status,
-                "method-not-allowed",
+                ProblemCode::MethodNotAllowed,
                 "Method not allowed",
                 format!("this route does not take that method; it takes: {allowed}"),
             )
@@ -198,7 +316,7 @@ pub async fn every_error_a_problem(response: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => crate::extract::too_large(),
         StatusCode::GATEWAY_TIMEOUT => Problem::new(
             status,
-            "timeout",
+            ProblemCode::Timeout,
             "Timeout",
             "the server did not answer within 30 s; what the request changed, if anything, is unknown: read it back before retrying",
         ),
@@ -207,7 +325,7 @@ pub async fn every_error_a_problem(response: Response) -> Response {
         }
         status => Problem::new(
             status,
-            "bad-request",
+            ProblemCode::BadRequest,
             "Bad request",
             format!(
                 "the request was refused ({})",
@@ -226,11 +344,26 @@ pub async fn every_error_a_problem(response: Response) -> Response {
     Response::from_parts(parts, body)
 }
 
+/// The answer to a handler that panicked, for tower-http's
+/// `CatchPanicLayer`; without it the connection drops with no answer. As
+/// for [`Problem::internal`], the panic message is logged at ERROR under an
+/// `error_id` the caller gets, and never sent: it can hold anything.
+pub fn from_panic(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = if let Some(text) = payload.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.as_str()
+    } else {
+        "non-string panic payload"
+    };
+    Problem::internal(&format!("handler panicked: {message}")).into_response()
+}
+
 /// The answer to a path no route takes.
 pub fn not_a_route() -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
-        "not-found",
+        ProblemCode::NotFound,
         "Not found",
         "no such route; see the README for the /v1 routes",
     )
@@ -258,6 +391,55 @@ pub fn from_db(error: &sqlx::Error) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_keep_their_spelling_and_the_table_lists_them_all() {
+        // The spellings are a public contract: pinned here, not derived.
+        let spelled: Vec<&str> = ProblemCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            spelled,
+            [
+                "bad-request",
+                "invalid-json",
+                "invalid-body",
+                "invalid-query",
+                "invalid-path",
+                "nul-character",
+                "unsupported-media-type",
+                "payload-too-large",
+                "not-found",
+                "method-not-allowed",
+                "invalid-params",
+                "invalid-promise",
+                "idempotency-conflict",
+                "version-conflict",
+                "run-state-conflict",
+                "unknown-step",
+                "overloaded",
+                "unavailable",
+                "timeout",
+                "internal",
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(ProblemCode::RunStateConflict).ok(),
+            Some(json!("run-state-conflict"))
+        );
+
+        // The module doc's table, in the enum's order, so neither drifts.
+        let table: Vec<&str> = include_str!("problem.rs")
+            .lines()
+            .take_while(|line| line.starts_with("//!"))
+            .filter_map(|line| line.strip_prefix("//! | `"))
+            .filter_map(|row| row.split('`').next())
+            .collect();
+        assert_eq!(table, spelled);
+
+        assert_eq!(
+            ProblemCode::VersionConflict.type_uri(),
+            "https://fulfil.dev/problems/version-conflict"
+        );
+    }
 
     #[test]
     fn retryable_problems_say_when_to_retry() {

@@ -9,12 +9,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::extract::{Path, Query, Text};
-use crate::{ApiState, Problem};
+use crate::{ApiState, Problem, ProblemCode};
 
 fn invalid(errors: &SpecErrors) -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid-promise",
+        ProblemCode::InvalidPromise,
         "Invalid Promise",
         format!(
             "the Promise has {} problem(s); each is listed under errors",
@@ -29,7 +29,7 @@ pub(crate) fn promise_error(e: PromiseError) -> Problem {
         PromiseError::Invalid(errors) => invalid(&errors),
         PromiseError::VersionConflict { .. } => Problem::new(
             StatusCode::CONFLICT,
-            "version-conflict",
+            ProblemCode::VersionConflict,
             "Version conflict",
             e.to_string(),
         ),

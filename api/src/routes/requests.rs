@@ -11,14 +11,14 @@ use serde_json::{Value, json};
 
 use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
-use crate::{ApiState, Problem, model};
+use crate::{ApiState, Problem, ProblemCode, model};
 
 fn request_error(e: RequestError) -> Problem {
     match e {
         RequestError::UnknownPromise(name) => Problem::not_found("Promise", &name),
         RequestError::InvalidParams { promise, violations } => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-params",
+            ProblemCode::InvalidParams,
             "Invalid parameters",
             format!(
                 "the parameters do not match Promise {promise}'s schema ({} violation(s)); nothing was stored",
@@ -36,7 +36,7 @@ fn request_error(e: RequestError) -> Problem {
         ),
         RequestError::IdempotencyConflict { ref key, request_id } => Problem::new(
             StatusCode::CONFLICT,
-            "idempotency-conflict",
+            ProblemCode::IdempotencyConflict,
             "Idempotency key reused",
             e.to_string(),
         )
@@ -46,7 +46,7 @@ fn request_error(e: RequestError) -> Problem {
         RequestError::Promise(e) => super::promises::promise_error(e),
         RequestError::IntakeStopped => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ProblemCode::Unavailable,
             "Service unavailable",
             e.to_string(),
         )
@@ -83,7 +83,7 @@ pub async fn create(
     if !body.params.is_object() && !body.params.is_null() {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid-params",
+            ProblemCode::InvalidParams,
             "Invalid parameters",
             "params must be a JSON object",
         ));

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
-use crate::{ApiState, Problem, model};
+use crate::{ApiState, Problem, ProblemCode, model};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,13 +98,13 @@ fn operator_error(e: OperatorError) -> Problem {
         OperatorError::NotFound(id) => Problem::not_found("run", &id.to_string()),
         OperatorError::Conflict(message) => Problem::new(
             StatusCode::CONFLICT,
-            "run-state-conflict",
+            ProblemCode::RunStateConflict,
             "Run state conflict",
             message,
         ),
         OperatorError::UnknownStep { .. } => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown-step",
+            ProblemCode::UnknownStep,
             "Unknown step",
             e.to_string(),
         ),
