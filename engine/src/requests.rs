@@ -414,8 +414,8 @@ fn start_run(engine: &Engine, request: &ValidRequest) -> Result<Run, RunError> {
         json!({ "kind": "configure" }),
     );
     if let Some(limit) = promise.run_timeout() {
-        let fire_at =
-            chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+        // Saturates: a stored Promise may state a timeout no bound checked.
+        let fire_at = fulfil_core::time::deadline_after(chrono::Utc::now(), limit);
         run.add_timer("run_timeout", "", None, fire_at);
     }
     advance(&mut run)?;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fulfil_core::dag::{CompensationOutcome, CompensationStatus, Outcome};
 use fulfil_core::expr::{RenderContext, evaluate_condition, render_value};
+use fulfil_core::time;
 use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
 use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::{Map, Value, json};
@@ -391,10 +392,6 @@ struct AttemptSpec<'a> {
     heartbeat_timeout: Option<Duration>,
 }
 
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
 /// Inserts the attempt, arms its schedule-to-start timer, and puts its task
 /// in the outbox.
 fn dispatch(
@@ -406,9 +403,13 @@ fn dispatch(
 ) -> Result<(), RunError> {
     let task_id = Uuid::now_v7();
     let now = Utc::now();
-    let deadline = now
-        + chrono_duration(spec.schedule_to_start.unwrap_or(UNBOUNDED_QUEUE_WAIT))
-        + chrono_duration(spec.timeout);
+    // Saturating: a stored Promise may state durations no bound checked.
+    let deadline = time::deadline_after(
+        now,
+        spec.schedule_to_start
+            .unwrap_or(UNBOUNDED_QUEUE_WAIT)
+            .saturating_add(spec.timeout),
+    );
     run.insert_attempt(NewAttempt {
         task_id,
         step_id: step_id.to_string(),
@@ -424,7 +425,7 @@ fn dispatch(
             "schedule_to_start",
             step_id,
             Some(task_id),
-            now + chrono_duration(wait),
+            time::deadline_after(now, wait),
         );
     }
     run.record(
@@ -448,8 +449,10 @@ fn dispatch(
         idempotency_key,
         traceparent: None,
         kind: spec.kind,
-        timeout_ms: Some(spec.timeout.as_millis() as u64),
-        heartbeat_timeout_ms: spec.heartbeat_timeout.map(|d| d.as_millis() as u64),
+        timeout_ms: Some(time::as_millis_u64(time::clamp(spec.timeout))),
+        heartbeat_timeout_ms: spec
+            .heartbeat_timeout
+            .map(|d| time::as_millis_u64(time::clamp(d))),
     };
     let payload = serde_json::to_value(&task).map_err(|e| RunError::Corrupt(e.to_string()))?;
     run.publish(
@@ -487,9 +490,11 @@ pub fn attempt_failed(
         let random = (Uuid::now_v7().as_u128() as u64 & 0xFFFF_FFFF) as f64 / f64::from(u32::MAX);
         let mut delay = policy.backoff(attempt as u32 + 1, random);
         if let Some(after) = failure.retry_after_ms {
-            delay = delay.max(Duration::from_millis(after));
+            // From a worker's report: clamped, so any value yields a timer.
+            delay = delay.max(time::clamp_millis(after));
         }
-        let fire_at = Utc::now() + chrono_duration(delay);
+        let delay = time::clamp(delay);
+        let fire_at = time::deadline_after(Utc::now(), delay);
         match kind {
             TaskKind::Action => {
                 run.add_timer("retry", step_id, None, fire_at);
@@ -518,7 +523,7 @@ pub fn attempt_failed(
             Some(step_id),
             Some(attempt),
             json!({ "error": error, "worker": worker, "next_attempt": attempt + 1,
-                    "delay_ms": delay.as_millis() as u64, "fire_at": fire_at }),
+                    "delay_ms": time::as_millis_u64(delay), "fire_at": fire_at }),
         );
         return Ok(());
     }

@@ -21,6 +21,9 @@ mod operator;
 mod progress;
 mod writes;
 
+#[cfg(test)]
+mod deadline_tests;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};

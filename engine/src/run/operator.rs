@@ -256,8 +256,7 @@ pub async fn retry_run(
         outputs: None,
     });
     if let Some(limit) = promise.run_timeout() {
-        let fire_at =
-            chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+        let fire_at = fulfil_core::time::deadline_after(chrono::Utc::now(), limit);
         run.add_timer("run_timeout", "", None, fire_at);
     }
     run.record(

@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fulfil_core::StepStatus;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::time::deadline_after;
 use fulfil_core::wire::{Progress, ProgressMessage, TaskKind};
 use serde_json::json;
 
@@ -24,10 +25,6 @@ use super::{AttemptUpdate, Run, RunError};
 /// Added to an attempt's timeout before the engine declares it timed out:
 /// the worker enforces the same timeout and reports it with more detail.
 pub const TIMEOUT_GRACE: Duration = Duration::from_secs(1);
-
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
 
 /// Applies one progress report to its locked run, in memory.
 pub(super) fn apply_progress_to(
@@ -82,14 +79,14 @@ pub(super) fn apply_progress_to(
                 "attempt_timeout",
                 &attempt.step_id,
                 Some(report.task_id),
-                now + chrono_duration(timeout + TIMEOUT_GRACE),
+                deadline_after(now, timeout.saturating_add(TIMEOUT_GRACE)),
             );
             if let Some(heartbeat) = heartbeat_timeout {
                 run.add_timer(
                     "heartbeat_timeout",
                     &attempt.step_id,
                     Some(report.task_id),
-                    now + chrono_duration(heartbeat),
+                    deadline_after(now, heartbeat),
                 );
             }
             run.record(
@@ -114,7 +111,7 @@ pub(super) fn apply_progress_to(
                     "heartbeat_timeout",
                     &attempt.step_id,
                     Some(report.task_id),
-                    now + chrono_duration(heartbeat),
+                    deadline_after(now, heartbeat),
                 );
             }
         }
