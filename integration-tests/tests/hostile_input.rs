@@ -1,0 +1,190 @@
+//! What comes from outside (worker reports, task messages, HTTP answers,
+//! oversized requests, unstorable outputs, broken rows) can fail a step or
+//! be parked with its reason; it never panics a role, spins a loop or holds
+//! back other work. Real Postgres and NATS.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull;
+use chrono::Utc;
+use fulfil_core::time::{MAX_DURATION, as_millis_u64};
+use fulfil_core::wire::{Outcome, ResultMessage, StepFailure, TaskMessage};
+use fulfil_integration_tests::TestStack;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn events<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    history.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// Takes the next task of `queue` as a worker that the test controls.
+async fn take_task(stack: &TestStack, queue: &str) -> anyhow::Result<TaskMessage> {
+    let consumer = stack
+        .js
+        .get_stream(stack.names.tasks_stream())
+        .await?
+        .get_or_create_consumer(
+            &format!("rogue_{queue}"),
+            pull::Config {
+                durable_name: Some(format!("rogue_{queue}")),
+                filter_subject: stack.names.task_subject(queue),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let message = tokio::time::timeout(WAIT, messages.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("task stream ended"))?
+        .map_err(|e| anyhow::anyhow!("pulling a task: {e}"))?;
+    message.ack().await.map_err(anyhow::Error::from_boxed)?;
+    Ok(serde_json::from_slice(&message.payload)?)
+}
+
+async fn publish(
+    stack: &TestStack,
+    subject: String,
+    body: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    stack
+        .js
+        .publish(subject, serde_json::to_vec(body)?.into())
+        .await?
+        .await?;
+    Ok(())
+}
+
+async fn wait_for_event(stack: &TestStack, run: Uuid, kind: &str) -> anyhow::Result<Vec<Value>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let history = stack.history(run).await?;
+        if !events(&history, kind).is_empty() {
+            return Ok(history);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} in {history:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP endpoint the test's steps call: `/busy` answers 429 with an
+/// absurd `Retry-After`.
+async fn endpoint() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/busy",
+        get(|| async {
+            (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "10000000000000")],
+                "slow down",
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((base, server))
+}
+
+/// The engine and the worker are still doing work.
+async fn still_working(stack: &TestStack) -> anyhow::Result<()> {
+    let run = stack.request("still", json!({})).await?;
+    let run = stack.wait_finished(run, WAIT).await?;
+    anyhow::ensure!(run["status"] == "succeeded", "the loops stopped: {run:#}");
+    Ok(())
+}
+
+const STILL: &str = "apiVersion: fulfil.dev/v1\nkind: Promise\nmetadata: { name: still, version: \"1\" }\nspec:\n  workflow:\n    steps:\n      - { id: a, uses: echo, with: { x: 1 } }\n";
+
+#[tokio::test]
+async fn durations_from_outside_are_clamped_and_nothing_panics() -> anyhow::Result<()> {
+    let (base, server) = endpoint().await?;
+    let stack = TestStack::start().await?;
+    stack.apply(STILL).await?;
+    stack
+        .apply(&format!(
+            r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: {{ name: outside, version: "1" }}
+spec:
+  api: {{ type: object, properties: {{ kind: {{ type: string }} }} }}
+  workflow:
+    steps:
+      - id: manual
+        if: "params.kind == 'manual'"
+        uses: echo
+        queue: manual
+        retry: {{ max_attempts: 2, initial: 100ms }}
+      - id: busy
+        if: "params.kind == 'busy'"
+        uses: http
+        with: {{ url: "{base}/busy" }}
+        retry: {{ max_attempts: 2, initial: 100ms }}
+"#
+        ))
+        .await?;
+    let max_ms = as_millis_u64(MAX_DURATION);
+
+    // A worker report asking for the longest wait a u64 can say.
+    let run = stack
+        .request("outside", json!({ "kind": "manual" }))
+        .await?;
+    let task = take_task(&stack, "manual").await?;
+    let result = ResultMessage {
+        task_id: task.task_id,
+        run_id: task.run_id,
+        step_id: task.step_id.clone(),
+        attempt: task.attempt,
+        worker_id: "rogue".into(),
+        outcome: Outcome::Error(StepFailure {
+            message: "slow down".into(),
+            code: Some("busy".into()),
+            retryable: true,
+            retry_after_ms: Some(u64::MAX),
+        }),
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+    };
+    publish(&stack, stack.names.results_subject(), &result).await?;
+    let history = wait_for_event(&stack, run, "step.retry_scheduled").await?;
+    let scheduled = events(&history, "step.retry_scheduled")[0];
+    assert_eq!(scheduled["data"]["delay_ms"], max_ms, "{scheduled:#}");
+
+    // A task whose timeout no clock can hold: the worker runs it anyway
+    // (bounded by the task's deadline) and the run succeeds.
+    let run = stack
+        .request("outside", json!({ "kind": "manual" }))
+        .await?;
+    let task = take_task(&stack, "manual").await?;
+    let huge = TaskMessage {
+        timeout_ms: Some(u64::MAX),
+        heartbeat_timeout_ms: Some(u64::MAX),
+        ..task
+    };
+    publish(&stack, stack.names.task_subject("default"), &huge).await?;
+    let finished = stack.wait_finished(run, WAIT).await?;
+    assert_eq!(finished["status"], "succeeded", "{finished:#}");
+
+    // An HTTP endpoint's Retry-After of 10^13 seconds.
+    let run = stack.request("outside", json!({ "kind": "busy" })).await?;
+    let history = wait_for_event(&stack, run, "step.retry_scheduled").await?;
+    let scheduled = events(&history, "step.retry_scheduled")[0];
+    assert_eq!(scheduled["data"]["delay_ms"], max_ms, "{scheduled:#}");
+    assert_eq!(
+        scheduled["data"]["error"]["code"], "http_status_429",
+        "{scheduled:#}"
+    );
+
+    still_working(&stack).await?;
+    server.abort();
+    stack.stop().await
+}
