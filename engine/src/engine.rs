@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     publisher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OutboxRow>>>,
     /// Started on the first request this process accepts.
     intake: std::sync::OnceLock<crate::intake::IntakeSender>,
+    /// The loops of this process and whether each runs (`/readyz`).
+    roles: crate::roles::Roles,
 }
 
 impl std::fmt::Debug for Engine {
@@ -78,6 +80,7 @@ impl Engine {
                 outbox_wake: Notify::new(),
                 publisher: std::sync::OnceLock::new(),
                 intake: std::sync::OnceLock::new(),
+                roles: crate::roles::Roles::default(),
             }),
         }
     }
@@ -88,9 +91,14 @@ impl Engine {
 
     /// Where new requests go to be stored (see [`crate::intake`]).
     pub(crate) fn intake(&self) -> &crate::intake::IntakeSender {
-        self.inner
-            .intake
-            .get_or_init(|| crate::intake::start(Arc::downgrade(&self.inner)))
+        self.inner.intake.get_or_init(|| {
+            crate::intake::start(Arc::downgrade(&self.inner), self.inner.roles.clone())
+        })
+    }
+
+    /// The long-lived loops of this process and whether each is running.
+    pub fn roles(&self) -> &crate::roles::Roles {
+        &self.inner.roles
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -164,11 +172,53 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<(), fulfil_bus::streams::StreamError> {
         fulfil_bus::streams::ensure_streams(&js, self.names()).await?;
-        let relay =
-            crate::outbox::run_relay(self.clone(), js.clone(), config.clone(), shutdown.clone());
-        let results =
-            crate::results::run_applier(self.clone(), js.clone(), config.clone(), shutdown.clone());
-        let timers = crate::timers::run_timers(self.clone(), config, shutdown.clone());
+        // Each loop is supervised: a panic restarts it after a backoff and
+        // `/readyz` shows it down meanwhile (see `crate::roles`).
+        use crate::roles::supervise;
+        let roles = &self.inner.roles;
+        let relay = {
+            let (engine, js, config, stop) =
+                (self.clone(), js.clone(), config.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "outbox relay".into(),
+                shutdown.clone(),
+                move || {
+                    crate::outbox::run_relay(
+                        engine.clone(),
+                        js.clone(),
+                        config.clone(),
+                        stop.clone(),
+                    )
+                },
+            )
+        };
+        let results = {
+            let (engine, js, config, stop) =
+                (self.clone(), js.clone(), config.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "result applier".into(),
+                shutdown.clone(),
+                move || {
+                    crate::results::run_applier(
+                        engine.clone(),
+                        js.clone(),
+                        config.clone(),
+                        stop.clone(),
+                    )
+                },
+            )
+        };
+        let timers = {
+            let (engine, stop) = (self.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "timers".into(),
+                shutdown.clone(),
+                move || crate::timers::run_timers(engine.clone(), config.clone(), stop.clone()),
+            )
+        };
         tokio::join!(relay, results, timers);
         Ok(())
     }

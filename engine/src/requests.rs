@@ -93,6 +93,10 @@ pub enum RequestError {
     /// The run could not be created; the transaction rolled back.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A bug in the engine stopped the request being stored (a panic,
+    /// logged); nothing was stored. Not the caller's fault.
+    #[error("internal error; the request was not stored: {0}")]
+    Internal(String),
 }
 
 impl From<sqlx::Error> for RequestError {

@@ -185,6 +185,17 @@ spec:
     );
 
     still_working(&stack).await?;
+    let (status, ready) = stack.get("/readyz").await?;
+    assert_eq!(status, 200, "{ready:#}");
+    for role in [
+        "outbox relay",
+        "result applier",
+        "timers",
+        "intake writer 0",
+    ] {
+        assert_eq!(ready["roles"]["all"][role]["running"], true, "{ready:#}");
+        assert_eq!(ready["roles"]["all"][role]["restarts"], 0, "{ready:#}");
+    }
     server.abort();
     stack.stop().await
 }
