@@ -199,3 +199,111 @@ spec:
     server.abort();
     stack.stop().await
 }
+
+/// Takes the next raw message of `queue`'s task subject.
+async fn take_raw(stack: &TestStack, queue: &str) -> anyhow::Result<Value> {
+    let consumer = stack
+        .js
+        .get_stream(stack.names.tasks_stream())
+        .await?
+        .get_or_create_consumer(
+            &format!("raw_{queue}"),
+            pull::Config {
+                durable_name: Some(format!("raw_{queue}")),
+                filter_subject: stack.names.task_subject(queue),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let message = tokio::time::timeout(WAIT, messages.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("task stream ended"))?
+        .map_err(|e| anyhow::anyhow!("pulling a message: {e}"))?;
+    message.ack().await.map_err(anyhow::Error::from_boxed)?;
+    Ok(serde_json::from_slice(&message.payload)?)
+}
+
+#[tokio::test]
+async fn what_can_never_be_published_is_refused_or_parked_and_blocks_nothing() -> anyhow::Result<()>
+{
+    let stack = TestStack::start().await?;
+    stack.apply(STILL).await?;
+    stack
+        .apply(
+            r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: doubler, version: "1" }
+spec:
+  api: { type: object, properties: { x: { type: string } } }
+  workflow:
+    steps:
+      - id: twice
+        uses: echo
+        with: { a: "${{ params.x }}", b: "${{ params.x }}" }
+"#,
+        )
+        .await?;
+
+    // Parameters no task could carry: refused with 413, nothing stored.
+    let huge = "x".repeat(1_100_000);
+    let (status, _, body) = stack
+        .post_request("doubler", json!({ "params": { "x": huge } }), None)
+        .await?;
+    assert_eq!(status, 413, "{body:#}");
+    assert_eq!(
+        body["type"]
+            .as_str()
+            .map(|t| t.ends_with("request-too-large")),
+        Some(true),
+        "{body:#}"
+    );
+    assert_eq!(stack.count("requests").await?, 0);
+
+    // Accepted parameters rendered into a task over the limit: the step
+    // fails with a permanent, named error instead of reaching the outbox.
+    let run = stack
+        .request("doubler", json!({ "x": "y".repeat(600_000) }))
+        .await?;
+    let finished = stack.wait_finished(run, WAIT).await?;
+    assert_eq!(finished["status"], "failed", "{finished:#}");
+    let history = stack.history(run).await?;
+    let failed = events(&history, "step.failed");
+    assert_eq!(failed.len(), 1, "{history:#?}");
+    assert_eq!(failed[0]["data"]["code"], "task_too_large", "{history:#?}");
+    assert!(events(&history, "step.dispatched").is_empty());
+
+    // A row the server refuses (over its max_payload) ahead of a good one:
+    // the bad one is parked with its reason, the good one is published.
+    let subject = stack.names.task_subject("probe");
+    for payload in [
+        json!({ "big": "z".repeat(2 * 1024 * 1024) }),
+        json!({ "probe": 1 }),
+    ] {
+        sqlx::query("INSERT INTO fulfil.outbox (subject, msg_id, payload) VALUES ($1, $2, $3)")
+            .bind(&subject)
+            .bind(Uuid::now_v7().to_string())
+            .bind(payload)
+            .execute(&stack.pool)
+            .await?;
+    }
+    stack.engine.wake_outbox();
+    assert_eq!(take_raw(&stack, "probe").await?, json!({ "probe": 1 }));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let reason: String = loop {
+        let parked: Option<String> = sqlx::query_scalar("SELECT reason FROM fulfil.parked_outbox")
+            .fetch_optional(&stack.pool)
+            .await?;
+        if let Some(reason) = parked {
+            break reason;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "nothing parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reason.contains("max_payload"), "{reason}");
+    assert_eq!(stack.count("outbox").await?, 0);
+
+    still_working(&stack).await?;
+    stack.stop().await
+}

@@ -57,6 +57,12 @@ fn request_error(e: RequestError) -> Problem {
         RequestError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
         RequestError::Run(e) => Problem::internal(&e),
         RequestError::Internal(_) => Problem::internal(&e),
+        RequestError::TooLarge { .. } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request-too-large",
+            "Request too large",
+            e.to_string(),
+        ),
     }
 }
 

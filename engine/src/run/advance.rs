@@ -317,6 +317,9 @@ pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), R
             return fail_step(run, &step.id, Some(attempt), "render_error", &e.to_string());
         }
     };
+    if let Some(message) = too_large(&input) {
+        return fail_step(run, &step.id, Some(attempt), TASK_TOO_LARGE, &message);
+    }
     let promise = run.promise.clone();
     let spec = AttemptSpec {
         kind: TaskKind::Action,
@@ -364,6 +367,22 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
             return Ok(());
         }
     };
+    if let Some(message) = too_large(&input) {
+        set_compensation(
+            run,
+            &step.id,
+            CompensationStatus::Failed,
+            Some(attempt),
+            Some(&message),
+        );
+        run.record(
+            attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
+            Some(&step.id),
+            Some(attempt),
+            json!({ "code": TASK_TOO_LARGE, "message": message, "final": true }),
+        );
+        return Ok(());
+    }
     let promise = run.promise.clone();
     let spec = AttemptSpec {
         kind: TaskKind::Compensation,
@@ -381,6 +400,48 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
         None,
     );
     dispatch(run, &step.id, attempt, input, spec)
+}
+
+/// Error code of a step whose task could never be published.
+pub const TASK_TOO_LARGE: &str = "task_too_large";
+
+/// Largest input a task carries: a NATS message ([`fulfil_bus::MAX_MESSAGE_BYTES`])
+/// less room for everything else in the task (ids, handler, queue,
+/// idempotency key, deadline, trace context: bounded names and fixed-size
+/// values).
+pub const MAX_TASK_INPUT_BYTES: usize = fulfil_bus::MAX_MESSAGE_BYTES - 8 * 1024;
+
+/// Bytes `value` takes as JSON, counted without building the text.
+pub(crate) fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        // A Value always serializes; if not, it cannot be sent either.
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Why a task carrying `input` could never be published, if it could not:
+/// a message stored in the outbox that NATS refuses would never reach a
+/// worker, so the attempt fails now with a permanent, named error.
+fn too_large(input: &Value) -> Option<String> {
+    let size = json_size(input);
+    (size > MAX_TASK_INPUT_BYTES).then(|| {
+        format!(
+            "the rendered input is {size} bytes; a task's input must be at most {MAX_TASK_INPUT_BYTES} bytes to fit in a NATS message of {} bytes",
+            fulfil_bus::MAX_MESSAGE_BYTES
+        )
+    })
 }
 
 struct AttemptSpec<'a> {

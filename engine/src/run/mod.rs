@@ -37,8 +37,10 @@ use uuid::Uuid;
 
 use crate::outbox::OutboxRow;
 
+pub(crate) use advance::json_size;
 pub use advance::{
-    advance, attempt_failed, dispatch_action, dispatch_compensation, stop_in_flight,
+    MAX_TASK_INPUT_BYTES, TASK_TOO_LARGE, advance, attempt_failed, dispatch_action,
+    dispatch_compensation, stop_in_flight,
 };
 pub use apply::{
     Applied, ApplyError, BatchOutcome, Report, ReportBatch, apply_committed, apply_progress,
