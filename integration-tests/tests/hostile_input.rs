@@ -307,3 +307,133 @@ spec:
     still_working(&stack).await?;
     stack.stop().await
 }
+
+/// The reasons of the first `count` dead letters, waiting for them (bounded).
+async fn dead_letter_reasons(stack: &TestStack, count: usize) -> anyhow::Result<Vec<String>> {
+    let consumer = stack
+        .js
+        .get_stream(stack.names.dead_letter_stream())
+        .await?
+        .get_or_create_consumer(
+            "inspect",
+            pull::Config {
+                durable_name: Some("inspect".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut reasons = Vec::new();
+    while reasons.len() < count {
+        let message = tokio::time::timeout(WAIT, messages.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("only {} dead letters: {reasons:?}", reasons.len()))?
+            .ok_or_else(|| anyhow::anyhow!("dead-letter stream ended"))?
+            .map_err(|e| anyhow::anyhow!("pulling a dead letter: {e}"))?;
+        let reason = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(fulfil_bus::DEAD_LETTER_REASON_HEADER))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        reasons.push(reason);
+        message.ack().await.map_err(anyhow::Error::from_boxed)?;
+    }
+    Ok(reasons)
+}
+
+#[tokio::test]
+async fn reports_postgres_cannot_store_fail_the_attempt_or_are_parked() -> anyhow::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/nul",
+        get(|| async {
+            (
+                [("content-type", "application/json")],
+                r#"{"name":"a\u0000b"}"#,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let stack = TestStack::start().await?;
+    stack.apply(STILL).await?;
+    stack
+        .apply(&format!(
+            r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: {{ name: unstorable, version: "1" }}
+spec:
+  api: {{ type: object, properties: {{ kind: {{ type: string }} }} }}
+  workflow:
+    steps:
+      - id: nul
+        if: "params.kind == 'nul'"
+        uses: http
+        with: {{ url: "{base}/nul" }}
+        retry: {{ max_attempts: 3, initial: 100ms }}
+      - id: manual
+        if: "params.kind == 'manual'"
+        uses: echo
+        queue: manual
+        heartbeat_timeout: 1h
+"#
+        ))
+        .await?;
+
+    // An output jsonb cannot hold: the attempt fails for good with a named
+    // error (not retried: the handler would answer the same), the run ends.
+    let run = stack
+        .request("unstorable", json!({ "kind": "nul" }))
+        .await?;
+    let finished = stack.wait_finished(run, WAIT).await?;
+    assert_eq!(finished["status"], "failed", "{finished:#}");
+    let history = stack.history(run).await?;
+    let failed = events(&history, "step.failed");
+    assert_eq!(failed.len(), 1, "{history:#?}");
+    assert_eq!(
+        failed[0]["data"]["code"], "output_not_storable",
+        "{history:#?}"
+    );
+    assert!(events(&history, "step.retry_scheduled").is_empty());
+
+    // A progress report Postgres refuses cannot fail anything: it is parked
+    // as a dead letter with the reason, and nothing is redelivered.
+    let run = stack
+        .request("unstorable", json!({ "kind": "manual" }))
+        .await?;
+    let task = take_task(&stack, "manual").await?;
+    let beat = fulfil_core::wire::ProgressMessage {
+        task_id: task.task_id,
+        run_id: task.run_id,
+        step_id: task.step_id.clone(),
+        attempt: task.attempt,
+        worker_id: "rogue".into(),
+        progress: fulfil_core::wire::Progress::Heartbeat,
+        at: Utc::now(),
+        details: Some(json!({ "note": "a\u{0}b" })),
+    };
+    publish(&stack, stack.names.progress_subject(), &beat).await?;
+    let reasons = dead_letter_reasons(&stack, 1).await?;
+    assert!(
+        reasons[0].contains("progress report cannot be applied"),
+        "{reasons:?}"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fulfil_integration_tests::processes::engine_ack_pending(&stack).await? > 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "reports still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stack.run(run).await?["status"], "running");
+
+    still_working(&stack).await?;
+    server.abort();
+    stack.stop().await
+}

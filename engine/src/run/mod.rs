@@ -190,6 +190,20 @@ pub enum RunError {
     IllegalTransition { from: RunStatus, to: RunStatus },
 }
 
+impl RunError {
+    /// Whether trying again may succeed: only a transient database failure
+    /// ([`crate::db::is_transient`]); a corrupt state or a refused value
+    /// fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Db(e) | RunError::Promise(crate::promises::PromiseError::Db(e)) => {
+                crate::db::is_transient(e)
+            }
+            _ => false,
+        }
+    }
+}
+
 impl Run {
     /// A run being created: every step pending. Its run and step rows are
     /// inserted by the flush; its request row must exist by then.
