@@ -122,19 +122,11 @@ impl IntoResponse for Problem {
     }
 }
 
-/// Database errors that mean "try again" (503) rather than "bug" (500):
-/// connection loss, an administrator terminating the session (SQLSTATE class
-/// 57), connection exceptions (class 08), serialization failures and
-/// deadlocks (40001, 40P01). Nothing was committed in any of these.
+/// Database errors that mean "try again" (503) rather than "bug" (500): the
+/// transient ones, as `fulfil_engine::db::is_transient` classifies them for
+/// the whole system. Nothing was committed in any of these.
 pub fn from_db(error: &sqlx::Error) -> Problem {
-    let transient = match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-            code.starts_with("57") || code.starts_with("08") || code == "40001" || code == "40P01"
-        }),
-        _ => false,
-    };
-    if transient {
+    if fulfil_engine::db::is_transient(error) {
         Problem::unavailable(error)
     } else {
         Problem::internal(error)
