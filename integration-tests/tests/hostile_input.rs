@@ -437,3 +437,68 @@ spec:
     server.abort();
     stack.stop().await
 }
+
+#[tokio::test]
+async fn a_timer_that_cannot_fire_is_parked_and_the_others_fire() -> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    stack
+        .apply(
+            r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: waits, version: "1" }
+spec:
+  workflow:
+    steps:
+      - id: unserved
+        uses: noop
+        queue: nobody
+        schedule_to_start: 300ms
+"#,
+        )
+        .await?;
+    let run = stack.request("waits", json!({})).await?;
+    // Two timers at the head of the queue that can never fire: one whose
+    // run does not exist, one naming an attempt that does not exist.
+    let ghost = Uuid::now_v7();
+    for (run_id, kind, task_id) in [
+        (ghost, "retry", None),
+        (run, "attempt_timeout", Some(Uuid::now_v7())),
+    ] {
+        sqlx::query(
+            "INSERT INTO fulfil.timers (run_id, step_id, kind, task_id, fire_at)
+             VALUES ($1, 'unserved', $2, $3, now() - interval '1 hour')",
+        )
+        .bind(run_id)
+        .bind(kind)
+        .bind(task_id)
+        .execute(&stack.pool)
+        .await?;
+    }
+
+    let finished = stack.wait_finished(run, WAIT).await?;
+    assert_eq!(finished["status"], "failed", "{finished:#}");
+    let history = stack.history(run).await?;
+    let failed = events(&history, "step.failed");
+    assert_eq!(
+        failed[0]["data"]["code"], "schedule_to_start_timeout",
+        "{history:#?}"
+    );
+
+    let parked: Vec<(Uuid, String, String)> =
+        sqlx::query_as("SELECT run_id, kind, reason FROM fulfil.parked_timers ORDER BY kind DESC")
+            .fetch_all(&stack.pool)
+            .await?;
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert_eq!(parked[0].0, ghost);
+    assert!(parked[0].2.contains("does not exist"), "{parked:?}");
+    assert_eq!(parked[1].1, "attempt_timeout");
+    assert!(!parked[1].2.is_empty(), "{parked:?}");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fulfil.timers WHERE fire_at < now() - interval '1 minute'",
+    )
+    .fetch_one(&stack.pool)
+    .await?;
+    assert_eq!(left, 0);
+    stack.stop().await
+}
