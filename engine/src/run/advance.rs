@@ -682,7 +682,11 @@ pub(super) fn fail_step(
 }
 
 /// Ends the run: outputs on success, the reason otherwise.
-fn finish(run: &mut Run, status: RunStatus, reason: Option<String>) -> Result<(), RunError> {
+pub(super) fn finish(
+    run: &mut Run,
+    status: RunStatus,
+    reason: Option<String>,
+) -> Result<(), RunError> {
     let (status, outputs, error) = if status == RunStatus::Succeeded {
         match render_outputs(run) {
             Ok(outputs) => (status, Some(outputs), None),

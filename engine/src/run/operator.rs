@@ -121,22 +121,9 @@ pub async fn cancel_run(
                 Some(&why),
             );
         }
-        run.set_status(RunStatus::Cancelled)?;
-        run.clear_run_timers();
-        run.set_ending(RunEnding {
-            finished: true,
-            outputs: None,
-            error: Some(why.clone()),
-        });
-        run.set_request_status(RequestStatus {
-            status: RunStatus::Cancelled.as_str(),
-            outputs: None,
-        });
-        run.record(event::RUN_CANCELLED, None, None, json!({ "error": why }));
-        run.emit_event(
-            event::RUN_CANCELLED,
-            json!({ "run_id": run_id, "request_id": run.request_id, "status": "cancelled", "error": why }),
-        );
+        // The one way a run ends, so `run.cancelled` has one shape
+        // whichever way the run got there.
+        super::advance::finish(&mut run, RunStatus::Cancelled, Some(why))?;
     } else {
         advance(&mut run)?;
     }
