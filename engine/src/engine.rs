@@ -130,10 +130,19 @@ impl Engine {
         if self.inner.publisher.set(sender).is_ok() {
             // The publisher gets the pool, not the engine: holding the engine
             // would keep its own sender alive and the task would never end.
-            tokio::spawn(crate::outbox::run_fast_publisher(
+            let (pool, receiver) = (
                 self.inner.pool.clone(),
-                js,
-                receiver,
+                Arc::new(tokio::sync::Mutex::new(receiver)),
+            );
+            // Ends with the engine (its queue closes); nothing shuts it
+            // down before.
+            tokio::spawn(crate::roles::supervise(
+                self.inner.roles.clone(),
+                "fast publisher".into(),
+                CancellationToken::new(),
+                move || {
+                    crate::outbox::run_fast_publisher(pool.clone(), js.clone(), receiver.clone())
+                },
             ));
         }
     }

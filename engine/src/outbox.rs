@@ -62,13 +62,20 @@ pub const FAST_PATH_GRACE_SECS: f64 = 2.0;
 /// over; rows it cannot publish stay for the relay. Deleting what was
 /// published is left to [`delete_published`], so the next tasks never wait
 /// for that cleanup.
+///
+/// Runs as a supervised role (see [`crate::roles`]): the receiver is shared
+/// so that a restarted publisher takes over the queue of the one that
+/// panicked.
 pub(crate) async fn run_fast_publisher(
     pool: sqlx::PgPool,
     js: jetstream::Context,
-    mut committed: tokio::sync::mpsc::UnboundedReceiver<Vec<OutboxRow>>,
+    committed: std::sync::Arc<
+        tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Vec<OutboxRow>>>,
+    >,
 ) {
-    let (published, to_delete) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(delete_published(pool, to_delete));
+    let mut committed = committed.lock().await;
+    let (mut published, to_delete) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(delete_published(pool.clone(), to_delete));
     while let Some(mut rows) = committed.recv().await {
         // Coalesce whatever else is already waiting into one round of publishes.
         while let Ok(more) = committed.try_recv() {
@@ -86,8 +93,15 @@ pub(crate) async fn run_fast_publisher(
                     .filter(|(i, _)| !refused.iter().any(|(r, _)| r == i))
                     .map(|(_, r)| r.id)
                     .collect();
-                if published.send(ids).is_err() {
-                    return;
+                if let Err(tokio::sync::mpsc::error::SendError(ids)) = published.send(ids) {
+                    // The deleter panicked. Its rows are left to the relay,
+                    // which republishes and deletes them; a new one takes
+                    // over from here.
+                    error!("the deleter of published outbox rows stopped; starting another");
+                    let (sender, to_delete) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(delete_published(pool.clone(), to_delete));
+                    published = sender;
+                    let _ = published.send(ids);
                 }
             }
             Err(e) => {
