@@ -502,3 +502,63 @@ spec:
     assert_eq!(left, 0);
     stack.stop().await
 }
+
+#[tokio::test]
+async fn readyz_names_the_roles_that_stopped() -> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    // A second engine with its own loops and its own API, whose loops the
+    // test stops while its API keeps answering.
+    let engine = fulfil_engine::Engine::new(stack.pool.clone(), stack.names.clone(), "engine-b");
+    let stop_loops = tokio_util::sync::CancellationToken::new();
+    let loops = tokio::spawn({
+        let (engine, js, stop) = (engine.clone(), stack.js.clone(), stop_loops.clone());
+        async move {
+            engine
+                .run(js, fulfil_engine::EngineConfig::default(), stop)
+                .await
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = format!("http://{}/readyz", listener.local_addr()?);
+    let stop_api = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn({
+        let state = fulfil_api::ApiState {
+            engine: engine.clone(),
+            nats: Some(stack.nats.clone()),
+        };
+        let stop = stop_api.clone();
+        async move { fulfil_api::serve(listener, state, async move { stop.cancelled().await }).await }
+    });
+    let readyz = || async {
+        let response = stack.http.get(&api).send().await?;
+        let status = response.status().as_u16();
+        anyhow::Ok((status, response.json::<Value>().await?))
+    };
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = readyz().await?;
+        if status == 200 && body["roles"]["all"]["timers"]["running"] == true {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    stop_loops.cancel();
+    tokio::time::timeout(WAIT, loops).await???;
+    let (status, body) = readyz().await?;
+    assert_eq!(status, 503, "{body:#}");
+    assert_eq!(body["status"], "not ready");
+    for role in ["outbox relay", "result applier", "timers"] {
+        assert_eq!(body["roles"]["down"][role], "shut down", "{body:#}");
+    }
+    assert_eq!(body["postgres"]["ok"], true);
+
+    stop_api.cancel();
+    tokio::time::timeout(WAIT, server).await???;
+    stack.stop().await
+}
