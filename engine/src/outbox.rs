@@ -11,7 +11,7 @@
 //!
 //! Fast path: a process with a NATS connection marks the rows it writes
 //! `fast` and publishes them itself right after its commit, from memory, then
-//! deletes them in the background ([`run_fast_publisher`]); no extra
+//! deletes them in the background (`run_fast_publisher`); no extra
 //! transaction sits between a commit and the next task reaching a worker.
 //! The relay sweeps fast rows only once they are older than
 //! [`FAST_PATH_GRACE_SECS`], i.e. when their writer died or could not

@@ -2,7 +2,7 @@
 //!
 //! [`create_request`] validates the parameters against the Promise's schema
 //! (defaults applied) and then hands the request to the intake
-//! ([`crate::intake`]), which stores it together with whatever other
+//! (`crate::intake`), which stores it together with whatever other
 //! requests arrived meanwhile: in one transaction, the request, its run,
 //! every step, the first history events and the tasks of the root steps.
 //! Only after that transaction commits is the request answered (HTTP 202),

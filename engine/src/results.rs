@@ -237,7 +237,7 @@ async fn settle(
 }
 
 /// Deliveries of one report before it is dead-lettered. With
-/// [`retry_delay`]'s backoff that is over an hour of a database refusing
+/// `retry_delay`'s backoff that is over an hour of a database refusing
 /// it for a transient reason; then it is parked, never spun on forever.
 pub const MAX_DELIVER: i64 = 100;
 

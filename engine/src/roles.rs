@@ -1,7 +1,7 @@
 //! The long-lived tasks of a process ("roles": intake writers, result
 //! applier, outbox relay, timers) and whether each is running.
 //!
-//! Every role runs under [`supervise`]: a role that panics is logged with
+//! Every role runs under `supervise`: a role that panics is logged with
 //! its name and the panic's message, shown as down while it waits a backoff,
 //! then started again; a role that ends while the process is not shutting
 //! down stays down. `/readyz` answers 503 naming every role that is down

@@ -2,15 +2,15 @@
 //!
 //! Changes to one run are serialized across every engine process in one of
 //! two ways. Timers and operator actions hold the run's row lock
-//! (`SELECT ... FOR UPDATE`, see [`load`]) from reading the run to
+//! (`SELECT ... FOR UPDATE`, see `load`) from reading the run to
 //! committing. Worker reports take the optimistic path first: the run is
 //! read without a lock, and the statement that stores the change does so
-//! only if the run's version is still the one read ([`apply`]). Every
+//! only if the run's version is still the one read (`apply`). Every
 //! change bumps the version, so either way a decision is stored only if it
 //! was made on the run's latest committed state. The state machine
 //! itself never waits on Postgres: a [`Run`] is the locked run's state in
 //! memory, every decision changes that copy and buffers what must be stored
-//! ([`writes`]), and [`flush`] stores the changes of one run or of a whole
+//! (`writes`), and `flush` stores the changes of one run or of a whole
 //! batch of runs in a fixed number of statements.
 
 mod advance;
