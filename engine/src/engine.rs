@@ -58,6 +58,16 @@ pub(crate) struct Inner {
     intake: std::sync::OnceLock<crate::intake::IntakeSender>,
     /// The loops of this process and whether each runs (`/readyz`).
     roles: crate::roles::Roles,
+    /// Cancelled when the last handle is dropped: the roles that live as
+    /// long as the engine (intake writers, fast publisher) then end as shut
+    /// down, not as failed.
+    dropped: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.dropped.cancel();
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -81,6 +91,7 @@ impl Engine {
                 publisher: std::sync::OnceLock::new(),
                 intake: std::sync::OnceLock::new(),
                 roles: crate::roles::Roles::default(),
+                dropped: CancellationToken::new(),
             }),
         }
     }
@@ -92,7 +103,11 @@ impl Engine {
     /// Where new requests go to be stored (see [`crate::intake`]).
     pub(crate) fn intake(&self) -> &crate::intake::IntakeSender {
         self.inner.intake.get_or_init(|| {
-            crate::intake::start(Arc::downgrade(&self.inner), self.inner.roles.clone())
+            crate::intake::start(
+                Arc::downgrade(&self.inner),
+                self.inner.roles.clone(),
+                self.inner.dropped.clone(),
+            )
         })
     }
 
@@ -134,12 +149,11 @@ impl Engine {
                 self.inner.pool.clone(),
                 Arc::new(tokio::sync::Mutex::new(receiver)),
             );
-            // Ends with the engine (its queue closes); nothing shuts it
-            // down before.
+            // Ends with the engine (its queue closes).
             tokio::spawn(crate::roles::supervise(
                 self.inner.roles.clone(),
                 "fast publisher".into(),
-                CancellationToken::new(),
+                self.inner.dropped.clone(),
                 move || {
                     crate::outbox::run_fast_publisher(pool.clone(), js.clone(), receiver.clone())
                 },

@@ -48,17 +48,18 @@ pub(crate) type IntakeSender = mpsc::Sender<Pending>;
 /// Starts the writers of an engine. They hold the engine weakly: once every
 /// handle is dropped the queue closes and they end.
 /// Each writer is a supervised role (see [`crate::roles`]).
-pub(crate) fn start(engine: Weak<Inner>, roles: Roles) -> IntakeSender {
+/// `dropped` is cancelled when the engine is dropped, after which the
+/// writers end.
+pub(crate) fn start(engine: Weak<Inner>, roles: Roles, dropped: CancellationToken) -> IntakeSender {
     let (sender, receiver) = mpsc::channel(QUEUE);
     let receiver = Arc::new(Mutex::new(receiver));
     for writer in 0..WRITERS {
         let (engine, receiver) = (engine.clone(), receiver.clone());
-        // The writers end with the engine (its queue closes); nothing
-        // shuts them down before.
+        // The writers end with the engine (its queue closes).
         tokio::spawn(supervise(
             roles.clone(),
             format!("intake writer {writer}"),
-            CancellationToken::new(),
+            dropped.clone(),
             move || write_batches(engine.clone(), receiver.clone()),
         ));
     }

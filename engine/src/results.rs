@@ -164,6 +164,7 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
         }
     }
 }
+
 /// Error code of an attempt whose report Postgres refuses to store (say, a
 /// handler output holding a `\u0000`, which `jsonb` cannot hold).
 pub const OUTPUT_NOT_STORABLE: &str = "output_not_storable";
