@@ -15,6 +15,7 @@
 //! | `nul-character` | 400 | a NUL (U+0000) in a body, path or query; `pointer`, `parameter` or `offset` says where |
 //! | `unsupported-media-type` | 415 | the route takes JSON and the body is labelled otherwise |
 //! | `payload-too-large` | 413 | the body is over the limit (`limit_bytes`), on every route |
+//! | `request-too-large` | 413 | the request's parameters could never travel in a task message |
 //! | `not-found` | 404 | no such route, Promise, request or run |
 //! | `method-not-allowed` | 405 | the route takes other methods (`Allow`, `allowed`) |
 //! | `invalid-params` | 422 | the parameters break the Promise's schema; `errors[].pointer` |
@@ -53,6 +54,8 @@ pub enum ProblemCode {
     UnsupportedMediaType,
     /// 413: the body is over the limit (`limit_bytes`).
     PayloadTooLarge,
+    /// 413: the request's parameters could never travel in a task message.
+    RequestTooLarge,
     /// 404: no such route, Promise, request or run.
     NotFound,
     /// 405: the route takes other methods (`Allow`, `allowed`).
@@ -81,7 +84,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 20] = [
+    pub const ALL: [ProblemCode; 21] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -90,6 +93,7 @@ impl ProblemCode {
         Self::NulCharacter,
         Self::UnsupportedMediaType,
         Self::PayloadTooLarge,
+        Self::RequestTooLarge,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::InvalidParams,
@@ -115,6 +119,7 @@ impl ProblemCode {
             Self::NulCharacter => "nul-character",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::PayloadTooLarge => "payload-too-large",
+            Self::RequestTooLarge => "request-too-large",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::InvalidParams => "invalid-params",
@@ -369,19 +374,11 @@ pub fn not_a_route() -> Problem {
     )
 }
 
-/// Database errors that mean "try again" (503) rather than "bug" (500):
-/// connection loss, an administrator terminating the session (SQLSTATE class
-/// 57), connection exceptions (class 08), serialization failures and
-/// deadlocks (40001, 40P01). Nothing was committed in any of these.
+/// Database errors that mean "try again" (503) rather than "bug" (500): the
+/// transient ones, as `fulfil_engine::db::is_transient` classifies them for
+/// the whole system. Nothing was committed in any of these.
 pub fn from_db(error: &sqlx::Error) -> Problem {
-    let transient = match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-            code.starts_with("57") || code.starts_with("08") || code == "40001" || code == "40P01"
-        }),
-        _ => false,
-    };
-    if transient {
+    if fulfil_engine::db::is_transient(error) {
         Problem::unavailable(error)
     } else {
         Problem::internal(error)
@@ -407,6 +404,7 @@ mod tests {
                 "nul-character",
                 "unsupported-media-type",
                 "payload-too-large",
+                "request-too-large",
                 "not-found",
                 "method-not-allowed",
                 "invalid-params",

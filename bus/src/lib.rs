@@ -13,7 +13,8 @@ pub mod streams;
 
 pub use names::{DEAD_LETTER_REASON_HEADER, InvalidPrefix, NatsNames, header_text};
 pub use publish::{
-    Backoff, DEAD_LETTER_SUBJECT_HEADER, PublishError, dead_letter, publish_with_retry,
+    Backoff, DEAD_LETTER_SUBJECT_HEADER, MAX_MESSAGE_BYTES, PublishError, dead_letter,
+    publish_with_retry,
 };
 pub use pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullFeed};
 pub use streams::{StreamError, ensure_streams};

@@ -18,6 +18,13 @@ use crate::names::{DEAD_LETTER_REASON_HEADER, NatsNames, header_text};
 /// Header on a dead letter naming the subject the message arrived on.
 pub const DEAD_LETTER_SUBJECT_HEADER: &str = "Fulfil-Dead-Letter-Subject";
 
+/// Largest message Fulfil writes to NATS: the server's default
+/// `max_payload`. The engine refuses a request or a task that would not fit,
+/// where the cause is known, rather than storing a message it can never
+/// publish; a server configured lower still gets such messages parked by the
+/// outbox relay, never retried forever.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// Attempts at publishing before giving up and leaving the caller's message
 /// to be redelivered.
 pub const PUBLISH_ATTEMPTS: u32 = 5;

@@ -23,6 +23,31 @@ pub enum DbError {
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// Whether `error` says nothing about the statement or its data, only that
+/// the database could not run it now: the connection was lost or refused,
+/// the pool had none to give, the server is shutting down or out of
+/// resources (SQLSTATE classes 08, 53, 57), or the transaction lost a
+/// serialization or deadlock race or a lock wait (40001, 40P01, 55P03).
+/// Nothing was committed; the same work may succeed if tried again.
+/// Anything else (a constraint, a value Postgres cannot store, a bug) fails
+/// again the same way. The one answer the API, the result applier and the
+/// timers all use.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            ["08", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || matches!(code.as_ref(), "40001" | "40P01" | "55P03")
+        }),
+        _ => false,
+    }
+}
+
 /// Connection options from `url`. TLS to a loopback server protects nothing
 /// and costs a record encryption per round trip on both sides, so unless the
 /// URL sets `sslmode`, loopback connections go without it.
@@ -136,4 +161,19 @@ pub async fn drop_database(server_url: &str, database: &str) -> Result<(), DbErr
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connections_are_transient_and_bad_data_is_not() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        ))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::Protocol("bad".into())));
+    }
 }

@@ -56,6 +56,18 @@ pub(crate) struct Inner {
     publisher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OutboxRow>>>,
     /// Started on the first request this process accepts.
     intake: std::sync::OnceLock<crate::intake::IntakeSender>,
+    /// The loops of this process and whether each runs (`/readyz`).
+    roles: crate::roles::Roles,
+    /// Cancelled when the last handle is dropped: the roles that live as
+    /// long as the engine (intake writers, fast publisher) then end as shut
+    /// down, not as failed.
+    dropped: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.dropped.cancel();
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -78,6 +90,8 @@ impl Engine {
                 outbox_wake: Notify::new(),
                 publisher: std::sync::OnceLock::new(),
                 intake: std::sync::OnceLock::new(),
+                roles: crate::roles::Roles::default(),
+                dropped: CancellationToken::new(),
             }),
         }
     }
@@ -88,9 +102,18 @@ impl Engine {
 
     /// Where new requests go to be stored (see [`crate::intake`]).
     pub(crate) fn intake(&self) -> &crate::intake::IntakeSender {
-        self.inner
-            .intake
-            .get_or_init(|| crate::intake::start(Arc::downgrade(&self.inner)))
+        self.inner.intake.get_or_init(|| {
+            crate::intake::start(
+                Arc::downgrade(&self.inner),
+                self.inner.roles.clone(),
+                self.inner.dropped.clone(),
+            )
+        })
+    }
+
+    /// The long-lived loops of this process and whether each is running.
+    pub fn roles(&self) -> &crate::roles::Roles {
+        &self.inner.roles
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -122,10 +145,18 @@ impl Engine {
         if self.inner.publisher.set(sender).is_ok() {
             // The publisher gets the pool, not the engine: holding the engine
             // would keep its own sender alive and the task would never end.
-            tokio::spawn(crate::outbox::run_fast_publisher(
+            let (pool, receiver) = (
                 self.inner.pool.clone(),
-                js,
-                receiver,
+                Arc::new(tokio::sync::Mutex::new(receiver)),
+            );
+            // Ends with the engine (its queue closes).
+            tokio::spawn(crate::roles::supervise(
+                self.inner.roles.clone(),
+                "fast publisher".into(),
+                self.inner.dropped.clone(),
+                move || {
+                    crate::outbox::run_fast_publisher(pool.clone(), js.clone(), receiver.clone())
+                },
             ));
         }
     }
@@ -164,11 +195,53 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<(), fulfil_bus::streams::StreamError> {
         fulfil_bus::streams::ensure_streams(&js, self.names()).await?;
-        let relay =
-            crate::outbox::run_relay(self.clone(), js.clone(), config.clone(), shutdown.clone());
-        let results =
-            crate::results::run_applier(self.clone(), js.clone(), config.clone(), shutdown.clone());
-        let timers = crate::timers::run_timers(self.clone(), config, shutdown.clone());
+        // Each loop is supervised: a panic restarts it after a backoff and
+        // `/readyz` shows it down meanwhile (see `crate::roles`).
+        use crate::roles::supervise;
+        let roles = &self.inner.roles;
+        let relay = {
+            let (engine, js, config, stop) =
+                (self.clone(), js.clone(), config.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "outbox relay".into(),
+                shutdown.clone(),
+                move || {
+                    crate::outbox::run_relay(
+                        engine.clone(),
+                        js.clone(),
+                        config.clone(),
+                        stop.clone(),
+                    )
+                },
+            )
+        };
+        let results = {
+            let (engine, js, config, stop) =
+                (self.clone(), js.clone(), config.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "result applier".into(),
+                shutdown.clone(),
+                move || {
+                    crate::results::run_applier(
+                        engine.clone(),
+                        js.clone(),
+                        config.clone(),
+                        stop.clone(),
+                    )
+                },
+            )
+        };
+        let timers = {
+            let (engine, stop) = (self.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "timers".into(),
+                shutdown.clone(),
+                move || crate::timers::run_timers(engine.clone(), config.clone(), stop.clone()),
+            )
+        };
         tokio::join!(relay, results, timers);
         Ok(())
     }

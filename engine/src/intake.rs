@@ -14,14 +14,18 @@
 //! each, so one bad request cannot fail the others and every caller gets
 //! the error its own request met.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 
+use futures::FutureExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
 
 use crate::Engine;
 use crate::engine::Inner;
 use crate::requests::{Accepted, RequestError, ValidRequest, store_requests};
+use crate::roles::{Roles, supervise};
 
 /// Writer tasks: one can commit while the next batch gathers.
 const WRITERS: usize = 4;
@@ -43,11 +47,21 @@ pub(crate) type IntakeSender = mpsc::Sender<Pending>;
 
 /// Starts the writers of an engine. They hold the engine weakly: once every
 /// handle is dropped the queue closes and they end.
-pub(crate) fn start(engine: Weak<Inner>) -> IntakeSender {
+/// Each writer is a supervised role (see [`crate::roles`]).
+/// `dropped` is cancelled when the engine is dropped, after which the
+/// writers end.
+pub(crate) fn start(engine: Weak<Inner>, roles: Roles, dropped: CancellationToken) -> IntakeSender {
     let (sender, receiver) = mpsc::channel(QUEUE);
     let receiver = Arc::new(Mutex::new(receiver));
-    for _ in 0..WRITERS {
-        tokio::spawn(write_batches(engine.clone(), receiver.clone()));
+    for writer in 0..WRITERS {
+        let (engine, receiver) = (engine.clone(), receiver.clone());
+        // The writers end with the engine (its queue closes).
+        tokio::spawn(supervise(
+            roles.clone(),
+            format!("intake writer {writer}"),
+            dropped.clone(),
+            move || write_batches(engine.clone(), receiver.clone()),
+        ));
     }
     sender
 }
@@ -96,34 +110,61 @@ async fn write_batches(engine: Weak<Inner>, receiver: Arc<Mutex<mpsc::Receiver<P
 async fn write(engine: &Engine, batch: Vec<Pending>) {
     let (requests, answers): (Vec<ValidRequest>, Vec<_>) =
         batch.into_iter().map(|p| (p.request, p.answer)).unzip();
+    // A panic storing a batch (a bug) answers its callers with an error
+    // and leaves the writer taking the next batch: it never leaves the
+    // callers waiting, nor the intake without writers.
+    let outcomes = match AssertUnwindSafe(store(engine, &requests))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcomes) => outcomes,
+        Err(panic) => {
+            let message = crate::roles::panic_message(panic);
+            error!(panic = %message, requests = requests.len(), "storing requests panicked");
+            requests
+                .iter()
+                .map(|_| {
+                    Err(RequestError::Internal(format!(
+                        "storing the request panicked: {message}"
+                    )))
+                })
+                .collect()
+        }
+    };
+    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+        // The caller may have gone away; its request is stored anyway.
+        let _ = answer.send(outcome);
+    }
+}
+
+/// One outcome per request, in order.
+async fn store(engine: &Engine, requests: &[ValidRequest]) -> Vec<Result<Accepted, RequestError>> {
     let started = std::time::Instant::now();
-    match store_requests(engine, &requests).await {
+    match store_requests(engine, requests).await {
         Ok(outcomes) => {
             debug!(
                 requests = requests.len(),
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "requests stored"
             );
-            for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                // The caller may have gone away; its request is stored anyway.
-                let _ = answer.send(outcome);
-            }
+            outcomes
         }
-        Err(e) if requests.len() == 1 => {
-            if let Some(answer) = answers.into_iter().next() {
-                let _ = answer.send(Err(RequestError::Run(e)));
-            }
-        }
+        Err(e) if requests.len() == 1 => vec![Err(RequestError::Run(e))],
         Err(e) => {
             warn!(error = %e, requests = requests.len(),
                   "storing a batch of requests failed; storing them one by one");
-            for (request, answer) in requests.iter().zip(answers) {
-                let outcome = match store_requests(engine, std::slice::from_ref(request)).await {
-                    Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(RequestError::IntakeStopped)),
-                    Err(e) => Err(RequestError::Run(e)),
-                };
-                let _ = answer.send(outcome);
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                outcomes.push(
+                    match store_requests(engine, std::slice::from_ref(request)).await {
+                        Ok(mut outcomes) => {
+                            outcomes.pop().unwrap_or(Err(RequestError::IntakeStopped))
+                        }
+                        Err(e) => Err(RequestError::Run(e)),
+                    },
+                );
             }
+            outcomes
         }
     }
 }

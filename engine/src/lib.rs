@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod promises;
 pub mod requests;
 pub mod results;
+pub mod roles;
 pub mod run;
 pub mod timers;
 

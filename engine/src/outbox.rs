@@ -16,13 +16,19 @@
 //! The relay sweeps fast rows only once they are older than
 //! [`FAST_PATH_GRACE_SECS`], i.e. when their writer died or could not
 //! publish.
+//!
+//! A message the NATS server refuses for good (larger than its
+//! `max_payload`) is moved to `fulfil.parked_outbox` with the reason, in the
+//! transaction that deletes the rows published with it: it never holds the
+//! messages behind it in the outbox.
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use futures::future::try_join_all;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{Engine, EngineConfig};
 
@@ -56,13 +62,20 @@ pub const FAST_PATH_GRACE_SECS: f64 = 2.0;
 /// over; rows it cannot publish stay for the relay. Deleting what was
 /// published is left to [`delete_published`], so the next tasks never wait
 /// for that cleanup.
+///
+/// Runs as a supervised role (see [`crate::roles`]): the receiver is shared
+/// so that a restarted publisher takes over the queue of the one that
+/// panicked.
 pub(crate) async fn run_fast_publisher(
     pool: sqlx::PgPool,
     js: jetstream::Context,
-    mut committed: tokio::sync::mpsc::UnboundedReceiver<Vec<OutboxRow>>,
+    committed: std::sync::Arc<
+        tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Vec<OutboxRow>>>,
+    >,
 ) {
-    let (published, to_delete) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(delete_published(pool, to_delete));
+    let mut committed = committed.lock().await;
+    let (mut published, to_delete) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(delete_published(pool.clone(), to_delete));
     while let Some(mut rows) = committed.recv().await {
         // Coalesce whatever else is already waiting into one round of publishes.
         while let Ok(more) = committed.try_recv() {
@@ -72,10 +85,23 @@ pub(crate) async fn run_fast_publisher(
             }
         }
         match publish_all(&js, &rows).await {
-            Ok(()) => {
-                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                if published.send(ids).is_err() {
-                    return;
+            Ok(refused) => {
+                // Refused rows stay for the relay, which parks them.
+                let ids: Vec<i64> = rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !refused.iter().any(|(r, _)| r == i))
+                    .map(|(_, r)| r.id)
+                    .collect();
+                if let Err(tokio::sync::mpsc::error::SendError(ids)) = published.send(ids) {
+                    // The deleter panicked. Its rows are left to the relay,
+                    // which republishes and deletes them; a new one takes
+                    // over from here.
+                    error!("the deleter of published outbox rows stopped; starting another");
+                    let (sender, to_delete) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(delete_published(pool.clone(), to_delete));
+                    published = sender;
+                    let _ = published.send(ids);
                 }
             }
             Err(e) => {
@@ -137,23 +163,43 @@ async fn delete_published(
     }
 }
 
-/// Sends every row, then awaits every stream acknowledgement.
-async fn publish_all(js: &jetstream::Context, rows: &[OutboxRow]) -> Result<(), RelayError> {
+/// Sends every row, then awaits every stream acknowledgement. Returns the
+/// rows the server refuses for good (by index, with the reason): they can
+/// never be published, so they must not hold back the others. Any other
+/// failure fails the whole call, to be tried again.
+async fn publish_all(
+    js: &jetstream::Context,
+    rows: &[OutboxRow],
+) -> Result<Vec<(usize, String)>, RelayError> {
     let mut acks = Vec::with_capacity(rows.len());
-    for row in rows {
+    let mut refused = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
         let body = Bytes::from(row.payload.to_string());
-        let ack = js
+        let size = body.len();
+        let sent = js
             .send_publish(
                 row.subject.clone(),
                 PublishMessage::build()
                     .payload(body)
                     .message_id(row.msg_id.as_str()),
             )
-            .await
-            .map_err(|e| RelayError::Publish {
-                subject: row.subject.clone(),
-                message: e.to_string(),
-            })?;
+            .await;
+        let ack = match sent {
+            Ok(ack) => ack,
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                refused.push((
+                    index,
+                    format!("{size} bytes is over the NATS server's max_payload: {e}"),
+                ));
+                continue;
+            }
+            Err(e) => {
+                return Err(RelayError::Publish {
+                    subject: row.subject.clone(),
+                    message: e.to_string(),
+                });
+            }
+        };
         let subject = row.subject.clone();
         acks.push(async move {
             ack.await.map_err(|e| RelayError::Publish {
@@ -163,7 +209,7 @@ async fn publish_all(js: &jetstream::Context, rows: &[OutboxRow]) -> Result<(), 
         });
     }
     try_join_all(acks).await?;
-    Ok(())
+    Ok(refused)
 }
 
 pub(crate) async fn run_relay(
@@ -257,7 +303,23 @@ pub async fn relay_batch(
             payload,
         })
         .collect();
-    publish_all(js, &rows).await?;
+    let refused = publish_all(js, &rows).await?;
+    for (index, reason) in &refused {
+        let row = &rows[*index];
+        error!(id = row.id, subject = %row.subject, msg_id = %row.msg_id, %reason,
+               "outbox message can never be published; parked in fulfil.parked_outbox");
+        sqlx::query(
+            "INSERT INTO fulfil.parked_outbox (id, subject, msg_id, payload, reason)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(row.id)
+        .bind(&row.subject)
+        .bind(&row.msg_id)
+        .bind(&row.payload)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(rows.len())
 }

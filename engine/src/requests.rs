@@ -94,6 +94,16 @@ pub enum RequestError {
     /// The run could not be created; the transaction rolled back.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The parameters are larger than any task can carry, so no step could
+    /// ever receive them; nothing was stored.
+    #[error(
+        "the parameters are {bytes} bytes; at most {limit} bytes are accepted, the most a task can carry"
+    )]
+    TooLarge { bytes: usize, limit: usize },
+    /// A bug in the engine stopped the request being stored (a panic,
+    /// logged); nothing was stored. Not the caller's fault.
+    #[error("internal error; the request was not stored: {0}")]
+    Internal(String),
 }
 
 impl From<sqlx::Error> for RequestError {
@@ -116,6 +126,15 @@ pub async fn create_request(
             "must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes, got {}",
             key.len()
         )));
+    }
+    // Refused before anything else: such parameters would be stored, then
+    // fail every step that reads them, or worse, sit in the outbox.
+    let bytes = crate::run::json_size(&request.params);
+    if bytes > crate::run::MAX_TASK_INPUT_BYTES {
+        return Err(RequestError::TooLarge {
+            bytes,
+            limit: crate::run::MAX_TASK_INPUT_BYTES,
+        });
     }
     // The head is a cached guess; the storing transaction checks it, and a
     // request validated against a version that lost the head is validated
@@ -416,8 +435,8 @@ fn start_run(engine: &Engine, request: &ValidRequest) -> Result<Run, RunError> {
         json!({ "kind": run.kind() }),
     );
     if let Some(limit) = promise.run_timeout() {
-        let fire_at =
-            chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+        // Saturates: a stored Promise may state a timeout no bound checked.
+        let fire_at = fulfil_core::time::deadline_after(chrono::Utc::now(), limit);
         run.add_timer(TimerKind::RunTimeout, "", None, fire_at);
     }
     advance(&mut run)?;

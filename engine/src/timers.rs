@@ -2,7 +2,10 @@
 //! start-to-finish, heartbeat) and run timeouts live in `fulfil.timers`, so
 //! they survive any engine crash. Every engine fires due timers; `FOR UPDATE SKIP LOCKED`
 //! hands each timer to exactly one of them, and the timer is deleted in the
-//! same transaction that dispatches the next attempt.
+//! same transaction that dispatches the next attempt. A timer that can never
+//! fire (its run is missing or cannot be loaded) is parked in
+//! `fulfil.parked_timers` with the reason, never left at the head of the
+//! queue; a transient database failure ends the round, to be retried.
 
 use std::time::Duration;
 
@@ -13,7 +16,7 @@ use fulfil_core::wire::{StepFailure, TaskKind};
 use fulfil_core::{RunStatus, StepStatus};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, error, info_span, warn};
 use uuid::Uuid;
 
 use crate::run::event::{self, AttemptEvent, attempt_event};
@@ -69,7 +72,11 @@ pub(crate) struct DueTimer {
     pub(crate) task_id: Option<Uuid>,
 }
 
-/// Fires every due timer; returns how many fired.
+/// Fires every due timer; returns how many fired (or were parked). A timer
+/// that can never fire (its run is missing or cannot be loaded, its row is
+/// corrupt) is moved to `fulfil.parked_timers` with the reason, so it never
+/// stays at the head of the queue in front of the timers due after it. A
+/// transient database failure ends the round, to be tried again.
 pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
     let mut fired = 0;
     while fired < MAX_FIRED_PER_ROUND {
@@ -83,25 +90,81 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
         let Some(timer) = due else {
             break;
         };
-        sqlx::query("DELETE FROM fulfil.timers WHERE id = $1")
-            .bind(timer.id)
-            .execute(&mut *tx)
-            .await?;
-        let actor = format!("engine:{}", engine.id());
-        let span = info_span!("timer", run_id = %timer.run_id, step_id = %timer.step_id, kind = %timer.kind);
-        let Some(mut run) = lock_run(engine, &mut tx, timer.run_id, actor)
+        let span = info_span!("timer", timer_id = timer.id, run_id = %timer.run_id,
+                              step_id = %timer.step_id, kind = %timer.kind, task_id = ?timer.task_id);
+        let outcome = fire_one(engine, &mut tx, &timer)
             .instrument(span.clone())
-            .await?
-        else {
-            continue;
-        };
-        fire(&mut tx, &mut run, &timer).instrument(span).await?;
-        advance(&mut run)?;
-        let rows = run.commit(tx).await?;
-        engine.after_commit(rows);
+            .await;
         fired += 1;
+        let failure = match outcome {
+            Ok(Some(run)) => match run.commit(tx).instrument(span.clone()).await {
+                Ok(rows) => {
+                    engine.after_commit(rows);
+                    continue;
+                }
+                Err(e) => e,
+            },
+            Ok(None) => {
+                drop(tx);
+                let reason = format!("run {} does not exist", timer.run_id);
+                park(engine, &timer, &reason).instrument(span).await?;
+                continue;
+            }
+            Err(e) => {
+                // The transaction may be aborted by the failure: park in another.
+                drop(tx);
+                e
+            }
+        };
+        if failure.is_transient() {
+            return Err(failure);
+        }
+        park(engine, &timer, &failure.to_string())
+            .instrument(span)
+            .await?;
     }
     Ok(fired)
+}
+
+/// Deletes `timer`, fires it on its locked run and advances the run; the
+/// run, with its changes not yet stored, or `None` if there is no such run.
+async fn fire_one(
+    engine: &Engine,
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    timer: &DueTimer,
+) -> Result<Option<Run>, RunError> {
+    sqlx::query("DELETE FROM fulfil.timers WHERE id = $1")
+        .bind(timer.id)
+        .execute(&mut **tx)
+        .await?;
+    let actor = format!("engine:{}", engine.id());
+    let Some(mut run) = lock_run(engine, tx, timer.run_id, actor).await? else {
+        return Ok(None);
+    };
+    fire(tx, &mut run, timer).await?;
+    advance(&mut run)?;
+    Ok(Some(run))
+}
+
+/// Moves a timer that can never fire to `fulfil.parked_timers`.
+async fn park(engine: &Engine, timer: &DueTimer, reason: &str) -> Result<(), RunError> {
+    error!(
+        reason,
+        "timer can never fire; parked in fulfil.parked_timers"
+    );
+    sqlx::query(
+        "WITH moved AS (
+             DELETE FROM fulfil.timers WHERE id = $1
+             RETURNING id, run_id, step_id, kind, task_id, fire_at)
+         INSERT INTO fulfil.parked_timers (id, run_id, step_id, kind, task_id, fire_at, reason)
+         SELECT id, run_id, step_id, kind, task_id, fire_at, $2 FROM moved
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(timer.id)
+    .bind(reason)
+    .execute(engine.pool())
+    .await?;
+    Ok(())
 }
 
 /// Applies one timer to its locked run. A timer whose condition no longer

@@ -850,3 +850,61 @@ async fn poison_messages_are_dead_lettered_and_counted_without_stopping_the_engi
     );
     stack.stop().await
 }
+
+#[tokio::test]
+async fn run_cancelled_has_one_shape_whichever_way_the_run_ends() -> anyhow::Result<()> {
+    let stack = stack_with(Arc::default()).await?;
+    stack
+        .apply(
+            r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: stuck, version: "1" }
+spec:
+  workflow:
+    steps:
+      - id: unserved
+        uses: noop
+        queue: nobody
+        schedule_to_start: 500ms
+"#,
+        )
+        .await?;
+    let mut published = stack
+        .nats
+        .subscribe(stack.names.event_subject("run.cancelled"))
+        .await?;
+    let mut shapes = Vec::new();
+    // At once without compensation (the operator ends the run), and with
+    // compensation (the run ends once its in-flight step gave up).
+    for compensate in [false, true] {
+        let run = stack.request("stuck", json!({})).await?;
+        let response = stack
+            .http
+            .post(format!("{}/v1/runs/{run}/cancel", stack.api))
+            .json(&json!({ "compensate": compensate }))
+            .send()
+            .await?;
+        assert_eq!(response.status().as_u16(), 200);
+        let view = stack.wait_finished(run, WAIT).await?;
+        assert_eq!(view["status"], "cancelled", "{view:#}");
+        let history = stack.history(run).await?;
+        let cancelled = events(&history, "run.cancelled");
+        assert_eq!(cancelled.len(), 1, "{history:#?}");
+        let message = tokio::time::timeout(WAIT, published.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("event subscription ended"))?;
+        let event: Value = serde_json::from_slice(&message.payload)?;
+        let keys = |value: &Value| -> Vec<String> {
+            value
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(event["data"]["run_id"], json!(run));
+        shapes.push((keys(&cancelled[0]["data"]), keys(&event["data"])));
+    }
+    assert_eq!(shapes[0], shapes[1], "{shapes:#?}");
+    assert!(shapes[0].1.contains(&"promise".to_string()), "{shapes:#?}");
+    stack.stop().await
+}

@@ -22,6 +22,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use fulfil_core::time;
 use fulfil_core::wire::{StepFailure, TaskMessage};
 use serde_json::Value;
 use uuid::Uuid;
@@ -89,10 +90,12 @@ impl TaskContext {
     /// The context of `task`, starting now: the deadline is the task's
     /// absolute deadline or now + its timeout, whichever comes first.
     pub fn from_task(task: &TaskMessage) -> Self {
+        // Both durations come off the wire: clamped, and the deadline
+        // saturates, so no value a task carries can panic the worker.
         let deadline = match task.timeout_ms {
             Some(ms) => task
                 .deadline
-                .min(Utc::now() + chrono::Duration::milliseconds(ms.min(i64::MAX as u64) as i64)),
+                .min(time::deadline_after(Utc::now(), time::clamp_millis(ms))),
             None => task.deadline,
         };
         Self {
@@ -104,7 +107,7 @@ impl TaskContext {
             idempotency_key: task.idempotency_key.clone(),
             deadline,
             traceparent: task.traceparent.clone(),
-            heartbeat_timeout: task.heartbeat_timeout_ms.map(Duration::from_millis),
+            heartbeat_timeout: task.heartbeat_timeout_ms.map(time::clamp_millis),
             heartbeat: Heartbeat::default(),
         }
     }
@@ -226,10 +229,7 @@ impl From<StepError> for StepFailure {
         let (retryable, retry_after_ms) = match err.decision {
             RetryDecision::Retryable => (true, None),
             RetryDecision::Permanent => (false, None),
-            RetryDecision::RetryAfter(after) => (
-                true,
-                Some(u64::try_from(after.as_millis()).unwrap_or(u64::MAX)),
-            ),
+            RetryDecision::RetryAfter(after) => (true, Some(time::as_millis_u64(after))),
         };
         StepFailure {
             message: err.message,
@@ -341,6 +341,35 @@ mod tests {
         assert_eq!(err.code(), Some("invalid_input"));
         assert_eq!(err.decision(), RetryDecision::Permanent);
         assert!(err.message().contains("`url`"), "{}", err.message());
+    }
+
+    #[test]
+    fn durations_off_the_wire_are_clamped_not_panicking() {
+        let deadline = Utc::now() + chrono::Duration::seconds(60);
+        let task = TaskMessage {
+            task_id: Uuid::now_v7(),
+            run_id: Uuid::now_v7(),
+            step_id: "s".into(),
+            attempt: 1,
+            handler: "h".into(),
+            input: Value::Null,
+            idempotency_key: "k".into(),
+            deadline,
+            traceparent: None,
+            kind: Default::default(),
+            timeout_ms: Some(u64::MAX),
+            heartbeat_timeout_ms: Some(u64::MAX),
+        };
+        let ctx = TaskContext::from_task(&task);
+        assert_eq!(ctx.deadline, deadline, "the absolute deadline is nearer");
+        assert_eq!(ctx.heartbeat_timeout, Some(time::MAX_DURATION));
+        let far = TaskMessage {
+            deadline: DateTime::<Utc>::MAX_UTC,
+            ..task
+        };
+        let ctx = TaskContext::from_task(&far);
+        assert!(ctx.deadline < DateTime::<Utc>::MAX_UTC);
+        assert!(ctx.remaining() <= time::MAX_DURATION);
     }
 
     #[test]

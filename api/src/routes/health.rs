@@ -12,7 +12,8 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Postgres answers a query and NATS is connected.
+/// Postgres answers a query, NATS is connected and every role of the
+/// process (see `fulfil_engine::roles`) is running.
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let postgres = match sqlx::query("SELECT 1").execute(state.engine.pool()).await {
         Ok(_) => json!({ "ok": true }),
@@ -25,7 +26,12 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) 
         }
         None => json!({ "ok": true, "state": "not used by this process" }),
     };
-    let ready = postgres["ok"] == true && nats["ok"] == true;
+    // A loop of this process that stopped (or waits to restart after a
+    // panic) makes it not ready, named with its reason.
+    let down = state.engine.roles().down();
+    let roles =
+        json!({ "ok": down.is_empty(), "down": down, "all": state.engine.roles().snapshot() });
+    let ready = postgres["ok"] == true && nats["ok"] == true && roles["ok"] == true;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -34,7 +40,7 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) 
     (
         status,
         Json(
-            json!({ "status": if ready { "ready" } else { "not ready" }, "postgres": postgres, "nats": nats }),
+            json!({ "status": if ready { "ready" } else { "not ready" }, "postgres": postgres, "nats": nats, "roles": roles }),
         ),
     )
 }

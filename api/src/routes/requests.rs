@@ -54,6 +54,13 @@ fn request_error(e: RequestError) -> Problem {
         RequestError::Overloaded(_) | RequestError::HeadMoved(_) => Problem::overloaded(&e),
         RequestError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
         RequestError::Run(e) => Problem::internal(&e),
+        RequestError::Internal(_) => Problem::internal(&e),
+        RequestError::TooLarge { .. } => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ProblemCode::RequestTooLarge,
+            "Request too large",
+            e.to_string(),
+        ),
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fulfil_core::dag::CompensationStatus;
 use fulfil_core::expr::{RenderContext, render_value};
+use fulfil_core::time;
 use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
 use fulfil_core::{Graph, RunStatus, StepStatus};
 use serde_json::{Map, Value, json};
@@ -169,8 +170,46 @@ pub(super) struct AttemptSpec<'a> {
     pub(super) heartbeat_timeout: Option<Duration>,
 }
 
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+/// Error code of a step whose task could never be published.
+pub const TASK_TOO_LARGE: &str = "task_too_large";
+
+/// Largest input a task carries: a NATS message ([`fulfil_bus::MAX_MESSAGE_BYTES`])
+/// less room for everything else in the task (ids, handler, queue,
+/// idempotency key, deadline, trace context: bounded names and fixed-size
+/// values).
+pub const MAX_TASK_INPUT_BYTES: usize = fulfil_bus::MAX_MESSAGE_BYTES - 8 * 1024;
+
+/// Bytes `value` takes as JSON, counted without building the text.
+pub(crate) fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        // A Value always serializes; if not, it cannot be sent either.
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Why a task carrying `input` could never be published, if it could not:
+/// a message stored in the outbox that NATS refuses would never reach a
+/// worker, so the attempt fails now with a permanent, named error.
+pub(super) fn too_large(input: &Value) -> Option<String> {
+    let size = json_size(input);
+    (size > MAX_TASK_INPUT_BYTES).then(|| {
+        format!(
+            "the rendered input is {size} bytes; a task's input must be at most {MAX_TASK_INPUT_BYTES} bytes to fit in a NATS message of {} bytes",
+            fulfil_bus::MAX_MESSAGE_BYTES
+        )
+    })
 }
 
 /// Inserts the attempt, arms its schedule-to-start timer, and puts its task
@@ -184,9 +223,13 @@ pub(super) fn dispatch(
 ) -> Result<(), RunError> {
     let task_id = Uuid::now_v7();
     let now = Utc::now();
-    let deadline = now
-        + chrono_duration(spec.schedule_to_start.unwrap_or(UNBOUNDED_QUEUE_WAIT))
-        + chrono_duration(spec.timeout);
+    // Saturating: a stored Promise may state durations no bound checked.
+    let deadline = time::deadline_after(
+        now,
+        spec.schedule_to_start
+            .unwrap_or(UNBOUNDED_QUEUE_WAIT)
+            .saturating_add(spec.timeout),
+    );
     run.insert_attempt(NewAttempt {
         task_id,
         step_id: step_id.to_string(),
@@ -202,7 +245,7 @@ pub(super) fn dispatch(
             TimerKind::ScheduleToStart,
             step_id,
             Some(task_id),
-            now + chrono_duration(wait),
+            time::deadline_after(now, wait),
         );
     }
     run.record(
@@ -226,8 +269,10 @@ pub(super) fn dispatch(
         idempotency_key,
         traceparent: None,
         kind: spec.kind,
-        timeout_ms: Some(spec.timeout.as_millis() as u64),
-        heartbeat_timeout_ms: spec.heartbeat_timeout.map(|d| d.as_millis() as u64),
+        timeout_ms: Some(time::as_millis_u64(time::clamp(spec.timeout))),
+        heartbeat_timeout_ms: spec
+            .heartbeat_timeout
+            .map(|d| time::as_millis_u64(time::clamp(d))),
     };
     let payload = serde_json::to_value(&task).map_err(|e| RunError::Corrupt(e.to_string()))?;
     run.publish(
@@ -265,9 +310,11 @@ pub fn attempt_failed(
         let random = (Uuid::now_v7().as_u128() as u64 & 0xFFFF_FFFF) as f64 / f64::from(u32::MAX);
         let mut delay = policy.backoff(attempt as u32 + 1, random);
         if let Some(after) = failure.retry_after_ms {
-            delay = delay.max(Duration::from_millis(after));
+            // From a worker's report: clamped, so any value yields a timer.
+            delay = delay.max(time::clamp_millis(after));
         }
-        let fire_at = Utc::now() + chrono_duration(delay);
+        let delay = time::clamp(delay);
+        let fire_at = time::deadline_after(Utc::now(), delay);
         match kind {
             TaskKind::Action => {
                 run.add_timer(TimerKind::Retry, step_id, None, fire_at);
@@ -296,7 +343,7 @@ pub fn attempt_failed(
             Some(step_id),
             Some(attempt),
             json!({ "error": error, "worker": worker, "next_attempt": attempt + 1,
-                    "delay_ms": delay.as_millis() as u64, "fire_at": fire_at }),
+                    "delay_ms": time::as_millis_u64(delay), "fire_at": fire_at }),
         );
         return Ok(());
     }

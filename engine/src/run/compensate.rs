@@ -13,7 +13,8 @@ use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::json;
 
 use super::advance::{
-    AttemptSpec, Next, dispatch, failure_reason, finish, render_context, set_compensation,
+    AttemptSpec, Next, TASK_TOO_LARGE, dispatch, failure_reason, finish, render_context,
+    set_compensation, too_large,
 };
 use super::event::{AttemptEvent, attempt_event};
 use super::{Run, RunError};
@@ -130,6 +131,22 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
             return Ok(());
         }
     };
+    if let Some(message) = too_large(&input) {
+        set_compensation(
+            run,
+            &step.id,
+            CompensationStatus::Failed,
+            Some(attempt),
+            Some(&message),
+        );
+        run.record(
+            attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
+            Some(&step.id),
+            Some(attempt),
+            json!({ "code": TASK_TOO_LARGE, "message": message, "final": true }),
+        );
+        return Ok(());
+    }
     let promise = run.promise.clone();
     let spec = AttemptSpec {
         kind: TaskKind::Compensation,

@@ -12,7 +12,8 @@ use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::json;
 
 use super::advance::{
-    AttemptSpec, Next, dispatch, fail_step, failure_reason, finish, render_context, set_step,
+    AttemptSpec, Next, TASK_TOO_LARGE, dispatch, fail_step, failure_reason, finish, render_context,
+    set_step, too_large,
 };
 use super::compensate::to_undo;
 use super::event;
@@ -132,6 +133,9 @@ pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), R
             return fail_step(run, &step.id, Some(attempt), "render_error", &e.to_string());
         }
     };
+    if let Some(message) = too_large(&input) {
+        return fail_step(run, &step.id, Some(attempt), TASK_TOO_LARGE, &message);
+    }
     let promise = run.promise.clone();
     let spec = AttemptSpec {
         kind: TaskKind::Action,

@@ -25,6 +25,9 @@ mod progress;
 mod tests;
 mod writes;
 
+#[cfg(test)]
+mod deadline_tests;
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -39,7 +42,8 @@ use uuid::Uuid;
 
 use crate::outbox::OutboxRow;
 
-pub use advance::{advance, attempt_failed, stop_in_flight};
+pub(crate) use advance::json_size;
+pub use advance::{MAX_TASK_INPUT_BYTES, TASK_TOO_LARGE, advance, attempt_failed, stop_in_flight};
 pub use apply::{
     Applied, ApplyError, BatchOutcome, Report, ReportBatch, apply_committed, apply_progress,
     apply_result, apply_single,
@@ -223,6 +227,20 @@ pub struct NewRun {
     pub actor: String,
     /// The committing process publishes the run's outbox rows itself.
     pub fast_publish: bool,
+}
+
+impl RunError {
+    /// Whether trying again may succeed: only a transient database failure
+    /// ([`crate::db::is_transient`]); a corrupt state or a refused value
+    /// fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Db(e) | RunError::Promise(crate::promises::PromiseError::Db(e)) => {
+                crate::db::is_transient(e)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Run {

@@ -129,22 +129,9 @@ pub(super) fn cancel_locked(
                 Some(&why),
             );
         }
-        run.set_status(RunStatus::Cancelled)?;
-        run.clear_run_timers();
-        run.set_ending(RunEnding {
-            finished: true,
-            outputs: None,
-            error: Some(why.clone()),
-        });
-        run.set_request_status(RequestUpdate {
-            status: RequestStatus::following(RunStatus::Cancelled),
-            outputs: None,
-        });
-        run.record(event::RUN_CANCELLED, None, None, json!({ "error": why }));
-        run.emit_event(
-            event::RUN_CANCELLED,
-            json!({ "run_id": run_id, "request_id": run.request_id, "status": "cancelled", "error": why }),
-        );
+        // The one way a run ends, so `run.cancelled` has one shape
+        // whichever way the run got there.
+        super::advance::finish(run, RunStatus::Cancelled, Some(why))?;
     } else {
         advance(run)?;
     }
@@ -274,8 +261,7 @@ pub(super) fn retry_locked(
         outputs: None,
     });
     if let Some(limit) = promise.run_timeout() {
-        let fire_at =
-            chrono::Utc::now() + chrono::Duration::from_std(limit).unwrap_or(chrono::Duration::MAX);
+        let fire_at = fulfil_core::time::deadline_after(chrono::Utc::now(), limit);
         run.add_timer(TimerKind::RunTimeout, "", None, fire_at);
     }
     run.record(

@@ -13,6 +13,7 @@ use chrono::Utc;
 use fulfil_core::StepStatus;
 use fulfil_core::dag::CompensationStatus;
 use fulfil_core::status::{AttemptStatus, TimerKind};
+use fulfil_core::time::deadline_after;
 use fulfil_core::wire::{Progress, ProgressMessage, TaskKind};
 use serde_json::json;
 
@@ -25,10 +26,6 @@ use super::{AttemptUpdate, Run, RunError};
 /// Added to an attempt's timeout before the engine declares it timed out:
 /// the worker enforces the same timeout and reports it with more detail.
 pub const TIMEOUT_GRACE: Duration = Duration::from_secs(1);
-
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
 
 /// Applies one progress report to its locked run, in memory.
 pub(super) fn apply_progress_to(
@@ -83,14 +80,14 @@ pub(super) fn apply_progress_to(
                 TimerKind::AttemptTimeout,
                 &attempt.step_id,
                 Some(report.task_id),
-                now + chrono_duration(timeout + TIMEOUT_GRACE),
+                deadline_after(now, timeout.saturating_add(TIMEOUT_GRACE)),
             );
             if let Some(heartbeat) = heartbeat_timeout {
                 run.add_timer(
                     TimerKind::HeartbeatTimeout,
                     &attempt.step_id,
                     Some(report.task_id),
-                    now + chrono_duration(heartbeat),
+                    deadline_after(now, heartbeat),
                 );
             }
             run.record(
@@ -115,7 +112,7 @@ pub(super) fn apply_progress_to(
                     TimerKind::HeartbeatTimeout,
                     &attempt.step_id,
                     Some(report.task_id),
-                    now + chrono_duration(heartbeat),
+                    deadline_after(now, heartbeat),
                 );
             }
         }

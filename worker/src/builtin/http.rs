@@ -282,7 +282,8 @@ fn status_error(what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        // The server's word, clamped: any number must yield a usable delay.
+        .map(|secs| fulfil_core::time::clamp(Duration::from_secs(secs)));
     let error = match (status, retry_after) {
         (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE, Some(after)) => {
             StepError::retry_after(message, after)
@@ -445,6 +446,24 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}")
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_clamped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "10000000000000".parse().unwrap());
+        let err = status_error("GET x", StatusCode::TOO_MANY_REQUESTS, &headers, b"");
+        assert_eq!(
+            err.decision(),
+            RetryDecision::RetryAfter(fulfil_core::time::MAX_DURATION)
+        );
+        let failure = fulfil_core::wire::StepFailure::from(err);
+        assert_eq!(
+            failure.retry_after_ms,
+            Some(fulfil_core::time::as_millis_u64(
+                fulfil_core::time::MAX_DURATION
+            ))
+        );
     }
 
     async fn call(input: Value) -> Result<Value, StepError> {

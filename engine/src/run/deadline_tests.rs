@@ -1,0 +1,98 @@
+//! Deadline arithmetic on durations no bound checked: a stored Promise from
+//! before durations were bounded, and reports off the wire. Every deadline
+//! saturates and every duration sent on is clamped; nothing panics.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use fulfil_bus::NatsNames;
+use fulfil_core::Promise;
+use fulfil_core::status::{RunKind, TimerKind};
+use fulfil_core::time::{MAX_DURATION, as_millis_u64, to_time_delta};
+use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{NewRun, Run, advance, attempt_failed};
+
+/// Deserialized without validation, as a bound missed upstream would leave it.
+fn unbounded_promise() -> Arc<Promise> {
+    let huge = "300000y";
+    let promise: Promise = serde_json::from_value(json!({
+        "apiVersion": "fulfil.dev/v1",
+        "kind": "Promise",
+        "metadata": { "name": "huge", "version": "1.0.0" },
+        "spec": {
+            "timeout": huge,
+            "workflow": { "steps": [{
+                "id": "a",
+                "uses": "echo",
+                "timeout": huge,
+                "schedule_to_start": huge,
+                "heartbeat_timeout": huge,
+                "retry": { "max_attempts": 3, "initial": huge, "max": huge },
+                "compensate": { "uses": "echo", "timeout": huge },
+            }]},
+        },
+    }))
+    .expect("the document deserializes");
+    Arc::new(promise)
+}
+
+#[test]
+fn huge_durations_saturate_instead_of_panicking() {
+    let promise = unbounded_promise();
+    let names = NatsNames::new("t").expect("valid prefix");
+    let mut run = Run::new(NewRun {
+        kind: RunKind::Configure,
+        run_id: Uuid::now_v7(),
+        request_id: Uuid::now_v7(),
+        context: json!({ "params": {} }),
+        promise,
+        names,
+        actor: "test".into(),
+        fast_publish: false,
+    });
+    advance(&mut run).expect("the root step is dispatched");
+
+    let latest = Utc::now() + to_time_delta(MAX_DURATION) * 3;
+    let task: TaskMessage = serde_json::from_value(
+        run.writes
+            .outbox
+            .first()
+            .expect("a task in the outbox")
+            .payload
+            .clone(),
+    )
+    .expect("a task message");
+    assert_eq!(task.timeout_ms, Some(as_millis_u64(MAX_DURATION)));
+    assert_eq!(task.heartbeat_timeout_ms, Some(as_millis_u64(MAX_DURATION)));
+    assert!(task.deadline <= latest, "deadline {}", task.deadline);
+
+    // A worker asking for the longest wait there is.
+    let failure = StepFailure {
+        message: "slow down".into(),
+        code: Some("http_status_429".into()),
+        retryable: true,
+        retry_after_ms: Some(u64::MAX),
+    };
+    attempt_failed(&mut run, "a", TaskKind::Action, 1, &failure, Some("w"))
+        .expect("the retry is scheduled");
+    let retry = run
+        .writes
+        .new_timers
+        .iter()
+        .find(|t| t.kind == TimerKind::Retry)
+        .expect("a retry timer");
+    assert!(retry.fire_at <= latest, "retry at {}", retry.fire_at);
+    let scheduled = run
+        .writes
+        .events
+        .iter()
+        .find(|e| e.kind.ends_with("retry_scheduled"))
+        .expect("a retry_scheduled event");
+    assert_eq!(
+        scheduled.data["delay_ms"],
+        json!(as_millis_u64(MAX_DURATION))
+    );
+}
