@@ -219,10 +219,11 @@ impl RetryPolicy {
     }
 }
 
-/// Parses a duration such as `500ms`, `10s`, `1m30s`.
+/// Parses a duration such as `500ms`, `10s`, `1m30s`, bounded by
+/// [`crate::time::MAX_DURATION`]; the error as text, for command-line
+/// argument parsers. Everything else uses [`crate::time::parse_duration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?}: {e}; use forms like 500ms, 10s, 5m, 1h"))
+    crate::time::parse_duration(text).map_err(|e| e.to_string())
 }
 
 impl Promise {
@@ -349,8 +350,8 @@ impl RetrySpec {
     pub fn policy(&self) -> Result<RetryPolicy, String> {
         Ok(RetryPolicy {
             max_attempts: self.max_attempts,
-            initial: parse_duration(&self.initial)?,
-            max: parse_duration(&self.max)?,
+            initial: crate::time::parse_duration(&self.initial).map_err(|e| e.to_string())?,
+            max: crate::time::parse_duration(&self.max).map_err(|e| e.to_string())?,
             multiplier: self.multiplier,
             jitter: self.jitter,
             non_retryable: self.non_retryable.clone(),

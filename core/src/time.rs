@@ -38,11 +38,10 @@ pub enum DurationError {
 /// Parses a duration such as `500ms`, `10s`, `1m30s`, no longer than
 /// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let duration =
-        humantime::parse_duration(text.trim()).map_err(|err| DurationError::Syntax {
-            text: text.to_owned(),
-            reason: err.to_string(),
-        })?;
+    let duration = humantime::parse_duration(text.trim()).map_err(|err| DurationError::Syntax {
+        text: text.to_owned(),
+        reason: err.to_string(),
+    })?;
     if duration > MAX_DURATION {
         return Err(DurationError::TooLong {
             text: text.to_owned(),

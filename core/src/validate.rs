@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use crate::dag::Graph;
 use crate::expr::{ParsedExpression, ROOTS, Template, condition_source};
-use crate::promise::{API_VERSION, KIND, Promise, RetrySpec, Step, parse_duration};
+use crate::promise::{API_VERSION, KIND, Promise, RetrySpec, Step};
+use crate::time::parse_duration;
 
 /// One problem in a Promise document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -225,7 +226,7 @@ fn check_duration(path: &str, text: &str, err: &mut Report<'_>) {
             format!("{text:?} must be longer than zero"),
         ),
         Ok(_) => {}
-        Err(message) => err(path.into(), "invalid_duration", message),
+        Err(e) => err(path.into(), "invalid_duration", e.to_string()),
     }
 }
 

@@ -255,3 +255,69 @@ spec:
         "{e:?}"
     );
 }
+
+#[test]
+fn every_duration_is_bounded_at_its_path() {
+    // Accepted by the parser before time::MAX_DURATION was enforced here,
+    // and a panic in the engine when it computed the deadline.
+    let yaml = r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: long, version: "1" }
+spec:
+  timeout: 300000y
+  defaults:
+    timeout: 99999999999999s
+    schedule_to_start: 367d
+    heartbeat_timeout: 400d
+    retry: { max_attempts: 2, initial: 1000y, max: 1000y }
+  workflow:
+    steps:
+      - id: a
+        uses: noop
+        timeout: 300000y
+        schedule_to_start: 9999d
+        heartbeat_timeout: 367d
+        retry: { max_attempts: 2, initial: 1s, max: 367d }
+        compensate: { uses: noop, timeout: 367d, retry: { initial: 367d } }
+"#;
+    let e = errors(yaml);
+    for path in [
+        "spec.timeout",
+        "spec.defaults.timeout",
+        "spec.defaults.schedule_to_start",
+        "spec.defaults.heartbeat_timeout",
+        "spec.defaults.retry.initial",
+        "spec.defaults.retry.max",
+        "spec.workflow.steps[0].timeout",
+        "spec.workflow.steps[0].schedule_to_start",
+        "spec.workflow.steps[0].heartbeat_timeout",
+        "spec.workflow.steps[0].retry.max",
+        "spec.workflow.steps[0].compensate.timeout",
+        "spec.workflow.steps[0].compensate.retry.initial",
+    ] {
+        has(
+            &e,
+            path,
+            "invalid_duration",
+            "longer than the maximum of 366d",
+        );
+    }
+    assert_eq!(e.len(), 12, "{e:#?}");
+
+    // The bound itself is accepted, and read back exactly.
+    let p = Promise::parse(
+        &yaml
+            .replace("300000y", "366d")
+            .replace("99999999999999s", "366d")
+            .replace("367d", "366d")
+            .replace("400d", "1h")
+            .replace("9999d", "1h")
+            .replace("1000y", "1s"),
+    )
+    .unwrap();
+    let step = p.step("a").unwrap();
+    assert_eq!(p.run_timeout(), Some(fulfil_core::time::MAX_DURATION));
+    assert_eq!(p.timeout_of(step), fulfil_core::time::MAX_DURATION);
+    assert_eq!(p.retry_of(step).max, fulfil_core::time::MAX_DURATION);
+}
