@@ -11,10 +11,53 @@
 //! `replicas: "${{ params.replicas }}"` renders a number; a string mixing text
 //! and expressions renders to text. Rendering is pure: the same context always
 //! gives the same input, which is what makes a step's attempts comparable.
+//!
+//! Every expression is bounded before the CEL parser sees it
+//! ([`MAX_EXPRESSION_BYTES`], [`MAX_EXPRESSION_OPERATORS`]): the parser and
+//! the evaluator recurse once per level of the syntax tree, and an unbounded
+//! expression overflows the stack and aborts the process, at validation or
+//! later at every evaluation.
 
 use cel::common::ast::{Expr, LiteralValue};
 use cel::{IdedExpr, Program};
 use serde_json::Value;
+
+/// Longest expression source accepted, in bytes.
+pub const MAX_EXPRESSION_BYTES: usize = 4096;
+
+/// Most operator, bracket and member-access characters one expression may
+/// hold. The CEL parser and evaluator recurse once per level of the syntax
+/// tree, and a left-leaning chain (`1+1+...`, `a.b.b...`, `x['k']['k']...`)
+/// is as deep as it is long; this bound keeps the deepest tree an accepted
+/// expression can build well inside a 2 MiB thread stack (a tokio worker's),
+/// which `tests/expressions.rs` checks for the worst shapes.
+pub const MAX_EXPRESSION_OPERATORS: usize = 256;
+
+/// Characters that can add a level to an expression's syntax tree. They are
+/// counted everywhere, string literals included: a scan that skipped
+/// literals would have to agree with the CEL lexer on every quoting rule,
+/// and one disagreement would let a deep expression through.
+const DEEPENING: &[u8] = b".+-*/%<>=!&|?:([{";
+
+/// Refuses expressions that could exhaust the stack of the CEL parser or
+/// evaluator, before they are handed to it.
+fn check_size(source: &str) -> Result<(), String> {
+    if source.len() > MAX_EXPRESSION_BYTES {
+        return Err(format!(
+            "expression is {} bytes long; at most {MAX_EXPRESSION_BYTES} are accepted: \
+             compute parts of it in earlier steps",
+            source.len()
+        ));
+    }
+    let operators = source.bytes().filter(|b| DEEPENING.contains(b)).count();
+    if operators > MAX_EXPRESSION_OPERATORS {
+        return Err(format!(
+            "expression has {operators} operators, brackets and member accesses; \
+             at most {MAX_EXPRESSION_OPERATORS} are accepted: split it into smaller expressions"
+        ));
+    }
+    Ok(())
+}
 
 /// Root variables an expression may read.
 pub const ROOTS: [&str; 4] = ["params", "request", "env", "steps"];
@@ -132,7 +175,11 @@ impl ParsedExpressionRef<'_> {
 }
 
 impl ParsedExpression {
+    /// Parses a CEL expression, refusing first any that is longer than
+    /// [`MAX_EXPRESSION_BYTES`] or holds more than
+    /// [`MAX_EXPRESSION_OPERATORS`] operators, brackets and member accesses.
     pub fn parse(source: &str) -> Result<ParsedExpression, String> {
+        check_size(source)?;
         let program = Program::compile(source).map_err(|e| e.to_string())?;
         Ok(ParsedExpression {
             source: source.to_string(),

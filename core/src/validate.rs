@@ -426,16 +426,16 @@ fn check_templates(path: &str, value: &Value, visible: &BTreeSet<&str>, err: &mu
 }
 
 fn check_expression(path: &str, source: &str, visible: &BTreeSet<&str>, err: &mut Report<'_>) {
+    // Messages quote the expression; a long one is cut so that an error
+    // about size is not itself as large as the document.
+    let quoted = preview(source);
     let expr = match ParsedExpression::parse(source) {
         Ok(expr) => expr,
         Err(message) => {
             err(
                 path.into(),
                 "invalid_expression",
-                format!(
-                    "cannot parse expression {source:?}: {}",
-                    first_line(&message)
-                ),
+                format!("cannot parse expression {quoted}: {}", first_line(&message)),
             );
             return;
         }
@@ -446,7 +446,7 @@ fn check_expression(path: &str, source: &str, visible: &BTreeSet<&str>, err: &mu
                 path.into(),
                 "unknown_variable",
                 format!(
-                    "expression {source:?} reads unknown variable {var:?}; available: {}",
+                    "expression {quoted} reads unknown variable {var:?}; available: {}",
                     ROOTS.join(", ")
                 ),
             );
@@ -466,10 +466,19 @@ fn check_expression(path: &str, source: &str, visible: &BTreeSet<&str>, err: &mu
                 path.into(),
                 "unknown_step_reference",
                 format!(
-                    "expression {source:?} reads steps.{step}, which is not a step this one (transitively) needs; {hint}"
+                    "expression {quoted} reads steps.{step}, which is not a step this one (transitively) needs; {hint}"
                 ),
             );
         }
+    }
+}
+
+/// `source` quoted, cut after 80 characters.
+fn preview(source: &str) -> String {
+    const KEEP: usize = 80;
+    match source.char_indices().nth(KEEP) {
+        Some((end, _)) => format!("{:?}...", &source[..end]),
+        None => format!("{source:?}"),
     }
 }
 
