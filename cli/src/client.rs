@@ -156,7 +156,7 @@ pub async fn promise_apply(args: &ClientArgs, path: &Path) -> anyhow::Result<Exi
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         // The name is needed for the URL; the server validates everything.
-        let name = serde_yaml::from_str::<Value>(&text)
+        let name = serde_saphyr::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
         let Some(name) = name else {
@@ -232,7 +232,7 @@ pub async fn promise_get(
     }
     print!(
         "{}",
-        serde_yaml::to_string(&body["promise"]).context("rendering YAML")?
+        serde_saphyr::to_string(&body["promise"]).context("rendering YAML")?
     );
     Ok(ExitCode::SUCCESS)
 }

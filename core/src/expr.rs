@@ -1,11 +1,13 @@
 //! `${{ expression }}` templates and `if` conditions.
 //!
 //! Expressions are [CEL](https://cel.dev), the language Kubernetes uses for
-//! validation rules, evaluated over five variables: `params` (the request's
+//! validation rules, evaluated over four variables: `params` (the request's
 //! validated parameters), `request` (`id`, `promise`, `promise_version`),
-//! `env` (environment variables the Promise names, captured when the run is
-//! created so every engine renders the same value), and `steps` (for every
-//! finished upstream step, `steps.<id>.outputs` and `steps.<id>.status`).
+//! `vars` (the non-secret configuration an operator exposes, see
+//! [`crate::vars`]; captured when the run is created so every engine renders
+//! the same value), and `steps` (for every finished upstream step,
+//! `steps.<id>.outputs` and `steps.<id>.status`). The engine's environment
+//! is not readable: `env` is not a variable.
 //!
 //! A string that is exactly one `${{ }}` keeps the expression's JSON type, so
 //! `replicas: "${{ params.replicas }}"` renders a number; a string mixing text
@@ -60,7 +62,7 @@ fn check_size(source: &str) -> Result<(), String> {
 }
 
 /// Root variables an expression may read.
-pub const ROOTS: [&str; 4] = ["params", "request", "env", "steps"];
+pub const ROOTS: [&str; 4] = ["params", "request", "vars", "steps"];
 
 /// A string split into literal text and expressions.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,10 +168,10 @@ impl Template {
 pub struct ParsedExpressionRef<'a>(pub &'a str);
 
 impl ParsedExpressionRef<'_> {
-    /// `env.X` names this expression reads; empty if it does not parse.
-    pub fn env_references(&self) -> Vec<String> {
+    /// `vars.<name>` names this expression reads; empty if it does not parse.
+    pub fn var_references(&self) -> Vec<String> {
         ParsedExpression::parse(self.0)
-            .map(|e| e.selected_fields("env"))
+            .map(|e| e.selected_fields("vars"))
             .unwrap_or_default()
     }
 }
@@ -299,7 +301,8 @@ fn evaluate(source: &str, context: &RenderContext) -> Result<Value, RenderError>
 pub struct RenderContext {
     pub params: Value,
     pub request: Value,
-    pub env: Value,
+    /// The captured vars the Promise reads (see [`crate::vars::Vars::capture`]).
+    pub vars: Value,
     /// `{ "<step id>": { "outputs": ..., "status": ... } }`.
     pub steps: Value,
 }
@@ -310,7 +313,7 @@ impl RenderContext {
         for (name, value) in [
             ("params", &self.params),
             ("request", &self.request),
-            ("env", &self.env),
+            ("vars", &self.vars),
             ("steps", &self.steps),
         ] {
             let value = if value.is_null() {
@@ -408,7 +411,7 @@ mod tests {
         RenderContext {
             params: json!({"name": "orders", "size": "large", "replicas": 3}),
             request: json!({"id": "r1"}),
-            env: json!({"PROVISIONER_URL": "http://127.0.0.1:9"}),
+            vars: json!({"provisioner_url": "http://127.0.0.1:9"}),
             steps: json!({"provision": {"status": "succeeded", "outputs": {"endpoint": "db:5432"}},
                            "provision-b": {"status": "succeeded", "outputs": {"n": 1}}}),
         }
@@ -417,7 +420,7 @@ mod tests {
     #[test]
     fn renders_typed_values_and_interpolated_text() {
         let input = json!({
-            "url": "${{ env.PROVISIONER_URL }}/databases/${{ params.name }}",
+            "url": "${{ vars.provisioner_url }}/databases/${{ params.name }}",
             "replicas": "${{ params.replicas }}",
             "endpoint": "${{ steps.provision.outputs.endpoint }}",
             "n": "${{ steps['provision-b'].outputs.n + 1 }}",
@@ -449,13 +452,14 @@ mod tests {
     }
 
     #[test]
-    fn finds_referenced_steps_and_env() {
-        let e =
-            ParsedExpression::parse("steps.a.outputs.x + steps['b-c'].outputs.y + size(env.TOKEN)")
-                .unwrap();
+    fn finds_referenced_steps_and_vars() {
+        let e = ParsedExpression::parse(
+            "steps.a.outputs.x + steps['b-c'].outputs.y + size(vars.token)",
+        )
+        .unwrap();
         assert_eq!(e.selected_fields("steps"), vec!["a", "b-c"]);
-        assert_eq!(e.selected_fields("env"), vec!["TOKEN"]);
-        assert_eq!(e.variables(), vec!["env", "steps"]);
+        assert_eq!(e.selected_fields("vars"), vec!["token"]);
+        assert_eq!(e.variables(), vec!["steps", "vars"]);
         assert!(Template::parse("x ${{ a").is_err());
         assert!(Template::parse("${{ }}").is_err());
         assert!(ParsedExpression::parse("params.size ==").is_err());

@@ -6,13 +6,16 @@
 //! JetStream plumbing; it never links the engine or a database driver.
 
 pub mod dag;
+pub mod document;
 pub mod expr;
 pub mod params;
 pub mod promise;
 pub mod time;
 pub mod validate;
+pub mod vars;
 pub mod wire;
 
 pub use dag::{Graph, Plan, RunStatus, StepStatus};
 pub use promise::{Promise, RetryPolicy, Step};
-pub use validate::{SpecError, SpecErrors};
+pub use validate::{SpecError, SpecErrors, ValidationContext, VarNames};
+pub use vars::Vars;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::validate::{SpecError, SpecErrors};
+use crate::validate::{SpecError, SpecErrors, ValidationContext};
 
 pub const API_VERSION: &str = "fulfil.dev/v1";
 pub const KIND: &str = "Promise";
@@ -227,24 +227,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Promise {
-    /// Parses and validates a Promise from YAML (JSON is valid YAML).
+    /// Parses and validates a Promise from YAML (JSON is valid YAML), with
+    /// no vars known: a Promise that reads `vars.<name>` is refused. The
+    /// API and the server validate with [`Promise::parse_with`] and the
+    /// deployment's vars.
     pub fn parse(text: &str) -> Result<Promise, SpecErrors> {
-        let value: Value = serde_yaml::from_str(text).map_err(|e| {
-            let path = e
-                .location()
-                .map(|l| format!("line {} column {}", l.line(), l.column()))
-                .unwrap_or_default();
-            SpecErrors::one(SpecError::new(
-                "",
-                "syntax",
-                format!("not valid YAML or JSON: {e} {path}").trim_end(),
-            ))
-        })?;
-        Self::from_value(value)
+        Self::parse_with(text, &ValidationContext::default())
     }
 
-    /// Validates a Promise given as a JSON value.
+    /// Parses and validates a Promise from YAML or JSON for a deployment
+    /// described by `context`. Bounded in size and shape (see
+    /// [`crate::document`]) and linear-ish in time: callers on an async
+    /// runtime still run it on a blocking thread.
+    pub fn parse_with(text: &str, context: &ValidationContext) -> Result<Promise, SpecErrors> {
+        let value = crate::document::read(text).map_err(SpecErrors::one)?;
+        Self::from_value_with(value, context)
+    }
+
+    /// Validates a Promise given as a JSON value, with no vars known.
     pub fn from_value(value: Value) -> Result<Promise, SpecErrors> {
+        Self::from_value_with(value, &ValidationContext::default())
+    }
+
+    /// Validates a Promise given as a JSON value for a deployment.
+    pub fn from_value_with(
+        value: Value,
+        context: &ValidationContext,
+    ) -> Result<Promise, SpecErrors> {
+        crate::document::check_depth(&value).map_err(SpecErrors::one)?;
         let promise: Promise = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
@@ -254,8 +264,16 @@ impl Promise {
                 e.into_inner().to_string(),
             ))
         })?;
-        crate::validate::validate(&promise)?;
+        crate::validate::validate_with(&promise, context)?;
         Ok(promise)
+    }
+
+    /// A Promise as it was stored after validation, read back without
+    /// validating it again: validation ran once, when it was applied, and
+    /// the vars it was checked against may have changed since (a var no
+    /// longer exposed fails the expression that reads it, at run time).
+    pub fn from_stored(value: Value) -> Result<Promise, serde_json::Error> {
+        serde_json::from_value(value)
     }
 
     pub fn step(&self, id: &str) -> Option<&Step> {
@@ -332,12 +350,12 @@ impl Promise {
             .and_then(|t| parse_duration(t).ok())
     }
 
-    /// Environment variable names the Promise's expressions read as `env.X`.
-    pub fn env_references(&self) -> Vec<String> {
+    /// Names of the vars the Promise's expressions read as `vars.<name>`.
+    pub fn var_references(&self) -> Vec<String> {
         let mut names = Vec::new();
         crate::validate::for_each_template(self, |_, template| {
             for expr in template.expressions() {
-                names.extend(expr.env_references());
+                names.extend(expr.var_references());
             }
         });
         names.sort();
