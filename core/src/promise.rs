@@ -12,19 +12,58 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::compiled::{Compiled, StepPolicy, compile, index_of_address};
+use crate::time::DurationError;
 use crate::validate::{SpecError, SpecErrors, ValidationContext};
 
 pub const API_VERSION: &str = "fulfil.dev/v1";
 pub const KIND: &str = "Promise";
 
-/// A validated Promise.
+/// A validated Promise, with its settings compiled (see
+/// [`crate::compiled`]). Built only by [`Promise::parse_with`],
+/// [`Promise::from_value_with`] and deserialization (as
+/// [`Promise::from_stored`] does), each of which compiles it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "PromiseDocument")]
 pub struct Promise {
     pub api_version: String,
     pub kind: String,
     pub metadata: Metadata,
     pub spec: PromiseSpec,
+    #[serde(skip)]
+    compiled: Compiled,
+}
+
+/// A Promise document as written, before it is compiled.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PromiseDocument {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: PromiseSpec,
+}
+
+impl PromiseDocument {
+    fn uncompiled(self) -> Promise {
+        Promise {
+            api_version: self.api_version,
+            kind: self.kind,
+            metadata: self.metadata,
+            spec: self.spec,
+            compiled: Compiled::default(),
+        }
+    }
+}
+
+impl TryFrom<PromiseDocument> for Promise {
+    type Error = DurationError;
+
+    fn try_from(document: PromiseDocument) -> Result<Self, Self::Error> {
+        let mut promise = document.uncompiled();
+        promise.compiled = compile(&promise.spec)?;
+        Ok(promise)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,7 +294,7 @@ impl Promise {
         context: &ValidationContext,
     ) -> Result<Promise, SpecErrors> {
         crate::document::check_depth(&value).map_err(SpecErrors::one)?;
-        let promise: Promise = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let document: PromiseDocument = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             SpecErrors::one(SpecError::new(
@@ -264,7 +303,13 @@ impl Promise {
                 e.into_inner().to_string(),
             ))
         })?;
+        let mut promise = document.uncompiled();
         crate::validate::validate_with(&promise, context)?;
+        // Validation checked every duration compile() parses; an error here
+        // would be a gap between the two, reported rather than defaulted.
+        promise.compiled = compile(&promise.spec).map_err(|e| {
+            SpecErrors::one(SpecError::new("spec", "invalid_duration", e.to_string()))
+        })?;
         Ok(promise)
     }
 
@@ -276,8 +321,39 @@ impl Promise {
         serde_json::from_value(value)
     }
 
+    /// The `spec.workflow` step with this id.
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.spec.workflow.steps.iter().find(|s| s.id == id)
+        self.compiled
+            .index
+            .get(id)
+            .and_then(|&i| self.spec.workflow.steps.get(i))
+    }
+
+    /// The compiled settings of the step of this Promise that holds `addr`
+    /// (the step or its compensation), in `spec.workflow` or `spec.delete`;
+    /// for a step that is not this Promise's, `id` decides, and failing
+    /// that `spec.defaults`.
+    fn policy(&self, addr: usize, id: Option<&str>) -> &StepPolicy {
+        let c = &self.compiled;
+        index_of_address(&self.spec.workflow.steps, addr)
+            .and_then(|i| c.workflow.get(i))
+            .or_else(|| {
+                let delete = self.spec.delete.as_ref()?;
+                index_of_address(&delete.steps, addr).and_then(|i| c.delete.get(i))
+            })
+            .or_else(|| {
+                id.and_then(|id| c.index.get(id))
+                    .and_then(|&i| c.workflow.get(i))
+            })
+            .unwrap_or(&c.defaults)
+    }
+
+    fn step_policy(&self, step: &Step) -> &StepPolicy {
+        self.policy(std::ptr::from_ref(step) as usize, Some(&step.id))
+    }
+
+    fn compensation_policy(&self, compensation: &Compensation) -> &StepPolicy {
+        self.policy(std::ptr::from_ref(compensation) as usize, None)
     }
 
     /// The step's queue, falling back to `spec.defaults.queue`, then `default`.
@@ -288,66 +364,42 @@ impl Promise {
             .unwrap_or(crate::wire::DEFAULT_QUEUE)
     }
 
-    /// The step's per-attempt timeout. Validation guarantees it parses.
+    /// The step's per-attempt timeout: its own, else `spec.defaults`, else
+    /// [`DEFAULT_STEP_TIMEOUT`].
     pub fn timeout_of(&self, step: &Step) -> Duration {
-        step.timeout
-            .as_deref()
-            .or(self.spec.defaults.timeout.as_deref())
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(DEFAULT_STEP_TIMEOUT)
+        self.step_policy(step).timeout
     }
 
-    /// The step's retry policy. Validation guarantees its durations parse.
+    /// The step's retry policy (its own, else the Promise default).
     pub fn retry_of(&self, step: &Step) -> RetryPolicy {
-        step.retry
-            .as_ref()
-            .or(self.spec.defaults.retry.as_ref())
-            .and_then(|r| r.policy().ok())
-            .unwrap_or_else(RetryPolicy::none)
+        self.step_policy(step).retry.clone()
     }
 
     /// The compensation's retry policy (its own, else the Promise default).
     pub fn compensation_retry_of(&self, compensation: &Compensation) -> RetryPolicy {
-        compensation
-            .retry
-            .as_ref()
-            .or(self.spec.defaults.retry.as_ref())
-            .and_then(|r| r.policy().ok())
-            .unwrap_or_else(RetryPolicy::none)
+        self.compensation_policy(compensation)
+            .compensation_retry
+            .clone()
     }
 
     /// The compensation's per-attempt timeout.
     pub fn compensation_timeout_of(&self, compensation: &Compensation) -> Duration {
-        compensation
-            .timeout
-            .as_deref()
-            .or(self.spec.defaults.timeout.as_deref())
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(DEFAULT_STEP_TIMEOUT)
+        self.compensation_policy(compensation).compensation_timeout
     }
 
     /// How long the step's attempts may wait for a worker, if bounded.
     pub fn schedule_to_start_of(&self, step: &Step) -> Option<Duration> {
-        step.schedule_to_start
-            .as_deref()
-            .or(self.spec.defaults.schedule_to_start.as_deref())
-            .and_then(|t| parse_duration(t).ok())
+        self.step_policy(step).schedule_to_start
     }
 
     /// Longest silence between heartbeats of the step's running attempts.
     pub fn heartbeat_timeout_of(&self, step: &Step) -> Option<Duration> {
-        step.heartbeat_timeout
-            .as_deref()
-            .or(self.spec.defaults.heartbeat_timeout.as_deref())
-            .and_then(|t| parse_duration(t).ok())
+        self.step_policy(step).heartbeat_timeout
     }
 
     /// The whole run's deadline, if any.
     pub fn run_timeout(&self) -> Option<Duration> {
-        self.spec
-            .timeout
-            .as_deref()
-            .and_then(|t| parse_duration(t).ok())
+        self.compiled.run_timeout
     }
 
     /// Names of the vars the Promise's expressions read as `vars.<name>`.

@@ -479,3 +479,69 @@ fn validation_of_long_chains_reading_far_upstream_is_linear_enough() {
         "it needs s0 and what they need",
     );
 }
+
+#[test]
+fn settings_are_compiled_once_with_defaults_resolved() {
+    let yaml = r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: compiled, version: "1" }
+spec:
+  timeout: 2h
+  defaults:
+    timeout: 1m
+    heartbeat_timeout: 30s
+    retry: { max_attempts: 3, initial: 2s }
+  workflow:
+    steps:
+      - id: a
+        uses: noop
+        compensate: { uses: noop, timeout: 5s }
+      - id: b
+        uses: noop
+        needs: [a]
+        timeout: 10s
+        schedule_to_start: 1m
+        retry: { max_attempts: 7 }
+        compensate: { uses: noop, retry: { max_attempts: 9 } }
+  delete:
+    steps:
+      - { id: a, uses: noop, timeout: 3s }
+"#;
+    let p = Promise::parse(yaml).unwrap();
+    let (a, b) = (p.step("a").unwrap(), p.step("b").unwrap());
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(p.run_timeout(), Some(secs(7200)));
+    assert_eq!(p.timeout_of(a), secs(60));
+    assert_eq!(p.timeout_of(b), secs(10));
+    assert_eq!(p.heartbeat_timeout_of(b), Some(secs(30)));
+    assert_eq!(p.schedule_to_start_of(a), None);
+    assert_eq!(p.schedule_to_start_of(b), Some(secs(60)));
+    assert_eq!(
+        (p.retry_of(a).max_attempts, p.retry_of(a).initial),
+        (3, secs(2))
+    );
+    assert_eq!(p.retry_of(b).max_attempts, 7);
+    let (ca, cb) = (
+        a.compensate.as_ref().unwrap(),
+        b.compensate.as_ref().unwrap(),
+    );
+    assert_eq!(p.compensation_timeout_of(ca), secs(5));
+    assert_eq!(p.compensation_timeout_of(cb), secs(60));
+    assert_eq!(p.compensation_retry_of(ca).max_attempts, 3);
+    assert_eq!(p.compensation_retry_of(cb).max_attempts, 9);
+    // A delete step is told apart from the workflow step of the same id.
+    let delete_a = &p.spec.delete.as_ref().unwrap().steps[0];
+    assert_eq!(p.timeout_of(delete_a), secs(3));
+    // A copy of a step is found by its id.
+    assert_eq!(p.timeout_of(&b.clone()), secs(10));
+
+    // Read back from the store, the same; a stored duration that does not
+    // compile is an error, never a default.
+    let stored = serde_json::to_value(&p).unwrap();
+    assert_eq!(Promise::from_stored(stored.clone()).unwrap(), p);
+    let mut corrupt = stored;
+    corrupt["spec"]["workflow"]["steps"][1]["timeout"] = "soon".into();
+    let error = Promise::from_stored(corrupt).unwrap_err().to_string();
+    assert!(error.contains("soon"), "{error}");
+}
