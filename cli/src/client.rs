@@ -156,7 +156,7 @@ pub async fn promise_apply(args: &ClientArgs, path: &Path) -> anyhow::Result<Exi
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         // The name is needed for the URL; the server validates everything.
-        let name = serde_saphyr::from_str::<Value>(&text)
+        let name = fulfil_core::document::read(&text)
             .ok()
             .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
         let Some(name) = name else {

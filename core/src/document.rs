@@ -49,6 +49,12 @@ fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.duplicate_keys = serde_saphyr::options::DuplicateKeyPolicy::Error;
+    // YAML 1.2 scalars, as serde_yaml read them: `no`, `on`, `y` stay
+    // strings (a `with: { country: no }` is Norway, not false), and so do
+    // `010` and `1_000`, rather than becoming numbers nobody wrote.
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    options.underscored_numbers_as_strings = true;
     options
 }
 
@@ -131,6 +137,17 @@ pub fn check_depth(value: &Value) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scalars_are_read_as_yaml_1_2() {
+        let value = read("a: no\nb: on\nc: y\nd: 010\ne: 1_000\nf: true\ng: 12\nh: ~\n")
+            .expect("valid YAML");
+        assert_eq!(
+            value,
+            serde_json::json!({ "a": "no", "b": "on", "c": "y", "d": "010", "e": "1_000",
+                                "f": true, "g": 12, "h": null })
+        );
+    }
 
     #[test]
     fn depth_is_counted_like_the_yaml_budget() {

@@ -322,7 +322,7 @@ impl TestStack {
 }
 
 fn yaml_name(yaml: &str) -> Value {
-    serde_saphyr::from_str::<Value>(yaml)
+    fulfil_core::document::read(yaml)
         .ok()
         .map(|v| v["metadata"]["name"].clone())
         .unwrap_or(Value::Null)
