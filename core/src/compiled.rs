@@ -28,6 +28,20 @@ pub(crate) struct Compiled {
     pub delete: Vec<StepPolicy>,
     /// `spec.workflow` step ids to their index.
     pub index: HashMap<String, usize>,
+    /// The vars the Promise's expressions read, found on first use (every
+    /// request needs them; finding them parses every expression).
+    pub var_references: Cache<Vec<String>>,
+}
+
+/// A value computed once, on first use; two caches always compare equal,
+/// so whether one was filled never makes two Promises differ.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cache<T>(pub std::sync::OnceLock<T>);
+
+impl<T> PartialEq for Cache<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// One step's settings, with defaults applied.
@@ -128,6 +142,7 @@ pub(crate) fn compile(spec: &PromiseSpec) -> Result<Compiled, DurationError> {
         workflow,
         delete,
         index,
+        var_references: Cache::default(),
     })
 }
 

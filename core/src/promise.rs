@@ -402,17 +402,24 @@ impl Promise {
         self.compiled.run_timeout
     }
 
-    /// Names of the vars the Promise's expressions read as `vars.<name>`.
+    /// Names of the vars the Promise's expressions read as `vars.<name>`,
+    /// sorted; found once per Promise.
     pub fn var_references(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        crate::validate::for_each_template(self, |_, template| {
-            for expr in template.expressions() {
-                names.extend(expr.var_references());
-            }
-        });
-        names.sort();
-        names.dedup();
-        names
+        self.compiled
+            .var_references
+            .0
+            .get_or_init(|| {
+                let mut names = Vec::new();
+                crate::validate::for_each_template(self, |_, template| {
+                    for expr in template.expressions() {
+                        names.extend(expr.var_references());
+                    }
+                });
+                names.sort();
+                names.dedup();
+                names
+            })
+            .clone()
     }
 }
 
