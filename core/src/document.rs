@@ -33,6 +33,10 @@ pub const MAX_NODES: usize = 250_000;
 /// one can copy a whole subtree, so few are allowed.
 pub const MAX_ALIASES: usize = 100;
 
+/// Most YAML events aliases may replay in one document, all aliases
+/// together.
+pub const MAX_REPLAYED_EVENTS: usize = 10_000;
+
 /// Most steps in one workflow (`spec.workflow` or `spec.delete`): room for
 /// fan-outs of 2,000 and more.
 pub const MAX_STEPS: usize = 5_000;
@@ -49,6 +53,10 @@ fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.duplicate_keys = serde_saphyr::options::DuplicateKeyPolicy::Error;
+    // Aliases share small pieces (a retry policy); replaying more than this
+    // is expansion, not sharing, and costs time before the node budget
+    // would stop it.
+    options.alias_limits.max_total_replayed_events = MAX_REPLAYED_EVENTS;
     // YAML 1.2 scalars, as serde_yaml read them: `no`, `on`, `y` stay
     // strings (a `with: { country: no }` is Norway, not false), and so do
     // `010` and `1_000`, rather than becoming numbers nobody wrote.
@@ -92,12 +100,25 @@ pub fn read(text: &str) -> Result<Value, SpecError> {
                      of nesting, {MAX_NODES} nodes and {MAX_ALIASES} aliases are accepted"
                 ),
             ),
-            // The scanner's own limit on nested flow collections (`[[[...`)
-            // reports itself only as text.
-            other if other.to_string().contains("recursion limit") => (
-                "too_large",
-                format!("the document is nested deeper than {MAX_DEPTH} levels{at}"),
-            ),
+            // The scanner's limit on nested flow collections (`[[[...`),
+            // alias replay limits and budgets breached inside an alias
+            // (wrapped with the alias's location) report themselves only
+            // as text.
+            other
+                if ["recursion limit", "budget breached", "replay"]
+                    .iter()
+                    .any(|needle| other.to_string().contains(needle)) =>
+            {
+                (
+                    "too_large",
+                    format!(
+                        "the document exceeds a limit{at}: {}; at most {MAX_DEPTH} levels of \
+                         nesting, {MAX_NODES} nodes and {MAX_ALIASES} aliases expanding to \
+                         {MAX_REPLAYED_EVENTS} events are accepted",
+                        first_line(&other.to_string())
+                    ),
+                )
+            }
             other => (
                 "syntax",
                 format!("not valid YAML or JSON{at}: {}", first_line(&other.to_string())),
@@ -137,6 +158,31 @@ pub fn check_depth(value: &Value) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_and_aliases_are_bounded() {
+        let many = |n: usize| format!("[{}]", vec!["0"; n].join(","));
+        assert!(read(&many(MAX_NODES - 1)).is_ok());
+        let e = read(&many(MAX_NODES)).unwrap_err();
+        assert_eq!(e.code, "too_large", "{e:?}");
+        assert!(e.message.contains("nodes"), "{e:?}");
+
+        // A billion laughs: each level repeats the one before ten times.
+        let mut laughs = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (prev, next) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            laughs.push_str(&format!(
+                "{next}: &{next} [{}]\n",
+                vec![format!("*{prev}"); 10].join(", ")
+            ));
+        }
+        let e = read(&laughs).unwrap_err();
+        assert_eq!(e.code, "too_large", "{e:?}");
+        // A few aliases are fine.
+        assert!(read("a: &x [1]\nb: *x\n").is_ok());
+    }
 
     #[test]
     fn scalars_are_read_as_yaml_1_2() {
