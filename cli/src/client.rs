@@ -161,7 +161,7 @@ pub async fn promise_apply(args: &ClientArgs, path: &Path) -> anyhow::Result<Exi
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         // The name is needed for the URL; the server validates everything.
-        let name = serde_yaml::from_str::<Value>(&text)
+        let name = fulfil_core::document::read(&text)
             .ok()
             .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
         let Some(name) = name else {
@@ -198,7 +198,19 @@ pub async fn promise_apply(args: &ClientArgs, path: &Path) -> anyhow::Result<Exi
 }
 
 pub async fn promise_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let body = Api::new(args)?.get("/v1/promises").await?;
+    // The API pages the list; the command shows all of it, as one list.
+    let api = Api::new(args)?;
+    let mut all = Vec::new();
+    let mut path = "/v1/promises?limit=500".to_string();
+    loop {
+        let page = api.get(&path).await?;
+        all.extend(items(&page).iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/promises?limit=500&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let body = serde_json::json!({ "items": all, "next_cursor": null });
     if args.output == Format::Json {
         return print_json(&body);
     }
@@ -237,7 +249,7 @@ pub async fn promise_get(
     }
     print!(
         "{}",
-        serde_yaml::to_string(&body["promise"]).context("rendering YAML")?
+        serde_saphyr::to_string(&body["promise"]).context("rendering YAML")?
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -89,6 +89,11 @@ pub struct ServerArgs {
     /// Directory of Promise files applied at start (`dev` defaults to ./workflows).
     #[arg(long, env = "FULFIL_WORKFLOWS")]
     workflows: Option<PathBuf>,
+    /// YAML or JSON file of vars Promises may read as `vars.<name>` (a
+    /// mapping of names to strings); `FULFIL_VAR_<NAME>` variables add to
+    /// and override it.
+    #[arg(long, env = "FULFIL_VARS_FILE")]
+    vars_file: Option<PathBuf>,
     /// Worker queues to serve.
     #[arg(
         long,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use fulfil_bus::NatsNames;
+use fulfil_core::Vars;
 use fulfil_engine::{Engine, EngineConfig, db, promises};
 use fulfil_worker::{Handlers, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
@@ -102,8 +103,10 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
         .await
         .context("creating JetStream streams")?;
 
+    let vars = read_vars(args.vars_file.as_deref())?;
+    info!(vars = ?vars.names(), "vars exposed to Promises");
     let engine_id = format!("{}-{}", hostname(), std::process::id());
-    let engine = Engine::new(pool, names.clone(), engine_id.clone());
+    let engine = Engine::with_vars(pool, names.clone(), engine_id.clone(), vars);
     // Tasks this process commits (requests in the API, results in the
     // engine) go to NATS straight after commit; the relay only sweeps.
     engine.start_fast_publisher(js.clone());
@@ -178,13 +181,31 @@ async fn probe_postgres(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The vars of `--vars-file`, overridden by `FULFIL_VAR_*` variables.
+fn read_vars(file: Option<&Path>) -> anyhow::Result<Vars> {
+    let from_file = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the vars file {}", path.display()))?;
+            Vars::from_file_text(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => Vars::default(),
+    };
+    Ok(from_file.overridden_by(Vars::from_env(std::env::vars())?))
+}
+
 async fn apply_workflows(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
     let files = crate::client::promise_files(dir)?;
     let mut problems = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        match fulfil_core::Promise::parse(&text) {
+        let context = engine.validation_context();
+        let parsed =
+            tokio::task::spawn_blocking(move || fulfil_core::Promise::parse_with(&text, &context))
+                .await
+                .context("validating a Promise")?;
+        match parsed {
             Ok(promise) => {
                 let outcome = promises::apply(engine.pool(), &promise)
                     .await

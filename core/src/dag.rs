@@ -63,6 +63,64 @@ pub struct Graph {
     index: HashMap<String, usize>,
 }
 
+/// Answers "does step `from` (transitively) need step `target`?" for many
+/// pairs of one acyclic graph. A direct need costs one look-up; the first
+/// other question computes every step's ancestors as bit sets, in
+/// topological order: `edges * steps / 64` word operations and
+/// `steps^2 / 8` bytes (3 MiB for [`crate::document::MAX_STEPS`]), after
+/// which every answer is one bit. Sets of ids per step, or a walk per
+/// question, were quadratic in a long chain.
+pub struct Reachability<'g> {
+    graph: &'g Graph,
+    /// Words per step in `ancestors`.
+    words: usize,
+    /// Step `i`'s ancestors: bits `i * words .. (i + 1) * words`.
+    ancestors: Option<Vec<u64>>,
+}
+
+impl<'g> Reachability<'g> {
+    /// For a graph known to be acyclic ([`Graph::find_cycle`] is `None`).
+    pub fn new(graph: &'g Graph) -> Self {
+        Self {
+            graph,
+            words: graph.ids.len().div_ceil(64),
+            ancestors: None,
+        }
+    }
+
+    fn ancestors(&mut self) -> &[u64] {
+        let (graph, words) = (self.graph, self.words);
+        self.ancestors.get_or_insert_with(|| {
+            let mut bits = vec![0u64; graph.ids.len() * words];
+            for &node in &graph.topological_order() {
+                for &need in &graph.needs[node] {
+                    // Needs come first in topological order: their sets are
+                    // complete. `need != node` in an acyclic graph.
+                    let (from, to) = (need * words, node * words);
+                    for w in 0..words {
+                        bits[to + w] |= bits[from + w];
+                    }
+                    bits[to + need / 64] |= 1 << (need % 64);
+                }
+            }
+            bits
+        })
+    }
+
+    /// Whether `from` needs `target`, directly or transitively.
+    pub fn needs(&mut self, from: &str, target: &str) -> bool {
+        let graph = self.graph;
+        let (Some(&f), Some(&t)) = (graph.index.get(from), graph.index.get(target)) else {
+            return false;
+        };
+        if graph.needs[f].contains(&t) {
+            return true;
+        }
+        let words = self.words;
+        self.ancestors()[f * words + t / 64] & (1 << (t % 64)) != 0
+    }
+}
+
 impl Graph {
     /// Builds the graph; needs naming unknown steps are dropped (validation
     /// reports them before a graph is ever planned).
@@ -98,6 +156,11 @@ impl Graph {
                 .iter()
                 .map(|s| (s.id.clone(), s.needs.clone())),
         )
+    }
+
+    /// Where step `id` is in the workflow, if it is one.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
     }
 
     pub fn ids(&self) -> impl Iterator<Item = &str> {

@@ -1,23 +1,68 @@
 //! `${{ expression }}` templates and `if` conditions.
 //!
 //! Expressions are [CEL](https://cel.dev), the language Kubernetes uses for
-//! validation rules, evaluated over five variables: `params` (the request's
+//! validation rules, evaluated over four variables: `params` (the request's
 //! validated parameters), `request` (`id`, `promise`, `promise_version`),
-//! `env` (environment variables the Promise names, captured when the run is
-//! created so every engine renders the same value), and `steps` (for every
-//! finished upstream step, `steps.<id>.outputs` and `steps.<id>.status`).
+//! `vars` (the non-secret configuration an operator exposes, see
+//! [`crate::vars`]; captured when the run is created so every engine renders
+//! the same value), and `steps` (for every finished upstream step,
+//! `steps.<id>.outputs` and `steps.<id>.status`). The engine's environment
+//! is not readable: `env` is not a variable.
 //!
 //! A string that is exactly one `${{ }}` keeps the expression's JSON type, so
 //! `replicas: "${{ params.replicas }}"` renders a number; a string mixing text
 //! and expressions renders to text. Rendering is pure: the same context always
 //! gives the same input, which is what makes a step's attempts comparable.
+//!
+//! Every expression is bounded before the CEL parser sees it
+//! ([`MAX_EXPRESSION_BYTES`], [`MAX_EXPRESSION_OPERATORS`]): the parser and
+//! the evaluator recurse once per level of the syntax tree, and an unbounded
+//! expression overflows the stack and aborts the process, at validation or
+//! later at every evaluation.
 
 use cel::common::ast::{Expr, LiteralValue};
 use cel::{IdedExpr, Program};
 use serde_json::Value;
 
+/// Longest expression source accepted, in bytes.
+pub const MAX_EXPRESSION_BYTES: usize = 4096;
+
+/// Most operator, bracket and member-access characters one expression may
+/// hold. The CEL parser and evaluator recurse once per level of the syntax
+/// tree, and a left-leaning chain (`1+1+...`, `a.b.b...`, `x['k']['k']...`)
+/// is as deep as it is long; this bound keeps the deepest tree an accepted
+/// expression can build well inside a 2 MiB thread stack (a tokio worker's),
+/// which `tests/expressions.rs` checks for the worst shapes.
+pub const MAX_EXPRESSION_OPERATORS: usize = 256;
+
+/// Characters that can add a level to an expression's syntax tree. They are
+/// counted everywhere, string literals included: a scan that skipped
+/// literals would have to agree with the CEL lexer on every quoting rule,
+/// and one disagreement would let a deep expression through.
+const DEEPENING: &[u8] = b".+-*/%<>=!&|?:([{";
+
+/// Refuses expressions that could exhaust the stack of the CEL parser or
+/// evaluator, before they are handed to it.
+fn check_size(source: &str) -> Result<(), String> {
+    if source.len() > MAX_EXPRESSION_BYTES {
+        return Err(format!(
+            "expression is {} bytes long; at most {MAX_EXPRESSION_BYTES} are accepted: \
+             compute parts of it in earlier steps",
+            source.len()
+        ));
+    }
+    let operators = source.bytes().filter(|b| DEEPENING.contains(b)).count();
+    if operators > MAX_EXPRESSION_OPERATORS {
+        return Err(format!(
+            "expression has {operators} operators, brackets and member accesses; \
+             at most {MAX_EXPRESSION_OPERATORS} are accepted: split it into smaller expressions"
+        ));
+    }
+    Ok(())
+}
+
 /// Root variables an expression may read.
-pub const ROOTS: [&str; 4] = ["params", "request", "env", "steps"];
+pub const ROOTS: [&str; 4] = ["params", "request", "vars", "steps"];
 
 /// A string split into literal text and expressions.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,16 +168,20 @@ impl Template {
 pub struct ParsedExpressionRef<'a>(pub &'a str);
 
 impl ParsedExpressionRef<'_> {
-    /// `env.X` names this expression reads; empty if it does not parse.
-    pub fn env_references(&self) -> Vec<String> {
+    /// `vars.<name>` names this expression reads; empty if it does not parse.
+    pub fn var_references(&self) -> Vec<String> {
         ParsedExpression::parse(self.0)
-            .map(|e| e.selected_fields("env"))
+            .map(|e| e.selected_fields("vars"))
             .unwrap_or_default()
     }
 }
 
 impl ParsedExpression {
+    /// Parses a CEL expression, refusing first any that is longer than
+    /// [`MAX_EXPRESSION_BYTES`] or holds more than
+    /// [`MAX_EXPRESSION_OPERATORS`] operators, brackets and member accesses.
     pub fn parse(source: &str) -> Result<ParsedExpression, String> {
+        check_size(source)?;
         let program = Program::compile(source).map_err(|e| e.to_string())?;
         Ok(ParsedExpression {
             source: source.to_string(),
@@ -252,7 +301,8 @@ fn evaluate(source: &str, context: &RenderContext) -> Result<Value, RenderError>
 pub struct RenderContext {
     pub params: Value,
     pub request: Value,
-    pub env: Value,
+    /// The captured vars the Promise reads (see [`crate::vars::Vars::capture`]).
+    pub vars: Value,
     /// `{ "<step id>": { "outputs": ..., "status": ... } }`.
     pub steps: Value,
 }
@@ -263,7 +313,7 @@ impl RenderContext {
         for (name, value) in [
             ("params", &self.params),
             ("request", &self.request),
-            ("env", &self.env),
+            ("vars", &self.vars),
             ("steps", &self.steps),
         ] {
             let value = if value.is_null() {
@@ -361,7 +411,7 @@ mod tests {
         RenderContext {
             params: json!({"name": "orders", "size": "large", "replicas": 3}),
             request: json!({"id": "r1"}),
-            env: json!({"PROVISIONER_URL": "http://127.0.0.1:9"}),
+            vars: json!({"provisioner_url": "http://127.0.0.1:9"}),
             steps: json!({"provision": {"status": "succeeded", "outputs": {"endpoint": "db:5432"}},
                            "provision-b": {"status": "succeeded", "outputs": {"n": 1}}}),
         }
@@ -370,7 +420,7 @@ mod tests {
     #[test]
     fn renders_typed_values_and_interpolated_text() {
         let input = json!({
-            "url": "${{ env.PROVISIONER_URL }}/databases/${{ params.name }}",
+            "url": "${{ vars.provisioner_url }}/databases/${{ params.name }}",
             "replicas": "${{ params.replicas }}",
             "endpoint": "${{ steps.provision.outputs.endpoint }}",
             "n": "${{ steps['provision-b'].outputs.n + 1 }}",
@@ -402,13 +452,14 @@ mod tests {
     }
 
     #[test]
-    fn finds_referenced_steps_and_env() {
-        let e =
-            ParsedExpression::parse("steps.a.outputs.x + steps['b-c'].outputs.y + size(env.TOKEN)")
-                .unwrap();
+    fn finds_referenced_steps_and_vars() {
+        let e = ParsedExpression::parse(
+            "steps.a.outputs.x + steps['b-c'].outputs.y + size(vars.token)",
+        )
+        .unwrap();
         assert_eq!(e.selected_fields("steps"), vec!["a", "b-c"]);
-        assert_eq!(e.selected_fields("env"), vec!["TOKEN"]);
-        assert_eq!(e.variables(), vec!["env", "steps"]);
+        assert_eq!(e.selected_fields("vars"), vec!["token"]);
+        assert_eq!(e.variables(), vec!["steps", "vars"]);
         assert!(Template::parse("x ${{ a").is_err());
         assert!(Template::parse("${{ }}").is_err());
         assert!(ParsedExpression::parse("params.size ==").is_err());

@@ -5,7 +5,9 @@
 //! A worker depends on this crate for [`wire`] and on `fulfil-bus` for the
 //! JetStream plumbing; it never links the engine or a database driver.
 
+pub mod compiled;
 pub mod dag;
+pub mod document;
 pub mod expr;
 pub mod ids;
 pub mod params;
@@ -13,8 +15,10 @@ pub mod promise;
 pub mod status;
 pub mod time;
 pub mod validate;
+pub mod vars;
 pub mod wire;
 
 pub use dag::{Graph, Plan, RunStatus, StepStatus};
 pub use promise::{Promise, RetryPolicy, Step};
-pub use validate::{SpecError, SpecErrors};
+pub use validate::{SpecError, SpecErrors, ValidationContext, VarNames};
+pub use vars::Vars;

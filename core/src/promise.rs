@@ -12,19 +12,58 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::validate::{SpecError, SpecErrors};
+use crate::compiled::{Compiled, StepPolicy, compile, index_of_address};
+use crate::time::DurationError;
+use crate::validate::{SpecError, SpecErrors, ValidationContext};
 
 pub const API_VERSION: &str = "fulfil.dev/v1";
 pub const KIND: &str = "Promise";
 
-/// A validated Promise.
+/// A validated Promise, with its settings compiled (see
+/// [`crate::compiled`]). Built only by [`Promise::parse_with`],
+/// [`Promise::from_value_with`] and deserialization (as
+/// [`Promise::from_stored`] does), each of which compiles it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "PromiseDocument")]
 pub struct Promise {
     pub api_version: String,
     pub kind: String,
     pub metadata: Metadata,
     pub spec: PromiseSpec,
+    #[serde(skip)]
+    compiled: Compiled,
+}
+
+/// A Promise document as written, before it is compiled.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PromiseDocument {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: PromiseSpec,
+}
+
+impl PromiseDocument {
+    fn uncompiled(self) -> Promise {
+        Promise {
+            api_version: self.api_version,
+            kind: self.kind,
+            metadata: self.metadata,
+            spec: self.spec,
+            compiled: Compiled::default(),
+        }
+    }
+}
+
+impl TryFrom<PromiseDocument> for Promise {
+    type Error = DurationError;
+
+    fn try_from(document: PromiseDocument) -> Result<Self, Self::Error> {
+        let mut promise = document.uncompiled();
+        promise.compiled = compile(&promise.spec)?;
+        Ok(promise)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,32 +258,43 @@ impl RetryPolicy {
     }
 }
 
-/// Parses a duration such as `500ms`, `10s`, `1m30s`.
+/// Parses a duration such as `500ms`, `10s`, `1m30s`, bounded by
+/// [`crate::time::MAX_DURATION`]; the error as text, for command-line
+/// argument parsers. Everything else uses [`crate::time::parse_duration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?}: {e}; use forms like 500ms, 10s, 5m, 1h"))
+    crate::time::parse_duration(text).map_err(|e| e.to_string())
 }
 
 impl Promise {
-    /// Parses and validates a Promise from YAML (JSON is valid YAML).
+    /// Parses and validates a Promise from YAML (JSON is valid YAML), with
+    /// no vars known: a Promise that reads `vars.<name>` is refused. The
+    /// API and the server validate with [`Promise::parse_with`] and the
+    /// deployment's vars.
     pub fn parse(text: &str) -> Result<Promise, SpecErrors> {
-        let value: Value = serde_yaml::from_str(text).map_err(|e| {
-            let path = e
-                .location()
-                .map(|l| format!("line {} column {}", l.line(), l.column()))
-                .unwrap_or_default();
-            SpecErrors::one(SpecError::new(
-                "",
-                "syntax",
-                format!("not valid YAML or JSON: {e} {path}").trim_end(),
-            ))
-        })?;
-        Self::from_value(value)
+        Self::parse_with(text, &ValidationContext::default())
     }
 
-    /// Validates a Promise given as a JSON value.
+    /// Parses and validates a Promise from YAML or JSON for a deployment
+    /// described by `context`. Bounded in size and shape (see
+    /// [`crate::document`]) and linear-ish in time: callers on an async
+    /// runtime still run it on a blocking thread.
+    pub fn parse_with(text: &str, context: &ValidationContext) -> Result<Promise, SpecErrors> {
+        let value = crate::document::read(text).map_err(SpecErrors::one)?;
+        Self::from_value_with(value, context)
+    }
+
+    /// Validates a Promise given as a JSON value, with no vars known.
     pub fn from_value(value: Value) -> Result<Promise, SpecErrors> {
-        let promise: Promise = serde_path_to_error::deserialize(&value).map_err(|e| {
+        Self::from_value_with(value, &ValidationContext::default())
+    }
+
+    /// Validates a Promise given as a JSON value for a deployment.
+    pub fn from_value_with(
+        value: Value,
+        context: &ValidationContext,
+    ) -> Result<Promise, SpecErrors> {
+        crate::document::check_depth(&value).map_err(SpecErrors::one)?;
+        let document: PromiseDocument = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             SpecErrors::one(SpecError::new(
@@ -253,12 +303,57 @@ impl Promise {
                 e.into_inner().to_string(),
             ))
         })?;
-        crate::validate::validate(&promise)?;
+        let mut promise = document.uncompiled();
+        crate::validate::validate_with(&promise, context)?;
+        // Validation checked every duration compile() parses; an error here
+        // would be a gap between the two, reported rather than defaulted.
+        promise.compiled = compile(&promise.spec).map_err(|e| {
+            SpecErrors::one(SpecError::new("spec", "invalid_duration", e.to_string()))
+        })?;
         Ok(promise)
     }
 
+    /// A Promise as it was stored after validation, read back without
+    /// validating it again: validation ran once, when it was applied, and
+    /// the vars it was checked against may have changed since (a var no
+    /// longer exposed fails the expression that reads it, at run time).
+    pub fn from_stored(value: Value) -> Result<Promise, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+
+    /// The `spec.workflow` step with this id.
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.spec.workflow.steps.iter().find(|s| s.id == id)
+        self.compiled
+            .index
+            .get(id)
+            .and_then(|&i| self.spec.workflow.steps.get(i))
+    }
+
+    /// The compiled settings of the step of this Promise that holds `addr`
+    /// (the step or its compensation), in `spec.workflow` or `spec.delete`;
+    /// for a step that is not this Promise's, `id` decides, and failing
+    /// that `spec.defaults`.
+    fn policy(&self, addr: usize, id: Option<&str>) -> &StepPolicy {
+        let c = &self.compiled;
+        index_of_address(&self.spec.workflow.steps, addr)
+            .and_then(|i| c.workflow.get(i))
+            .or_else(|| {
+                let delete = self.spec.delete.as_ref()?;
+                index_of_address(&delete.steps, addr).and_then(|i| c.delete.get(i))
+            })
+            .or_else(|| {
+                id.and_then(|id| c.index.get(id))
+                    .and_then(|&i| c.workflow.get(i))
+            })
+            .unwrap_or(&c.defaults)
+    }
+
+    fn step_policy(&self, step: &Step) -> &StepPolicy {
+        self.policy(std::ptr::from_ref(step) as usize, Some(&step.id))
+    }
+
+    fn compensation_policy(&self, compensation: &Compensation) -> &StepPolicy {
+        self.policy(std::ptr::from_ref(compensation) as usize, None)
     }
 
     /// The step's queue, falling back to `spec.defaults.queue`, then `default`.
@@ -269,79 +364,62 @@ impl Promise {
             .unwrap_or(crate::wire::DEFAULT_QUEUE)
     }
 
-    /// The step's per-attempt timeout. Validation guarantees it parses.
+    /// The step's per-attempt timeout: its own, else `spec.defaults`, else
+    /// [`DEFAULT_STEP_TIMEOUT`].
     pub fn timeout_of(&self, step: &Step) -> Duration {
-        step.timeout
-            .as_deref()
-            .or(self.spec.defaults.timeout.as_deref())
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(DEFAULT_STEP_TIMEOUT)
+        self.step_policy(step).timeout
     }
 
-    /// The step's retry policy. Validation guarantees its durations parse.
+    /// The step's retry policy (its own, else the Promise default).
     pub fn retry_of(&self, step: &Step) -> RetryPolicy {
-        step.retry
-            .as_ref()
-            .or(self.spec.defaults.retry.as_ref())
-            .and_then(|r| r.policy().ok())
-            .unwrap_or_else(RetryPolicy::none)
+        self.step_policy(step).retry.clone()
     }
 
     /// The compensation's retry policy (its own, else the Promise default).
     pub fn compensation_retry_of(&self, compensation: &Compensation) -> RetryPolicy {
-        compensation
-            .retry
-            .as_ref()
-            .or(self.spec.defaults.retry.as_ref())
-            .and_then(|r| r.policy().ok())
-            .unwrap_or_else(RetryPolicy::none)
+        self.compensation_policy(compensation)
+            .compensation_retry
+            .clone()
     }
 
     /// The compensation's per-attempt timeout.
     pub fn compensation_timeout_of(&self, compensation: &Compensation) -> Duration {
-        compensation
-            .timeout
-            .as_deref()
-            .or(self.spec.defaults.timeout.as_deref())
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(DEFAULT_STEP_TIMEOUT)
+        self.compensation_policy(compensation).compensation_timeout
     }
 
     /// How long the step's attempts may wait for a worker, if bounded.
     pub fn schedule_to_start_of(&self, step: &Step) -> Option<Duration> {
-        step.schedule_to_start
-            .as_deref()
-            .or(self.spec.defaults.schedule_to_start.as_deref())
-            .and_then(|t| parse_duration(t).ok())
+        self.step_policy(step).schedule_to_start
     }
 
     /// Longest silence between heartbeats of the step's running attempts.
     pub fn heartbeat_timeout_of(&self, step: &Step) -> Option<Duration> {
-        step.heartbeat_timeout
-            .as_deref()
-            .or(self.spec.defaults.heartbeat_timeout.as_deref())
-            .and_then(|t| parse_duration(t).ok())
+        self.step_policy(step).heartbeat_timeout
     }
 
     /// The whole run's deadline, if any.
     pub fn run_timeout(&self) -> Option<Duration> {
-        self.spec
-            .timeout
-            .as_deref()
-            .and_then(|t| parse_duration(t).ok())
+        self.compiled.run_timeout
     }
 
-    /// Environment variable names the Promise's expressions read as `env.X`.
-    pub fn env_references(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        crate::validate::for_each_template(self, |_, template| {
-            for expr in template.expressions() {
-                names.extend(expr.env_references());
-            }
-        });
-        names.sort();
-        names.dedup();
-        names
+    /// Names of the vars the Promise's expressions read as `vars.<name>`,
+    /// sorted; found once per Promise.
+    pub fn var_references(&self) -> Vec<String> {
+        self.compiled
+            .var_references
+            .0
+            .get_or_init(|| {
+                let mut names = Vec::new();
+                crate::validate::for_each_template(self, |_, template| {
+                    for expr in template.expressions() {
+                        names.extend(expr.var_references());
+                    }
+                });
+                names.sort();
+                names.dedup();
+                names
+            })
+            .clone()
     }
 }
 
@@ -349,8 +427,8 @@ impl RetrySpec {
     pub fn policy(&self) -> Result<RetryPolicy, String> {
         Ok(RetryPolicy {
             max_attempts: self.max_attempts,
-            initial: parse_duration(&self.initial)?,
-            max: parse_duration(&self.max)?,
+            initial: crate::time::parse_duration(&self.initial).map_err(|e| e.to_string())?,
+            max: crate::time::parse_duration(&self.max).map_err(|e| e.to_string())?,
             multiplier: self.multiplier,
             jitter: self.jitter,
             non_retryable: self.non_retryable.clone(),

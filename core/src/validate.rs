@@ -2,25 +2,37 @@
 //!
 //! Validation never stops at the first problem: it collects every one, each at
 //! its path into the document (`spec.workflow.steps[2].needs[0]`), so a
-//! platform engineer fixes a Promise in one round trip.
+//! platform engineer fixes a Promise in one round trip (at most
+//! [`MAX_ERRORS`] of them, so that a broken document cannot make an answer
+//! larger than itself).
+//!
+//! Validation is linear in the document's size, give or take the check that
+//! an expression reads only steps upstream of its own, which walks only the
+//! steps between the two. Expressions may read `vars.<name>` only for the
+//! names a [`ValidationContext`] knows: the deployment's vars.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::dag::Graph;
+use crate::dag::{Graph, Reachability};
+use crate::document::MAX_STEPS;
 use crate::expr::{ParsedExpression, ROOTS, Template, condition_source};
-use crate::promise::{API_VERSION, KIND, Promise, RetrySpec, Step, parse_duration};
+use crate::promise::{API_VERSION, KIND, Promise, RetrySpec, Step};
+use crate::time::parse_duration;
 
 /// One problem in a Promise document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SpecError {
     /// Path into the document, e.g. `spec.workflow.steps[1].timeout`.
     pub path: String,
-    /// Stable code: `syntax`, `structure`, `invalid_value`, `duplicate_step`,
-    /// `unknown_need`, `cycle`, `invalid_duration`, `invalid_schema`,
-    /// `invalid_expression`, `unknown_step_reference`, `unknown_variable`.
+    /// Stable code: `syntax`, `duplicate_key`, `too_large`, `structure`,
+    /// `invalid_value`, `duplicate_step`, `unknown_need`, `cycle`,
+    /// `invalid_duration`, `invalid_schema`, `invalid_expression`,
+    /// `unknown_step_reference`, `unknown_variable`, `unknown_var`,
+    /// `too_many_errors`.
     pub code: &'static str,
     pub message: String,
 }
@@ -90,8 +102,51 @@ fn is_version(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'))
 }
 
-/// Checks everything about `promise` that its types do not.
+/// Most problems reported for one document; past it, one `too_many_errors`
+/// entry says how many more there were.
+pub const MAX_ERRORS: usize = 100;
+
+/// What validation knows about the deployment a Promise is applied to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidationContext {
+    /// The vars expressions may read.
+    pub vars: VarNames,
+}
+
+/// Which `vars.<name>` a Promise may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VarNames {
+    /// Exactly these; the default is none.
+    Only(BTreeSet<String>),
+    /// Any name: for tools that check a Promise away from any deployment.
+    /// A name no deployment exposes then fails at run time instead.
+    Any,
+}
+
+impl Default for VarNames {
+    fn default() -> Self {
+        VarNames::Only(BTreeSet::new())
+    }
+}
+
+impl ValidationContext {
+    /// A context in which expressions may read the vars named.
+    pub fn with_vars(names: BTreeSet<String>) -> Self {
+        Self {
+            vars: VarNames::Only(names),
+        }
+    }
+}
+
+/// Checks everything about `promise` that its types do not, with no vars
+/// known (see [`validate_with`]).
 pub fn validate(promise: &Promise) -> Result<(), SpecErrors> {
+    validate_with(promise, &ValidationContext::default())
+}
+
+/// Checks everything about `promise` that its types do not, for the
+/// deployment `context` describes.
+pub fn validate_with(promise: &Promise, context: &ValidationContext) -> Result<(), SpecErrors> {
     let mut errors = Vec::new();
     let mut err = |path: String, code: &'static str, message: String| {
         errors.push(SpecError::new(path, code, message));
@@ -164,24 +219,79 @@ pub fn validate(promise: &Promise) -> Result<(), SpecErrors> {
         check_duration("spec.timeout", timeout, &mut err);
     }
 
-    let graph = check_workflow("spec.workflow", &promise.spec.workflow.steps, &mut err);
+    let graph = check_workflow(
+        "spec.workflow",
+        &promise.spec.workflow.steps,
+        context,
+        &mut err,
+    );
     if let Some(delete) = &promise.spec.delete {
-        check_workflow("spec.delete", &delete.steps, &mut err);
+        check_workflow("spec.delete", &delete.steps, context, &mut err);
     }
 
     // Run outputs may read any step of the workflow.
     if let Some(graph) = &graph {
-        let all: BTreeSet<&str> = graph.ids().collect();
+        let mut refs = Vec::new();
         for (name, value) in &promise.spec.outputs {
-            check_templates(&format!("spec.outputs.{name}"), value, &all, &mut err);
+            check_templates(
+                &format!("spec.outputs.{name}"),
+                value,
+                context,
+                &mut err,
+                &mut refs,
+            );
+        }
+        for r in refs {
+            if graph.position(&r.step).is_none() {
+                err(
+                    r.path,
+                    "unknown_step_reference",
+                    format!(
+                        "expression {} reads steps.{}, which is not a step of spec.workflow",
+                        r.quoted, r.step
+                    ),
+                );
+            }
         }
     }
 
     if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(SpecErrors(errors))
+        return Ok(());
     }
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        errors.truncate(MAX_ERRORS);
+        errors.push(SpecError::new(
+            "",
+            "too_many_errors",
+            format!("{more} more problem(s) not listed; fix these first"),
+        ));
+    }
+    Err(SpecErrors(errors))
+}
+
+/// A `steps.<id>` an expression reads, checked once the graph is known.
+struct StepRef {
+    path: String,
+    quoted: String,
+    step: String,
+}
+
+/// `ids` joined with ", ", at most 20 of them, for messages.
+fn some_ids<'a>(ids: impl ExactSizeIterator<Item = &'a str>) -> String {
+    const SHOWN: usize = 20;
+    let total = ids.len();
+    let mut out = String::new();
+    for (i, id) in ids.take(SHOWN).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(id);
+    }
+    if total > SHOWN {
+        let _ = write!(out, " and {} more", total - SHOWN);
+    }
+    out
 }
 
 type Report<'a> = dyn FnMut(String, &'static str, String) + 'a;
@@ -225,7 +335,7 @@ fn check_duration(path: &str, text: &str, err: &mut Report<'_>) {
             format!("{text:?} must be longer than zero"),
         ),
         Ok(_) => {}
-        Err(message) => err(path.into(), "invalid_duration", message),
+        Err(e) => err(path.into(), "invalid_duration", e.to_string()),
     }
 }
 
@@ -267,7 +377,23 @@ fn check_queue(path: &str, queue: &str, err: &mut Report<'_>) {
 
 /// Checks one workflow; returns its graph when the step structure is sound
 /// enough to reason about references.
-fn check_workflow(path: &str, steps: &[Step], err: &mut Report<'_>) -> Option<Graph> {
+fn check_workflow(
+    path: &str,
+    steps: &[Step],
+    context: &ValidationContext,
+    err: &mut Report<'_>,
+) -> Option<Graph> {
+    if steps.len() > MAX_STEPS {
+        err(
+            format!("{path}.steps"),
+            "too_large",
+            format!(
+                "{} steps; a workflow may have at most {MAX_STEPS}: split it into Promises that compose",
+                steps.len()
+            ),
+        );
+        return None;
+    }
     let mut first_index: HashMap<&str, usize> = HashMap::new();
     let mut structure_ok = true;
     for (i, step) in steps.iter().enumerate() {
@@ -339,13 +465,12 @@ fn check_workflow(path: &str, steps: &[Step], err: &mut Report<'_>) -> Option<Gr
             let at = format!("{path}.steps[{i}].needs[{j}]");
             if !first_index.contains_key(need.as_str()) {
                 structure_ok = false;
-                let known: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
                 err(
                     at,
                     "unknown_need",
                     format!(
                         "unknown step {need:?}; steps in this workflow: {}",
-                        known.join(", ")
+                        some_ids(steps.iter().map(|s| s.id.as_str()))
                     ),
                 );
             } else if need == &step.id {
@@ -370,105 +495,169 @@ fn check_workflow(path: &str, steps: &[Step], err: &mut Report<'_>) -> Option<Gr
         return None;
     }
 
+    let mut reach = Reachability::new(&graph);
     for (i, step) in steps.iter().enumerate() {
         let at = format!("{path}.steps[{i}]");
-        let upstream = graph.ancestors(&step.id);
-        let visible: BTreeSet<&str> = upstream.iter().map(String::as_str).collect();
-        check_templates(&format!("{at}.with"), &step.with, &visible, err);
+        let mut refs = Vec::new();
+        check_templates(&format!("{at}.with"), &step.with, context, err, &mut refs);
         if let Some(condition) = &step.condition {
             check_expression(
                 &format!("{at}.if"),
                 condition_source(condition),
-                &visible,
+                context,
                 err,
+                &mut refs,
             );
         }
+        let own_refs = refs.len();
         if let Some(comp) = &step.compensate {
-            // A compensation runs after its step succeeded, so it may read the
-            // step's own outputs too.
-            let mut with_self = visible.clone();
-            with_self.insert(step.id.as_str());
             check_templates(
                 &format!("{at}.compensate.with"),
                 &comp.with,
-                &with_self,
+                context,
                 err,
+                &mut refs,
+            );
+        }
+        for (n, r) in refs.into_iter().enumerate() {
+            // A compensation runs after its step succeeded, so it may read
+            // the step's own outputs too.
+            let own_step_ok = n >= own_refs && r.step == step.id;
+            if own_step_ok || reach.needs(&step.id, &r.step) {
+                continue;
+            }
+            let hint = if step.needs.is_empty() {
+                "this step has no upstream steps".to_string()
+            } else {
+                format!(
+                    "it needs {} and what they need",
+                    some_ids(step.needs.iter().map(String::as_str))
+                )
+            };
+            err(
+                r.path,
+                "unknown_step_reference",
+                format!(
+                    "expression {} reads steps.{}, which is not a step this one (transitively) needs; {hint}",
+                    r.quoted, r.step
+                ),
             );
         }
     }
     Some(graph)
 }
 
-/// Checks every template in a JSON value; `visible` are the step ids it may read.
-fn check_templates(path: &str, value: &Value, visible: &BTreeSet<&str>, err: &mut Report<'_>) {
+/// Checks every template in a JSON value, collecting the steps each reads.
+fn check_templates(
+    path: &str,
+    value: &Value,
+    context: &ValidationContext,
+    err: &mut Report<'_>,
+    refs: &mut Vec<StepRef>,
+) {
     match value {
         Value::String(text) => match Template::parse(text) {
             Err(message) => err(path.into(), "invalid_expression", message),
             Ok(template) => {
                 for expr in template.expressions() {
-                    check_expression(path, expr.0, visible, err);
+                    check_expression(path, expr.0, context, err, refs);
                 }
             }
         },
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                check_templates(&format!("{path}[{i}]"), item, visible, err);
+                check_templates(&format!("{path}[{i}]"), item, context, err, refs);
             }
         }
         Value::Object(map) => {
             for (k, v) in map {
-                check_templates(&format!("{path}.{k}"), v, visible, err);
+                check_templates(&format!("{path}.{k}"), v, context, err, refs);
             }
         }
         _ => {}
     }
 }
 
-fn check_expression(path: &str, source: &str, visible: &BTreeSet<&str>, err: &mut Report<'_>) {
+/// Checks one expression; the steps it reads go to `refs`, for the caller
+/// to check against what is upstream.
+fn check_expression(
+    path: &str,
+    source: &str,
+    context: &ValidationContext,
+    err: &mut Report<'_>,
+    refs: &mut Vec<StepRef>,
+) {
+    // Messages quote the expression; a long one is cut so that an error
+    // about size is not itself as large as the document.
+    let quoted = preview(source);
     let expr = match ParsedExpression::parse(source) {
         Ok(expr) => expr,
         Err(message) => {
             err(
                 path.into(),
                 "invalid_expression",
-                format!(
-                    "cannot parse expression {source:?}: {}",
-                    first_line(&message)
-                ),
+                format!("cannot parse expression {quoted}: {}", first_line(&message)),
             );
             return;
         }
     };
     for var in expr.variables() {
-        if !ROOTS.contains(&var.as_str()) {
+        if var == "env" {
             err(
                 path.into(),
                 "unknown_variable",
                 format!(
-                    "expression {source:?} reads unknown variable {var:?}; available: {}",
+                    "expression {quoted} reads env, which does not exist: a Promise cannot read the \
+                     engine's environment; read vars.<name> instead, which an operator exposes \
+                     with FULFIL_VAR_<NAME> or a vars file"
+                ),
+            );
+        } else if !ROOTS.contains(&var.as_str()) {
+            err(
+                path.into(),
+                "unknown_variable",
+                format!(
+                    "expression {quoted} reads unknown variable {var:?}; available: {}",
                     ROOTS.join(", ")
                 ),
             );
         }
     }
-    for step in expr.selected_fields("steps") {
-        if !visible.contains(step.as_str()) {
-            let hint = if visible.is_empty() {
-                "this step has no upstream steps".to_string()
-            } else {
-                format!(
-                    "readable here: {}",
-                    visible.iter().copied().collect::<Vec<_>>().join(", ")
-                )
-            };
-            err(
-                path.into(),
-                "unknown_step_reference",
-                format!(
-                    "expression {source:?} reads steps.{step}, which is not a step this one (transitively) needs; {hint}"
-                ),
-            );
+    if let VarNames::Only(known) = &context.vars {
+        for name in expr.selected_fields("vars") {
+            if !known.contains(&name) {
+                let exposed = if known.is_empty() {
+                    "this deployment exposes none".to_string()
+                } else {
+                    format!("exposed: {}", some_ids(known.iter().map(String::as_str)))
+                };
+                err(
+                    path.into(),
+                    "unknown_var",
+                    format!(
+                        "expression {quoted} reads vars.{name}, which is not exposed; {exposed} \
+                         (an operator exposes one with FULFIL_VAR_{} or a vars file)",
+                        name.to_ascii_uppercase()
+                    ),
+                );
+            }
         }
+    }
+    for step in expr.selected_fields("steps") {
+        refs.push(StepRef {
+            path: path.into(),
+            quoted: quoted.clone(),
+            step,
+        });
+    }
+}
+
+/// `source` quoted, cut after 80 characters.
+fn preview(source: &str) -> String {
+    const KEEP: usize = 80;
+    match source.char_indices().nth(KEEP) {
+        Some((end, _)) => format!("{:?}...", &source[..end]),
+        None => format!("{source:?}"),
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use fulfil_bus::NatsNames;
+use fulfil_core::{ValidationContext, Vars};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,8 @@ pub(crate) struct Inner {
     pool: PgPool,
     names: NatsNames,
     promises: PromiseCache,
+    /// The vars an operator exposes to Promises (see [`fulfil_core::vars`]).
+    vars: Vars,
     /// Runs as this process last stored them (see [`crate::run::RunCache`]).
     runs: crate::run::RunCache,
     id: String,
@@ -79,12 +82,22 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// An engine that exposes no vars to Promises.
     pub fn new(pool: PgPool, names: NatsNames, id: impl Into<String>) -> Self {
+        Self::with_vars(pool, names, id, Vars::default())
+    }
+
+    /// An engine whose Promises may read `vars`. They live here rather than
+    /// in [`EngineConfig`], which only the engine role's loop receives: the
+    /// API role needs them too, to validate Promises and capture them into
+    /// new runs.
+    pub fn with_vars(pool: PgPool, names: NatsNames, id: impl Into<String>, vars: Vars) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
                 names,
                 promises: PromiseCache::default(),
+                vars,
                 runs: crate::run::RunCache::default(),
                 id: id.into(),
                 outbox_wake: Notify::new(),
@@ -126,6 +139,16 @@ impl Engine {
 
     pub fn promises(&self) -> &PromiseCache {
         &self.inner.promises
+    }
+
+    /// The vars Promises may read.
+    pub fn vars(&self) -> &Vars {
+        &self.inner.vars
+    }
+
+    /// What validating a Promise for this deployment needs to know.
+    pub fn validation_context(&self) -> ValidationContext {
+        ValidationContext::with_vars(self.inner.vars.names())
     }
 
     pub(crate) fn run_cache(&self) -> &crate::run::RunCache {

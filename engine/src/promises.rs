@@ -4,6 +4,10 @@
 //! same spec changes nothing, with another spec is refused. Applying a new
 //! version moves the head (the version new requests use) and keeps the old
 //! one for the runs that use it.
+//!
+//! A Promise is validated once, when it is applied; what is stored is read
+//! back with [`Promise::from_stored`], never validated again (validation is
+//! the expensive part, and the vars it checked against may have changed).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -120,7 +124,7 @@ impl PromiseCache {
                 .await?;
         let spec = spec.ok_or_else(|| PromiseError::NotFound(format!("{name}@{version}")))?;
         let promise = Arc::new(
-            Promise::from_value(spec).map_err(|e| PromiseError::Corrupt {
+            Promise::from_stored(spec).map_err(|e| PromiseError::Corrupt {
                 name: name.into(),
                 version: version.into(),
                 message: e.to_string(),
@@ -249,7 +253,7 @@ const SELECT: &str = "SELECT p.name, p.version, p.owner, p.spec, p.created_at,
      FROM fulfil.promises p JOIN fulfil.promise_heads h ON h.name = p.name";
 
 fn record(row: Row) -> Result<PromiseRecord, PromiseError> {
-    let promise = Promise::from_value(row.spec).map_err(|e| PromiseError::Corrupt {
+    let promise = Promise::from_stored(row.spec).map_err(|e| PromiseError::Corrupt {
         name: row.name.clone(),
         version: row.version.clone(),
         message: e.to_string(),
@@ -265,14 +269,38 @@ fn record(row: Row) -> Result<PromiseRecord, PromiseError> {
     })
 }
 
-/// The head version of every Promise, by name.
-pub async fn list(pool: &PgPool) -> Result<Vec<PromiseRecord>, PromiseError> {
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{SELECT} WHERE h.version = p.version ORDER BY p.name"
+/// Most Promises one page of [`list`] returns.
+pub const MAX_PAGE: u32 = 500;
+
+/// One page of Promises and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<PromiseRecord>,
+    /// Pass as `after` for the next page; `None` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// The head version of Promises by name: at most `limit` (1 to
+/// [`MAX_PAGE`]) of them, with names after `after` (a previous page's
+/// `next_cursor`: the last name it returned).
+pub async fn list(pool: &PgPool, limit: u32, after: Option<&str>) -> Result<Page, PromiseError> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    // One row more than asked says whether there is a next page.
+    let mut rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE h.version = p.version AND ($1::text IS NULL OR p.name > $1)
+         ORDER BY p.name LIMIT $2"
     )))
+    .bind(after)
+    .bind(i64::from(limit) + 1)
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(record).collect()
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|row| row.name.clone()))
+        .flatten();
+    let items = rows.into_iter().map(record).collect::<Result<_, _>>()?;
+    Ok(Page { items, next_cursor })
 }
 
 /// One Promise: the head, or the given version.

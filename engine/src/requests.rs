@@ -25,7 +25,7 @@ use fulfil_core::Promise;
 use fulfil_core::params::{ParamsError, Violation};
 use fulfil_core::status::{RunKind, TimerKind};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sqlx::Arguments;
 use uuid::Uuid;
 
@@ -191,7 +191,7 @@ async fn validate_and_store(
             "promise_version": promise.metadata.version,
             "created_by": request.actor,
         },
-        "env": captured_env(&promise),
+        "vars": engine.vars().capture(promise.var_references().iter().map(String::as_str)),
     });
     crate::intake::submit(
         engine,
@@ -216,7 +216,7 @@ pub(crate) struct ValidRequest {
     pub promise: Arc<Promise>,
     /// With defaults applied.
     pub params: Value,
-    /// params, request and env, as the run's expressions see them.
+    /// params, request and vars, as the run's expressions see them.
     pub context: Value,
     pub idempotency_key: Option<String>,
     pub actor: String,
@@ -441,19 +441,4 @@ fn start_run(engine: &Engine, request: &ValidRequest) -> Result<Run, RunError> {
     }
     advance(&mut run)?;
     Ok(run)
-}
-
-/// The environment variables the Promise reads, captured at request time so
-/// every engine renders identical inputs for the run. Unset ones are null.
-fn captured_env(promise: &Arc<Promise>) -> Value {
-    let mut env = Map::new();
-    for name in promise.env_references() {
-        env.insert(
-            name.clone(),
-            std::env::var(&name)
-                .map(Value::String)
-                .unwrap_or(Value::Null),
-        );
-    }
-    Value::Object(env)
 }

@@ -43,6 +43,8 @@ pub struct StackOptions {
     pub in_process_engines: bool,
     /// NATS server to use instead of [`nats_url`] (a test's private server).
     pub nats_url: Option<String>,
+    /// Vars the stack's Promises may read (none by default).
+    pub vars: fulfil_core::Vars,
 }
 
 impl Default for StackOptions {
@@ -58,6 +60,7 @@ impl Default for StackOptions {
             worker: true,
             in_process_engines: true,
             nats_url: None,
+            vars: fulfil_core::Vars::default(),
         }
     }
 }
@@ -117,7 +120,12 @@ impl TestStack {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut engine_ids = Vec::new();
-        let engine = Engine::new(pool.clone(), names.clone(), "engine-0");
+        let engine = Engine::with_vars(
+            pool.clone(),
+            names.clone(),
+            "engine-0",
+            options.vars.clone(),
+        );
         engine.start_fast_publisher(js.clone());
         if options.in_process_engines {
             for i in 0..options.engines.max(1) {
@@ -129,7 +137,12 @@ impl TestStack {
                     let pool_i = db::connect(&database_url, 10).await?;
                     let nats_i = async_nats::connect(&nats_url).await?;
                     let js_i = async_nats::jetstream::new(nats_i);
-                    let engine_i = Engine::new(pool_i, names.clone(), format!("engine-{i}"));
+                    let engine_i = Engine::with_vars(
+                        pool_i,
+                        names.clone(),
+                        format!("engine-{i}"),
+                        options.vars.clone(),
+                    );
                     engine_i.start_fast_publisher(js_i.clone());
                     (engine_i, js_i)
                 };
@@ -204,7 +217,7 @@ impl TestStack {
 
     /// `PUT /v1/promises/{name}` with a YAML body; returns status and body.
     pub async fn put_promise(&self, yaml: &str) -> anyhow::Result<(u16, Value)> {
-        let name = serde_json::from_value::<Value>(serde_yaml_name(yaml)).unwrap_or(Value::Null);
+        let name = serde_json::from_value::<Value>(yaml_name(yaml)).unwrap_or(Value::Null);
         let name = name.as_str().unwrap_or("unnamed");
         let response = self
             .http
@@ -308,8 +321,8 @@ impl TestStack {
     }
 }
 
-fn serde_yaml_name(yaml: &str) -> Value {
-    serde_yaml::from_str::<Value>(yaml)
+fn yaml_name(yaml: &str) -> Value {
+    fulfil_core::document::read(yaml)
         .ok()
         .map(|v| v["metadata"]["name"].clone())
         .unwrap_or(Value::Null)

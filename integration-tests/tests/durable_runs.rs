@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fulfil_integration_tests::{TestStack, finish_order};
+use fulfil_integration_tests::{StackOptions, TestStack, finish_order};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -109,7 +109,11 @@ spec:
 
 #[tokio::test]
 async fn diamond_joins_after_both_branches() -> anyhow::Result<()> {
-    let stack = TestStack::start().await?;
+    let stack = TestStack::start_with(StackOptions {
+        vars: fulfil_core::Vars::from_file_text("greeting: hello from the operator")?,
+        ..StackOptions::default()
+    })
+    .await?;
     stack
         .apply(
             r#"
@@ -119,7 +123,7 @@ metadata: { name: diamond, version: "1" }
 spec:
   workflow:
     steps:
-      - { id: a, uses: echo, with: { v: 1, home: "${{ env.HOME }}" } }
+      - { id: a, uses: echo, with: { v: 1, greeting: "${{ vars.greeting }}" } }
       - { id: b, uses: echo, needs: [a], with: { v: "${{ steps.a.outputs.v + 1 }}" } }
       - { id: c, uses: echo, needs: [a], with: { v: "${{ steps.a.outputs.v + 10 }}" } }
       - { id: d, uses: echo, needs: [b, c], with: { sum: "${{ steps.b.outputs.v + steps.c.outputs.v }}" } }
@@ -132,10 +136,10 @@ spec:
     let run = stack.wait_finished(run_id, WAIT).await?;
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(run["outputs"]["sum"], 13);
-    // env: the engine's environment, captured when the request was accepted.
+    // vars: what the operator exposed, captured when the request was accepted.
     assert_eq!(
-        run["steps"][0]["outputs"]["home"].as_str(),
-        std::env::var("HOME").ok().as_deref(),
+        run["steps"][0]["outputs"]["greeting"],
+        "hello from the operator"
     );
     let history = types(&stack.history(run_id).await?);
     let pos = |t: &str| history.iter().position(|h| h == t).unwrap_or(usize::MAX);

@@ -1,4 +1,8 @@
 //! `PUT /v1/promises/{name}` and reading Promises back.
+//!
+//! Parsing and validating a Promise is CPU work bounded by the document's
+//! limits ([`fulfil_core::document`]); it runs on a blocking thread so that
+//! a large Promise never stalls the async workers serving other requests.
 
 use axum::Json;
 use axum::extract::State;
@@ -50,7 +54,11 @@ pub async fn apply(
             "empty body: send the Promise as YAML or JSON",
         ));
     }
-    let promise = Promise::parse(&body).map_err(|e| invalid(&e))?;
+    let context = state.engine.validation_context();
+    let promise = tokio::task::spawn_blocking(move || Promise::parse_with(&body, &context))
+        .await
+        .map_err(|e| Problem::internal(&e))?
+        .map_err(|e| invalid(&e))?;
     // A NUL escaped in the text ("\0" in YAML, "\u0000" in JSON) is only
     // there once parsed; Postgres would refuse to store it.
     let document = serde_json::to_value(&promise).map_err(|e| Problem::internal(&e))?;
@@ -94,13 +102,47 @@ fn summary(record: &PromiseRecord) -> Value {
     })
 }
 
-pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, Problem> {
-    let records = promises::list(state.engine.pool())
+/// Promises per page of `GET /v1/promises` unless `limit` says otherwise.
+const DEFAULT_PAGE: i64 = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// 1 to [`promises::MAX_PAGE`]; default [`DEFAULT_PAGE`].
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The head version of each Promise, by name, a page at a time.
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, Problem> {
+    // The cursor is the last name of the previous page; anything that is
+    // not a name did not come from us.
+    if let Some(cursor) = &query.cursor
+        && (cursor.is_empty()
+            || cursor.len() > 63
+            || !cursor
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    {
+        return Err(Problem::bad_request(format!(
+            "invalid cursor {cursor:?}: pass next_cursor from the previous page"
+        )));
+    }
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_PAGE)
+        .clamp(1, i64::from(promises::MAX_PAGE));
+    let limit = u32::try_from(limit).unwrap_or(promises::MAX_PAGE);
+    let page = promises::list(state.engine.pool(), limit, query.cursor.as_deref())
         .await
         .map_err(promise_error)?;
     Ok(Json(json!({
-        "items": records.iter().map(summary).collect::<Vec<_>>(),
-        "next_cursor": null,
+        "items": page.items.iter().map(summary).collect::<Vec<_>>(),
+        "next_cursor": page.next_cursor,
     })))
 }
 

@@ -56,7 +56,7 @@ pub fn render_context(run: &Run) -> RenderContext {
     RenderContext {
         params: run.context.get("params").cloned().unwrap_or(Value::Null),
         request: run.context.get("request").cloned().unwrap_or(Value::Null),
-        env: run.context.get("env").cloned().unwrap_or(Value::Null),
+        vars: run.context.get("vars").cloned().unwrap_or(Value::Null),
         steps: Value::Object(steps),
     }
 }

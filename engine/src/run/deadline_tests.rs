@@ -1,6 +1,7 @@
-//! Deadline arithmetic on durations no bound checked: a stored Promise from
-//! before durations were bounded, and reports off the wire. Every deadline
-//! saturates and every duration sent on is clamped; nothing panics.
+//! Deadline arithmetic at the bounds: a Promise stating the longest
+//! durations there are (a stored Promise over the bound no longer
+//! deserializes at all), and reports off the wire asking for more. Every
+//! deadline saturates and every duration sent on is clamped; nothing panics.
 
 use std::sync::Arc;
 
@@ -15,9 +16,9 @@ use uuid::Uuid;
 
 use super::{NewRun, Run, advance, attempt_failed};
 
-/// Deserialized without validation, as a bound missed upstream would leave it.
-fn unbounded_promise() -> Arc<Promise> {
-    let huge = "300000y";
+/// Every duration at the bound, deserialized as a stored Promise is.
+fn longest_promise() -> Arc<Promise> {
+    let huge = "366d";
     let promise: Promise = serde_json::from_value(json!({
         "apiVersion": "fulfil.dev/v1",
         "kind": "Promise",
@@ -41,7 +42,13 @@ fn unbounded_promise() -> Arc<Promise> {
 
 #[test]
 fn huge_durations_saturate_instead_of_panicking() {
-    let promise = unbounded_promise();
+    let over: Result<Promise, _> = serde_json::from_value(json!({
+        "apiVersion": "fulfil.dev/v1", "kind": "Promise",
+        "metadata": { "name": "huge", "version": "1.0.0" },
+        "spec": { "timeout": "300000y", "workflow": { "steps": [{ "id": "a", "uses": "echo" }] } },
+    }));
+    assert!(over.is_err(), "a stored duration over the bound is refused");
+    let promise = longest_promise();
     let names = NatsNames::new("t").expect("valid prefix");
     let mut run = Run::new(NewRun {
         kind: RunKind::Configure,

@@ -1,0 +1,157 @@
+//! The executable form of a Promise: what the engine needs at run time,
+//! parsed once when the Promise is built (applied, or read from the store).
+//!
+//! Every duration is a [`Duration`] and every retry policy a
+//! [`RetryPolicy`], with the step's own setting, else `spec.defaults`, else
+//! the built-in default already resolved; so code that runs a step never
+//! parses a string, and never falls back to a default because one failed to
+//! parse. A Promise whose durations do not compile is not a Promise: its
+//! constructors return an error instead.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::promise::{
+    Compensation, DEFAULT_STEP_TIMEOUT, PromiseSpec, RetryPolicy, RetrySpec, Step, StepDefaults,
+};
+use crate::time::{DurationError, parse_duration};
+
+/// A Promise's settings, compiled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Compiled {
+    pub run_timeout: Option<Duration>,
+    /// What a step gets from `spec.defaults` alone.
+    pub defaults: StepPolicy,
+    /// One per step of `spec.workflow`, in order.
+    pub workflow: Vec<StepPolicy>,
+    /// One per step of `spec.delete`, in order.
+    pub delete: Vec<StepPolicy>,
+    /// `spec.workflow` step ids to their index.
+    pub index: HashMap<String, usize>,
+    /// The vars the Promise's expressions read, found on first use (every
+    /// request needs them; finding them parses every expression).
+    pub var_references: Cache<Vec<String>>,
+}
+
+/// A value computed once, on first use; two caches always compare equal,
+/// so whether one was filled never makes two Promises differ.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cache<T>(pub std::sync::OnceLock<T>);
+
+impl<T> PartialEq for Cache<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// One step's settings, with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StepPolicy {
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub schedule_to_start: Option<Duration>,
+    pub heartbeat_timeout: Option<Duration>,
+    pub compensation_timeout: Duration,
+    pub compensation_retry: RetryPolicy,
+}
+
+impl Default for StepPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_STEP_TIMEOUT,
+            retry: RetryPolicy::none(),
+            schedule_to_start: None,
+            heartbeat_timeout: None,
+            compensation_timeout: DEFAULT_STEP_TIMEOUT,
+            compensation_retry: RetryPolicy::none(),
+        }
+    }
+}
+
+fn duration(text: Option<&String>) -> Result<Option<Duration>, DurationError> {
+    text.map(|t| parse_duration(t)).transpose()
+}
+
+fn retry(spec: Option<&RetrySpec>) -> Result<Option<RetryPolicy>, DurationError> {
+    spec.map(|r| {
+        Ok(RetryPolicy {
+            max_attempts: r.max_attempts,
+            initial: parse_duration(&r.initial)?,
+            max: parse_duration(&r.max)?,
+            multiplier: r.multiplier,
+            jitter: r.jitter,
+            non_retryable: r.non_retryable.clone(),
+        })
+    })
+    .transpose()
+}
+
+fn defaults(spec: &StepDefaults) -> Result<StepPolicy, DurationError> {
+    let retry = retry(spec.retry.as_ref())?.unwrap_or_else(RetryPolicy::none);
+    let timeout = duration(spec.timeout.as_ref())?.unwrap_or(DEFAULT_STEP_TIMEOUT);
+    Ok(StepPolicy {
+        timeout,
+        retry: retry.clone(),
+        schedule_to_start: duration(spec.schedule_to_start.as_ref())?,
+        heartbeat_timeout: duration(spec.heartbeat_timeout.as_ref())?,
+        compensation_timeout: timeout,
+        compensation_retry: retry,
+    })
+}
+
+fn step(step: &Step, defaults: &StepPolicy) -> Result<StepPolicy, DurationError> {
+    let compensation: Option<&Compensation> = step.compensate.as_ref();
+    Ok(StepPolicy {
+        timeout: duration(step.timeout.as_ref())?.unwrap_or(defaults.timeout),
+        retry: retry(step.retry.as_ref())?.unwrap_or_else(|| defaults.retry.clone()),
+        schedule_to_start: duration(step.schedule_to_start.as_ref())?
+            .or(defaults.schedule_to_start),
+        heartbeat_timeout: duration(step.heartbeat_timeout.as_ref())?
+            .or(defaults.heartbeat_timeout),
+        compensation_timeout: duration(compensation.and_then(|c| c.timeout.as_ref()))?
+            .unwrap_or(defaults.compensation_timeout),
+        compensation_retry: retry(compensation.and_then(|c| c.retry.as_ref()))?
+            .unwrap_or_else(|| defaults.compensation_retry.clone()),
+    })
+}
+
+/// Compiles a Promise's spec; validation has already checked it, so an
+/// error here means a document that skipped validation.
+pub(crate) fn compile(spec: &PromiseSpec) -> Result<Compiled, DurationError> {
+    let defaults = defaults(&spec.defaults)?;
+    let workflow = spec
+        .workflow
+        .steps
+        .iter()
+        .map(|s| step(s, &defaults))
+        .collect::<Result<Vec<_>, _>>()?;
+    let delete = spec
+        .delete
+        .iter()
+        .flat_map(|d| d.steps.iter())
+        .map(|s| step(s, &defaults))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut index = HashMap::with_capacity(spec.workflow.steps.len());
+    for (i, s) in spec.workflow.steps.iter().enumerate() {
+        // The first of duplicate ids wins, as validation reports the rest.
+        index.entry(s.id.clone()).or_insert(i);
+    }
+    Ok(Compiled {
+        run_timeout: duration(spec.timeout.as_ref())?,
+        defaults,
+        workflow,
+        delete,
+        index,
+        var_references: Cache::default(),
+    })
+}
+
+/// The index in `steps` of the step whose memory holds address `addr` (the
+/// step itself, or its inline `compensate`): how an accessor given a `&Step`
+/// or `&Compensation` of this Promise finds its compiled settings in O(1).
+pub(crate) fn index_of_address(steps: &[Step], addr: usize) -> Option<usize> {
+    let size = std::mem::size_of::<Step>();
+    let start = steps.as_ptr() as usize;
+    let offset = addr.checked_sub(start)?;
+    (offset < std::mem::size_of_val(steps)).then_some(offset / size)
+}
