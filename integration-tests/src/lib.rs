@@ -85,6 +85,51 @@ pub struct TestStack {
 }
 
 impl TestStack {
+    /// Takes the next task of `queue` as a worker the test controls would,
+    /// waiting at most `wait`, and acknowledges it.
+    pub async fn take_task(
+        &self,
+        queue: &str,
+        wait: Duration,
+    ) -> anyhow::Result<fulfil_core::wire::TaskMessage> {
+        use futures::StreamExt;
+        let consumer = self
+            .js
+            .get_stream(self.names.tasks_stream())
+            .await?
+            .get_or_create_consumer(
+                &format!("rogue_{queue}"),
+                async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some(format!("rogue_{queue}")),
+                    filter_subject: self.names.task_subject(queue),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let message = tokio::time::timeout(wait, messages.next())
+            .await
+            .with_context(|| format!("no task on queue {queue} within {wait:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("task stream ended"))?
+            .map_err(|e| anyhow::anyhow!("pulling a task: {e}"))?;
+        message.ack().await.map_err(anyhow::Error::from_boxed)?;
+        Ok(serde_json::from_slice(&message.payload)?)
+    }
+
+    /// Publishes `body` as JSON on `subject` and waits for the stream to
+    /// store it: how a test plays a worker or a rogue peer.
+    pub async fn publish_json(
+        &self,
+        subject: String,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<()> {
+        self.js
+            .publish(subject, serde_json::to_vec(body)?.into())
+            .await?
+            .await?;
+        Ok(())
+    }
+
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(StackOptions::default()).await
     }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fulfil_core::wire::{Outcome, Progress, ProgressMessage, ResultMessage, TaskMessage};
@@ -226,43 +225,6 @@ spec:
     stack.stop().await
 }
 
-/// Takes the next task of `queue` as a worker that the test controls.
-async fn take_task(stack: &TestStack, queue: &str) -> anyhow::Result<TaskMessage> {
-    let consumer = stack
-        .js
-        .get_stream(stack.names.tasks_stream())
-        .await?
-        .get_or_create_consumer(
-            &format!("rogue_{queue}"),
-            pull::Config {
-                durable_name: Some(format!("rogue_{queue}")),
-                filter_subject: stack.names.task_subject(queue),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let message = tokio::time::timeout(WAIT, messages.next())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("task stream ended"))?
-        .map_err(|e| anyhow::anyhow!("pulling a task: {e}"))?;
-    message.ack().await.map_err(anyhow::Error::from_boxed)?;
-    Ok(serde_json::from_slice(&message.payload)?)
-}
-
-async fn publish(
-    stack: &TestStack,
-    subject: String,
-    body: &impl serde::Serialize,
-) -> anyhow::Result<()> {
-    stack
-        .js
-        .publish(subject, serde_json::to_vec(body)?.into())
-        .await?
-        .await?;
-    Ok(())
-}
-
 async fn report_started(stack: &TestStack, task: &TaskMessage) -> anyhow::Result<()> {
     let report = ProgressMessage {
         task_id: task.task_id,
@@ -274,7 +236,9 @@ async fn report_started(stack: &TestStack, task: &TaskMessage) -> anyhow::Result
         at: Utc::now(),
         details: None,
     };
-    publish(stack, stack.names.progress_subject(), &report).await
+    stack
+        .publish_json(stack.names.progress_subject(), &report)
+        .await
 }
 
 async fn wait_for_event(stack: &TestStack, run: Uuid, kind: &str) -> anyhow::Result<Vec<Value>> {
@@ -334,7 +298,7 @@ spec:
     let run = stack
         .request("timeouts", json!({ "kind": "attempt" }))
         .await?;
-    let task = take_task(&stack, "rogue").await?;
+    let task = stack.take_task("rogue", WAIT).await?;
     report_started(&stack, &task).await?;
     let history = wait_for_event(&stack, run, "step.timed_out").await?;
     let timed_out = events(&history, "step.timed_out")[0];
@@ -357,7 +321,9 @@ spec:
         started_at: Utc::now(),
         finished_at: Utc::now(),
     };
-    publish(&stack, stack.names.results_subject(), &late).await?;
+    stack
+        .publish_json(stack.names.results_subject(), &late)
+        .await?;
     let history = wait_for_event(&stack, run, "result.ignored").await?;
     let ignored = events(&history, "result.ignored")[0];
     assert!(
@@ -380,7 +346,7 @@ spec:
     let run = stack
         .request("timeouts", json!({ "kind": "heartbeat" }))
         .await?;
-    let task = take_task(&stack, "rogue2").await?;
+    let task = stack.take_task("rogue2", WAIT).await?;
     report_started(&stack, &task).await?;
     let history = wait_for_event(&stack, run, "step.timed_out").await?;
     assert_eq!(
@@ -798,12 +764,9 @@ async fn poison_messages_are_dead_lettered_and_counted_without_stopping_the_engi
     let stack = stack_with(Arc::default()).await?;
     let before: Value = stack.get("/v1/dead-letters").await?.1;
     assert_eq!(before["count"], 0);
-    publish(
-        &stack,
-        stack.names.results_subject(),
-        &json!({ "not": "a result" }),
-    )
-    .await?;
+    stack
+        .publish_json(stack.names.results_subject(), &json!({ "not": "a result" }))
+        .await?;
     let orphan = ResultMessage {
         task_id: Uuid::now_v7(),
         run_id: Uuid::now_v7(),
@@ -814,7 +777,9 @@ async fn poison_messages_are_dead_lettered_and_counted_without_stopping_the_engi
         started_at: Utc::now(),
         finished_at: Utc::now(),
     };
-    publish(&stack, stack.names.results_subject(), &orphan).await?;
+    stack
+        .publish_json(stack.names.results_subject(), &orphan)
+        .await?;
     stack
         .js
         .publish(stack.names.task_subject("default"), "{garbage".into())

@@ -20,43 +20,6 @@ fn events<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
     history.iter().filter(|e| e["type"] == kind).collect()
 }
 
-/// Takes the next task of `queue` as a worker that the test controls.
-async fn take_task(stack: &TestStack, queue: &str) -> anyhow::Result<TaskMessage> {
-    let consumer = stack
-        .js
-        .get_stream(stack.names.tasks_stream())
-        .await?
-        .get_or_create_consumer(
-            &format!("rogue_{queue}"),
-            pull::Config {
-                durable_name: Some(format!("rogue_{queue}")),
-                filter_subject: stack.names.task_subject(queue),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let message = tokio::time::timeout(WAIT, messages.next())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("task stream ended"))?
-        .map_err(|e| anyhow::anyhow!("pulling a task: {e}"))?;
-    message.ack().await.map_err(anyhow::Error::from_boxed)?;
-    Ok(serde_json::from_slice(&message.payload)?)
-}
-
-async fn publish(
-    stack: &TestStack,
-    subject: String,
-    body: &impl serde::Serialize,
-) -> anyhow::Result<()> {
-    stack
-        .js
-        .publish(subject, serde_json::to_vec(body)?.into())
-        .await?
-        .await?;
-    Ok(())
-}
-
 async fn wait_for_event(stack: &TestStack, run: Uuid, kind: &str) -> anyhow::Result<Vec<Value>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -138,7 +101,7 @@ spec:
     let run = stack
         .request("outside", json!({ "kind": "manual" }))
         .await?;
-    let task = take_task(&stack, "manual").await?;
+    let task = stack.take_task("manual", WAIT).await?;
     let result = ResultMessage {
         task_id: task.task_id,
         run_id: task.run_id,
@@ -154,7 +117,9 @@ spec:
         started_at: Utc::now(),
         finished_at: Utc::now(),
     };
-    publish(&stack, stack.names.results_subject(), &result).await?;
+    stack
+        .publish_json(stack.names.results_subject(), &result)
+        .await?;
     let history = wait_for_event(&stack, run, "step.retry_scheduled").await?;
     let scheduled = events(&history, "step.retry_scheduled")[0];
     assert_eq!(scheduled["data"]["delay_ms"], max_ms, "{scheduled:#}");
@@ -164,13 +129,15 @@ spec:
     let run = stack
         .request("outside", json!({ "kind": "manual" }))
         .await?;
-    let task = take_task(&stack, "manual").await?;
+    let task = stack.take_task("manual", WAIT).await?;
     let huge = TaskMessage {
         timeout_ms: Some(u64::MAX),
         heartbeat_timeout_ms: Some(u64::MAX),
         ..task
     };
-    publish(&stack, stack.names.task_subject("default"), &huge).await?;
+    stack
+        .publish_json(stack.names.task_subject("default"), &huge)
+        .await?;
     let finished = stack.wait_finished(run, WAIT).await?;
     assert_eq!(finished["status"], "succeeded", "{finished:#}");
 
@@ -406,7 +373,7 @@ spec:
     let run = stack
         .request("unstorable", json!({ "kind": "manual" }))
         .await?;
-    let task = take_task(&stack, "manual").await?;
+    let task = stack.take_task("manual", WAIT).await?;
     let beat = fulfil_core::wire::ProgressMessage {
         task_id: task.task_id,
         run_id: task.run_id,
@@ -417,7 +384,9 @@ spec:
         at: Utc::now(),
         details: Some(json!({ "note": "a\u{0}b" })),
     };
-    publish(&stack, stack.names.progress_subject(), &beat).await?;
+    stack
+        .publish_json(stack.names.progress_subject(), &beat)
+        .await?;
     let reasons = dead_letter_reasons(&stack, 1).await?;
     assert!(
         reasons[0].contains("progress report cannot be applied"),

@@ -114,37 +114,12 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
     let input = match render_value(&compensation.with, &render_context(run)) {
         Ok(input) => input,
         Err(e) => {
-            let message = e.to_string();
-            set_compensation(
-                run,
-                &step.id,
-                CompensationStatus::Failed,
-                Some(attempt),
-                Some(&message),
-            );
-            run.record(
-                attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
-                Some(&step.id),
-                Some(attempt),
-                json!({ "code": "render_error", "message": message, "final": true }),
-            );
+            fail_compensation(run, &step.id, attempt, "render_error", &e.to_string());
             return Ok(());
         }
     };
     if let Some(message) = too_large(&input) {
-        set_compensation(
-            run,
-            &step.id,
-            CompensationStatus::Failed,
-            Some(attempt),
-            Some(&message),
-        );
-        run.record(
-            attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
-            Some(&step.id),
-            Some(attempt),
-            json!({ "code": TASK_TOO_LARGE, "message": message, "final": true }),
-        );
+        fail_compensation(run, &step.id, attempt, TASK_TOO_LARGE, &message);
         return Ok(());
     }
     let promise = run.promise.clone();
@@ -164,4 +139,23 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
         None,
     );
     dispatch(run, &step.id, attempt, input, spec)
+}
+
+/// Fails a compensation for good before it is dispatched: its input could
+/// not be rendered or could never be sent. The saga then ends `failed`
+/// naming it, as for any compensation that failed.
+fn fail_compensation(run: &mut Run, step_id: &str, attempt: i32, code: &str, message: &str) {
+    set_compensation(
+        run,
+        step_id,
+        CompensationStatus::Failed,
+        Some(attempt),
+        Some(message),
+    );
+    run.record(
+        attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
+        Some(step_id),
+        Some(attempt),
+        json!({ "code": code, "message": message, "final": true }),
+    );
 }
