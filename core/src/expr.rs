@@ -167,15 +167,6 @@ impl Template {
 #[derive(Debug, Clone, Copy)]
 pub struct ParsedExpressionRef<'a>(pub &'a str);
 
-impl ParsedExpressionRef<'_> {
-    /// `vars.<name>` names this expression reads; empty if it does not parse.
-    pub fn var_references(&self) -> Vec<String> {
-        ParsedExpression::parse(self.0)
-            .map(|e| e.selected_fields("vars"))
-            .unwrap_or_default()
-    }
-}
-
 impl ParsedExpression {
     /// Parses a CEL expression, refusing first any that is longer than
     /// [`MAX_EXPRESSION_BYTES`] or holds more than
