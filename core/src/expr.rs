@@ -19,6 +19,13 @@
 //! the evaluator recurse once per level of the syntax tree, and an unbounded
 //! expression overflows the stack and aborts the process, at validation or
 //! later at every evaluation.
+//!
+//! A Promise's expressions are parsed once, when it is built (see
+//! [`crate::compiled`]): a `with` value becomes a [`CompiledTemplate`], an
+//! `if` a [`CompiledCondition`], and the engine renders those, so nothing
+//! parses CEL while a run advances. [`render_value`] and
+//! [`evaluate_condition`] compile their argument on every call, for one-off
+//! values; the engine's clippy configuration forbids them there.
 
 use cel::common::ast::{Expr, LiteralValue};
 use cel::{IdedExpr, Program};
