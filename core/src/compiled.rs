@@ -7,10 +7,18 @@
 //! parses a string, and never falls back to a default because one failed to
 //! parse. A Promise whose durations do not compile is not a Promise: its
 //! constructors return an error instead.
+//!
+//! Every expression (a step's `if` and `with`, a compensation's `with`,
+//! `spec.outputs`) is parsed here too, into a [`CompiledCondition`] or a
+//! [`CompiledTemplate`] the engine renders; nothing parses CEL at run time.
+//! An expression that does not parse (validation refuses it, so only a
+//! stored Promise could hold one) is kept with its parse error, which
+//! rendering reports as the step's `render_error`, as it always did.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::expr::{CompiledCondition, CompiledTemplate};
 use crate::promise::{
     Compensation, DEFAULT_STEP_TIMEOUT, PromiseSpec, RetryPolicy, RetrySpec, Step, StepDefaults,
 };
@@ -28,19 +36,38 @@ pub(crate) struct Compiled {
     pub delete: Vec<StepPolicy>,
     /// `spec.workflow` step ids to their index.
     pub index: HashMap<String, usize>,
-    /// The vars the Promise's expressions read, found on first use (every
-    /// request needs them; finding them parses every expression).
-    pub var_references: Cache<Vec<String>>,
+    /// The expressions of each step of `spec.workflow`, in order.
+    pub workflow_expressions: Vec<StepExpressions>,
+    /// The expressions of each step of `spec.delete`, in order.
+    pub delete_expressions: Vec<StepExpressions>,
+    /// `spec.outputs`, in name order.
+    pub outputs: Vec<(String, CompiledTemplate)>,
+    /// The vars the Promise's expressions read, sorted.
+    pub var_references: Vec<String>,
 }
 
-/// A value computed once, on first use; two caches always compare equal,
-/// so whether one was filled never makes two Promises differ.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Cache<T>(pub std::sync::OnceLock<T>);
+/// One step's expressions, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StepExpressions {
+    pub with: CompiledTemplate,
+    pub condition: Option<CompiledCondition>,
+    pub compensation_with: Option<CompiledTemplate>,
+}
 
-impl<T> PartialEq for Cache<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
+impl StepExpressions {
+    fn compile(step: &Step) -> StepExpressions {
+        StepExpressions {
+            with: CompiledTemplate::compile(&step.with),
+            condition: step.condition.as_deref().map(CompiledCondition::compile),
+            compensation_with: step
+                .compensate
+                .as_ref()
+                .map(|c| CompiledTemplate::compile(&c.with)),
+        }
+    }
+
+    fn templates(&self) -> impl Iterator<Item = &CompiledTemplate> {
+        std::iter::once(&self.with).chain(self.compensation_with.as_ref())
     }
 }
 
@@ -136,14 +163,59 @@ pub(crate) fn compile(spec: &PromiseSpec) -> Result<Compiled, DurationError> {
         // The first of duplicate ids wins, as validation reports the rest.
         index.entry(s.id.clone()).or_insert(i);
     }
+    let workflow_expressions: Vec<_> = spec
+        .workflow
+        .steps
+        .iter()
+        .map(StepExpressions::compile)
+        .collect();
+    let delete_expressions: Vec<_> = spec
+        .delete
+        .iter()
+        .flat_map(|d| d.steps.iter())
+        .map(StepExpressions::compile)
+        .collect();
+    let outputs: Vec<_> = spec
+        .outputs
+        .iter()
+        .map(|(name, value)| (name.clone(), CompiledTemplate::compile(value)))
+        .collect();
+    let var_references = var_references(&workflow_expressions, &delete_expressions, &outputs);
     Ok(Compiled {
         run_timeout: duration(spec.timeout.as_ref())?,
         defaults,
         workflow,
         delete,
         index,
-        var_references: Cache::default(),
+        workflow_expressions,
+        delete_expressions,
+        outputs,
+        var_references,
     })
+}
+
+/// `vars.<name>` names read anywhere, sorted; an expression that did not
+/// parse reads none.
+fn var_references(
+    workflow: &[StepExpressions],
+    delete: &[StepExpressions],
+    outputs: &[(String, CompiledTemplate)],
+) -> Vec<String> {
+    let steps = workflow.iter().chain(delete);
+    let templates = steps
+        .clone()
+        .flat_map(StepExpressions::templates)
+        .chain(outputs.iter().map(|(_, t)| t));
+    let expressions = templates
+        .flat_map(CompiledTemplate::expressions)
+        .chain(steps.filter_map(|s| s.condition.as_ref().map(|c| c.expression())));
+    let mut names: Vec<String> = expressions
+        .filter_map(|e| e.parsed())
+        .flat_map(|e| e.selected_fields("vars"))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The index in `steps` of the step whose memory holds address `addr` (the

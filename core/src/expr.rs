@@ -19,6 +19,13 @@
 //! the evaluator recurse once per level of the syntax tree, and an unbounded
 //! expression overflows the stack and aborts the process, at validation or
 //! later at every evaluation.
+//!
+//! A Promise's expressions are parsed once, when it is built (see
+//! [`crate::compiled`]): a `with` value becomes a [`CompiledTemplate`], an
+//! `if` a [`CompiledCondition`], and the engine renders those, so nothing
+//! parses CEL while a run advances. [`render_value`] and
+//! [`evaluate_condition`] compile their argument on every call, for one-off
+//! values; the engine's clippy configuration forbids them there.
 
 use cel::common::ast::{Expr, LiteralValue};
 use cel::{IdedExpr, Program};
@@ -82,6 +89,25 @@ pub struct ParsedExpression {
     program: Program,
 }
 
+// A compiled Promise is shared by every engine task through an `Arc`: its
+// programs must be shareable, which `cel::Program` (plain owned syntax tree
+// and source offsets, no interior mutability) is.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Program>();
+};
+
+thread_local! {
+    static PARSES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many expressions [`ParsedExpression::parse`] has handed to the CEL
+/// parser on this thread: lets a test prove that running a compiled
+/// Promise parses nothing.
+pub fn parses_on_this_thread() -> u64 {
+    PARSES.with(std::cell::Cell::get)
+}
+
 impl std::fmt::Debug for ParsedExpression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParsedExpression")
@@ -142,39 +168,11 @@ impl Template {
     pub fn is_literal(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
     }
-
-    /// Renders the template: a lone expression keeps its JSON type.
-    pub fn render(&self, context: &RenderContext) -> Result<Value, RenderError> {
-        if let [Part::Expr(source)] = self.parts.as_slice() {
-            return evaluate(source, context);
-        }
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Text(text) => out.push_str(text),
-                Part::Expr(source) => match evaluate(source, context)? {
-                    Value::String(s) => out.push_str(&s),
-                    Value::Null => {}
-                    other => out.push_str(&other.to_string()),
-                },
-            }
-        }
-        Ok(Value::String(out))
-    }
 }
 
 /// An expression's source inside a [`Template`].
 #[derive(Debug, Clone, Copy)]
 pub struct ParsedExpressionRef<'a>(pub &'a str);
-
-impl ParsedExpressionRef<'_> {
-    /// `vars.<name>` names this expression reads; empty if it does not parse.
-    pub fn var_references(&self) -> Vec<String> {
-        ParsedExpression::parse(self.0)
-            .map(|e| e.selected_fields("vars"))
-            .unwrap_or_default()
-    }
-}
 
 impl ParsedExpression {
     /// Parses a CEL expression, refusing first any that is longer than
@@ -182,6 +180,7 @@ impl ParsedExpression {
     /// [`MAX_EXPRESSION_OPERATORS`] operators, brackets and member accesses.
     pub fn parse(source: &str) -> Result<ParsedExpression, String> {
         check_size(source)?;
+        PARSES.with(|n| n.set(n.get() + 1));
         let program = Program::compile(source).map_err(|e| e.to_string())?;
         Ok(ParsedExpression {
             source: source.to_string(),
@@ -287,13 +286,208 @@ fn collect_fields(node: &IdedExpr, root: &str, found: &mut Vec<String>) {
     }
 }
 
-fn evaluate(source: &str, context: &RenderContext) -> Result<Value, RenderError> {
-    ParsedExpression::parse(source)
-        .map_err(|message| RenderError::Parse {
-            expression: source.to_string(),
-            message,
-        })?
-        .evaluate(context)
+/// An expression parsed once, when its Promise was built. A source that
+/// does not parse (only a stored Promise that skipped validation can hold
+/// one) keeps its parse error, which rendering reports as it always has.
+#[derive(Clone)]
+pub struct CompiledExpression {
+    source: String,
+    program: Result<std::sync::Arc<ParsedExpression>, String>,
+}
+
+impl CompiledExpression {
+    /// Parses `source`, bounds first (see [`ParsedExpression::parse`]).
+    pub fn compile(source: &str) -> CompiledExpression {
+        CompiledExpression {
+            source: source.to_string(),
+            program: ParsedExpression::parse(source).map(std::sync::Arc::new),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The parsed program; `None` when the source did not parse.
+    pub fn parsed(&self) -> Option<&ParsedExpression> {
+        self.program.as_deref().ok()
+    }
+
+    /// Evaluates the program; a source that did not parse fails as
+    /// [`RenderError::Parse`].
+    pub fn evaluate(&self, context: &RenderContext) -> Result<Value, RenderError> {
+        match &self.program {
+            Ok(program) => program.evaluate(context),
+            Err(message) => Err(RenderError::Parse {
+                expression: self.source.clone(),
+                message: message.clone(),
+            }),
+        }
+    }
+}
+
+/// The program is a function of its source.
+impl PartialEq for CompiledExpression {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl std::fmt::Debug for CompiledExpression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledExpression")
+            .field("source", &self.source)
+            .field("parsed", &self.program.is_ok())
+            .finish()
+    }
+}
+
+/// A JSON value whose strings are compiled templates: what a step's
+/// `with`, a compensation's `with` and each of `spec.outputs` become when
+/// their Promise is built. Rendering it parses nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompiledTemplate {
+    /// A value without expressions, rendered as written.
+    Literal(Value),
+    /// A string that is exactly one `${{ }}`: keeps the expression's type.
+    Expression(CompiledExpression),
+    /// Text and expressions: renders to text.
+    Interpolated(Vec<Segment>),
+    Array(Vec<CompiledTemplate>),
+    /// Keys in the order the value held them.
+    Object(Vec<(String, CompiledTemplate)>),
+    /// A string that is not a well-formed template; rendering fails with
+    /// this error.
+    Invalid(RenderError),
+}
+
+/// A piece of an interpolated string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    Text(String),
+    Expression(CompiledExpression),
+}
+
+impl CompiledTemplate {
+    /// Compiles every string of `value` as a template; keys stay as written.
+    pub fn compile(value: &Value) -> CompiledTemplate {
+        match value {
+            Value::String(text) => match Template::parse(text) {
+                Err(message) => CompiledTemplate::Invalid(RenderError::Parse {
+                    expression: text.clone(),
+                    message,
+                }),
+                Ok(template) if template.is_literal() => CompiledTemplate::Literal(value.clone()),
+                Ok(template) => match template.parts.as_slice() {
+                    [Part::Expr(source)] => {
+                        CompiledTemplate::Expression(CompiledExpression::compile(source))
+                    }
+                    parts => CompiledTemplate::Interpolated(
+                        parts
+                            .iter()
+                            .map(|part| match part {
+                                Part::Text(text) => Segment::Text(text.clone()),
+                                Part::Expr(source) => {
+                                    Segment::Expression(CompiledExpression::compile(source))
+                                }
+                            })
+                            .collect(),
+                    ),
+                },
+            },
+            Value::Array(items) => {
+                CompiledTemplate::Array(items.iter().map(CompiledTemplate::compile).collect())
+            }
+            Value::Object(map) => CompiledTemplate::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), CompiledTemplate::compile(v)))
+                    .collect(),
+            ),
+            other => CompiledTemplate::Literal(other.clone()),
+        }
+    }
+
+    /// Every expression of the template, in order.
+    pub fn expressions(&self) -> Vec<&CompiledExpression> {
+        fn walk<'a>(t: &'a CompiledTemplate, out: &mut Vec<&'a CompiledExpression>) {
+            match t {
+                CompiledTemplate::Literal(_) | CompiledTemplate::Invalid(_) => {}
+                CompiledTemplate::Expression(e) => out.push(e),
+                CompiledTemplate::Interpolated(segments) => {
+                    out.extend(segments.iter().filter_map(|s| match s {
+                        Segment::Expression(e) => Some(e),
+                        Segment::Text(_) => None,
+                    }));
+                }
+                CompiledTemplate::Array(items) => items.iter().for_each(|i| walk(i, out)),
+                CompiledTemplate::Object(entries) => entries.iter().for_each(|(_, v)| walk(v, out)),
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
+    }
+
+    /// Renders the value: the same result, and the same first error, as
+    /// [`render_value`] on the value this was compiled from.
+    pub fn render(&self, context: &RenderContext) -> Result<Value, RenderError> {
+        Ok(match self {
+            CompiledTemplate::Literal(value) => value.clone(),
+            CompiledTemplate::Expression(expression) => expression.evaluate(context)?,
+            CompiledTemplate::Interpolated(segments) => {
+                let mut out = String::new();
+                for segment in segments {
+                    match segment {
+                        Segment::Text(text) => out.push_str(text),
+                        Segment::Expression(expression) => match expression.evaluate(context)? {
+                            Value::String(s) => out.push_str(&s),
+                            Value::Null => {}
+                            other => out.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Value::String(out)
+            }
+            CompiledTemplate::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| item.render(context))
+                    .collect::<Result<_, _>>()?,
+            ),
+            CompiledTemplate::Object(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), v.render(context)?)))
+                    .collect::<Result<_, RenderError>>()?,
+            ),
+            CompiledTemplate::Invalid(error) => return Err(error.clone()),
+        })
+    }
+}
+
+/// An `if` condition, compiled (with its optional `${{ }}` stripped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledCondition(CompiledExpression);
+
+impl CompiledCondition {
+    pub fn compile(condition: &str) -> CompiledCondition {
+        CompiledCondition(CompiledExpression::compile(condition_source(condition)))
+    }
+
+    pub fn expression(&self) -> &CompiledExpression {
+        &self.0
+    }
+
+    /// Evaluates the condition; anything but a boolean is an error.
+    pub fn evaluate(&self, context: &RenderContext) -> Result<bool, RenderError> {
+        match self.0.evaluate(context)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(RenderError::NotBoolean {
+                expression: self.0.source.clone(),
+                value: other.to_string(),
+            }),
+        }
+    }
 }
 
 /// The variables an expression is evaluated over.
@@ -352,32 +546,12 @@ fn json_to_cel(value: &Value) -> cel::Value {
 }
 
 /// Renders every string of a JSON value as a template; keys stay as written.
+/// Compiles `value` first, every time: for a one-off value. A Promise's
+/// templates are compiled once, when it is built (see
+/// [`crate::Promise::with_of`]), and rendered with
+/// [`CompiledTemplate::render`].
 pub fn render_value(value: &Value, context: &RenderContext) -> Result<Value, RenderError> {
-    Ok(match value {
-        Value::String(text) => {
-            let template = Template::parse(text).map_err(|message| RenderError::Parse {
-                expression: text.clone(),
-                message,
-            })?;
-            if template.is_literal() {
-                value.clone()
-            } else {
-                template.render(context)?
-            }
-        }
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|item| render_value(item, context))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), render_value(v, context)?)))
-                .collect::<Result<_, RenderError>>()?,
-        ),
-        other => other.clone(),
-    })
+    CompiledTemplate::compile(value).render(context)
 }
 
 /// Strips an optional `${{ }}` around a condition.
@@ -391,15 +565,10 @@ pub fn condition_source(condition: &str) -> &str {
 }
 
 /// Evaluates an `if` condition; anything but a boolean is an error.
+/// Compiles it first, every time: a Promise's conditions are compiled once
+/// and evaluated with [`CompiledCondition::evaluate`].
 pub fn evaluate_condition(condition: &str, context: &RenderContext) -> Result<bool, RenderError> {
-    let source = condition_source(condition);
-    match evaluate(source, context)? {
-        Value::Bool(b) => Ok(b),
-        other => Err(RenderError::NotBoolean {
-            expression: source.to_string(),
-            value: other.to_string(),
-        }),
-    }
+    CompiledCondition::compile(condition).evaluate(context)
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::compiled::{Compiled, StepPolicy, compile, index_of_address};
+use crate::compiled::{Compiled, StepExpressions, StepPolicy, compile, index_of_address};
+use crate::expr::{CompiledCondition, CompiledTemplate};
 use crate::time::DurationError;
 use crate::validate::{SpecError, SpecErrors, ValidationContext};
 
@@ -403,23 +404,51 @@ impl Promise {
     }
 
     /// Names of the vars the Promise's expressions read as `vars.<name>`,
-    /// sorted; found once per Promise.
+    /// sorted; found when the Promise was compiled.
     pub fn var_references(&self) -> Vec<String> {
-        self.compiled
-            .var_references
-            .0
-            .get_or_init(|| {
-                let mut names = Vec::new();
-                crate::validate::for_each_template(self, |_, template| {
-                    for expr in template.expressions() {
-                        names.extend(expr.var_references());
-                    }
-                });
-                names.sort();
-                names.dedup();
-                names
+        self.compiled.var_references.clone()
+    }
+
+    /// The compiled expressions of the step of this Promise that holds
+    /// `addr` (the step or its compensation), found as [`Self::policy`]
+    /// finds settings; `None` for a step that is not this Promise's.
+    fn expressions(&self, addr: usize, id: &str) -> Option<&StepExpressions> {
+        let c = &self.compiled;
+        index_of_address(&self.spec.workflow.steps, addr)
+            .and_then(|i| c.workflow_expressions.get(i))
+            .or_else(|| {
+                let delete = self.spec.delete.as_ref()?;
+                index_of_address(&delete.steps, addr).and_then(|i| c.delete_expressions.get(i))
             })
-            .clone()
+            .or_else(|| c.index.get(id).and_then(|&i| c.workflow_expressions.get(i)))
+    }
+
+    fn step_expressions(&self, step: &Step) -> Option<&StepExpressions> {
+        self.expressions(std::ptr::from_ref(step) as usize, &step.id)
+    }
+
+    /// The step's `with`, compiled; `None` for a step not of this Promise.
+    pub fn with_of(&self, step: &Step) -> Option<&CompiledTemplate> {
+        self.step_expressions(step).map(|e| &e.with)
+    }
+
+    /// The step's `if`, compiled; `None` when it has none or is not a step
+    /// of this Promise.
+    pub fn condition_of(&self, step: &Step) -> Option<&CompiledCondition> {
+        self.step_expressions(step)
+            .and_then(|e| e.condition.as_ref())
+    }
+
+    /// The `with` of the step's compensation, compiled; `None` when it has
+    /// none or is not a step of this Promise.
+    pub fn compensation_with_of(&self, step: &Step) -> Option<&CompiledTemplate> {
+        self.step_expressions(step)
+            .and_then(|e| e.compensation_with.as_ref())
+    }
+
+    /// `spec.outputs`, compiled, in name order.
+    pub fn compiled_outputs(&self) -> &[(String, CompiledTemplate)] {
+        &self.compiled.outputs
     }
 }
 

@@ -11,7 +11,7 @@
 //! steps between the two. Expressions may read `vars.<name>` only for the
 //! names a [`ValidationContext`] knows: the deployment's vars.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -663,54 +663,4 @@ fn preview(source: &str) -> String {
 
 fn first_line(message: &str) -> &str {
     message.lines().next().unwrap_or(message)
-}
-
-/// Calls `f` with every template of the Promise and its path.
-pub fn for_each_template(promise: &Promise, mut f: impl FnMut(&str, &Template)) {
-    fn walk(path: &str, value: &Value, f: &mut dyn FnMut(&str, &Template)) {
-        match value {
-            Value::String(text) => {
-                if let Ok(t) = Template::parse(text) {
-                    f(path, &t);
-                }
-            }
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    walk(&format!("{path}[{i}]"), item, f);
-                }
-            }
-            Value::Object(map) => {
-                for (k, v) in map {
-                    walk(&format!("{path}.{k}"), v, f);
-                }
-            }
-            _ => {}
-        }
-    }
-    let workflows = std::iter::once(("spec.workflow", &promise.spec.workflow))
-        .chain(promise.spec.delete.as_ref().map(|d| ("spec.delete", d)));
-    for (wf_path, workflow) in workflows {
-        for (i, step) in workflow.steps.iter().enumerate() {
-            walk(&format!("{wf_path}.steps[{i}].with"), &step.with, &mut f);
-            if let Some(condition) = &step.condition {
-                let wrapped = format!("${{{{ {} }}}}", condition_source(condition));
-                walk(
-                    &format!("{wf_path}.steps[{i}].if"),
-                    &Value::String(wrapped),
-                    &mut f,
-                );
-            }
-            if let Some(comp) = &step.compensate {
-                walk(
-                    &format!("{wf_path}.steps[{i}].compensate.with"),
-                    &comp.with,
-                    &mut f,
-                );
-            }
-        }
-    }
-    let outputs: BTreeMap<_, _> = promise.spec.outputs.iter().collect();
-    for (name, value) in outputs {
-        walk(&format!("spec.outputs.{name}"), value, &mut f);
-    }
 }

@@ -545,3 +545,93 @@ spec:
     let error = Promise::from_stored(corrupt).unwrap_err().to_string();
     assert!(error.contains("soon"), "{error}");
 }
+
+#[test]
+fn expressions_are_compiled_once_and_rendered_without_parsing() {
+    use fulfil_core::expr::{
+        CompiledTemplate, RenderContext, RenderError, evaluate_condition, parses_on_this_thread,
+        render_value,
+    };
+    use serde_json::json;
+
+    let yaml = r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: compiled-expressions, version: "1" }
+spec:
+  workflow:
+    steps:
+      - id: a
+        uses: noop
+        if: "${{ params.n > 1 }}"
+        with:
+          n: "${{ params.n + 1 }}"
+          text: "n=${{ params.n }}, name=${{ params.name }}"
+          plain: [1, "two", { three: true }]
+        compensate: { uses: noop, with: { undo: "${{ steps.a.outputs.id }}" } }
+  outputs:
+    id: "${{ steps.a.outputs.id }}"
+"#;
+    // Six expressions; validation parses each, and so does compiling.
+    let before = parses_on_this_thread();
+    let p = Promise::parse(yaml).unwrap();
+    assert_eq!(parses_on_this_thread() - before, 12);
+    // Read back from the store: compiled once, without validation.
+    let stored = serde_json::to_value(&p).unwrap();
+    let before = parses_on_this_thread();
+    let p = Promise::from_stored(stored.clone()).unwrap();
+    assert_eq!(parses_on_this_thread() - before, 6);
+
+    let context = RenderContext {
+        params: json!({ "n": 2, "name": "x" }),
+        steps: json!({ "a": { "status": "succeeded", "outputs": { "id": "i-1" } } }),
+        ..RenderContext::default()
+    };
+    let a = p.step("a").unwrap();
+    let raw_with = a.with.clone();
+    // Rendering, from a clone too, parses nothing and renders what the
+    // compile-per-call helpers render.
+    let before = parses_on_this_thread();
+    let copy = p.clone();
+    for promise in [&p, &copy] {
+        let a = promise.step("a").unwrap();
+        let with = promise.with_of(a).unwrap().render(&context).unwrap();
+        assert_eq!(
+            with,
+            json!({ "n": 3, "text": "n=2, name=x", "plain": [1, "two", { "three": true }] })
+        );
+        assert!(promise.condition_of(a).unwrap().evaluate(&context).unwrap());
+        let undo = promise.compensation_with_of(a).unwrap();
+        assert_eq!(undo.render(&context).unwrap(), json!({ "undo": "i-1" }));
+        let [(name, output)] = promise.compiled_outputs() else {
+            panic!("one output")
+        };
+        assert_eq!(
+            (name.as_str(), output.render(&context).unwrap()),
+            ("id", json!("i-1"))
+        );
+    }
+    assert_eq!(
+        parses_on_this_thread(),
+        before,
+        "nothing is parsed at run time"
+    );
+    assert_eq!(render_value(&raw_with, &context).unwrap()["n"], json!(3));
+    assert!(evaluate_condition("${{ params.n > 1 }}", &context).unwrap());
+
+    // A stored expression that does not parse (validation would refuse it)
+    // still loads, and fails when rendered with the error it always had.
+    let mut corrupt = stored;
+    corrupt["spec"]["workflow"]["steps"][0]["with"]["n"] = "${{ params.n + }}".into();
+    corrupt["spec"]["workflow"]["steps"][0]["with"]["text"] = "${{ params.n".into();
+    let p = Promise::from_stored(corrupt.clone()).unwrap();
+    let a = p.step("a").unwrap();
+    let compiled = p.with_of(a).unwrap().render(&context).unwrap_err();
+    let raw = render_value(&corrupt["spec"]["workflow"]["steps"][0]["with"], &context);
+    assert_eq!(Err(compiled.clone()), raw);
+    assert!(matches!(compiled, RenderError::Parse { .. }), "{compiled}");
+    assert!(matches!(
+        CompiledTemplate::compile(&json!("${{ params.n")),
+        CompiledTemplate::Invalid(RenderError::Parse { .. })
+    ));
+}

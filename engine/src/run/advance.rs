@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fulfil_core::dag::CompensationStatus;
-use fulfil_core::expr::{RenderContext, render_value};
+use fulfil_core::expr::RenderContext;
 use fulfil_core::time;
 use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
 use fulfil_core::{Graph, RunStatus, StepStatus};
@@ -59,6 +59,14 @@ pub fn render_context(run: &Run) -> RenderContext {
         vars: run.context.get("vars").cloned().unwrap_or(Value::Null),
         steps: Value::Object(steps),
     }
+}
+
+/// A step whose compiled expressions its run's Promise does not hold: the
+/// step is not that Promise's.
+pub(super) fn not_compiled(step_id: &str) -> RunError {
+    RunError::Corrupt(format!(
+        "step {step_id} has no compiled expressions in the Promise"
+    ))
 }
 
 /// What a round of planning leaves to do.
@@ -494,8 +502,10 @@ pub(super) fn finish(
 fn render_outputs(run: &Run) -> Result<Value, String> {
     let context = render_context(run);
     let mut outputs = Map::new();
-    for (name, template) in &run.promise.spec.outputs {
-        let value = render_value(template, &context).map_err(|e| format!("output {name}: {e}"))?;
+    for (name, template) in run.promise.compiled_outputs() {
+        let value = template
+            .render(&context)
+            .map_err(|e| format!("output {name}: {e}"))?;
         outputs.insert(name.clone(), value);
     }
     Ok(Value::Object(outputs))

@@ -7,14 +7,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use fulfil_core::dag::{CompensationOutcome, CompensationStatus};
-use fulfil_core::expr::render_value;
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::json;
 
 use super::advance::{
-    AttemptSpec, Next, TASK_TOO_LARGE, dispatch, failure_reason, finish, render_context,
-    set_compensation, too_large,
+    AttemptSpec, Next, TASK_TOO_LARGE, dispatch, failure_reason, finish, not_compiled,
+    render_context, set_compensation, too_large,
 };
 use super::event::{AttemptEvent, attempt_event};
 use super::{Run, RunError};
@@ -111,7 +110,11 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
             step.id
         )));
     };
-    let input = match render_value(&compensation.with, &render_context(run)) {
+    let promise = run.promise.clone();
+    let with = promise
+        .compensation_with_of(step)
+        .ok_or_else(|| not_compiled(&step.id))?;
+    let input = match with.render(&render_context(run)) {
         Ok(input) => input,
         Err(e) => {
             fail_compensation(run, &step.id, attempt, "render_error", &e.to_string());
@@ -122,7 +125,6 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
         fail_compensation(run, &step.id, attempt, TASK_TOO_LARGE, &message);
         return Ok(());
     }
-    let promise = run.promise.clone();
     let spec = AttemptSpec {
         kind: TaskKind::Compensation,
         handler: &compensation.uses,

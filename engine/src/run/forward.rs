@@ -6,14 +6,13 @@
 use std::collections::HashMap;
 
 use fulfil_core::dag::Outcome;
-use fulfil_core::expr::{evaluate_condition, render_value};
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::json;
 
 use super::advance::{
-    AttemptSpec, Next, TASK_TOO_LARGE, dispatch, fail_step, failure_reason, finish, render_context,
-    set_step, too_large,
+    AttemptSpec, Next, TASK_TOO_LARGE, dispatch, fail_step, failure_reason, finish, not_compiled,
+    render_context, set_step, too_large,
 };
 use super::compensate::to_undo;
 use super::event;
@@ -73,7 +72,10 @@ pub(super) fn plan_forward(run: &mut Run, graph: &Graph) -> Result<Next, RunErro
             )));
         };
         if let Some(condition) = &step.condition {
-            match evaluate_condition(condition, &render_context(run)) {
+            let compiled = promise
+                .condition_of(step)
+                .ok_or_else(|| not_compiled(&step.id))?;
+            match compiled.evaluate(&render_context(run)) {
                 Ok(true) => {}
                 Ok(false) => {
                     set_step(
@@ -127,7 +129,11 @@ fn cancel_pending(run: &mut Run) -> Result<(), RunError> {
 
 /// Renders the step's input and queues attempt `attempt` of its action.
 pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), RunError> {
-    let input = match render_value(&step.with, &render_context(run)) {
+    let promise = run.promise.clone();
+    let with = promise
+        .with_of(step)
+        .ok_or_else(|| not_compiled(&step.id))?;
+    let input = match with.render(&render_context(run)) {
         Ok(input) => input,
         Err(e) => {
             return fail_step(run, &step.id, Some(attempt), "render_error", &e.to_string());
@@ -136,7 +142,6 @@ pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), R
     if let Some(message) = too_large(&input) {
         return fail_step(run, &step.id, Some(attempt), TASK_TOO_LARGE, &message);
     }
-    let promise = run.promise.clone();
     let spec = AttemptSpec {
         kind: TaskKind::Action,
         handler: &step.uses,

@@ -140,3 +140,53 @@ fn a_step_moves_only_along_its_legal_transitions() {
     assert_eq!(h.step("ship").status, StepStatus::Cancelled);
     assert!(h.run.writes.steps.contains("ship"));
 }
+
+/// Expressions are compiled once, when the Promise is parsed: running it —
+/// conditions, step inputs, outputs, compensation inputs — parses none.
+#[test]
+fn running_a_promise_parses_no_expression() {
+    use fulfil_core::expr::parses_on_this_thread;
+
+    let parses_of = |yaml: &str| {
+        let before = parses_on_this_thread();
+        Promise::parse(yaml).expect("a valid Promise");
+        parses_on_this_thread() - before
+    };
+
+    // A large database: the condition is true and every step runs.
+    let parse = parses_of(POSTGRES_DATABASE);
+    assert!(parse > 0);
+    let before = parses_on_this_thread();
+    let params = json!({ "name": "orders", "size": "large", "team": "payments" });
+    let (mut h, mut writes) = Harness::start(POSTGRES_DATABASE, params);
+    for step in ["provision", "configure", "alert"] {
+        let sent = tasks(&writes);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].step_id, step, "the condition held");
+        let output = sent[0].input.clone();
+        writes = h.succeed(step, TaskKind::Action, output);
+    }
+    assert_eq!(h.run.status, RunStatus::Succeeded);
+    assert!(writes.ending.as_ref().is_some_and(|e| e.outputs.is_some()));
+    assert_eq!(
+        parses_on_this_thread() - before,
+        parse,
+        "only parsing parsed"
+    );
+
+    // A saga that fails: its compensation's input is rendered too.
+    let parse = parses_of(SAGA);
+    let before = parses_on_this_thread();
+    let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
+    h.succeed("reserve", TaskKind::Action, json!({ "reservation": "r-1" }));
+    let writes = h.fail("charge", TaskKind::Action, permanent("declined"));
+    let undo = tasks(&writes);
+    assert_eq!(undo.len(), 1);
+    assert_eq!(undo[0].kind, TaskKind::Compensation);
+    assert_eq!(undo[0].input, json!({ "reservation": "r-1" }));
+    assert_eq!(
+        parses_on_this_thread() - before,
+        parse,
+        "only parsing parsed"
+    );
+}
