@@ -145,6 +145,10 @@ mod tests {
             .finish();
         // The test runtime is single-threaded, so the handler logs here.
         let _guard = tracing::subscriber::set_default(subscriber);
+        // A test on another thread may have registered `Problem::internal`'s
+        // callsite while no subscriber existed, and a registration that
+        // straddles this one's keeps "never" as its interest: ask again.
+        tracing::callsite::rebuild_interest_cache();
 
         let app = edge(Router::new().route("/boom", get(panics)));
         let request = Request::get("/boom")
