@@ -14,15 +14,16 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
+
+use crate::ids::{RunId, StepId, TaskId};
 
 /// One attempt of one step, handed to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMessage {
     /// Unique per (run, step, attempt); the key results are applied by.
-    pub task_id: Uuid,
-    pub run_id: Uuid,
-    pub step_id: String,
+    pub task_id: TaskId,
+    pub run_id: RunId,
+    pub step_id: StepId,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// Handler name from the step's `uses`.
@@ -58,9 +59,9 @@ pub use crate::status::TaskKind;
 /// (a lost `started` only delays the attempt's timeout clock).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressMessage {
-    pub task_id: Uuid,
-    pub run_id: Uuid,
-    pub step_id: String,
+    pub task_id: TaskId,
+    pub run_id: RunId,
+    pub step_id: StepId,
     pub attempt: u32,
     pub worker_id: String,
     pub progress: Progress,
@@ -81,11 +82,11 @@ pub enum Progress {
 /// What a worker reports once a handler has finished with a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultMessage {
-    pub task_id: Uuid,
+    pub task_id: TaskId,
     /// Copied from the task, for dead-lettering and debugging; the engine
     /// trusts only `task_id`.
-    pub run_id: Uuid,
-    pub step_id: String,
+    pub run_id: RunId,
+    pub step_id: StepId,
     pub attempt: u32,
     /// Free-form identity of the worker process, shown to operators.
     pub worker_id: String,

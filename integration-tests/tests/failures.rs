@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use fulfil_core::ids::{RunId, TaskId};
 use fulfil_core::wire::{Outcome, Progress, ProgressMessage, ResultMessage, TaskMessage};
 use fulfil_integration_tests::{StackOptions, TestStack};
 use fulfil_worker::{Handler, StepError, TaskContext};
@@ -805,8 +806,8 @@ async fn poison_messages_are_dead_lettered_and_counted_without_stopping_the_engi
     )
     .await?;
     let orphan = ResultMessage {
-        task_id: Uuid::now_v7(),
-        run_id: Uuid::now_v7(),
+        task_id: TaskId::generate(),
+        run_id: RunId::generate(),
         step_id: "ghost".into(),
         attempt: 1,
         worker_id: "nobody".into(),

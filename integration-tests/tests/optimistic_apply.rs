@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use fulfil_core::ids::{RunId, StepId, TaskId};
 use fulfil_core::wire::{Outcome, ResultMessage};
 use fulfil_engine::Engine;
 use fulfil_engine::run::{Applied, apply_result, cancel_run};
@@ -57,9 +58,9 @@ async fn task_of(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Result<
 async fn succeeded(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Result<ResultMessage> {
     let (task_id, attempt) = task_of(stack, run_id, step).await?;
     Ok(ResultMessage {
-        task_id,
-        run_id,
-        step_id: step.to_string(),
+        task_id: TaskId::from(task_id),
+        run_id: RunId::from(run_id),
+        step_id: StepId::from(step),
         attempt: attempt as u32,
         worker_id: "test".into(),
         outcome: Outcome::Ok {
@@ -95,7 +96,14 @@ async fn a_copy_made_stale_by_another_engine_is_refused_and_read_again() -> anyh
     let second = succeeded(&stack, run_id, "second").await?;
 
     // Engine B cancels the run: `second`'s attempt is cancelled behind A's back.
-    cancel_run(&engine_b, run_id, "operator:test", false, Some("test")).await?;
+    cancel_run(
+        &engine_b,
+        RunId::from(run_id),
+        "operator:test",
+        false,
+        Some("test"),
+    )
+    .await?;
 
     // A's copy still shows `second` open; deciding from it would succeed the
     // step of a cancelled run. The store must refuse it and A must read again.
@@ -204,10 +212,10 @@ async fn a_report_naming_the_wrong_run_is_applied_to_its_task_s_run() -> anyhow:
     // Both runs are in the engine's cache (the intake keeps new runs). The
     // report's run id is only where to look; the task id decides.
     let mut first = succeeded(&stack, real, "first").await?;
-    first.run_id = other;
+    first.run_id = RunId::from(other);
     assert_eq!(apply_result(&engine, &first).await?, Applied::Applied);
     let mut second = succeeded(&stack, real, "second").await?;
-    second.run_id = Uuid::now_v7();
+    second.run_id = RunId::generate();
     assert_eq!(apply_result(&engine, &second).await?, Applied::Applied);
 
     let status = |run: Uuid| {
