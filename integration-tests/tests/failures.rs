@@ -111,11 +111,12 @@ fn at(event: &Value) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-fn run_id(run: &Value) -> Uuid {
+fn run_id(run: &Value) -> RunId {
     run["id"]
         .as_str()
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.parse::<Uuid>().ok())
         .unwrap_or_default()
+        .into()
 }
 
 #[tokio::test]
@@ -278,7 +279,7 @@ async fn report_started(stack: &TestStack, task: &TaskMessage) -> anyhow::Result
     publish(stack, stack.names.progress_subject(), &report).await
 }
 
-async fn wait_for_event(stack: &TestStack, run: Uuid, kind: &str) -> anyhow::Result<Vec<Value>> {
+async fn wait_for_event(stack: &TestStack, run: RunId, kind: &str) -> anyhow::Result<Vec<Value>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let history = stack.history(run).await?;
@@ -622,7 +623,7 @@ spec:
 "#
         ))
         .await?;
-    let cancel = |run: Uuid, body: Value| {
+    let cancel = |run: RunId, body: Value| {
         stack
             .http
             .post(format!("{}/v1/runs/{run}/cancel", stack.api))

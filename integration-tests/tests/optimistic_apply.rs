@@ -37,13 +37,13 @@ async fn quiet_stack() -> anyhow::Result<TestStack> {
 }
 
 /// The open attempt of `step`, waiting for the run to dispatch it.
-async fn task_of(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Result<(Uuid, i32)> {
+async fn task_of(stack: &TestStack, run_id: RunId, step: &str) -> anyhow::Result<(Uuid, i32)> {
     for _ in 0..100 {
         let row: Option<(Uuid, i32)> = sqlx::query_as(
             "SELECT task_id, attempt FROM fulfil.attempts
              WHERE run_id = $1 AND step_id = $2 AND status = 'dispatched'",
         )
-        .bind(run_id)
+        .bind(run_id.as_uuid())
         .bind(step)
         .fetch_optional(&stack.pool)
         .await?;
@@ -55,11 +55,11 @@ async fn task_of(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Result<
     anyhow::bail!("step {step} of run {run_id} was never dispatched")
 }
 
-async fn succeeded(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Result<ResultMessage> {
+async fn succeeded(stack: &TestStack, run_id: RunId, step: &str) -> anyhow::Result<ResultMessage> {
     let (task_id, attempt) = task_of(stack, run_id, step).await?;
     Ok(ResultMessage {
         task_id: TaskId::from(task_id),
-        run_id: RunId::from(run_id),
+        run_id,
         step_id: StepId::from(step),
         attempt: attempt as u32,
         worker_id: "test".into(),
@@ -71,12 +71,12 @@ async fn succeeded(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Resul
     })
 }
 
-async fn history_types(stack: &TestStack, run_id: Uuid) -> anyhow::Result<Vec<(i64, String)>> {
+async fn history_types(stack: &TestStack, run_id: RunId) -> anyhow::Result<Vec<(i64, String)>> {
     Ok(sqlx::query_as(
         "SELECT seq, type || coalesce(' ' || step_id, '') FROM fulfil.history
          WHERE run_id = $1 ORDER BY seq",
     )
-    .bind(run_id)
+    .bind(run_id.as_uuid())
     .fetch_all(&stack.pool)
     .await?)
 }
@@ -96,14 +96,7 @@ async fn a_copy_made_stale_by_another_engine_is_refused_and_read_again() -> anyh
     let second = succeeded(&stack, run_id, "second").await?;
 
     // Engine B cancels the run: `second`'s attempt is cancelled behind A's back.
-    cancel_run(
-        &engine_b,
-        RunId::from(run_id),
-        "operator:test",
-        false,
-        Some("test"),
-    )
-    .await?;
+    cancel_run(&engine_b, run_id, "operator:test", false, Some("test")).await?;
 
     // A's copy still shows `second` open; deciding from it would succeed the
     // step of a cancelled run. The store must refuse it and A must read again.
@@ -116,7 +109,7 @@ async fn a_copy_made_stale_by_another_engine_is_refused_and_read_again() -> anyh
     let second_status: String = sqlx::query_scalar(
         "SELECT status FROM fulfil.steps WHERE run_id = $1 AND step_id = 'second'",
     )
-    .bind(run_id)
+    .bind(run_id.as_uuid())
     .fetch_one(&stack.pool)
     .await?;
     assert_ne!(second_status, "succeeded");
@@ -186,13 +179,13 @@ async fn racing_results_for_one_run_each_apply_once() -> anyhow::Result<()> {
     let join_attempts: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM fulfil.attempts WHERE run_id = $1 AND step_id = 'join'",
     )
-    .bind(run_id)
+    .bind(run_id.as_uuid())
     .fetch_one(&stack.pool)
     .await?;
     assert_eq!(join_attempts, 1);
     let (history_seq, version): (i64, i64) =
         sqlx::query_as("SELECT history_seq, version FROM fulfil.runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.as_uuid())
             .fetch_one(&stack.pool)
             .await?;
     assert_eq!(history_seq, history.len() as i64);
@@ -212,15 +205,15 @@ async fn a_report_naming_the_wrong_run_is_applied_to_its_task_s_run() -> anyhow:
     // Both runs are in the engine's cache (the intake keeps new runs). The
     // report's run id is only where to look; the task id decides.
     let mut first = succeeded(&stack, real, "first").await?;
-    first.run_id = RunId::from(other);
+    first.run_id = other;
     assert_eq!(apply_result(&engine, &first).await?, Applied::Applied);
     let mut second = succeeded(&stack, real, "second").await?;
     second.run_id = RunId::generate();
     assert_eq!(apply_result(&engine, &second).await?, Applied::Applied);
 
-    let status = |run: Uuid| {
+    let status = |run: RunId| {
         sqlx::query_scalar::<_, String>("SELECT status FROM fulfil.runs WHERE id = $1")
-            .bind(run)
+            .bind(run.as_uuid())
             .fetch_one(&stack.pool)
     };
     assert_eq!(status(real).await?, "succeeded");

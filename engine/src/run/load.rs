@@ -166,7 +166,6 @@ async fn load_runs(
     let mut attempts = HashMap::new();
     for r in state_rows {
         if let (Some(task_id), Some(kind)) = (r.task_id, r.kind) {
-            let task_id = TaskId::from(task_id);
             attempts.insert(
                 task_id,
                 KnownAttempt {
@@ -272,6 +271,7 @@ struct StateRow {
     compensation_attempt: i32,
     compensation_outputs: Option<Value>,
     compensation_error: Option<String>,
-    task_id: Option<Uuid>,
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    task_id: Option<TaskId>,
     kind: Option<String>,
 }
