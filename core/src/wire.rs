@@ -139,6 +139,22 @@ pub fn is_valid_queue_name(queue: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The ids are newtypes, but the JSON is what docs/wire.md describes:
+    /// plain strings, byte for byte.
+    #[test]
+    fn typed_ids_keep_the_wire_json() {
+        let task_id = "0190a0b0-0000-7000-8000-000000000001";
+        let run_id = "0190a0b0-0000-7000-8000-000000000002";
+        let text = format!(
+            r#"{{"task_id":"{task_id}","run_id":"{run_id}","step_id":"provision","attempt":1,"worker_id":"w","outcome":{{"status":"ok","output":null}},"started_at":"2026-01-01T00:00:00Z","finished_at":"2026-01-01T00:00:01Z"}}"#
+        );
+        let result: ResultMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(result.task_id.to_string(), task_id);
+        assert_eq!(result.run_id.to_string(), run_id);
+        assert_eq!(result.step_id, "provision");
+        assert_eq!(serde_json::to_string(&result).unwrap(), text);
+    }
+
     #[test]
     fn outcome_json_is_tagged_by_status() {
         let ok = serde_json::to_value(Outcome::Ok {
