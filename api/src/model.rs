@@ -7,10 +7,10 @@
 //! fields they do not know, so a newer server can add some.
 
 use chrono::{DateTime, Utc};
+use fulfil_core::ids::{RequestId, RunId, TaskId};
 use fulfil_engine::inspect;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
 
 /// A page of a list: `{items, next_cursor}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,8 +45,8 @@ pub struct CreateRequest {
 /// The 202 answer to [`CreateRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
-    pub request_id: Uuid,
-    pub run_id: Uuid,
+    pub request_id: RequestId,
+    pub run_id: RunId,
     /// True when an earlier request with the same idempotency key and the
     /// same parameters was returned instead of a new one.
     pub replayed: bool,
@@ -55,12 +55,12 @@ pub struct Accepted {
 /// A request: `GET /v1/requests/{id}`, items of `GET /v1/requests`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
-    pub id: Uuid,
+    pub id: RequestId,
     pub promise: String,
     pub promise_version: String,
     pub params: Value,
     pub status: String,
-    pub run_id: Option<Uuid>,
+    pub run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
     pub created_by: Option<String>,
@@ -72,8 +72,8 @@ pub struct Request {
 /// (without: `steps` is absent and reads as empty).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
-    pub id: Uuid,
-    pub request_id: Uuid,
+    pub id: RunId,
+    pub request_id: RequestId,
     pub promise: String,
     pub promise_version: String,
     /// `configure`, `delete` or `reconcile`.
@@ -119,7 +119,7 @@ pub struct Step {
 pub struct Attempt {
     pub attempt: i32,
     pub status: String,
-    pub task_id: Uuid,
+    pub task_id: TaskId,
     pub handler: String,
     pub queue: String,
     pub input: Value,
@@ -160,7 +160,7 @@ pub struct CancelRun {
 /// The answer to [`CancelRun`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancelled {
-    pub run_id: Uuid,
+    pub run_id: RunId,
     /// `cancelled`, or `compensating` while succeeded steps are undone.
     pub status: String,
     pub compensate: bool,
@@ -181,7 +181,7 @@ pub struct RetryRun {
 /// The answer to [`RetryRun`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retried {
-    pub run_id: Uuid,
+    pub run_id: RunId,
     /// Steps reset to pending, in workflow order.
     pub rerun: Vec<String>,
     /// Steps whose outputs are kept.
@@ -311,7 +311,8 @@ mod tests {
     #[test]
     fn models_serialize_as_the_engine_views_did() -> Result<(), serde_json::Error> {
         let at = DateTime::<Utc>::UNIX_EPOCH;
-        let (run_id, request_id, task_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (run_id, request_id, task_id) =
+            (RunId::generate(), RequestId::generate(), TaskId::generate());
         let summary = inspect::RunSummary {
             id: run_id,
             request_id,

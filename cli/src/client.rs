@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use fulfil_api::model;
+use fulfil_core::ids::RunId;
 use serde_json::{Map, Value, json};
 
 use crate::output::{at, opt, print_history, print_json, print_run, print_table};
@@ -314,13 +315,13 @@ pub async fn request_create(
         println!("{}", accepted.request_id);
         return Ok(ExitCode::SUCCESS);
     }
-    follow_run(&api, &accepted.run_id.to_string(), timeout, args.output).await
+    follow_run(&api, accepted.run_id, timeout, args.output).await
 }
 
 /// Prints each step's status changes until the run finishes.
 async fn follow_run(
     api: &Api,
-    run_id: &str,
+    run_id: RunId,
     timeout: Duration,
     format: Format,
 ) -> anyhow::Result<ExitCode> {

@@ -14,15 +14,16 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use uuid::Uuid;
+
+use crate::ids::{RunId, StepId, TaskId};
 
 /// One attempt of one step, handed to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMessage {
     /// Unique per (run, step, attempt); the key results are applied by.
-    pub task_id: Uuid,
-    pub run_id: Uuid,
-    pub step_id: String,
+    pub task_id: TaskId,
+    pub run_id: RunId,
+    pub step_id: StepId,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// Handler name from the step's `uses`.
@@ -58,9 +59,9 @@ pub use crate::status::TaskKind;
 /// (a lost `started` only delays the attempt's timeout clock).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressMessage {
-    pub task_id: Uuid,
-    pub run_id: Uuid,
-    pub step_id: String,
+    pub task_id: TaskId,
+    pub run_id: RunId,
+    pub step_id: StepId,
     pub attempt: u32,
     pub worker_id: String,
     pub progress: Progress,
@@ -81,11 +82,11 @@ pub enum Progress {
 /// What a worker reports once a handler has finished with a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultMessage {
-    pub task_id: Uuid,
+    pub task_id: TaskId,
     /// Copied from the task, for dead-lettering and debugging; the engine
     /// trusts only `task_id`.
-    pub run_id: Uuid,
-    pub step_id: String,
+    pub run_id: RunId,
+    pub step_id: StepId,
     pub attempt: u32,
     /// Free-form identity of the worker process, shown to operators.
     pub worker_id: String,
@@ -137,6 +138,22 @@ pub fn is_valid_queue_name(queue: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ids are newtypes, but the JSON is what docs/wire.md describes:
+    /// plain strings, byte for byte.
+    #[test]
+    fn typed_ids_keep_the_wire_json() {
+        let task_id = "0190a0b0-0000-7000-8000-000000000001";
+        let run_id = "0190a0b0-0000-7000-8000-000000000002";
+        let text = format!(
+            r#"{{"task_id":"{task_id}","run_id":"{run_id}","step_id":"provision","attempt":1,"worker_id":"w","outcome":{{"status":"ok","output":null}},"started_at":"2026-01-01T00:00:00Z","finished_at":"2026-01-01T00:00:01Z"}}"#
+        );
+        let result: ResultMessage = serde_json::from_str(&text).unwrap();
+        assert_eq!(result.task_id.to_string(), task_id);
+        assert_eq!(result.run_id.to_string(), run_id);
+        assert_eq!(result.step_id, "provision");
+        assert_eq!(serde_json::to_string(&result).unwrap(), text);
+    }
 
     #[test]
     fn outcome_json_is_tagged_by_status() {

@@ -177,3 +177,16 @@ mod tests {
         assert!(!is_transient(&sqlx::Error::Protocol("bad".into())));
     }
 }
+
+/// A nullable `uuid` column, for reading it into an optional id newtype in a
+/// `FromRow` derive: `#[sqlx(try_from = "NullableUuid")]` on an
+/// `Option<RunId>` field (the ids live in `fulfil-core`, which has no sqlx).
+#[derive(sqlx::Type)]
+#[sqlx(transparent)]
+pub struct NullableUuid(Option<uuid::Uuid>);
+
+impl<T: From<uuid::Uuid>> From<NullableUuid> for Option<T> {
+    fn from(column: NullableUuid) -> Self {
+        column.0.map(T::from)
+    }
+}

@@ -3,6 +3,7 @@
 //! are UUIDv7, so id order is creation order).
 
 use chrono::{DateTime, Utc};
+use fulfil_core::ids::{RequestId, RunId, TaskId};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -22,12 +23,14 @@ pub struct Page<T> {
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RequestView {
-    pub id: Uuid,
+    #[sqlx(try_from = "Uuid")]
+    pub id: RequestId,
     pub promise: String,
     pub promise_version: String,
     pub params: Value,
     pub status: String,
-    pub run_id: Option<Uuid>,
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    pub run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
     pub created_by: Option<String>,
@@ -37,8 +40,10 @@ pub struct RequestView {
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunSummary {
-    pub id: Uuid,
-    pub request_id: Uuid,
+    #[sqlx(try_from = "Uuid")]
+    pub id: RunId,
+    #[sqlx(try_from = "Uuid")]
+    pub request_id: RequestId,
     pub promise: String,
     pub promise_version: String,
     pub kind: String,
@@ -70,7 +75,8 @@ pub struct StepView {
 pub struct AttemptView {
     pub attempt: i32,
     pub status: String,
-    pub task_id: Uuid,
+    #[sqlx(try_from = "Uuid")]
+    pub task_id: TaskId,
     pub handler: String,
     pub queue: String,
     pub input: Value,
@@ -127,13 +133,16 @@ fn paged<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> 
     Page { items, next_cursor }
 }
 
-pub async fn get_request(pool: &PgPool, id: Uuid) -> Result<Option<RequestView>, InspectError> {
+pub async fn get_request(
+    pool: &PgPool,
+    id: RequestId,
+) -> Result<Option<RequestView>, InspectError> {
     Ok(sqlx::query_as(
         "SELECT id, promise, promise_version, params, status, run_id, outputs, idempotency_key, created_by,
                 created_at, updated_at
          FROM fulfil.requests WHERE id = $1",
     )
-    .bind(id)
+    .bind(id.as_uuid())
     .fetch_optional(pool)
     .await?)
 }
@@ -203,11 +212,11 @@ pub async fn list_runs(
 }
 
 /// A run with every step and every attempt.
-pub async fn get_run(pool: &PgPool, id: Uuid) -> Result<Option<RunView>, InspectError> {
+pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, InspectError> {
     let run: Option<RunSummary> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM fulfil.runs WHERE id = $1"
     )))
-    .bind(id)
+    .bind(id.as_uuid())
     .fetch_optional(pool)
     .await?;
     let Some(run) = run else {
@@ -216,7 +225,7 @@ pub async fn get_run(pool: &PgPool, id: Uuid) -> Result<Option<RunView>, Inspect
     let steps: Vec<StepRow> = sqlx::query_as(
         "SELECT step_id, status, attempt, outputs, error FROM fulfil.steps WHERE run_id = $1 ORDER BY position",
     )
-    .bind(id)
+    .bind(id.as_uuid())
     .fetch_all(pool)
     .await?;
     let attempts: Vec<(String, AttemptView)> = sqlx::query_as::<_, AttemptRow>(
@@ -224,7 +233,7 @@ pub async fn get_run(pool: &PgPool, id: Uuid) -> Result<Option<RunView>, Inspect
                 finished_at, worker, error
          FROM fulfil.attempts WHERE run_id = $1 ORDER BY step_id, attempt",
     )
-    .bind(id)
+    .bind(id.as_uuid())
     .fetch_all(pool)
     .await?
     .into_iter()
@@ -267,13 +276,13 @@ struct AttemptRow {
 /// History of a run in order, after sequence number `cursor`.
 pub async fn history(
     pool: &PgPool,
-    run_id: Uuid,
+    run_id: RunId,
     cursor: Option<&str>,
     limit: Option<i64>,
 ) -> Result<Option<Page<HistoryEvent>>, InspectError> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fulfil.runs WHERE id = $1)")
-            .bind(run_id)
+            .bind(run_id.as_uuid())
             .fetch_one(pool)
             .await?;
     if !exists {
@@ -290,7 +299,7 @@ pub async fn history(
         "SELECT seq, type, step_id, attempt, actor, at, data FROM fulfil.history
          WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
-    .bind(run_id)
+    .bind(run_id.as_uuid())
     .bind(after)
     .bind(limit + 1)
     .fetch_all(pool)

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use fulfil_core::Promise;
+use fulfil_core::ids::{RequestId, RunId};
 use fulfil_core::params::{ParamsError, Violation};
 use fulfil_core::status::{RunKind, TimerKind};
 use serde::Serialize;
@@ -46,8 +47,8 @@ pub struct NewRequest {
 /// The accepted request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Accepted {
-    pub request_id: Uuid,
-    pub run_id: Uuid,
+    pub request_id: RequestId,
+    pub run_id: RunId,
     /// True when an earlier request with the same idempotency key and the
     /// same parameters was returned instead of creating a new one.
     pub replayed: bool,
@@ -69,7 +70,7 @@ pub enum RequestError {
     #[error(
         "idempotency key {key:?} was already used for request {request_id} with different parameters"
     )]
-    IdempotencyConflict { key: String, request_id: Uuid },
+    IdempotencyConflict { key: String, request_id: RequestId },
     /// The idempotency key is empty or too long.
     #[error("invalid idempotency key: {0}")]
     InvalidIdempotencyKey(String),
@@ -182,7 +183,7 @@ async fn validate_and_store(
             }),
         })?;
 
-    let request_id = Uuid::now_v7();
+    let request_id = RequestId::generate();
     let context = json!({
         "params": params,
         "request": {
@@ -197,7 +198,7 @@ async fn validate_and_store(
         engine,
         ValidRequest {
             request_id,
-            run_id: Uuid::now_v7(),
+            run_id: RunId::generate(),
             promise,
             params,
             context,
@@ -211,8 +212,8 @@ async fn validate_and_store(
 /// A request whose parameters passed validation, ready to be stored.
 #[derive(Debug, Clone)]
 pub(crate) struct ValidRequest {
-    pub request_id: Uuid,
-    pub run_id: Uuid,
+    pub request_id: RequestId,
+    pub run_id: RunId,
     pub promise: Arc<Promise>,
     /// With defaults applied.
     pub params: Value,
@@ -252,7 +253,7 @@ pub(crate) async fn store_requests(
     )
     .fetch_all(&mut *tx)
     .await?;
-    let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+    let inserted: HashSet<RequestId> = inserted.into_iter().map(RequestId::from).collect();
     let earlier = earlier_requests(&mut tx, requests, &inserted).await?;
 
     let mut runs = Vec::with_capacity(inserted.len());
@@ -311,7 +312,7 @@ fn bind_requests(
     arguments: &mut sqlx::postgres::PgArguments,
     requests: &[ValidRequest],
 ) -> Result<(), sqlx::error::BoxDynError> {
-    let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id).collect();
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id.as_uuid()).collect();
     let promises: Vec<&str> = requests
         .iter()
         .map(|r| r.promise.metadata.name.as_str())
@@ -325,7 +326,7 @@ fn bind_requests(
         .iter()
         .map(|r| r.idempotency_key.as_deref())
         .collect();
-    let run_ids: Vec<Uuid> = requests.iter().map(|r| r.run_id).collect();
+    let run_ids: Vec<Uuid> = requests.iter().map(|r| r.run_id.as_uuid()).collect();
     let actors: Vec<&str> = requests.iter().map(|r| r.actor.as_str()).collect();
     arguments.add(ids)?;
     arguments.add(promises)?;
@@ -378,8 +379,8 @@ async fn store_in_one_statement(
 async fn earlier_requests(
     conn: &mut sqlx::PgConnection,
     requests: &[ValidRequest],
-    inserted: &HashSet<Uuid>,
-) -> Result<HashMap<(String, String), (Uuid, Option<Uuid>, Value)>, RunError> {
+    inserted: &HashSet<RequestId>,
+) -> Result<HashMap<(String, String), (RequestId, Option<RunId>, Value)>, RunError> {
     let (promises, keys): (Vec<&str>, Vec<&str>) = requests
         .iter()
         .filter(|r| !inserted.contains(&r.request_id))
@@ -404,7 +405,12 @@ async fn earlier_requests(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(promise, key, id, run_id, params)| ((promise, key), (id, run_id, params)))
+        .map(|(promise, key, id, run_id, params)| {
+            (
+                (promise, key),
+                (RequestId::from(id), run_id.map(RunId::from), params),
+            )
+        })
         .collect())
 }
 

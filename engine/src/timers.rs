@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::ids::{RunId, TaskId};
 use fulfil_core::status::{AttemptStatus, TimerKind};
 use fulfil_core::wire::{StepFailure, TaskKind};
 use fulfil_core::{RunStatus, StepStatus};
@@ -66,10 +67,12 @@ async fn next_wait(engine: &Engine, poll: Duration) -> Duration {
 #[derive(sqlx::FromRow)]
 pub(crate) struct DueTimer {
     pub(crate) id: i64,
-    pub(crate) run_id: Uuid,
+    #[sqlx(try_from = "Uuid")]
+    pub(crate) run_id: RunId,
     pub(crate) step_id: String,
     pub(crate) kind: String,
-    pub(crate) task_id: Option<Uuid>,
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    pub(crate) task_id: Option<TaskId>,
 }
 
 /// Fires every due timer; returns how many fired (or were parked). A timer
@@ -178,7 +181,7 @@ async fn fire(
     let attempt: Option<AttemptState> = match timer.task_id {
         Some(task_id) if TimerKind::parse(&timer.kind)?.is_attempt_timer() => Some(
             sqlx::query_as("SELECT attempt, status, kind FROM fulfil.attempts WHERE task_id = $1")
-                .bind(task_id)
+                .bind(task_id.as_uuid())
                 .fetch_one(conn)
                 .await?,
         ),

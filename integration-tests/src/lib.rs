@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fulfil_bus::NatsNames;
+use fulfil_core::ids::RunId;
 use fulfil_engine::{Engine, EngineConfig, db};
 use fulfil_worker::{Handlers, Worker, WorkerConfig};
 use serde_json::{Value, json};
@@ -304,16 +305,14 @@ impl TestStack {
     }
 
     /// Files a request and returns its run id, failing unless it was accepted.
-    pub async fn request(&self, promise: &str, params: Value) -> anyhow::Result<Uuid> {
+    pub async fn request(&self, promise: &str, params: Value) -> anyhow::Result<RunId> {
         let (status, _, body) = self
             .post_request(promise, json!({ "params": params }), None)
             .await?;
         if status != 202 {
             bail!("request refused with {status}: {body}");
         }
-        Ok(Uuid::parse_str(
-            body["run_id"].as_str().unwrap_or_default(),
-        )?)
+        Ok(body["run_id"].as_str().unwrap_or_default().parse()?)
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
@@ -321,7 +320,7 @@ impl TestStack {
         Ok((response.status().as_u16(), response.json().await?))
     }
 
-    pub async fn run(&self, run_id: Uuid) -> anyhow::Result<Value> {
+    pub async fn run(&self, run_id: RunId) -> anyhow::Result<Value> {
         let (status, body) = self.get(&format!("/v1/runs/{run_id}")).await?;
         if status != 200 {
             bail!("GET run {run_id}: {status} {body}");
@@ -330,7 +329,7 @@ impl TestStack {
     }
 
     /// Polls until the run is in a terminal status; returns the run.
-    pub async fn wait_finished(&self, run_id: Uuid, timeout: Duration) -> anyhow::Result<Value> {
+    pub async fn wait_finished(&self, run_id: RunId, timeout: Duration) -> anyhow::Result<Value> {
         let started = Instant::now();
         loop {
             let run = self.run(run_id).await?;
@@ -348,7 +347,7 @@ impl TestStack {
     }
 
     /// The run's whole history.
-    pub async fn history(&self, run_id: Uuid) -> anyhow::Result<Vec<Value>> {
+    pub async fn history(&self, run_id: RunId) -> anyhow::Result<Vec<Value>> {
         let (status, body) = self.get(&format!("/v1/runs/{run_id}/history")).await?;
         if status != 200 {
             bail!("GET history {run_id}: {status} {body}");

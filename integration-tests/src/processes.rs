@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use fulfil_core::ids::{RequestId, RunId};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -381,8 +382,8 @@ impl EffectServer {
 /// A request the API accepted (202).
 #[derive(Debug, Clone, Copy)]
 pub struct Filed {
-    pub request_id: Uuid,
-    pub run_id: Uuid,
+    pub request_id: RequestId,
+    pub run_id: RunId,
     /// POSTs it took (more than one when the API failed meanwhile).
     pub tries: u32,
 }
@@ -406,10 +407,10 @@ pub async fn file_request(
             .await
         {
             Ok((202, _, body)) => {
-                let id = |field: &str| Uuid::parse_str(body[field].as_str().unwrap_or_default());
+                let id = |field: &str| body[field].as_str().unwrap_or_default().to_owned();
                 return Ok(Filed {
-                    request_id: id("request_id")?,
-                    run_id: id("run_id")?,
+                    request_id: id("request_id").parse()?,
+                    run_id: id("run_id").parse()?,
                     tries,
                 });
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use fulfil_core::ids::{RunId, TaskId};
 use fulfil_core::wire::{Outcome, Progress, ProgressMessage, ResultMessage, TaskMessage};
 use fulfil_integration_tests::{StackOptions, TestStack};
 use fulfil_worker::{Handler, StepError, TaskContext};
@@ -109,11 +110,12 @@ fn at(event: &Value) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-fn run_id(run: &Value) -> Uuid {
+fn run_id(run: &Value) -> RunId {
     run["id"]
         .as_str()
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.parse::<Uuid>().ok())
         .unwrap_or_default()
+        .into()
 }
 
 #[tokio::test]
@@ -241,7 +243,7 @@ async fn report_started(stack: &TestStack, task: &TaskMessage) -> anyhow::Result
         .await
 }
 
-async fn wait_for_event(stack: &TestStack, run: Uuid, kind: &str) -> anyhow::Result<Vec<Value>> {
+async fn wait_for_event(stack: &TestStack, run: RunId, kind: &str) -> anyhow::Result<Vec<Value>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let history = stack.history(run).await?;
@@ -587,7 +589,7 @@ spec:
 "#
         ))
         .await?;
-    let cancel = |run: Uuid, body: Value| {
+    let cancel = |run: RunId, body: Value| {
         stack
             .http
             .post(format!("{}/v1/runs/{run}/cancel", stack.api))
@@ -768,8 +770,8 @@ async fn poison_messages_are_dead_lettered_and_counted_without_stopping_the_engi
         .publish_json(stack.names.results_subject(), &json!({ "not": "a result" }))
         .await?;
     let orphan = ResultMessage {
-        task_id: Uuid::now_v7(),
-        run_id: Uuid::now_v7(),
+        task_id: TaskId::generate(),
+        run_id: RunId::generate(),
         step_id: "ghost".into(),
         attempt: 1,
         worker_id: "nobody".into(),

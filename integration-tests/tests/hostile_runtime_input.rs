@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
 use chrono::Utc;
+use fulfil_core::ids::RunId;
 use fulfil_core::time::{MAX_DURATION, as_millis_u64};
 use fulfil_core::wire::{Outcome, ResultMessage, StepFailure, TaskMessage};
 use fulfil_integration_tests::TestStack;
@@ -20,7 +21,7 @@ fn events<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
     history.iter().filter(|e| e["type"] == kind).collect()
 }
 
-async fn wait_for_event(stack: &TestStack, run: Uuid, kind: &str) -> anyhow::Result<Vec<Value>> {
+async fn wait_for_event(stack: &TestStack, run: RunId, kind: &str) -> anyhow::Result<Vec<Value>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let history = stack.history(run).await?;
@@ -432,7 +433,7 @@ spec:
     let ghost = Uuid::now_v7();
     for (run_id, kind, task_id) in [
         (ghost, "retry", None),
-        (run, "attempt_timeout", Some(Uuid::now_v7())),
+        (run.as_uuid(), "attempt_timeout", Some(Uuid::now_v7())),
     ] {
         sqlx::query(
             "INSERT INTO fulfil.timers (run_id, step_id, kind, task_id, fire_at)

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use fulfil_core::ids::{RunId, StepId, TaskId};
 use fulfil_core::wire::{Outcome, ResultMessage};
 use fulfil_engine::Engine;
 use fulfil_engine::run::{Applied, apply_result, cancel_run};
@@ -36,13 +37,13 @@ async fn quiet_stack() -> anyhow::Result<TestStack> {
 }
 
 /// The open attempt of `step`, waiting for the run to dispatch it.
-async fn task_of(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Result<(Uuid, i32)> {
+async fn task_of(stack: &TestStack, run_id: RunId, step: &str) -> anyhow::Result<(Uuid, i32)> {
     for _ in 0..100 {
         let row: Option<(Uuid, i32)> = sqlx::query_as(
             "SELECT task_id, attempt FROM fulfil.attempts
              WHERE run_id = $1 AND step_id = $2 AND status = 'dispatched'",
         )
-        .bind(run_id)
+        .bind(run_id.as_uuid())
         .bind(step)
         .fetch_optional(&stack.pool)
         .await?;
@@ -54,12 +55,12 @@ async fn task_of(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Result<
     anyhow::bail!("step {step} of run {run_id} was never dispatched")
 }
 
-async fn succeeded(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Result<ResultMessage> {
+async fn succeeded(stack: &TestStack, run_id: RunId, step: &str) -> anyhow::Result<ResultMessage> {
     let (task_id, attempt) = task_of(stack, run_id, step).await?;
     Ok(ResultMessage {
-        task_id,
+        task_id: TaskId::from(task_id),
         run_id,
-        step_id: step.to_string(),
+        step_id: StepId::from(step),
         attempt: attempt as u32,
         worker_id: "test".into(),
         outcome: Outcome::Ok {
@@ -70,12 +71,12 @@ async fn succeeded(stack: &TestStack, run_id: Uuid, step: &str) -> anyhow::Resul
     })
 }
 
-async fn history_types(stack: &TestStack, run_id: Uuid) -> anyhow::Result<Vec<(i64, String)>> {
+async fn history_types(stack: &TestStack, run_id: RunId) -> anyhow::Result<Vec<(i64, String)>> {
     Ok(sqlx::query_as(
         "SELECT seq, type || coalesce(' ' || step_id, '') FROM fulfil.history
          WHERE run_id = $1 ORDER BY seq",
     )
-    .bind(run_id)
+    .bind(run_id.as_uuid())
     .fetch_all(&stack.pool)
     .await?)
 }
@@ -108,7 +109,7 @@ async fn a_copy_made_stale_by_another_engine_is_refused_and_read_again() -> anyh
     let second_status: String = sqlx::query_scalar(
         "SELECT status FROM fulfil.steps WHERE run_id = $1 AND step_id = 'second'",
     )
-    .bind(run_id)
+    .bind(run_id.as_uuid())
     .fetch_one(&stack.pool)
     .await?;
     assert_ne!(second_status, "succeeded");
@@ -178,13 +179,13 @@ async fn racing_results_for_one_run_each_apply_once() -> anyhow::Result<()> {
     let join_attempts: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM fulfil.attempts WHERE run_id = $1 AND step_id = 'join'",
     )
-    .bind(run_id)
+    .bind(run_id.as_uuid())
     .fetch_one(&stack.pool)
     .await?;
     assert_eq!(join_attempts, 1);
     let (history_seq, version): (i64, i64) =
         sqlx::query_as("SELECT history_seq, version FROM fulfil.runs WHERE id = $1")
-            .bind(run_id)
+            .bind(run_id.as_uuid())
             .fetch_one(&stack.pool)
             .await?;
     assert_eq!(history_seq, history.len() as i64);
@@ -207,12 +208,12 @@ async fn a_report_naming_the_wrong_run_is_applied_to_its_task_s_run() -> anyhow:
     first.run_id = other;
     assert_eq!(apply_result(&engine, &first).await?, Applied::Applied);
     let mut second = succeeded(&stack, real, "second").await?;
-    second.run_id = Uuid::now_v7();
+    second.run_id = RunId::generate();
     assert_eq!(apply_result(&engine, &second).await?, Applied::Applied);
 
-    let status = |run: Uuid| {
+    let status = |run: RunId| {
         sqlx::query_scalar::<_, String>("SELECT status FROM fulfil.runs WHERE id = $1")
-            .bind(run)
+            .bind(run.as_uuid())
             .fetch_one(&stack.pool)
     };
     assert_eq!(status(real).await?, "succeeded");

@@ -281,7 +281,7 @@ async fn a_head_moved_by_another_process_is_used_by_the_next_request() -> anyhow
     assert_eq!(stack.run(second).await?["promise_version"], "2");
     let (params,): (serde_json::Value,) =
         sqlx::query_as("SELECT params FROM fulfil.requests WHERE run_id = $1")
-            .bind(second)
+            .bind(second.as_uuid())
             .fetch_one(&stack.pool)
             .await?;
     assert_eq!(params, json!({ "name": "second", "size": "medium" }));

@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use chrono::Utc;
 use fulfil_bus::NatsNames;
+use fulfil_core::ids::{RunId, TaskId};
 use fulfil_core::wire::{Outcome, ResultMessage, TaskMessage};
 use fulfil_integration_tests::processes::NatsServer;
 use fulfil_worker::{Handlers, Worker, WorkerConfig};
@@ -28,8 +29,8 @@ async fn round_trip(
     label: &str,
 ) -> anyhow::Result<()> {
     let task = TaskMessage {
-        task_id: Uuid::now_v7(),
-        run_id: Uuid::now_v7(),
+        task_id: TaskId::generate(),
+        run_id: RunId::generate(),
         step_id: label.into(),
         attempt: 1,
         handler: "echo".into(),

@@ -22,10 +22,10 @@ use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use fulfil_core::ids::{RunId, StepId, TaskId};
 use fulfil_core::time;
 use fulfil_core::wire::{StepFailure, TaskMessage};
 use serde_json::Value;
-use uuid::Uuid;
 
 /// A named step implementation: `uses: <name>` in a Promise resolves to one.
 #[async_trait]
@@ -67,9 +67,9 @@ impl PartialEq for Heartbeat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskContext {
     /// Unique per (run, step, attempt).
-    pub task_id: Uuid,
-    pub run_id: Uuid,
-    pub step_id: String,
+    pub task_id: TaskId,
+    pub run_id: RunId,
+    pub step_id: StepId,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// The handler name the task asked for.
@@ -347,8 +347,8 @@ mod tests {
     fn durations_off_the_wire_are_clamped_not_panicking() {
         let deadline = Utc::now() + chrono::Duration::seconds(60);
         let task = TaskMessage {
-            task_id: Uuid::now_v7(),
-            run_id: Uuid::now_v7(),
+            task_id: TaskId::generate(),
+            run_id: RunId::generate(),
             step_id: "s".into(),
             attempt: 1,
             handler: "h".into(),

@@ -35,5 +35,6 @@ pub mod runtime;
 /// The streams every process creates at start; re-exported so a custom worker
 /// needs no direct dependency on `fulfil-core`'s `nats` feature.
 pub use fulfil_bus::streams::{StreamError, ensure_streams};
+pub use fulfil_core::ids::{RunId, StepId, TaskId};
 pub use handler::{Handler, Handlers, RetryDecision, StepError, TaskContext, parse_input};
 pub use runtime::{Worker, WorkerConfig, WorkerError, default_worker_id};

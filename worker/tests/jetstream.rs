@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use async_trait::async_trait;
 use chrono::Utc;
 use fulfil_bus::{DEAD_LETTER_REASON_HEADER, NatsNames};
+use fulfil_core::ids::{RunId, TaskId};
 use fulfil_core::wire::{Outcome, ResultMessage, StepFailure, TaskMessage};
 use fulfil_worker::{Handler, Handlers, StepError, TaskContext, Worker, WorkerConfig};
 use futures::StreamExt;
@@ -38,9 +39,9 @@ impl Handler for Sleeps {
 
 fn task(handler: &str, input: Value, deadline: Duration) -> TaskMessage {
     TaskMessage {
-        task_id: Uuid::now_v7(),
-        run_id: Uuid::now_v7(),
-        step_id: format!("{handler}-step"),
+        task_id: TaskId::generate(),
+        run_id: RunId::generate(),
+        step_id: format!("{handler}-step").into(),
         attempt: 2,
         handler: handler.into(),
         input,
@@ -150,7 +151,7 @@ async fn scenario(
             ..Default::default()
         })
         .await?;
-    let mut results: HashMap<Uuid, ResultMessage> = HashMap::new();
+    let mut results: HashMap<TaskId, ResultMessage> = HashMap::new();
     tokio::time::timeout(WAIT, async {
         while results.len() < tasks.len() {
             let mut batch = results_consumer
@@ -176,7 +177,7 @@ async fn scenario(
     assert_eq!(echoed.outcome, Outcome::Ok { output: input });
     assert_eq!(echoed.worker_id, "test-worker");
     assert_eq!(echoed.run_id, echo.run_id);
-    assert_eq!(echoed.step_id, "echo-step");
+    assert_eq!(echoed.step_id.as_str(), "echo-step");
     assert_eq!(echoed.attempt, 2);
     assert!(echoed.started_at <= echoed.finished_at);
 

@@ -7,7 +7,6 @@ mod runs;
 
 use axum::Router;
 use axum::routing::{get, post, put};
-use uuid::Uuid;
 
 use crate::{ApiState, Problem};
 
@@ -32,8 +31,10 @@ pub fn router() -> Router<ApiState> {
         .fallback(|| async { crate::problem::not_a_route() })
 }
 
-pub(crate) fn parse_id(what: &str, id: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(id).map_err(|_| Problem::bad_request(format!("{what} id {id:?} is not a UUID")))
+/// An id from the path; one that is not a UUID is a 400 naming it.
+pub(crate) fn parse_id<T: std::str::FromStr>(what: &str, id: &str) -> Result<T, Problem> {
+    id.parse()
+        .map_err(|_| Problem::bad_request(format!("{what} id {id:?} is not a UUID")))
 }
 
 pub(crate) fn inspect_error(e: fulfil_engine::inspect::InspectError) -> Problem {

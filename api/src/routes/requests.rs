@@ -9,6 +9,8 @@ use fulfil_engine::requests::{NewRequest, RequestError, create_request};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use fulfil_core::ids::RequestId;
+
 use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
@@ -124,8 +126,8 @@ pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<model::Request>, Problem> {
-    let uuid = parse_id("request", &id)?;
-    let request = inspect::get_request(state.engine.pool(), uuid)
+    let request_id: RequestId = parse_id("request", &id)?;
+    let request = inspect::get_request(state.engine.pool(), request_id)
         .await
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("request", &id))?;

@@ -9,6 +9,8 @@ use fulfil_engine::inspect::{self, RunFilter};
 use fulfil_engine::run::{OperatorError, cancel_run, retry_run};
 use serde::Deserialize;
 
+use fulfil_core::ids::RunId;
+
 use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
@@ -55,8 +57,8 @@ pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<model::Run>, Problem> {
-    let uuid = parse_id("run", &id)?;
-    let run = inspect::get_run(state.engine.pool(), uuid)
+    let run_id: RunId = parse_id("run", &id)?;
+    let run = inspect::get_run(state.engine.pool(), run_id)
         .await
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("run", &id))?;
@@ -75,8 +77,8 @@ pub async fn history(
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<model::Page<model::HistoryEvent>>, Problem> {
-    let uuid = parse_id("run", &id)?;
-    let page = inspect::history(state.engine.pool(), uuid, q.cursor.as_deref(), q.limit)
+    let run_id: RunId = parse_id("run", &id)?;
+    let page = inspect::history(state.engine.pool(), run_id, q.cursor.as_deref(), q.limit)
         .await
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("run", &id))?;
@@ -120,12 +122,12 @@ pub async fn cancel(
     headers: HeaderMap,
     body: Option<extract::Json<model::CancelRun>>,
 ) -> Result<Json<model::Cancelled>, Problem> {
-    let uuid = parse_id("run", &id)?;
+    let run_id: RunId = parse_id("run", &id)?;
     let body = body.map(|extract::Json(b)| b).unwrap_or_default();
     let compensate = body.compensate.unwrap_or(true);
     let status = cancel_run(
         &state.engine,
-        uuid,
+        run_id,
         &actor(&headers),
         compensate,
         body.reason.as_deref(),
@@ -133,7 +135,7 @@ pub async fn cancel(
     .await
     .map_err(operator_error)?;
     Ok(Json(model::Cancelled {
-        run_id: uuid,
+        run_id,
         status: status.as_str().to_string(),
         compensate,
     }))
@@ -146,11 +148,11 @@ pub async fn retry(
     headers: HeaderMap,
     body: Option<extract::Json<model::RetryRun>>,
 ) -> Result<Json<model::Retried>, Problem> {
-    let uuid = parse_id("run", &id)?;
+    let run_id: RunId = parse_id("run", &id)?;
     let body = body.map(|extract::Json(b)| b).unwrap_or_default();
     let plan = retry_run(
         &state.engine,
-        uuid,
+        run_id,
         &actor(&headers),
         body.step.as_deref(),
         body.dry_run,
@@ -158,7 +160,7 @@ pub async fn retry(
     .await
     .map_err(operator_error)?;
     Ok(Json(model::Retried {
-        run_id: uuid,
+        run_id,
         rerun: plan.rerun,
         kept: plan.kept,
         applied: plan.applied,

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use fulfil_core::ids::{RequestId, RunId};
 use fulfil_engine::db;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -74,9 +75,9 @@ fn promise_yaml(args: &BenchArgs) -> String {
 #[derive(Default)]
 struct Tracker {
     /// Runs in flight, each holding a concurrency slot (closed loop).
-    pending: HashMap<Uuid, Option<OwnedSemaphorePermit>>,
+    pending: HashMap<RunId, Option<OwnedSemaphorePermit>>,
     /// Completions seen before their submission was recorded.
-    early: HashSet<Uuid>,
+    early: HashSet<RunId>,
     finished: usize,
     failed: usize,
 }
@@ -91,7 +92,7 @@ impl Load {
         self.tracker.lock().map(|t| t.finished).unwrap_or(0)
     }
 
-    fn complete(&self, run: Uuid, succeeded: bool) {
+    fn complete(&self, run: RunId, succeeded: bool) {
         if let Ok(mut t) = self.tracker.lock() {
             if t.pending.remove(&run).is_none() {
                 t.early.insert(run);
@@ -104,7 +105,7 @@ impl Load {
         self.changed.notify_waiters();
     }
 
-    fn submitted(&self, run: Uuid, permit: Option<OwnedSemaphorePermit>) {
+    fn submitted(&self, run: RunId, permit: Option<OwnedSemaphorePermit>) {
         if let Ok(mut t) = self.tracker.lock()
             && !t.early.remove(&run)
         {
@@ -114,7 +115,7 @@ impl Load {
 }
 
 struct Submitted {
-    request_id: Uuid,
+    request_id: RequestId,
     /// Round trip of the POST that was accepted.
     accept: Duration,
     /// Earlier POSTs of it that were turned away (503 with Retry-After).
@@ -172,8 +173,9 @@ async fn offer(
                 if status.as_u16() != 202 {
                     bail!("request refused with {status}: {answer}");
                 }
-                let run_id: Uuid = answer["run_id"].as_str().unwrap_or_default().parse()?;
-                let request_id: Uuid = answer["request_id"].as_str().unwrap_or_default().parse()?;
+                let run_id: RunId = answer["run_id"].as_str().unwrap_or_default().parse()?;
+                let request_id: RequestId =
+                    answer["request_id"].as_str().unwrap_or_default().parse()?;
                 load.submitted(run_id, permit);
                 return anyhow::Ok(Submitted {
                     request_id,
@@ -434,7 +436,7 @@ async fn measure(
     listener.abort();
     let failed = load.tracker.lock().map(|t| t.failed).unwrap_or(0) - failed_before;
 
-    let ids: Vec<Uuid> = submitted.iter().map(|s| s.request_id).collect();
+    let ids: Vec<Uuid> = submitted.iter().map(|s| s.request_id.as_uuid()).collect();
     let rows: Vec<(f64, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT (extract(epoch FROM r.finished_at - q.created_at) * 1000)::float8, q.created_at, r.finished_at
          FROM fulfil.requests q JOIN fulfil.runs r ON r.id = q.run_id

@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fulfil_core::dag::CompensationStatus;
 use fulfil_core::expr::RenderContext;
+use fulfil_core::ids::{StepId, TaskId};
 use fulfil_core::time;
 use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
 use fulfil_core::{Graph, RunStatus, StepStatus};
@@ -229,7 +230,7 @@ pub(super) fn dispatch(
     input: Value,
     spec: AttemptSpec<'_>,
 ) -> Result<(), RunError> {
-    let task_id = Uuid::now_v7();
+    let task_id = TaskId::generate();
     let now = Utc::now();
     // Saturating: a stored Promise may state durations no bound checked.
     let deadline = time::deadline_after(
@@ -269,7 +270,7 @@ pub(super) fn dispatch(
     let task = TaskMessage {
         task_id,
         run_id: run.run_id,
-        step_id: step_id.to_string(),
+        step_id: StepId::from(step_id),
         attempt: attempt as u32,
         handler: spec.handler.to_string(),
         input,

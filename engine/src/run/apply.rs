@@ -27,12 +27,12 @@ use std::collections::HashMap;
 
 use fulfil_core::StepStatus;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::ids::{RunId, TaskId};
 use fulfil_core::status::AttemptStatus;
 use fulfil_core::wire::{Outcome, ProgressMessage, ResultMessage, TaskKind};
 use serde_json::json;
 use sqlx::PgConnection;
 use tracing::{debug, info_span, trace};
-use uuid::Uuid;
 
 use super::advance::{advance, attempt_failed, set_compensation, set_step};
 use super::event::{self, AttemptEvent, attempt_event};
@@ -46,7 +46,7 @@ use crate::outbox::OutboxRow;
 pub enum ApplyError {
     /// No attempt has this task id: the message is orphaned (dead-letter it).
     #[error("no attempt with task id {0}")]
-    UnknownTask(Uuid),
+    UnknownTask(TaskId),
     /// Applying failed and was undone; the message should be redelivered.
     #[error(transparent)]
     Run(#[from] RunError),
@@ -75,7 +75,7 @@ pub enum Report {
 }
 
 impl Report {
-    pub fn task_id(&self) -> Uuid {
+    pub fn task_id(&self) -> TaskId {
         match self {
             Report::Result(r) => r.task_id,
             Report::Progress(p) => p.task_id,
@@ -84,7 +84,7 @@ impl Report {
 
     /// The run the worker says the task belongs to: where to look in the
     /// cache, never trusted further (the cached run must hold the task).
-    fn run_hint(&self) -> Uuid {
+    fn run_hint(&self) -> RunId {
         match self {
             Report::Result(r) => r.run_id,
             Report::Progress(p) => p.run_id,
@@ -146,8 +146,8 @@ impl ReportBatch<'_> {
 /// Applies `reports` to their runs in memory, one outcome each.
 fn decide(
     engine: &Engine,
-    runs: &mut HashMap<Uuid, Run>,
-    attempts: &mut HashMap<Uuid, KnownAttempt>,
+    runs: &mut HashMap<RunId, Run>,
+    attempts: &mut HashMap<TaskId, KnownAttempt>,
     reports: &[Report],
 ) -> Vec<Result<Applied, ApplyError>> {
     reports
@@ -160,8 +160,8 @@ fn decide(
 /// attempt are restored to what they were before it.
 fn apply_one(
     engine: &Engine,
-    runs: &mut HashMap<Uuid, Run>,
-    attempts: &mut HashMap<Uuid, KnownAttempt>,
+    runs: &mut HashMap<RunId, Run>,
+    attempts: &mut HashMap<TaskId, KnownAttempt>,
     report: &Report,
 ) -> Result<Applied, ApplyError> {
     let task_id = report.task_id();
@@ -307,9 +307,9 @@ async fn apply_optimistically(
 fn take_cached(
     engine: &Engine,
     reports: &[Report],
-) -> Option<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>)> {
+) -> Option<(HashMap<RunId, Run>, HashMap<TaskId, KnownAttempt>)> {
     let mut runs = HashMap::new();
-    let mut attempts: HashMap<Uuid, KnownAttempt> = HashMap::new();
+    let mut attempts: HashMap<TaskId, KnownAttempt> = HashMap::new();
     for report in reports {
         let (run_id, task_id) = (report.run_hint(), report.task_id());
         if attempts.get(&task_id).is_some_and(|a| a.run_id == run_id) {
@@ -325,8 +325,8 @@ fn take_cached(
     Some((runs, attempts))
 }
 
-fn sorted_task_ids(reports: &[Report]) -> Vec<Uuid> {
-    let mut task_ids: Vec<Uuid> = reports.iter().map(Report::task_id).collect();
+fn sorted_task_ids(reports: &[Report]) -> Vec<TaskId> {
+    let mut task_ids: Vec<TaskId> = reports.iter().map(Report::task_id).collect();
     task_ids.sort_unstable();
     task_ids.dedup();
     task_ids

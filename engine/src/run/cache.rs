@@ -19,8 +19,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use fulfil_core::ids::{RunId, TaskId};
 use fulfil_core::status::AttemptStatus;
-use uuid::Uuid;
 
 use super::Run;
 use super::load::KnownAttempt;
@@ -32,17 +32,17 @@ const CAPACITY: usize = 4096;
 /// A run as stored at `run.read_version`, with its open attempts.
 pub(crate) struct CachedRun {
     pub run: Run,
-    pub attempts: HashMap<Uuid, KnownAttempt>,
+    pub attempts: HashMap<TaskId, KnownAttempt>,
 }
 
 #[derive(Default)]
 pub(crate) struct RunCache {
-    runs: Mutex<HashMap<Uuid, CachedRun>>,
+    runs: Mutex<HashMap<RunId, CachedRun>>,
 }
 
 impl RunCache {
     /// Takes `run_id`'s copy if it holds the attempt `task_id`.
-    pub fn take_holding(&self, run_id: Uuid, task_id: Uuid) -> Option<CachedRun> {
+    pub fn take_holding(&self, run_id: RunId, task_id: TaskId) -> Option<CachedRun> {
         let mut runs = self.lock();
         if !runs.get(&run_id)?.attempts.contains_key(&task_id) {
             return None;
@@ -51,7 +51,7 @@ impl RunCache {
     }
 
     /// Keeps `run` (stored at `run.read_version`) with its open attempts.
-    pub fn keep(&self, run: Run, attempts: HashMap<Uuid, KnownAttempt>) {
+    pub fn keep(&self, run: Run, attempts: HashMap<TaskId, KnownAttempt>) {
         if run.status.is_terminal() || run.read_version.is_none() {
             return;
         }
@@ -72,9 +72,9 @@ impl RunCache {
         &self,
         runs: Vec<Run>,
         notes: Vec<Option<Stored>>,
-        attempts: HashMap<Uuid, KnownAttempt>,
+        attempts: HashMap<TaskId, KnownAttempt>,
     ) {
-        let mut by_run: HashMap<Uuid, HashMap<Uuid, KnownAttempt>> = HashMap::new();
+        let mut by_run: HashMap<RunId, HashMap<TaskId, KnownAttempt>> = HashMap::new();
         for (task_id, attempt) in attempts {
             by_run
                 .entry(attempt.run_id)
@@ -99,11 +99,11 @@ impl RunCache {
     }
 
     /// Drops `run_id`'s copy: this process is changing the run another way.
-    pub fn forget(&self, run_id: Uuid) {
+    pub fn forget(&self, run_id: RunId) {
         self.lock().remove(&run_id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CachedRun>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, CachedRun>> {
         // A panic while holding the lock leaves a map of whole entries; any
         // of them is still only a guess that the store checks.
         self.runs
@@ -120,7 +120,7 @@ pub(crate) struct Stored {
     /// Attempts the change dispatches.
     opened: Vec<KnownAttempt>,
     /// Attempts whose status the change sets.
-    updated: Vec<(Uuid, AttemptStatus)>,
+    updated: Vec<(TaskId, AttemptStatus)>,
 }
 
 impl Stored {

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use fulfil_bus::NatsNames;
 use fulfil_core::Promise;
+use fulfil_core::ids::{RequestId, RunId};
 use fulfil_core::status::{RunKind, TimerKind};
 use fulfil_core::time::{MAX_DURATION, as_millis_u64, to_time_delta};
 use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{NewRun, Run, advance, attempt_failed};
 
@@ -52,8 +52,8 @@ fn huge_durations_saturate_instead_of_panicking() {
     let names = NatsNames::new("t").expect("valid prefix");
     let mut run = Run::new(NewRun {
         kind: RunKind::Configure,
-        run_id: Uuid::now_v7(),
-        request_id: Uuid::now_v7(),
+        run_id: RunId::generate(),
+        request_id: RequestId::generate(),
         context: json!({ "params": {} }),
         promise,
         names,

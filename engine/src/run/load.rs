@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use fulfil_core::RunStatus;
 use fulfil_core::StepStatus;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::ids::{RequestId, RunId, TaskId};
 use fulfil_core::status::{AttemptStatus, RunKind};
 use fulfil_core::wire::TaskKind;
 use serde_json::Value;
@@ -31,8 +32,8 @@ use crate::Engine;
 /// process stored, and as changed since within the same batch.
 #[derive(Debug, Clone)]
 pub struct KnownAttempt {
-    pub task_id: Uuid,
-    pub run_id: Uuid,
+    pub task_id: TaskId,
+    pub run_id: RunId,
     pub step_id: String,
     pub attempt: i32,
     pub status: AttemptStatus,
@@ -54,7 +55,7 @@ impl KnownAttempt {
 pub async fn lock_run(
     engine: &Engine,
     conn: &mut PgConnection,
-    run_id: Uuid,
+    run_id: RunId,
     actor: String,
 ) -> Result<Option<Run>, RunError> {
     let rows: Vec<RunRow> = sqlx::query_as(
@@ -62,7 +63,7 @@ pub async fn lock_run(
                 cancel_requested, stop_reason, version
          FROM fulfil.runs WHERE id = $1 FOR UPDATE",
     )
-    .bind(run_id)
+    .bind(run_id.as_uuid())
     .fetch_all(&mut *conn)
     .await?;
     let (mut runs, _) = load_runs(engine, conn, rows, &[], Locking::Locked).await?;
@@ -77,8 +78,8 @@ pub async fn lock_run(
 pub(crate) async fn lock_runs_of_tasks(
     engine: &Engine,
     conn: &mut PgConnection,
-    task_ids: &[Uuid],
-) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>), RunError> {
+    task_ids: &[TaskId],
+) -> Result<(HashMap<RunId, Run>, HashMap<TaskId, KnownAttempt>), RunError> {
     runs_of_tasks(engine, conn, task_ids, Locking::Locked).await
 }
 
@@ -87,8 +88,8 @@ pub(crate) async fn lock_runs_of_tasks(
 pub(crate) async fn read_runs_of_tasks(
     engine: &Engine,
     conn: &mut PgConnection,
-    task_ids: &[Uuid],
-) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>), RunError> {
+    task_ids: &[TaskId],
+) -> Result<(HashMap<RunId, Run>, HashMap<TaskId, KnownAttempt>), RunError> {
     runs_of_tasks(engine, conn, task_ids, Locking::Optimistic).await
 }
 
@@ -104,17 +105,18 @@ macro_rules! runs_of_tasks_sql {
 async fn runs_of_tasks(
     engine: &Engine,
     conn: &mut PgConnection,
-    task_ids: &[Uuid],
+    task_ids: &[TaskId],
     locking: Locking,
-) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>), RunError> {
+) -> Result<(HashMap<RunId, Run>, HashMap<TaskId, KnownAttempt>), RunError> {
     // An attempt's run id never changes, so finding the runs through their
     // attempts before the lock is held is safe.
     let sql = match locking {
         Locking::Locked => concat!(runs_of_tasks_sql!(), " ORDER BY id FOR UPDATE"),
         Locking::Optimistic => runs_of_tasks_sql!(),
     };
+    let task_uuids: Vec<Uuid> = task_ids.iter().map(TaskId::as_uuid).collect();
     let rows: Vec<RunRow> = sqlx::query_as(sql)
-        .bind(task_ids)
+        .bind(&task_uuids)
         .fetch_all(&mut *conn)
         .await?;
     load_runs(engine, conn, rows, task_ids, locking).await
@@ -139,13 +141,14 @@ async fn load_runs(
     engine: &Engine,
     conn: &mut PgConnection,
     rows: Vec<RunRow>,
-    task_ids: &[Uuid],
+    task_ids: &[TaskId],
     locking: Locking,
-) -> Result<(HashMap<Uuid, Run>, HashMap<Uuid, KnownAttempt>), RunError> {
+) -> Result<(HashMap<RunId, Run>, HashMap<TaskId, KnownAttempt>), RunError> {
     if rows.is_empty() {
         return Ok((HashMap::new(), HashMap::new()));
     }
-    let run_ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let run_ids: Vec<Uuid> = rows.iter().map(|r| r.id.as_uuid()).collect();
+    let task_uuids: Vec<Uuid> = task_ids.iter().map(TaskId::as_uuid).collect();
     let state_rows: Vec<StateRow> = sqlx::query_as(
         "SELECT run_id, step_id, status, attempt, outputs, input, error, compensation_status,
                 compensation_attempt, compensation_outputs, compensation_error, NULL::uuid AS task_id,
@@ -156,10 +159,10 @@ async fn load_runs(
          FROM fulfil.attempts WHERE task_id = ANY($2)",
     )
     .bind(&run_ids)
-    .bind(task_ids)
+    .bind(&task_uuids)
     .fetch_all(&mut *conn)
     .await?;
-    let mut steps_by_run: HashMap<Uuid, HashMap<String, StepRow>> = HashMap::new();
+    let mut steps_by_run: HashMap<RunId, HashMap<String, StepRow>> = HashMap::new();
     let mut attempts = HashMap::new();
     for r in state_rows {
         if let (Some(task_id), Some(kind)) = (r.task_id, r.kind) {
@@ -237,8 +240,10 @@ async fn load_runs(
 
 #[derive(sqlx::FromRow)]
 struct RunRow {
-    id: Uuid,
-    request_id: Uuid,
+    #[sqlx(try_from = "Uuid")]
+    id: RunId,
+    #[sqlx(try_from = "Uuid")]
+    request_id: RequestId,
     promise: String,
     promise_version: String,
     kind: String,
@@ -254,7 +259,8 @@ struct RunRow {
 /// reported attempts (its status and attempt number in the step's columns).
 #[derive(sqlx::FromRow)]
 struct StateRow {
-    run_id: Uuid,
+    #[sqlx(try_from = "Uuid")]
+    run_id: RunId,
     step_id: String,
     status: String,
     attempt: i32,
@@ -265,6 +271,7 @@ struct StateRow {
     compensation_attempt: i32,
     compensation_outputs: Option<Value>,
     compensation_error: Option<String>,
-    task_id: Option<Uuid>,
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    task_id: Option<TaskId>,
     kind: Option<String>,
 }

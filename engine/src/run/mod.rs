@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use fulfil_bus::NatsNames;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::ids::{RequestId, RunId, TaskId};
 use fulfil_core::status::{RunKind, TimerKind};
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{RunStatus, StepStatus};
@@ -158,8 +159,8 @@ impl StepRow {
 /// flush must store.
 #[derive(Clone)]
 pub struct Run {
-    run_id: Uuid,
-    request_id: Uuid,
+    run_id: RunId,
+    request_id: RequestId,
     /// What the run does for its request; fixed at creation.
     kind: RunKind,
     status: RunStatus,
@@ -217,8 +218,8 @@ impl From<fulfil_core::status::UnknownValue> for RunError {
 /// What a run being created starts from.
 pub struct NewRun {
     pub kind: RunKind,
-    pub run_id: Uuid,
-    pub request_id: Uuid,
+    pub run_id: RunId,
+    pub request_id: RequestId,
     /// params, request and env, as expressions see them.
     pub context: Value,
     pub promise: std::sync::Arc<fulfil_core::Promise>,
@@ -291,11 +292,11 @@ impl Run {
         }
     }
 
-    pub fn run_id(&self) -> Uuid {
+    pub fn run_id(&self) -> RunId {
         self.run_id
     }
 
-    pub fn request_id(&self) -> Uuid {
+    pub fn request_id(&self) -> RequestId {
         self.request_id
     }
 
@@ -428,7 +429,7 @@ impl Run {
         &mut self,
         kind: TimerKind,
         step_id: &str,
-        task_id: Option<Uuid>,
+        task_id: Option<TaskId>,
         fire_at: DateTime<Utc>,
     ) {
         self.writes.new_timers.push(writes::NewTimer {
@@ -440,7 +441,7 @@ impl Run {
     }
 
     /// Disarms the timers of one attempt (all of them, or one kind).
-    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<TimerKind>) {
+    pub fn clear_attempt_timers(&mut self, task_id: TaskId, kind: Option<TimerKind>) {
         self.writes.clear_attempt_timers(task_id, kind);
     }
 
@@ -449,7 +450,7 @@ impl Run {
         self.writes.clear_run_timers();
     }
 
-    pub(crate) fn update_attempt(&mut self, task_id: Uuid, update: AttemptUpdate) {
+    pub(crate) fn update_attempt(&mut self, task_id: TaskId, update: AttemptUpdate) {
         self.writes.update_attempt(task_id, update);
     }
 

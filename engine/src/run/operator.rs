@@ -3,11 +3,11 @@
 use std::collections::BTreeSet;
 
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::ids::RunId;
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{Graph, RunStatus, StepStatus};
 use serde::Serialize;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::advance::{advance, stop_in_flight};
 use super::event;
@@ -21,7 +21,7 @@ use sqlx::{Postgres, Transaction};
 pub enum OperatorError {
     /// There is no such run.
     #[error("no run {0}")]
-    NotFound(Uuid),
+    NotFound(RunId),
     /// The run is in a status the action does not apply to.
     #[error("{0}")]
     Conflict(String),
@@ -41,7 +41,7 @@ impl From<sqlx::Error> for OperatorError {
 
 async fn lock(
     engine: &Engine,
-    run_id: Uuid,
+    run_id: RunId,
     actor: &str,
 ) -> Result<(Transaction<'static, Postgres>, Run), OperatorError> {
     let mut tx = engine.pool().begin().await?;
@@ -57,7 +57,7 @@ async fn lock(
 /// ignored) and the run ends `cancelled` at once. Returns the run's status.
 pub async fn cancel_run(
     engine: &Engine,
-    run_id: Uuid,
+    run_id: RunId,
     actor: &str,
     compensate: bool,
     reason: Option<&str>,
@@ -155,7 +155,7 @@ pub struct RetryPlan {
 /// set keep their outputs. With `dry_run` nothing changes.
 pub async fn retry_run(
     engine: &Engine,
-    run_id: Uuid,
+    run_id: RunId,
     actor: &str,
     step: Option<&str>,
     dry_run: bool,

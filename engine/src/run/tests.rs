@@ -16,13 +16,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use fulfil_bus::NatsNames;
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::ids::{RequestId, RunId, StepId, TaskId};
 use fulfil_core::status::{AttemptStatus, RequestStatus, RunKind, TimerKind};
 use fulfil_core::wire::{
     Outcome, Progress, ProgressMessage, ResultMessage, StepFailure, TaskKind, TaskMessage,
 };
 use fulfil_core::{Promise, RunStatus, StepStatus};
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use super::apply::{Applied, apply_result_to};
 use super::load::KnownAttempt;
@@ -138,7 +138,7 @@ spec:
 struct Harness {
     run: Run,
     /// Attempts by task id, with the status the store holds.
-    attempts: HashMap<Uuid, KnownAttempt>,
+    attempts: HashMap<TaskId, KnownAttempt>,
     /// Armed timers.
     timers: Vec<NewTimer>,
     /// Every history event stored, in order.
@@ -152,8 +152,8 @@ impl Harness {
         let promise = Arc::new(Promise::parse(yaml).expect("the test Promise is valid"));
         let mut run = Run::new(NewRun {
             kind: RunKind::Configure,
-            run_id: Uuid::now_v7(),
-            request_id: Uuid::now_v7(),
+            run_id: RunId::generate(),
+            request_id: RequestId::generate(),
             context: json!({ "params": params, "request": {}, "env": {} }),
             promise,
             names: NatsNames::new("test").expect("a valid prefix"),
@@ -238,7 +238,7 @@ impl Harness {
     }
 
     /// The task id of attempt `attempt` of `step_id`'s `kind`.
-    fn task(&self, step_id: &str, kind: TaskKind, attempt: i32) -> Uuid {
+    fn task(&self, step_id: &str, kind: TaskKind, attempt: i32) -> TaskId {
         self.attempts
             .values()
             .find(|a| a.step_id == step_id && a.kind == kind && a.attempt == attempt)
@@ -247,7 +247,7 @@ impl Harness {
     }
 
     /// The latest attempt of `step_id`'s `kind`.
-    fn latest(&self, step_id: &str, kind: TaskKind) -> Uuid {
+    fn latest(&self, step_id: &str, kind: TaskKind) -> TaskId {
         self.attempts
             .values()
             .filter(|a| a.step_id == step_id && a.kind == kind)
@@ -257,7 +257,7 @@ impl Harness {
     }
 
     /// A worker reports `outcome` for the task `task_id`.
-    fn report(&mut self, task_id: Uuid, outcome: Outcome) -> (Applied, Writes) {
+    fn report(&mut self, task_id: TaskId, outcome: Outcome) -> (Applied, Writes) {
         let mut attempt = self
             .attempts
             .get(&task_id)
@@ -267,7 +267,7 @@ impl Harness {
         let result = ResultMessage {
             task_id,
             run_id: self.run.run_id,
-            step_id: attempt.step_id.clone(),
+            step_id: StepId::from(attempt.step_id.as_str()),
             attempt: attempt.attempt as u32,
             worker_id: WORKER.to_string(),
             outcome,
@@ -297,14 +297,14 @@ impl Harness {
     }
 
     /// A worker reports it started `task_id`.
-    fn started(&mut self, task_id: Uuid) -> Writes {
+    fn started(&mut self, task_id: TaskId) -> Writes {
         let (applied, writes) = self.progress(task_id, Progress::Started);
         assert_eq!(applied, Applied::Applied);
         writes
     }
 
     /// A worker reports `progress` about `task_id`.
-    fn progress(&mut self, task_id: Uuid, progress: Progress) -> (Applied, Writes) {
+    fn progress(&mut self, task_id: TaskId, progress: Progress) -> (Applied, Writes) {
         let mut attempt = self
             .attempts
             .get(&task_id)
@@ -313,7 +313,7 @@ impl Harness {
         let report = ProgressMessage {
             task_id,
             run_id: self.run.run_id,
-            step_id: attempt.step_id.clone(),
+            step_id: StepId::from(attempt.step_id.as_str()),
             attempt: attempt.attempt as u32,
             worker_id: WORKER.to_string(),
             progress,
@@ -340,7 +340,7 @@ impl Harness {
 
     /// Fires a timer whether or not one is armed (a timer claimed just
     /// before the change that made it stale).
-    fn fire_timer(&mut self, kind: &str, step_id: &str, task_id: Option<Uuid>) -> Writes {
+    fn fire_timer(&mut self, kind: &str, step_id: &str, task_id: Option<TaskId>) -> Writes {
         let due = DueTimer {
             id: 1,
             run_id: self.run.run_id,
@@ -440,7 +440,7 @@ fn tasks(writes: &Writes) -> Vec<TaskMessage> {
 fn dispatched(writes: &Writes) -> Vec<(String, TaskKind, u32)> {
     tasks(writes)
         .into_iter()
-        .map(|t| (t.step_id, t.kind, t.attempt))
+        .map(|t| (t.step_id.to_string(), t.kind, t.attempt))
         .collect()
 }
 

@@ -377,15 +377,15 @@ mod tests {
         routing::{get, post},
     };
     use chrono::Utc;
-    use uuid::Uuid;
+    use fulfil_core::ids::{RunId, TaskId};
 
     use super::*;
     use crate::handler::RetryDecision;
 
     fn task() -> TaskContext {
         TaskContext::from_task(&fulfil_core::wire::TaskMessage {
-            task_id: Uuid::now_v7(),
-            run_id: Uuid::now_v7(),
+            task_id: TaskId::generate(),
+            run_id: RunId::generate(),
             step_id: "provision".into(),
             attempt: 1,
             handler: "http".into(),

@@ -260,8 +260,8 @@ async fn with_progress<F: Future>(
 #[cfg(test)]
 mod tests {
     use async_trait::async_trait;
+    use fulfil_core::ids::{RunId, TaskId};
     use serde_json::{Value, json};
-    use uuid::Uuid;
 
     use fulfil_core::wire::StepFailure;
 
@@ -289,8 +289,8 @@ mod tests {
 
     fn task(handler: &str, deadline_in: chrono::Duration) -> TaskMessage {
         TaskMessage {
-            task_id: Uuid::now_v7(),
-            run_id: Uuid::now_v7(),
+            task_id: TaskId::generate(),
+            run_id: RunId::generate(),
             step_id: "s".into(),
             attempt: 1,
             handler: handler.into(),

@@ -74,14 +74,14 @@ impl Rng {
 /// Something that can happen next to a run.
 #[derive(Debug, Clone)]
 enum Happening {
-    Succeed(Uuid),
-    Fail(Uuid, StepFailure),
-    Start(Uuid),
-    Heartbeat(Uuid),
+    Succeed(TaskId),
+    Fail(TaskId, StepFailure),
+    Start(TaskId),
+    Heartbeat(TaskId),
     /// The armed timer at this index fires.
     Fire(usize),
     /// A report about an attempt that is no longer open.
-    Stale(Uuid),
+    Stale(TaskId),
     Cancel {
         compensate: bool,
     },
@@ -256,7 +256,7 @@ fn run_schedule(seed: u64) {
 
     // Whatever arrives after the end is ignored and changes nothing.
     let before = h.state();
-    let mut task_ids: Vec<Uuid> = h.attempts.keys().copied().collect();
+    let mut task_ids: Vec<TaskId> = h.attempts.keys().copied().collect();
     task_ids.sort();
     for task in task_ids {
         let (applied, writes) = h.report(task, Outcome::Ok { output: json!({}) });
@@ -344,7 +344,7 @@ fn check_dispatches(
     log: &[String],
 ) {
     for task in tasks(writes) {
-        let key = (task.step_id.clone(), task.kind);
+        let key = (task.step_id.to_string(), task.kind);
         let previous = before.get(&key).copied().unwrap_or(0);
         assert_eq!(
             task.attempt as i32,
@@ -354,7 +354,11 @@ fn check_dispatches(
         match task.kind {
             TaskKind::Action => {
                 // Its needs are met.
-                let step = h.run.promise.step(&task.step_id).expect("a known step");
+                let step = h
+                    .run
+                    .promise
+                    .step(task.step_id.as_str())
+                    .expect("a known step");
                 for need in &step.needs {
                     assert!(
                         h.step(need).status.satisfies_needs(),
@@ -365,7 +369,7 @@ fn check_dispatches(
             }
             TaskKind::Compensation => {
                 // Everything downstream that needed undoing is undone.
-                for dependent in graph.descendants(&task.step_id) {
+                for dependent in graph.descendants(task.step_id.as_str()) {
                     let row = h.step(&dependent);
                     let declares = h
                         .run

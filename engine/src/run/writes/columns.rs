@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use fulfil_core::ids::RunId;
 use fulfil_core::status::{AttemptStatus, TimerKind};
 use serde_json::Value;
 use sqlx::{Arguments, PgConnection};
@@ -112,7 +113,7 @@ pub(super) struct Columns {
 
 /// A cancel with the run it belongs to.
 pub(super) struct RunCancel {
-    run_id: Uuid,
+    run_id: RunId,
     cancel: AttemptCancel,
 }
 
@@ -161,7 +162,7 @@ impl Columns {
         let events = writes.events.len() as i64;
         run.next_seq += events;
         for (offset, e) in writes.events.into_iter().enumerate() {
-            self.h_run.push(run_id);
+            self.h_run.push(run_id.as_uuid());
             self.h_seq.push(first_seq + offset as i64);
             self.h_type.push(e.kind);
             self.h_step.push(e.step_id);
@@ -181,7 +182,7 @@ impl Columns {
         } else {
             // Every change to an existing run writes its row, if only to
             // bump the version that writers without the lock check.
-            self.r_id.push(run_id);
+            self.r_id.push(run_id.as_uuid());
             self.r_read_version.push(run.read_version);
             self.r_status.push(run.status.as_str());
             self.r_seq.push(run.next_seq - 1);
@@ -194,7 +195,7 @@ impl Columns {
             self.r_error.push(ending.and_then(|e| e.error.clone()));
         }
         if let Some(request) = writes.request {
-            self.q_id.push(run.request_id);
+            self.q_id.push(run.request_id.as_uuid());
             self.q_status.push(request.status.as_str());
             self.q_outputs.push(request.outputs);
         }
@@ -208,7 +209,7 @@ impl Columns {
             let Some(row) = run.steps.get(&step_id) else {
                 continue;
             };
-            self.s_run.push(run_id);
+            self.s_run.push(run_id.as_uuid());
             self.s_step.push(step_id);
             self.s_status.push(row.status.as_str());
             self.s_attempt.push(row.attempt);
@@ -222,8 +223,8 @@ impl Columns {
             self.s_comp_error.push(row.compensation_error.clone());
         }
         for a in writes.new_attempts {
-            self.n_task.push(a.task_id);
-            self.n_run.push(run_id);
+            self.n_task.push(a.task_id.as_uuid());
+            self.n_run.push(run_id.as_uuid());
             self.n_step.push(a.step_id);
             self.n_attempt.push(a.attempt);
             self.n_kind.push(a.kind.as_str());
@@ -233,7 +234,7 @@ impl Columns {
             self.n_deadline.push(a.deadline);
         }
         for (task_id, u) in writes.attempt_updates {
-            self.u_task.push(task_id);
+            self.u_task.push(task_id.as_uuid());
             self.u_status.push(u.status.map(AttemptStatus::as_str));
             self.u_worker.push(u.worker);
             self.u_started.push(u.started_at);
@@ -244,17 +245,17 @@ impl Columns {
             self.u_heartbeat_details.push(u.heartbeat_details);
         }
         for (task_id, kind) in writes.cleared_attempt_timers {
-            self.td_task.push(task_id);
+            self.td_task.push(task_id.as_uuid());
             self.td_kind.push(kind.map(TimerKind::as_str));
         }
         if writes.cleared_run_timers {
-            self.td_run.push(run_id);
+            self.td_run.push(run_id.as_uuid());
         }
         for t in writes.new_timers {
-            self.t_run.push(run_id);
+            self.t_run.push(run_id.as_uuid());
             self.t_step.push(t.step_id);
             self.t_kind.push(t.kind.as_str());
-            self.t_task.push(t.task_id);
+            self.t_task.push(t.task_id.map(Uuid::from));
             self.t_fire_at.push(t.fire_at);
         }
         cancels.extend(
@@ -266,8 +267,8 @@ impl Columns {
     }
 
     fn add_created(&mut self, run: &Run, created: CreatedRun, ending: Option<&RunEnding>) {
-        self.c_run.push(run.run_id);
-        self.c_request.push(run.request_id);
+        self.c_run.push(run.run_id.as_uuid());
+        self.c_request.push(run.request_id.as_uuid());
         self.c_promise.push(created.promise);
         self.c_version.push(created.version);
         self.c_status.push(run.status.as_str());
@@ -281,7 +282,7 @@ impl Columns {
             let Some(row) = run.steps.get(&step.id) else {
                 continue;
             };
-            self.cs_run.push(run.run_id);
+            self.cs_run.push(run.run_id.as_uuid());
             self.cs_step.push(step.id.clone());
             self.cs_position.push(position as i32);
             self.cs_status.push(row.status.as_str());
@@ -575,7 +576,7 @@ pub(super) async fn write_cancels(
     conn: &mut PgConnection,
     cancels: &[RunCancel],
 ) -> Result<(), sqlx::Error> {
-    let run_ids: Vec<Uuid> = cancels.iter().map(|c| c.run_id).collect();
+    let run_ids: Vec<Uuid> = cancels.iter().map(|c| c.run_id.as_uuid()).collect();
     let step_ids: Vec<&str> = cancels.iter().map(|c| c.cancel.step_id.as_str()).collect();
     let kinds: Vec<&str> = cancels.iter().map(|c| c.cancel.kind.as_str()).collect();
     let attempts: Vec<i32> = cancels.iter().map(|c| c.cancel.attempt).collect();

@@ -20,9 +20,9 @@ mod statement;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use fulfil_core::ids::TaskId;
 use fulfil_core::status::{AttemptStatus, RequestStatus, TaskKind, TimerKind};
 use serde_json::Value;
-use uuid::Uuid;
 
 pub(crate) use flush::{LeadingPart, fits_one_statement, flush, flush_with};
 
@@ -47,7 +47,7 @@ pub struct OutboxMessage {
 /// An attempt to insert, as dispatched.
 #[derive(Debug, Clone)]
 pub(crate) struct NewAttempt {
-    pub task_id: Uuid,
+    pub task_id: TaskId,
     pub step_id: String,
     pub attempt: i32,
     pub kind: TaskKind,
@@ -108,7 +108,7 @@ pub(crate) struct AttemptCancel {
 pub(crate) struct NewTimer {
     pub step_id: String,
     pub kind: TimerKind,
-    pub task_id: Option<Uuid>,
+    pub task_id: Option<TaskId>,
     pub fire_at: DateTime<Utc>,
 }
 
@@ -149,10 +149,10 @@ pub(crate) struct Writes {
     pub ending: Option<RunEnding>,
     pub request: Option<RequestUpdate>,
     pub new_attempts: Vec<NewAttempt>,
-    pub attempt_updates: Vec<(Uuid, AttemptUpdate)>,
+    pub attempt_updates: Vec<(TaskId, AttemptUpdate)>,
     pub cancels: Vec<AttemptCancel>,
     /// Disarm the timers of these attempts: all of them, or one kind.
-    pub cleared_attempt_timers: Vec<(Uuid, Option<TimerKind>)>,
+    pub cleared_attempt_timers: Vec<(TaskId, Option<TimerKind>)>,
     /// Disarm every timer the run had before this change.
     pub cleared_run_timers: bool,
     pub new_timers: Vec<NewTimer>,
@@ -175,7 +175,7 @@ impl Writes {
             && self.new_timers.is_empty()
     }
 
-    pub fn update_attempt(&mut self, task_id: Uuid, update: AttemptUpdate) {
+    pub fn update_attempt(&mut self, task_id: TaskId, update: AttemptUpdate) {
         match self
             .attempt_updates
             .iter_mut()
@@ -188,7 +188,7 @@ impl Writes {
 
     /// Timers armed earlier in this change are dropped here; timers stored
     /// before it are deleted by the flush.
-    pub fn clear_attempt_timers(&mut self, task_id: Uuid, kind: Option<TimerKind>) {
+    pub fn clear_attempt_timers(&mut self, task_id: TaskId, kind: Option<TimerKind>) {
         self.new_timers
             .retain(|t| t.task_id != Some(task_id) || kind.is_some_and(|k| k != t.kind));
         self.cleared_attempt_timers.push((task_id, kind));
