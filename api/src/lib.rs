@@ -86,25 +86,24 @@ pub async fn serve(
         .await
 }
 
+/// One log capture for the whole test process, installed as the global
+/// subscriber by the first test that asks for it. A subscriber scoped to
+/// one test's thread is not enough: a callsite that another test's thread
+/// registers at the same moment keeps the interest it computed without it,
+/// and its lines are lost (seen under load in CI).
 #[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
+pub(crate) mod test_logs {
+    use std::sync::{Arc, Mutex, OnceLock};
 
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode, header};
-    use axum::routing::get;
-    use serde_json::Value;
-    use tower::ServiceExt;
     use tracing_subscriber::fmt::MakeWriter;
 
-    use super::*;
-
-    /// Collects what the test's subscriber logs.
+    /// Collects what the subscriber logs.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub struct Captured(Arc<Mutex<Vec<u8>>>);
 
     impl Captured {
-        fn text(&self) -> String {
+        /// Everything logged so far, by every test.
+        pub fn text(&self) -> String {
             let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
             String::from_utf8_lossy(&bytes).into_owned()
         }
@@ -131,25 +130,44 @@ mod tests {
         }
     }
 
+    /// The capture, installed on first use; every test that may log at
+    /// ERROR calls this before doing so.
+    pub fn installed() -> Captured {
+        static LOGS: OnceLock<Captured> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Captured::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(logs.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::ERROR)
+                .finish();
+            // Fails only if another global subscriber exists; then lines go there.
+            let _ = tracing::subscriber::set_global_default(subscriber);
+            tracing::callsite::rebuild_interest_cache();
+            logs
+        })
+        .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use axum::routing::get;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+
     async fn panics() -> &'static str {
         panic!("boom: secret detail");
     }
 
     #[tokio::test]
     async fn a_panicking_handler_answers_a_500_problem_logged_under_its_id() {
-        let logs = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::ERROR)
-            .finish();
-        // The test runtime is single-threaded, so the handler logs here.
-        let _guard = tracing::subscriber::set_default(subscriber);
-        // A test on another thread may have registered `Problem::internal`'s
-        // callsite while no subscriber existed, and a registration that
-        // straddles this one's keeps "never" as its interest: ask again.
-        tracing::callsite::rebuild_interest_cache();
-
+        let logs = test_logs::installed();
         let app = edge(Router::new().route("/boom", get(panics)));
         let request = Request::get("/boom")
             .body(Body::empty())

@@ -454,6 +454,7 @@ mod tests {
 
     #[tokio::test]
     async fn bare_error_answers_become_problems_and_json_ones_pass() {
+        let _logs = crate::test_logs::installed();
         let mut bare = (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response();
         bare.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
@@ -482,6 +483,7 @@ mod tests {
 
     #[test]
     fn server_failures_carry_an_error_id_and_never_the_error_text() {
+        let _logs = crate::test_logs::installed();
         let secret = r#"invalid byte sequence for encoding "UTF8": 0x00"#;
         for problem in [Problem::internal(&secret), Problem::unavailable(&secret)] {
             assert!(!problem.detail.contains("UTF8"), "{}", problem.detail);
