@@ -206,6 +206,21 @@ impl CompensationStatus {
     pub fn is_in_flight(self) -> bool {
         matches!(self, Self::Ready | Self::Running | Self::Retrying)
     }
+
+    /// The legal transitions of a step's compensation, in one place. A step
+    /// with no compensation status yet counts as `pending`; a finished
+    /// compensation moves again only when an operator's retry clears it.
+    pub fn can_become(self, next: CompensationStatus) -> bool {
+        use CompensationStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Ready | Failed | Cancelled)
+                | (
+                    Ready | Running | Retrying,
+                    Ready | Running | Retrying | Succeeded | Failed | Cancelled
+                )
+        )
+    }
 }
 
 vocabulary! {
@@ -340,6 +355,18 @@ mod tests {
         assert_eq!(unknown.what, "step status");
         assert!(unknown.to_string().contains("pending, ready, running"));
         assert!(serde_json::from_str::<TaskKind>("\"undo\"").is_err());
+    }
+
+    #[test]
+    fn finished_compensations_stay_finished() {
+        use CompensationStatus::*;
+        assert!(Pending.can_become(Ready));
+        assert!(Retrying.can_become(Ready));
+        for finished in [Succeeded, Failed, Cancelled] {
+            for next in CompensationStatus::ALL {
+                assert!(!finished.can_become(*next), "{finished} -> {next}");
+            }
+        }
     }
 
     #[test]

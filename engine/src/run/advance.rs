@@ -157,7 +157,7 @@ pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) -> Result<(),
                     CompensationStatus::Cancelled,
                     None,
                     Some(reason),
-                );
+                )?;
             }
         }
         run.record(
@@ -344,7 +344,7 @@ pub fn attempt_failed(
                     CompensationStatus::Retrying,
                     Some(attempt),
                     Some(&failure.message),
-                );
+                )?;
             }
         }
         run.record(
@@ -372,7 +372,7 @@ pub fn attempt_failed(
                 CompensationStatus::Failed,
                 Some(attempt),
                 Some(&message),
-            );
+            )?;
             run.record(
                 attempt_event(kind, AttemptEvent::Failed),
                 Some(step_id),
@@ -412,8 +412,16 @@ pub(super) fn set_compensation(
     status: CompensationStatus,
     attempt: Option<i32>,
     error: Option<&str>,
-) {
+) -> Result<(), RunError> {
     if let Some(row) = run.steps.get_mut(step_id) {
+        let from = row.compensation.unwrap_or(CompensationStatus::Pending);
+        if !from.can_become(status) {
+            return Err(RunError::IllegalCompensationTransition {
+                step: step_id.to_string(),
+                from,
+                to: status,
+            });
+        }
         row.compensation = Some(status);
         if let Some(attempt) = attempt {
             row.compensation_attempt = attempt;
@@ -421,6 +429,7 @@ pub(super) fn set_compensation(
         row.compensation_error = error.map(str::to_string);
     }
     run.step_changed(step_id);
+    Ok(())
 }
 
 /// Marks a step failed for good, recording why.

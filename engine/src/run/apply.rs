@@ -447,7 +447,7 @@ pub(super) fn apply_result_to(
                     )?;
                 }
                 TaskKind::Compensation => {
-                    set_compensation(run, &step_id, CompensationStatus::Succeeded, None, None);
+                    set_compensation(run, &step_id, CompensationStatus::Succeeded, None, None)?;
                     set_step(run, &step_id, StepStatus::Compensated, None, None, None)?;
                     if let Some(row) = run.steps.get_mut(&step_id) {
                         row.compensation_outputs = Some(output.clone());

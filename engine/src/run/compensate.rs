@@ -117,13 +117,11 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
     let input = match with.render(&render_context(run)) {
         Ok(input) => input,
         Err(e) => {
-            fail_compensation(run, &step.id, attempt, "render_error", &e.to_string());
-            return Ok(());
+            return fail_compensation(run, &step.id, attempt, "render_error", &e.to_string());
         }
     };
     if let Some(message) = too_large(&input) {
-        fail_compensation(run, &step.id, attempt, TASK_TOO_LARGE, &message);
-        return Ok(());
+        return fail_compensation(run, &step.id, attempt, TASK_TOO_LARGE, &message);
     }
     let spec = AttemptSpec {
         kind: TaskKind::Compensation,
@@ -139,25 +137,32 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
         CompensationStatus::Ready,
         Some(attempt),
         None,
-    );
+    )?;
     dispatch(run, &step.id, attempt, input, spec)
 }
 
 /// Fails a compensation for good before it is dispatched: its input could
 /// not be rendered or could never be sent. The saga then ends `failed`
 /// naming it, as for any compensation that failed.
-fn fail_compensation(run: &mut Run, step_id: &str, attempt: i32, code: &str, message: &str) {
+fn fail_compensation(
+    run: &mut Run,
+    step_id: &str,
+    attempt: i32,
+    code: &str,
+    message: &str,
+) -> Result<(), RunError> {
     set_compensation(
         run,
         step_id,
         CompensationStatus::Failed,
         Some(attempt),
         Some(message),
-    );
+    )?;
     run.record(
         attempt_event(TaskKind::Compensation, AttemptEvent::Failed),
         Some(step_id),
         Some(attempt),
         json!({ "code": code, "message": message, "final": true }),
     );
+    Ok(())
 }

@@ -207,6 +207,14 @@ pub enum RunError {
         from: StepStatus,
         to: StepStatus,
     },
+    /// A change would break a compensation's state machine (a bug, never
+    /// user input).
+    #[error("illegal transition of the compensation of step {step}: {from:?} -> {to:?}")]
+    IllegalCompensationTransition {
+        step: String,
+        from: CompensationStatus,
+        to: CompensationStatus,
+    },
 }
 
 impl From<fulfil_core::status::UnknownValue> for RunError {

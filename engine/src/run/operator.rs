@@ -127,7 +127,7 @@ pub(super) fn cancel_locked(
                 CompensationStatus::Cancelled,
                 None,
                 Some(&why),
-            );
+            )?;
         }
         // The one way a run ends, so `run.cancelled` has one shape
         // whichever way the run got there.

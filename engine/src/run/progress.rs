@@ -71,7 +71,7 @@ pub(super) fn apply_progress_to(
                         CompensationStatus::Running,
                         None,
                         None,
-                    );
+                    )?;
                 }
             }
             // A redelivered task starts again on another worker: its clocks restart.
