@@ -86,6 +86,25 @@ pub struct TestStack {
 }
 
 impl TestStack {
+    /// The run's history once it holds an event of type `kind`, polling
+    /// for at most `wait`.
+    pub async fn wait_for_event(
+        &self,
+        run: fulfil_core::ids::RunId,
+        kind: &str,
+        wait: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let history = self.history(run).await?;
+            if history.iter().any(|e| e["type"] == kind) {
+                return Ok(history);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no {kind} in {history:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Takes the next task of `queue` as a worker the test controls would,
     /// waiting at most `wait`, and acknowledges it.
     pub async fn take_task(

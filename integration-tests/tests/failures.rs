@@ -243,21 +243,6 @@ async fn report_started(stack: &TestStack, task: &TaskMessage) -> anyhow::Result
         .await
 }
 
-async fn wait_for_event(stack: &TestStack, run: RunId, kind: &str) -> anyhow::Result<Vec<Value>> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let history = stack.history(run).await?;
-        if !events(&history, kind).is_empty() {
-            return Ok(history);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no {kind} in {history:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn every_timeout_kind_fires_and_late_results_are_ignored() -> anyhow::Result<()> {
     let stack = stack_with(Arc::default()).await?;
@@ -302,7 +287,7 @@ spec:
         .await?;
     let task = stack.take_task("rogue", WAIT).await?;
     report_started(&stack, &task).await?;
-    let history = wait_for_event(&stack, run, "step.timed_out").await?;
+    let history = stack.wait_for_event(run, "step.timed_out", WAIT).await?;
     let timed_out = events(&history, "step.timed_out")[0];
     assert_eq!(timed_out["data"]["timeout"], "attempt_timeout");
     let started = events(&history, "step.started")[0];
@@ -326,7 +311,7 @@ spec:
     stack
         .publish_json(stack.names.results_subject(), &late)
         .await?;
-    let history = wait_for_event(&stack, run, "result.ignored").await?;
+    let history = stack.wait_for_event(run, "result.ignored", WAIT).await?;
     let ignored = events(&history, "result.ignored")[0];
     assert!(
         ignored["data"]["reason"]
@@ -350,7 +335,7 @@ spec:
         .await?;
     let task = stack.take_task("rogue2", WAIT).await?;
     report_started(&stack, &task).await?;
-    let history = wait_for_event(&stack, run, "step.timed_out").await?;
+    let history = stack.wait_for_event(run, "step.timed_out", WAIT).await?;
     assert_eq!(
         events(&history, "step.timed_out")[0]["data"]["timeout"],
         "heartbeat_timeout"
@@ -600,7 +585,7 @@ spec:
 
     // Cancel with compensation: `wait` finishes, then both are undone.
     let run = stack.request("long", json!({})).await?;
-    wait_for_event(&stack, run, "step.started").await?;
+    stack.wait_for_event(run, "step.started", WAIT).await?;
     let response = cancel(run, json!({ "reason": "wrong region" })).await?;
     assert_eq!(response.status().as_u16(), 200);
     let view = stack.wait_finished(run, WAIT).await?;
@@ -629,7 +614,7 @@ spec:
     // Cancel without compensation ends at once and undoes nothing.
     calls.lock().map(|mut c| c.clear()).ok();
     let run = stack.request("long", json!({})).await?;
-    wait_for_event(&stack, run, "step.started").await?;
+    stack.wait_for_event(run, "step.started", WAIT).await?;
     let body: Value = cancel(run, json!({ "compensate": false }))
         .await?
         .json()

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
 use chrono::Utc;
-use fulfil_core::ids::RunId;
 use fulfil_core::time::{MAX_DURATION, as_millis_u64};
 use fulfil_core::wire::{Outcome, ResultMessage, StepFailure, TaskMessage};
 use fulfil_integration_tests::TestStack;
@@ -19,21 +18,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn events<'a>(history: &'a [Value], kind: &str) -> Vec<&'a Value> {
     history.iter().filter(|e| e["type"] == kind).collect()
-}
-
-async fn wait_for_event(stack: &TestStack, run: RunId, kind: &str) -> anyhow::Result<Vec<Value>> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let history = stack.history(run).await?;
-        if !events(&history, kind).is_empty() {
-            return Ok(history);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no {kind} in {history:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// An HTTP endpoint the test's steps call: `/busy` answers 429 with an
@@ -121,7 +105,9 @@ spec:
     stack
         .publish_json(stack.names.results_subject(), &result)
         .await?;
-    let history = wait_for_event(&stack, run, "step.retry_scheduled").await?;
+    let history = stack
+        .wait_for_event(run, "step.retry_scheduled", WAIT)
+        .await?;
     let scheduled = events(&history, "step.retry_scheduled")[0];
     assert_eq!(scheduled["data"]["delay_ms"], max_ms, "{scheduled:#}");
 
@@ -144,7 +130,9 @@ spec:
 
     // An HTTP endpoint's Retry-After of 10^13 seconds.
     let run = stack.request("outside", json!({ "kind": "busy" })).await?;
-    let history = wait_for_event(&stack, run, "step.retry_scheduled").await?;
+    let history = stack
+        .wait_for_event(run, "step.retry_scheduled", WAIT)
+        .await?;
     let scheduled = events(&history, "step.retry_scheduled")[0];
     assert_eq!(scheduled["data"]["delay_ms"], max_ms, "{scheduled:#}");
     assert_eq!(
