@@ -1,11 +1,11 @@
 //! Request parameters: defaults from the Promise's `spec.api`, then JSON
 //! Schema validation that reports every violation at its path.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One way the parameters break the Promise's schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
     /// JSON Pointer into the parameters, e.g. `/name`; empty for the root.
     pub pointer: String,

@@ -285,6 +285,35 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// What one trigger did with a received event (the event ledger's
+    /// `outcomes[].outcome`, `POST /v1/events`' answer).
+    pub enum EventOutcome as "event outcome" {
+        /// A new request was filed.
+        Filed = "filed",
+        /// The event was seen before through this trigger: the request it
+        /// filed then is named, nothing new was filed.
+        Duplicate = "duplicate",
+        /// The trigger's `filter` was false.
+        Filtered = "filtered",
+        /// The trigger's `params` could not be rendered, or broke the
+        /// Promise's schema; the event is also a dead letter.
+        Invalid = "invalid",
+    }
+}
+
+vocabulary! {
+    /// How an event reached Fulfil (`fulfil.event_ledger.via`).
+    pub enum EventVia as "event route" {
+        /// Consumed from JetStream.
+        Bus = "bus",
+        /// `POST /v1/events`.
+        Http = "http",
+        /// A dead letter sent through again by an operator.
+        Replay = "replay",
+    }
+}
+
+vocabulary! {
     /// What a task does for its step (`fulfil.attempts.kind`, wire `kind`).
     pub enum TaskKind as "task kind" {
         Action = "action",

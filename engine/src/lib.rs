@@ -14,6 +14,7 @@
 
 pub mod db;
 pub mod engine;
+pub mod events;
 pub mod inspect;
 mod intake;
 pub mod outbox;

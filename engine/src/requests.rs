@@ -42,6 +42,10 @@ pub struct NewRequest {
     pub idempotency_key: Option<String>,
     /// Who asked, recorded in history (`api`, `cli:alice`, `event:<source>`).
     pub actor: String,
+    /// W3C `traceparent` of what caused the request (an inbound event's
+    /// extension): kept in the run's `request.traceparent` and carried onto
+    /// the run's status events.
+    pub traceparent: Option<String>,
 }
 
 /// The accepted request.
@@ -184,7 +188,7 @@ async fn validate_and_store(
         })?;
 
     let request_id = RequestId::generate();
-    let context = json!({
+    let mut context = json!({
         "params": params,
         "request": {
             "id": request_id,
@@ -194,6 +198,9 @@ async fn validate_and_store(
         },
         "vars": engine.vars().capture(promise.var_references().iter().map(String::as_str)),
     });
+    if let (Some(traceparent), Some(about)) = (&request.traceparent, context.get_mut("request")) {
+        about["traceparent"] = json!(traceparent);
+    }
     crate::intake::submit(
         engine,
         ValidRequest {

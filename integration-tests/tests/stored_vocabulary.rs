@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use fulfil_core::status::{
-    AttemptStatus, CompensationStatus, RequestStatus, RunKind, RunStatus, StepStatus, TaskKind,
-    TimerKind,
+    AttemptStatus, CompensationStatus, EventVia, RequestStatus, RunKind, RunStatus, StepStatus,
+    TaskKind, TimerKind,
 };
 use fulfil_engine::db;
 use fulfil_integration_tests::{database_url, with_database};
@@ -68,6 +68,10 @@ async fn check_constraints_list_exactly_the_enum_spellings() -> anyhow::Result<(
         (
             "timers_kind_check",
             spellings(TimerKind::ALL, TimerKind::as_str),
+        ),
+        (
+            "event_ledger_via_check",
+            spellings(EventVia::ALL, EventVia::as_str),
         ),
     ];
     for (constraint, spellings) in expected {

@@ -104,6 +104,7 @@ pub async fn create(
             params: body.params,
             idempotency_key,
             actor: "api".into(),
+            traceparent: None,
         },
     )
     .await
