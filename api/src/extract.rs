@@ -98,6 +98,22 @@ where
     }
 }
 
+/// The body as bytes, within the router's limit (a 413 over it), for
+/// routes that read it themselves (a CloudEvent in either binding).
+#[derive(Debug, Clone)]
+pub struct Body(pub Bytes);
+
+impl<S> FromRequest<S> for Body
+where
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        body_bytes(req, state).await.map(Body)
+    }
+}
+
 /// The query string deserialized into `T`; unknown parameters are refused
 /// when `T` denies unknown fields (every query type here does).
 #[derive(Debug, Clone, Copy, Default)]

@@ -24,6 +24,8 @@
 //! | `version-conflict` | 409 | a Promise version's content is immutable |
 //! | `run-state-conflict` | 409 | the run's status does not allow the operation |
 //! | `unknown-step` | 422 | the run's Promise has no such step |
+//! | `invalid-event` | 422 | the body is not a CloudEvent 1.0 (structured or binary mode) |
+//! | `trigger-subject-refused` | 422 | NATS cannot capture a trigger's subject (another stream holds it) |
 //! | `overloaded` | 503 | shed before anything was stored; `Retry-After` |
 //! | `unavailable` | 503 | a dependency failed; `error_id`, `Retry-After` |
 //! | `timeout` | 504 | no answer within 30 s; the outcome is unknown |
@@ -72,6 +74,10 @@ pub enum ProblemCode {
     RunStateConflict,
     /// 422: the run's Promise has no such step.
     UnknownStep,
+    /// 422: the body is not a CloudEvent 1.0.
+    InvalidEvent,
+    /// 422: NATS cannot capture a trigger's subject.
+    TriggerSubjectRefused,
     /// 503: shed before anything was stored.
     Overloaded,
     /// 503: a dependency failed; `error_id`.
@@ -84,7 +90,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 21] = [
+    pub const ALL: [ProblemCode; 23] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -102,6 +108,8 @@ impl ProblemCode {
         Self::VersionConflict,
         Self::RunStateConflict,
         Self::UnknownStep,
+        Self::InvalidEvent,
+        Self::TriggerSubjectRefused,
         Self::Overloaded,
         Self::Unavailable,
         Self::Timeout,
@@ -128,6 +136,8 @@ impl ProblemCode {
             Self::VersionConflict => "version-conflict",
             Self::RunStateConflict => "run-state-conflict",
             Self::UnknownStep => "unknown-step",
+            Self::InvalidEvent => "invalid-event",
+            Self::TriggerSubjectRefused => "trigger-subject-refused",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
@@ -413,6 +423,8 @@ mod tests {
                 "version-conflict",
                 "run-state-conflict",
                 "unknown-step",
+                "invalid-event",
+                "trigger-subject-refused",
                 "overloaded",
                 "unavailable",
                 "timeout",

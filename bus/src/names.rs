@@ -81,6 +81,16 @@ impl NatsNames {
         format!("{}_deadletter", self.prefix)
     }
 
+    /// Stream capturing the subjects Promise triggers listen on.
+    pub fn inbound_stream(&self) -> String {
+        format!("{}_inbound", self.prefix)
+    }
+
+    /// Durable consumer of the inbound stream, shared by every engine.
+    pub fn inbound_consumer(&self) -> String {
+        format!("{}_inbound", self.prefix)
+    }
+
     /// Durable consumer shared by every worker serving `queue`.
     pub fn worker_consumer(&self, queue: &str) -> String {
         format!("{}_worker_{queue}", self.prefix)

@@ -70,4 +70,6 @@ pub async fn delete_streams(js: &jetstream::Context, names: &NatsNames) {
     for config in stream_configs(names) {
         let _ = js.delete_stream(&config.name).await;
     }
+    // Created on demand, when a Promise with triggers is applied.
+    let _ = js.delete_stream(names.inbound_stream()).await;
 }

@@ -117,6 +117,15 @@ pub struct ServerArgs {
     /// Postgres connections of this process.
     #[arg(long, env = "FULFIL_DB_POOL", default_value_t = 20)]
     db_pool: u32,
+    /// How long the event ledger and the dead letters keep what they
+    /// received (engine role), e.g. `7d`, `12h`.
+    #[arg(
+        long,
+        env = "FULFIL_EVENT_RETENTION",
+        default_value = "7d",
+        value_parser = humantime_duration
+    )]
+    event_retention: std::time::Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FULFIL_LOG_JSON")]
     log_json: bool,

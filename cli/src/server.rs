@@ -135,9 +135,17 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
     }
     if roles.contains(&Role::Engine) {
         let (engine, js, stop) = (engine.clone(), js.clone(), shutdown.clone());
+        let event_retention = args.event_retention;
         tasks.spawn(async move {
             engine
-                .run(js, EngineConfig::default(), stop)
+                .run(
+                    js,
+                    EngineConfig {
+                        event_retention,
+                        ..EngineConfig::default()
+                    },
+                    stop,
+                )
                 .await
                 .context("engine")
         });

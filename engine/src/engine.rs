@@ -26,6 +26,8 @@ pub struct EngineConfig {
     /// How often the relay and timers look for work when no notification
     /// arrives (a fallback: notifications wake them at once).
     pub poll_interval: Duration,
+    /// How long the event ledger and the dead letters keep an entry.
+    pub event_retention: Duration,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +37,7 @@ impl Default for EngineConfig {
             result_batch: 64,
             outbox_batch: 256,
             poll_interval: Duration::from_millis(500),
+            event_retention: crate::events::DEFAULT_RETENTION,
         }
     }
 }
@@ -256,6 +259,31 @@ impl Engine {
                 },
             )
         };
+        let inbound = {
+            let (engine, js, stop) = (self.clone(), js.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "inbound events".into(),
+                shutdown.clone(),
+                move || crate::events::run_consumer(engine.clone(), js.clone(), stop.clone()),
+            )
+        };
+        let retention = {
+            let (pool, keep, stop) = (self.pool().clone(), config.event_retention, shutdown.clone());
+            supervise(
+                roles.clone(),
+                "event retention".into(),
+                shutdown.clone(),
+                move || {
+                    crate::events::keep_retention(
+                        pool.clone(),
+                        keep,
+                        Duration::from_secs(60),
+                        stop.clone(),
+                    )
+                },
+            )
+        };
         let timers = {
             let (engine, stop) = (self.clone(), shutdown.clone());
             supervise(
@@ -265,7 +293,7 @@ impl Engine {
                 move || crate::timers::run_timers(engine.clone(), config.clone(), stop.clone()),
             )
         };
-        tokio::join!(relay, results, timers);
+        tokio::join!(relay, results, inbound, retention, timers);
         Ok(())
     }
 }

@@ -113,17 +113,17 @@ pub enum InspectError {
     Db(#[from] sqlx::Error),
 }
 
-fn page_size(limit: Option<i64>) -> i64 {
+pub(crate) fn page_size(limit: Option<i64>) -> i64 {
     limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
 }
 
-fn uuid_cursor(cursor: Option<&str>) -> Result<Option<Uuid>, InspectError> {
+pub(crate) fn uuid_cursor(cursor: Option<&str>) -> Result<Option<Uuid>, InspectError> {
     cursor
         .map(|c| Uuid::parse_str(c).map_err(|_| InspectError::InvalidCursor(c.to_string())))
         .transpose()
 }
 
-fn paged<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+pub(crate) fn paged<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(cursor_of)

@@ -187,6 +187,27 @@ async fn validate_and_store(
             }),
         })?;
 
+    let request = prepare(
+        engine,
+        promise,
+        params,
+        request.idempotency_key.clone(),
+        request.actor.clone(),
+        request.traceparent.as_deref(),
+    );
+    crate::intake::submit(engine, request).await
+}
+
+/// A request for `promise` whose `params` passed its schema (defaults
+/// applied), with the context its run's expressions will see.
+pub(crate) fn prepare(
+    engine: &Engine,
+    promise: Arc<Promise>,
+    params: Value,
+    idempotency_key: Option<String>,
+    actor: String,
+    traceparent: Option<&str>,
+) -> ValidRequest {
     let request_id = RequestId::generate();
     let mut context = json!({
         "params": params,
@@ -194,26 +215,22 @@ async fn validate_and_store(
             "id": request_id,
             "promise": promise.metadata.name,
             "promise_version": promise.metadata.version,
-            "created_by": request.actor,
+            "created_by": actor,
         },
         "vars": engine.vars().capture(promise.var_references().iter().map(String::as_str)),
     });
-    if let (Some(traceparent), Some(about)) = (&request.traceparent, context.get_mut("request")) {
+    if let (Some(traceparent), Some(about)) = (traceparent, context.get_mut("request")) {
         about["traceparent"] = json!(traceparent);
     }
-    crate::intake::submit(
-        engine,
-        ValidRequest {
-            request_id,
-            run_id: RunId::generate(),
-            promise,
-            params,
-            context,
-            idempotency_key: request.idempotency_key.clone(),
-            actor: request.actor.clone(),
-        },
-    )
-    .await
+    ValidRequest {
+        request_id,
+        run_id: RunId::generate(),
+        promise,
+        params,
+        context,
+        idempotency_key,
+        actor,
+    }
 }
 
 /// A request whose parameters passed validation, ready to be stored.
@@ -250,6 +267,43 @@ pub(crate) async fn store_requests(
         }
     }
     let mut tx = engine.pool().begin().await?;
+    let staged = stage_requests(engine, &mut tx, requests).await?;
+    tx.commit().await?;
+    Ok(staged.committed(engine))
+}
+
+/// Requests written in a transaction that has not committed yet: their
+/// outcomes are promised only once it has.
+pub(crate) struct Staged {
+    outcomes: Vec<Result<Accepted, RequestError>>,
+    rows: Vec<crate::outbox::OutboxRow>,
+    runs: Vec<Run>,
+    notes: Vec<Option<crate::run::Stored>>,
+}
+
+impl Staged {
+    /// The outcomes, once the transaction committed: hands the new runs'
+    /// tasks to the publisher and keeps the runs in this process's cache.
+    pub(crate) fn committed(self, engine: &Engine) -> Vec<Result<Accepted, RequestError>> {
+        engine.after_commit(self.rows);
+        engine
+            .run_cache()
+            .keep_stored(self.runs, self.notes, HashMap::new());
+        self.outcomes
+    }
+
+    /// The outcome of each request, in order, before the commit.
+    pub(crate) fn outcomes(&self) -> &[Result<Accepted, RequestError>] {
+        &self.outcomes
+    }
+}
+
+/// Writes `requests` on `tx` as [`store_requests`] does, without committing.
+pub(crate) async fn stage_requests(
+    engine: &Engine,
+    tx: &mut sqlx::PgConnection,
+    requests: &[ValidRequest],
+) -> Result<Staged, RunError> {
     let mut arguments = sqlx::postgres::PgArguments::default();
     bind_requests(&mut arguments, requests).map_err(sqlx::Error::Encode)?;
     let inserted: Vec<Uuid> = sqlx::query_scalar_with(
@@ -261,7 +315,7 @@ pub(crate) async fn store_requests(
     .fetch_all(&mut *tx)
     .await?;
     let inserted: HashSet<RequestId> = inserted.into_iter().map(RequestId::from).collect();
-    let earlier = earlier_requests(&mut tx, requests, &inserted).await?;
+    let earlier = earlier_requests(&mut *tx, requests, &inserted).await?;
 
     let mut runs = Vec::with_capacity(inserted.len());
     let mut outcomes = Vec::with_capacity(requests.len());
@@ -296,11 +350,13 @@ pub(crate) async fn store_requests(
         });
     }
     let notes: Vec<_> = runs.iter().map(crate::run::Stored::note).collect();
-    let rows = crate::run::flush(&mut tx, &mut runs).await?;
-    tx.commit().await?;
-    engine.after_commit(rows);
-    engine.run_cache().keep_stored(runs, notes, HashMap::new());
-    Ok(outcomes)
+    let rows = crate::run::flush(&mut *tx, &mut runs).await?;
+    Ok(Staged {
+        outcomes,
+        rows,
+        runs,
+        notes,
+    })
 }
 
 /// Inserts request rows, each only if the version it was validated against

@@ -83,9 +83,32 @@ pub struct TestStack {
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
+    engine_config: EngineConfig,
 }
 
 impl TestStack {
+    /// Starts one more in-process engine (its loops: relay, result applier,
+    /// inbound events, timers) on the stack's database and NATS, as an
+    /// engine process started later would; it stops with the stack.
+    pub fn start_engine(&mut self) {
+        let id = format!("engine-{}", self.engine_ids.len());
+        let engine = Engine::with_vars(
+            self.pool.clone(),
+            self.names.clone(),
+            id.clone(),
+            fulfil_core::Vars::default(),
+        );
+        engine.start_fast_publisher(self.js.clone());
+        self.engine_ids.push(id);
+        let (js, config, stop) = (
+            self.js.clone(),
+            self.engine_config.clone(),
+            self.shutdown.clone(),
+        );
+        self.tasks
+            .spawn(async move { Ok(engine.run(js, config, stop).await?) });
+    }
+
     /// The run's history once it holds an event of type `kind`, polling
     /// for at most `wait`.
     pub async fn wait_for_event(
@@ -260,6 +283,7 @@ impl TestStack {
                 .build()?,
             shutdown,
             tasks,
+            engine_config: options.engine_config,
         })
     }
 

@@ -750,7 +750,7 @@ async fn poison_messages_are_dead_lettered_and_counted_without_stopping_the_engi
 -> anyhow::Result<()> {
     let stack = stack_with(Arc::default()).await?;
     let before: Value = stack.get("/v1/dead-letters").await?.1;
-    assert_eq!(before["count"], 0);
+    assert_eq!(before["bus"]["count"], 0);
     stack
         .publish_json(stack.names.results_subject(), &json!({ "not": "a result" }))
         .await?;
@@ -775,18 +775,18 @@ async fn poison_messages_are_dead_lettered_and_counted_without_stopping_the_engi
     let deadline = tokio::time::Instant::now() + WAIT;
     let after = loop {
         let (_, body) = stack.get("/v1/dead-letters").await?;
-        let results = body["subjects"][&stack.names.dead_letter_subject("results")].as_u64();
-        let tasks = body["subjects"][&stack.names.dead_letter_subject("tasks")].as_u64();
+        let results = body["bus"]["subjects"][&stack.names.dead_letter_subject("results")].as_u64();
+        let tasks = body["bus"]["subjects"][&stack.names.dead_letter_subject("tasks")].as_u64();
         if (results == Some(2) && tasks == Some(1)) || tokio::time::Instant::now() > deadline {
             break body;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(after["count"], 3, "{after:#}");
+    assert_eq!(after["bus"]["count"], 3, "{after:#}");
     let results_subject = stack.names.dead_letter_subject("results");
-    assert_eq!(after["subjects"][&results_subject], 2, "{after:#}");
+    assert_eq!(after["bus"]["subjects"][&results_subject], 2, "{after:#}");
     assert_eq!(
-        after["subjects"][&stack.names.dead_letter_subject("tasks")],
+        after["bus"]["subjects"][&stack.names.dead_letter_subject("tasks")],
         1,
         "{after:#}"
     );

@@ -1,5 +1,6 @@
 //! Route table and the small helpers shared by the handlers.
 
+mod events;
 mod health;
 mod promises;
 mod requests;
@@ -27,7 +28,10 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/runs/{id}/history", get(runs::history))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/retry", post(runs::retry))
-        .route("/v1/dead-letters", get(health::dead_letters))
+        .route("/v1/events", post(events::send).get(events::list))
+        .route("/v1/events/{id}", get(events::get))
+        .route("/v1/dead-letters", get(events::dead_letters))
+        .route("/v1/dead-letters/{id}/replay", post(events::replay))
         .fallback(|| async { crate::problem::not_a_route() })
 }
 

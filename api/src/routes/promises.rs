@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use fulfil_core::{Promise, SpecError, SpecErrors};
+use fulfil_engine::events::InboundStreamError;
 use fulfil_engine::promises::{self, ApplyOutcome, PromiseError, PromiseRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -43,6 +44,36 @@ pub(crate) fn promise_error(e: PromiseError) -> Problem {
     }
 }
 
+/// Makes the inbound stream capture the subjects of the Promise's triggers
+/// before the Promise is stored, so an event published right after the
+/// answer is kept; a subject NATS cannot capture refuses the Promise with
+/// nothing stored. A process without NATS leaves it to the engines, which
+/// widen the stream from the Promise heads within seconds.
+async fn capture_trigger_subjects(state: &ApiState, promise: &Promise) -> Result<(), Problem> {
+    let subjects: Vec<String> = promise
+        .trigger_subjects()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let Some(client) = state.nats.as_ref().filter(|_| !subjects.is_empty()) else {
+        return Ok(());
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    fulfil_engine::events::capture_subjects(&js, state.engine.names(), &subjects)
+        .await
+        .map_err(|e| match e {
+            InboundStreamError::Refused { .. } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ProblemCode::TriggerSubjectRefused,
+                "Trigger subject refused",
+                format!(
+                    "{e}; choose trigger subjects no other JetStream stream captures (Fulfil's own subjects under its prefix are taken)"
+                ),
+            ),
+            InboundStreamError::Unavailable { .. } => Problem::unavailable(&e),
+        })
+}
+
 /// Creates or updates a Promise from a YAML or JSON body.
 pub async fn apply(
     State(state): State<ApiState>,
@@ -73,6 +104,7 @@ pub async fn apply(
             ),
         ))));
     }
+    capture_trigger_subjects(&state, &promise).await?;
     let outcome = promises::apply(state.engine.pool(), &promise)
         .await
         .map_err(promise_error)?;

@@ -21,7 +21,7 @@ const PROMISE: &str = "bench";
 
 /// The services whose CPU the bench reports beside Fulfil's own processes,
 /// by process name; only meaningful when they run on this machine.
-const SERVICES: [&str; 2] = ["postgres", "nats-server"];
+pub(super) const SERVICES: [&str; 2] = ["postgres", "nats-server"];
 
 /// The generated Promise of the scenario.
 fn promise_yaml(args: &BenchArgs) -> String {
@@ -218,7 +218,7 @@ async fn xact_commits(pool: &sqlx::PgPool, database: &str) -> anyhow::Result<i64
 
 /// Waits until Postgres has published the statistics of finished work: they
 /// are flushed about once a second, so read until two readings agree.
-async fn settled_xact_commits(pool: &sqlx::PgPool, database: &str) -> anyhow::Result<i64> {
+pub(super) async fn settled_xact_commits(pool: &sqlx::PgPool, database: &str) -> anyhow::Result<i64> {
     let mut last = xact_commits(pool, database).await?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -294,7 +294,13 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-pub async fn bench(args: &BenchArgs) -> anyhow::Result<Report> {
+/// What a scenario measured.
+pub enum Measured {
+    Workflows(Box<Report>),
+    Events(Box<super::events::EventsReport>),
+}
+
+pub async fn bench(args: &BenchArgs) -> anyhow::Result<Measured> {
     let suffix = Uuid::now_v7().simple().to_string();
     let suffix = &suffix[suffix.len() - 12..];
     let database = format!("fulfil_bench_{suffix}");
@@ -321,7 +327,7 @@ async fn bench_in(
     database: &str,
     database_url: &str,
     prefix: &str,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<Measured> {
     let pool = db::connect(database_url, 2).await?;
     db::migrate(&pool).await?;
     let http_addr = format!("127.0.0.1:{}", free_port()?);
@@ -344,21 +350,31 @@ async fn bench_in(
             &env,
         )?],
     };
-    let outcome = measure(args, &pool, database, prefix, &api, &mut roles).await;
+    let outcome = match ready(args, &api, prefix, &mut roles).await {
+        Err(e) => Err(e),
+        Ok(_) if args.scenario == Scenario::Events => {
+            super::events::measure(args, &pool, database, prefix, &mut roles)
+                .await
+                .map(|r| Measured::Events(Box::new(r)))
+        }
+        Ok(http) => measure(args, &http, &pool, database, prefix, &api, &mut roles)
+            .await
+            .map(|r| Measured::Workflows(Box::new(r))),
+    };
     for role in &mut roles {
         procs::stop(role).await;
     }
     outcome
 }
 
-async fn measure(
+/// Waits until the API answers ready, then applies the scenario's
+/// Promise; returns the HTTP client the load uses.
+async fn ready(
     args: &BenchArgs,
-    pool: &sqlx::PgPool,
-    database: &str,
-    prefix: &str,
     api: &str,
+    prefix: &str,
     roles: &mut [Role],
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<reqwest::Client> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(args.concurrency.max(8))
@@ -383,15 +399,30 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let promise = match args.scenario {
+        Scenario::Events => super::events::promise_yaml(prefix),
+        _ => promise_yaml(args),
+    };
     let applied = http
         .put(format!("{api}/v1/promises/{PROMISE}"))
-        .body(promise_yaml(args))
+        .body(promise)
         .send()
         .await?;
     if !applied.status().is_success() {
         bail!("the bench Promise was refused: {}", applied.text().await?);
     }
+    Ok(http)
+}
 
+async fn measure(
+    args: &BenchArgs,
+    http: &reqwest::Client,
+    pool: &sqlx::PgPool,
+    database: &str,
+    prefix: &str,
+    api: &str,
+    roles: &mut [Role],
+) -> anyhow::Result<Report> {
     // Completions arrive as run events on NATS.
     let nats = async_nats::connect(&args.nats_url).await?;
     let mut events = nats.subscribe(format!("{prefix}.events.run.>")).await?;
@@ -417,7 +448,7 @@ async fn measure(
 
     let deadline = Instant::now() + args.timeout;
     if args.warmup > 0 {
-        offer(args, &http, api, &load, args.warmup, deadline).await?;
+        offer(args, http, api, &load, args.warmup, deadline).await?;
     }
     let xact_before = settled_xact_commits(pool, database).await?;
     let writes_before = write_counters(pool).await?;
@@ -426,7 +457,7 @@ async fn measure(
     let services_before = SERVICES.map(procs::cpu_of_processes_named);
     let failed_before = load.tracker.lock().map(|t| t.failed).unwrap_or(0);
     let wall = Instant::now();
-    let submitted = offer(args, &http, api, &load, args.workflows, deadline).await?;
+    let submitted = offer(args, http, api, &load, args.workflows, deadline).await?;
     let wall = wall.elapsed();
     let cpu_after: Vec<ProcessFigures> =
         roles.iter().map(procs::figures).collect::<Result<_, _>>()?;

@@ -12,6 +12,7 @@
 //! each child. Everything is removed afterwards.
 
 mod drive;
+mod events;
 mod procs;
 mod report;
 
@@ -29,6 +30,10 @@ pub enum Scenario {
     Chain,
     /// 1 -> N parallel -> 1 (--steps is N, default 10)
     Fanout,
+    /// CloudEvents published by a plain NATS client (--rate per second,
+    /// default 1000; --workflows events) into the trigger of a 3-step
+    /// Promise; --resend of them published twice
+    Events,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -81,13 +86,17 @@ pub struct BenchArgs {
     pub database_url: String,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// Share of events published a second time (`events` scenario); each
+    /// must file nothing new.
+    #[arg(long, default_value_t = 0.1)]
+    pub resend: f64,
 }
 
 impl BenchArgs {
     /// Steps per workflow, and steps on its critical path.
     pub fn shape(&self) -> (usize, usize) {
         match self.scenario {
-            Scenario::ThreeStep => (3, 3),
+            Scenario::ThreeStep | Scenario::Events => (3, 3),
             Scenario::Chain => {
                 let n = self.steps.unwrap_or(40).max(1);
                 (n, n)
@@ -110,19 +119,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "--rate must be a positive number"
         );
     }
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.resend),
+        "--resend must be a share from 0 to below 1"
+    );
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let report = drive::bench(&args).await?;
-    println!("{}", report.table());
+    let (table, json, failed, duplicates) = match drive::bench(&args).await? {
+        drive::Measured::Workflows(report) => (
+            report.table(),
+            serde_json::to_vec_pretty(&report)?,
+            report.failed,
+            0,
+        ),
+        drive::Measured::Events(report) => (
+            report.table(),
+            serde_json::to_vec_pretty(&report)?,
+            report.failed,
+            report.duplicates_filed,
+        ),
+    };
+    println!("{table}");
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     anyhow::ensure!(
-        report.failed == 0,
-        "{} of {} workflows did not succeed",
-        report.failed,
-        report.workflows
+        failed == 0,
+        "{failed} of {} workflows did not succeed",
+        args.workflows
     );
+    anyhow::ensure!(duplicates == 0, "{duplicates} duplicate requests were filed");
     Ok(())
 }

@@ -101,7 +101,8 @@ pub struct DeadLetter {
     pub replays: i32,
     #[serde(default)]
     pub replayed_at: Option<DateTime<Utc>>,
-    /// What the last replay did.
+    /// What the last replay did: an [`EventReceipt`], or
+    /// `{"not_a_cloudevent": reason}` when it still was not one.
     #[serde(default)]
-    pub last_replay: Option<EventReceipt>,
+    pub last_replay: Option<Value>,
 }

@@ -1,0 +1,161 @@
+//! Inbound events over HTTP, the event ledger and the dead letters.
+//!
+//! `POST /v1/events` reads a CloudEvent in either binding from headers and
+//! bytes itself: the SDK's axum extractor reads bodies without the router's
+//! limit (STACK-turn2.md §1), this route keeps it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
+use fulfil_core::status::EventOutcome;
+use fulfil_engine::events::{
+    self, DeadLetter, EventReceipt, HttpEventError, LedgerEntry, LedgerFilter, ReceiveError,
+    Received, ReplayError,
+};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{inspect_error, parse_id};
+use crate::extract::{Body, Path, Query};
+use crate::{ApiState, Problem, ProblemCode, model};
+
+fn receive_error(e: &ReceiveError) -> Problem {
+    if e.is_transient() {
+        Problem::unavailable(e)
+    } else {
+        Problem::internal(e)
+    }
+}
+
+/// Decides an event (structured or binary mode) and answers each trigger's
+/// outcome once it is committed.
+pub async fn send(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<(StatusCode, Json<EventReceipt>), Problem> {
+    match events::receive_http(&state.engine, &headers, &body).await {
+        Ok(receipt) => Ok((StatusCode::ACCEPTED, Json(receipt))),
+        Err(HttpEventError::NotACloudEvent(e)) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidEvent,
+            "Not a CloudEvent",
+            format!(
+                "{e}; send a CloudEvent 1.0 as JSON with Content-Type: application/cloudevents+json, or its data with ce-specversion, ce-id, ce-source and ce-type headers"
+            ),
+        )),
+        Err(HttpEventError::Receive(e)) => Err(receive_error(&e)),
+        Err(e @ HttpEventError::NoReceipt) => Err(Problem::internal(&e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    source: Option<String>,
+    outcome: Option<String>,
+    since: Option<DateTime<Utc>>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The ledger, newest first.
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<model::Page<LedgerEntry>>, Problem> {
+    let outcome = q
+        .outcome
+        .as_deref()
+        .map(EventOutcome::parse)
+        .transpose()
+        .map_err(|e| Problem::bad_request(format!("outcome: {e}")))?;
+    let page = events::list_events(
+        state.engine.pool(),
+        &LedgerFilter {
+            event_type: q.event_type,
+            source: q.source,
+            outcome,
+            since: q.since,
+            cursor: q.cursor,
+            limit: q.limit,
+        },
+    )
+    .await
+    .map_err(inspect_error)?;
+    Ok(Json(model::Page {
+        items: page.items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// One ledger entry: the event and what each trigger did with it.
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<LedgerEntry>, Problem> {
+    let ledger_id: Uuid = parse_id("ledger entry", &id)?;
+    events::get_event(state.engine.pool(), ledger_id)
+        .await
+        .map_err(inspect_error)?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("event", &id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/dead-letters`: the inbound dead letters, and a summary of what
+/// workers and the result applier dead-lettered on the bus.
+#[derive(Debug, serde::Serialize)]
+pub struct DeadLetters {
+    items: Vec<DeadLetter>,
+    next_cursor: Option<String>,
+    /// `{stream, count, subjects}` of the bus's dead-letter stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bus: Option<serde_json::Value>,
+}
+
+/// Dead letters, newest first, each with its reason and original bytes.
+pub async fn dead_letters(
+    State(state): State<ApiState>,
+    Query(q): Query<DeadLetterQuery>,
+) -> Result<Json<DeadLetters>, Problem> {
+    let page = events::list_dead_letters(state.engine.pool(), q.cursor.as_deref(), q.limit)
+        .await
+        .map_err(inspect_error)?;
+    Ok(Json(DeadLetters {
+        items: page.items,
+        next_cursor: page.next_cursor,
+        bus: super::health::bus_dead_letters(&state).await?,
+    }))
+}
+
+/// Sends a dead letter through the normal path again and answers what it
+/// did this time.
+pub async fn replay(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let dead_letter: Uuid = parse_id("dead letter", &id)?;
+    match events::replay_dead_letter(&state.engine, dead_letter).await {
+        Ok(Received::Event(receipt)) => Ok(Json(json!(receipt))),
+        Ok(Received::NotAnEvent { reason, .. }) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemCode::InvalidEvent,
+            "Still not a CloudEvent",
+            format!("dead letter {id} was replayed and is still not a CloudEvent: {reason}"),
+        )),
+        Err(ReplayError::NotFound(_)) => Err(Problem::not_found("dead letter", &id)),
+        Err(ReplayError::Inspect(e)) => Err(inspect_error(e)),
+        Err(ReplayError::Receive(e)) => Err(receive_error(&e)),
+    }
+}
