@@ -9,9 +9,9 @@
 //! constructors return an error instead.
 //!
 //! Every expression (a step's `if` and `with`, a compensation's `with`,
-//! `spec.outputs`) is parsed here too, into a [`CompiledCondition`] or a
-//! [`CompiledTemplate`] the engine renders; nothing parses CEL at run time.
-//! An expression that does not parse (validation refuses it, so only a
+//! `spec.outputs`, a trigger's `filter` and `params`) is parsed here too,
+//! into a [`CompiledCondition`] or a [`CompiledTemplate`] the engine
+//! renders; nothing parses CEL at run time. An expression that does not parse (validation refuses it, so only a
 //! stored Promise could hold one) is kept with its parse error, which
 //! rendering reports as the step's `render_error`, as it always did.
 
@@ -23,6 +23,7 @@ use crate::promise::{
     Compensation, DEFAULT_STEP_TIMEOUT, PromiseSpec, RetryPolicy, RetrySpec, Step, StepDefaults,
 };
 use crate::time::{DurationError, parse_duration};
+use crate::trigger::CompiledTrigger;
 
 /// A Promise's settings, compiled.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,7 +43,9 @@ pub(crate) struct Compiled {
     pub delete_expressions: Vec<StepExpressions>,
     /// `spec.outputs`, in name order.
     pub outputs: Vec<(String, CompiledTemplate)>,
-    /// The vars the Promise's expressions read, sorted.
+    /// One per trigger of `spec.triggers`, in order.
+    pub triggers: Vec<CompiledTrigger>,
+    /// The vars the Promise's expressions read (triggers' included), sorted.
     pub var_references: Vec<String>,
 }
 
@@ -180,7 +183,13 @@ pub(crate) fn compile(spec: &PromiseSpec) -> Result<Compiled, DurationError> {
         .iter()
         .map(|(name, value)| (name.clone(), CompiledTemplate::compile(value)))
         .collect();
-    let var_references = var_references(&workflow_expressions, &delete_expressions, &outputs);
+    let triggers: Vec<_> = spec.triggers.iter().map(CompiledTrigger::compile).collect();
+    let var_references = var_references(
+        &workflow_expressions,
+        &delete_expressions,
+        &outputs,
+        &triggers,
+    );
     Ok(Compiled {
         run_timeout: duration(spec.timeout.as_ref())?,
         defaults,
@@ -190,6 +199,7 @@ pub(crate) fn compile(spec: &PromiseSpec) -> Result<Compiled, DurationError> {
         workflow_expressions,
         delete_expressions,
         outputs,
+        triggers,
         var_references,
     })
 }
@@ -200,6 +210,7 @@ fn var_references(
     workflow: &[StepExpressions],
     delete: &[StepExpressions],
     outputs: &[(String, CompiledTemplate)],
+    triggers: &[CompiledTrigger],
 ) -> Vec<String> {
     let steps = workflow.iter().chain(delete);
     let templates = steps
@@ -208,7 +219,8 @@ fn var_references(
         .chain(outputs.iter().map(|(_, t)| t));
     let expressions = templates
         .flat_map(CompiledTemplate::expressions)
-        .chain(steps.filter_map(|s| s.condition.as_ref().map(|c| c.expression())));
+        .chain(steps.filter_map(|s| s.condition.as_ref().map(|c| c.expression())))
+        .chain(triggers.iter().flat_map(CompiledTrigger::expressions));
     let mut names: Vec<String> = expressions
         .filter_map(|e| e.parsed())
         .flat_map(|e| e.selected_fields("vars"))

@@ -7,7 +7,9 @@
 //! [`crate::vars`]; captured when the run is created so every engine renders
 //! the same value), and `steps` (for every finished upstream step,
 //! `steps.<id>.outputs` and `steps.<id>.status`). The engine's environment
-//! is not readable: `env` is not a variable.
+//! is not readable: `env` is not a variable. A trigger's `filter` and
+//! `params` are evaluated over two others instead, `event` and `vars` (an
+//! [`EventContext`]; see [`crate::trigger`]).
 //!
 //! A string that is exactly one `${{ }}` keeps the expression's JSON type, so
 //! `replicas: "${{ params.replicas }}"` renders a number; a string mixing text
@@ -70,6 +72,9 @@ fn check_size(source: &str) -> Result<(), String> {
 
 /// Root variables an expression may read.
 pub const ROOTS: [&str; 4] = ["params", "request", "vars", "steps"];
+
+/// Root variables a trigger's expressions may read (see [`EventContext`]).
+pub const EVENT_ROOTS: [&str; 2] = ["event", "vars"];
 
 /// A string split into literal text and expressions.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,7 +217,7 @@ impl ParsedExpression {
         found
     }
 
-    pub fn evaluate(&self, context: &RenderContext) -> Result<Value, RenderError> {
+    pub fn evaluate(&self, context: &impl Scope) -> Result<Value, RenderError> {
         let cel_context = context.to_cel();
         let value = self
             .program
@@ -315,7 +320,7 @@ impl CompiledExpression {
 
     /// Evaluates the program; a source that did not parse fails as
     /// [`RenderError::Parse`].
-    pub fn evaluate(&self, context: &RenderContext) -> Result<Value, RenderError> {
+    pub fn evaluate(&self, context: &impl Scope) -> Result<Value, RenderError> {
         match &self.program {
             Ok(program) => program.evaluate(context),
             Err(message) => Err(RenderError::Parse {
@@ -430,7 +435,7 @@ impl CompiledTemplate {
 
     /// Renders the value: the same result, and the same first error, as
     /// [`render_value`] on the value this was compiled from.
-    pub fn render(&self, context: &RenderContext) -> Result<Value, RenderError> {
+    pub fn render(&self, context: &impl Scope) -> Result<Value, RenderError> {
         Ok(match self {
             CompiledTemplate::Literal(value) => value.clone(),
             CompiledTemplate::Expression(expression) => expression.evaluate(context)?,
@@ -479,7 +484,7 @@ impl CompiledCondition {
     }
 
     /// Evaluates the condition; anything but a boolean is an error.
-    pub fn evaluate(&self, context: &RenderContext) -> Result<bool, RenderError> {
+    pub fn evaluate(&self, context: &impl Scope) -> Result<bool, RenderError> {
         match self.0.evaluate(context)? {
             Value::Bool(b) => Ok(b),
             other => Err(RenderError::NotBoolean {
@@ -501,24 +506,59 @@ pub struct RenderContext {
     pub steps: Value,
 }
 
-impl RenderContext {
+/// The variables a trigger's expressions are evaluated over: the
+/// CloudEvent (as a JSON object) and the captured vars. Nothing else is
+/// readable, which validation enforces before any of them runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventContext<'a> {
+    pub event: &'a Value,
+    pub vars: &'a Value,
+}
+
+/// What an expression can be evaluated over: a run's [`RenderContext`] or a
+/// trigger's [`EventContext`]. Sealed: the variables a Promise may read are
+/// fixed here, next to [`ROOTS`] and [`EVENT_ROOTS`].
+pub trait Scope: scope::Sealed {}
+
+mod scope {
+    pub trait Sealed {
+        fn to_cel(&self) -> cel::Context<'static, 'static>;
+    }
+}
+
+impl Scope for RenderContext {}
+impl Scope for EventContext<'_> {}
+
+impl scope::Sealed for RenderContext {
     fn to_cel(&self) -> cel::Context<'static, 'static> {
-        let mut context = cel::Context::default();
-        for (name, value) in [
+        cel_context([
             ("params", &self.params),
             ("request", &self.request),
             ("vars", &self.vars),
             ("steps", &self.steps),
-        ] {
-            let value = if value.is_null() {
-                cel::Value::Map(std::collections::HashMap::<String, cel::Value>::new().into())
-            } else {
-                json_to_cel(value)
-            };
-            context.add_variable_from_value(name, value);
-        }
-        context
+        ])
     }
+}
+
+impl scope::Sealed for EventContext<'_> {
+    fn to_cel(&self) -> cel::Context<'static, 'static> {
+        cel_context([("event", self.event), ("vars", self.vars)])
+    }
+}
+
+/// A CEL context holding these variables; a null one becomes an empty map,
+/// so reading a field of it fails as a missing key rather than a type error.
+fn cel_context<const N: usize>(variables: [(&str, &Value); N]) -> cel::Context<'static, 'static> {
+    let mut context = cel::Context::default();
+    for (name, value) in variables {
+        let value = if value.is_null() {
+            cel::Value::Map(std::collections::HashMap::<String, cel::Value>::new().into())
+        } else {
+            json_to_cel(value)
+        };
+        context.add_variable_from_value(name, value);
+    }
+    context
 }
 
 /// Converts JSON to CEL, keeping integers signed: CEL does not add `uint`

@@ -14,6 +14,7 @@ pub mod params;
 pub mod promise;
 pub mod status;
 pub mod time;
+pub mod trigger;
 pub mod validate;
 pub mod vars;
 pub mod wire;

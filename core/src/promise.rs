@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::compiled::{Compiled, StepExpressions, StepPolicy, compile, index_of_address};
 use crate::expr::{CompiledCondition, CompiledTemplate};
 use crate::time::DurationError;
+use crate::trigger::{MatchedTrigger, Trigger};
 use crate::validate::{SpecError, SpecErrors, ValidationContext};
 
 pub const API_VERSION: &str = "fulfil.dev/v1";
@@ -101,6 +102,9 @@ pub struct PromiseSpec {
     /// cancelled and the run compensates, then fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Requests filed from inbound events (see [`crate::trigger`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
 }
 
 fn empty_object_schema() -> Value {
@@ -449,6 +453,40 @@ impl Promise {
     /// `spec.outputs`, compiled, in name order.
     pub fn compiled_outputs(&self) -> &[(String, CompiledTemplate)] {
         &self.compiled.outputs
+    }
+
+    /// Triggers of this Promise that an event of `event_type` matches, in
+    /// `spec.triggers` order: on the bus (`nats_subject` = Some) the
+    /// trigger's `subject` (if set) must match the NATS subject and its
+    /// `type` (if set) the CloudEvent type; over HTTP (`None`) a trigger
+    /// matches by `type` alone and a trigger without `type` never matches.
+    pub fn matching_triggers(
+        &self,
+        nats_subject: Option<&str>,
+        event_type: &str,
+    ) -> Vec<MatchedTrigger<'_>> {
+        self.spec
+            .triggers
+            .iter()
+            .zip(&self.compiled.triggers)
+            .filter(|(trigger, _)| trigger.matches(nats_subject, event_type))
+            .map(|(trigger, compiled)| MatchedTrigger::new(trigger, compiled))
+            .collect()
+    }
+
+    /// Every NATS subject pattern the triggers listen on (for the inbound
+    /// stream), sorted, without duplicates. A trigger with only a `type`
+    /// adds none: it hears whatever subjects the inbound stream covers.
+    pub fn trigger_subjects(&self) -> Vec<&str> {
+        let mut subjects: Vec<&str> = self
+            .spec
+            .triggers
+            .iter()
+            .filter_map(|t| t.subject.as_deref())
+            .collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        subjects
     }
 }
 

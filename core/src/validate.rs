@@ -32,7 +32,7 @@ pub struct SpecError {
     /// `invalid_value`, `duplicate_step`, `unknown_need`, `cycle`,
     /// `invalid_duration`, `invalid_schema`, `invalid_expression`,
     /// `unknown_step_reference`, `unknown_variable`, `unknown_var`,
-    /// `too_many_errors`.
+    /// `duplicate_trigger`, `too_many_errors`.
     pub code: &'static str,
     pub message: String,
 }
@@ -191,6 +191,7 @@ pub fn validate_with(promise: &Promise, context: &ValidationContext) -> Result<(
     }
 
     check_schema(&promise.spec.api, &mut err);
+    crate::trigger::check_triggers(&promise.spec.triggers, context, &mut err);
 
     if let Some(retry) = &promise.spec.defaults.retry {
         check_retry("spec.defaults.retry", retry, &mut err);
@@ -271,7 +272,7 @@ pub fn validate_with(promise: &Promise, context: &ValidationContext) -> Result<(
 }
 
 /// A `steps.<id>` an expression reads, checked once the graph is known.
-struct StepRef {
+pub(crate) struct StepRef {
     path: String,
     quoted: String,
     step: String,
@@ -294,7 +295,7 @@ fn some_ids<'a>(ids: impl ExactSizeIterator<Item = &'a str>) -> String {
     out
 }
 
-type Report<'a> = dyn FnMut(String, &'static str, String) + 'a;
+pub(crate) type Report<'a> = dyn FnMut(String, &'static str, String) + 'a;
 
 fn check_schema(schema: &Value, err: &mut Report<'_>) {
     if let Err(e) = jsonschema::meta::validate(schema) {
@@ -555,23 +556,35 @@ fn check_templates(
     err: &mut Report<'_>,
     refs: &mut Vec<StepRef>,
 ) {
+    check_templates_in(path, value, &ROOTS, context, err, refs);
+}
+
+/// [`check_templates`] for expressions that may read only `roots`.
+pub(crate) fn check_templates_in(
+    path: &str,
+    value: &Value,
+    roots: &[&str],
+    context: &ValidationContext,
+    err: &mut Report<'_>,
+    refs: &mut Vec<StepRef>,
+) {
     match value {
         Value::String(text) => match Template::parse(text) {
             Err(message) => err(path.into(), "invalid_expression", message),
             Ok(template) => {
                 for expr in template.expressions() {
-                    check_expression(path, expr.0, context, err, refs);
+                    check_expression_in(path, expr.0, roots, context, err, refs);
                 }
             }
         },
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                check_templates(&format!("{path}[{i}]"), item, context, err, refs);
+                check_templates_in(&format!("{path}[{i}]"), item, roots, context, err, refs);
             }
         }
         Value::Object(map) => {
             for (k, v) in map {
-                check_templates(&format!("{path}.{k}"), v, context, err, refs);
+                check_templates_in(&format!("{path}.{k}"), v, roots, context, err, refs);
             }
         }
         _ => {}
@@ -583,6 +596,18 @@ fn check_templates(
 fn check_expression(
     path: &str,
     source: &str,
+    context: &ValidationContext,
+    err: &mut Report<'_>,
+    refs: &mut Vec<StepRef>,
+) {
+    check_expression_in(path, source, &ROOTS, context, err, refs);
+}
+
+/// [`check_expression`] for an expression that may read only `roots`.
+pub(crate) fn check_expression_in(
+    path: &str,
+    source: &str,
+    roots: &[&str],
     context: &ValidationContext,
     err: &mut Report<'_>,
     refs: &mut Vec<StepRef>,
@@ -612,13 +637,13 @@ fn check_expression(
                      with FULFIL_VAR_<NAME> or a vars file"
                 ),
             );
-        } else if !ROOTS.contains(&var.as_str()) {
+        } else if !roots.contains(&var.as_str()) {
             err(
                 path.into(),
                 "unknown_variable",
                 format!(
                     "expression {quoted} reads unknown variable {var:?}; available: {}",
-                    ROOTS.join(", ")
+                    roots.join(", ")
                 ),
             );
         }
