@@ -134,7 +134,7 @@ async fn publish(
             "specversion": "1.0", "id": id, "source": SOURCE, "type": EVENT_TYPE,
             "datacontenttype": "application/json", "data": { "n": offset + i },
         });
-        let body: bytes::Bytes = serde_json::to_vec(&event)?.into();
+        let body = serde_json::to_vec(&event)?;
         let copies = match resend_every {
             Some(k) if i % k == 0 => {
                 resent += 1;
@@ -144,7 +144,8 @@ async fn publish(
         };
         sent_at.insert(id, Utc::now());
         for _ in 0..copies {
-            acks.push(js.publish(subject.to_string(), body.clone()).await?);
+            let ack = js.publish(subject.to_string(), body.clone().into()).await?;
+            acks.push(std::future::IntoFuture::into_future(ack));
         }
         // Keep the acknowledgements drained so none waits long.
         while let Some(Some(ack)) = futures::FutureExt::now_or_never(acks.next()) {

@@ -57,6 +57,14 @@ pub enum InboundStreamError {
     Unavailable { stream: String, message: String },
 }
 
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 /// The subjects of `subjects` that no other one of them covers: NATS
 /// refuses a stream whose own subjects overlap.
 fn minimal_cover(subjects: BTreeSet<String>) -> Vec<String> {
@@ -88,7 +96,7 @@ pub async fn capture_subjects(
     };
     let existing = match js.get_stream(&stream_name).await {
         Ok(mut s) => Some(s.info().await.map_err(|e| unavailable(&e))?.config.clone()),
-        Err(e) if e.kind() == jetstream::context::GetStreamErrorKind::JetStream => None,
+        Err(e) if is_stream_not_found(&e) => None,
         Err(e) => return Err(unavailable(&e)),
     };
     let current: BTreeSet<String> = existing
@@ -178,7 +186,7 @@ async fn consume(
     let names = engine.names();
     let stream = match js.get_stream(names.inbound_stream()).await {
         Ok(stream) => stream,
-        Err(e) if e.kind() == jetstream::context::GetStreamErrorKind::JetStream => {
+        Err(e) if is_stream_not_found(&e) => {
             return Err(Stopped::NoStream);
         }
         Err(e) => return Err(Stopped::Failed(e.into())),

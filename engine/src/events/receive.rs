@@ -220,9 +220,6 @@ async fn receive_once(
                 if let Some((id, reason)) = &plan.dead_letter {
                     dead.push(*id, arrival, reason, Some(plan.ledger_id));
                 }
-                if let Some(dead_letter) = arrival.replay_of {
-                    dead.replayed(dead_letter, &receipt)?;
-                }
                 let receipt = EventReceipt {
                     id: event.id().to_string(),
                     source: event.source().to_string(),
@@ -232,6 +229,9 @@ async fn receive_once(
                     dead_letter_id,
                 };
                 ledger.push(arrival, event, &receipt)?;
+                if let Some(dead_letter) = arrival.replay_of {
+                    dead.replayed(dead_letter, &receipt)?;
+                }
                 received.push(Received::Event(receipt));
             }
         }
