@@ -10,16 +10,16 @@ use fulfil_api::model;
 use fulfil_core::ids::RunId;
 use serde_json::{Map, Value, json};
 
-use crate::output::{at, opt, print_history, print_json, print_run, print_table};
+use crate::output::{at, opt, print_history, print_run, print_structured, print_table};
 use crate::{ClientArgs, Format};
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
 }
 
 impl Api {
-    fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+    pub(crate) fn new(args: &ClientArgs) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -36,7 +36,7 @@ impl Api {
     /// after the wait it names, up to [`SEND_TRIES`] times in all. Other
     /// 503s are reported, not retried: a connection lost during a commit
     /// cannot say whether the commit happened.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         mut request: reqwest::RequestBuilder,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
@@ -80,7 +80,7 @@ impl Api {
         }
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         Ok(self
             .send(self.http.get(format!("{}{path}", self.base)))
             .await?
@@ -90,7 +90,7 @@ impl Api {
 
 /// An API answer read as its model; the raw value stays for `--output json`,
 /// which prints fields this CLI does not know too.
-fn model<T: serde::de::DeserializeOwned>(body: &Value, what: &str) -> anyhow::Result<T> {
+pub(crate) fn model<T: serde::de::DeserializeOwned>(body: &Value, what: &str) -> anyhow::Result<T> {
     T::deserialize(body).with_context(|| format!("the API answered an unexpected {what}: {body}"))
 }
 
@@ -212,8 +212,8 @@ pub async fn promise_list(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let body = serde_json::json!({ "items": all, "next_cursor": null });
-    if args.output == Format::Json {
-        return print_json(&body);
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
     }
     let rows = items(&body)
         .iter()
@@ -245,8 +245,8 @@ pub async fn promise_get(
         None => format!("/v1/promises/{name}"),
     };
     let body = Api::new(args)?.get(&path).await?;
-    if args.output == Format::Json {
-        return print_json(&body);
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
     }
     print!(
         "{}",
@@ -298,8 +298,8 @@ pub async fn request_create(
         .json(&body);
     let (_, answer) = api.send(request).await?;
     let accepted: model::Accepted = model(&answer, "answer to a new request")?;
-    if args.output == Format::Json && !wait {
-        return print_json(&answer);
+    if args.output != Format::Table && !wait {
+        return print_structured(args.output, &answer);
     }
     eprintln!(
         "request {} accepted{}; run {}",
@@ -350,8 +350,8 @@ async fn follow_run(
         }
         let status = run.status.as_str();
         if run.is_finished() {
-            if format == Format::Json {
-                print_json(&body)?;
+            if format != Format::Table {
+                print_structured(format, &body)?;
             } else {
                 eprintln!(
                     "run {run_id} {status} in {:.2}s",
@@ -383,8 +383,8 @@ async fn follow_run(
 
 pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
     let body = Api::new(args)?.get(&format!("/v1/requests/{id}")).await?;
-    if args.output == Format::Json {
-        return print_json(&body);
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
     }
     let request: model::Request = model(&body, "request")?;
     for (key, value) in [
@@ -404,7 +404,7 @@ pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
+pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
@@ -465,8 +465,8 @@ async fn print_list<T: serde::de::DeserializeOwned>(
     row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let body = Api::new(args)?.get(path).await?;
-    if args.output == Format::Json {
-        return print_json(&body);
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
     }
     let page: model::Page<T> = model(&body, "list")?;
     print_table(headers, page.items.iter().map(row).collect());
@@ -475,8 +475,8 @@ async fn print_list<T: serde::de::DeserializeOwned>(
 
 pub async fn run_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
     let body = Api::new(args)?.get(&format!("/v1/runs/{id}")).await?;
-    if args.output == Format::Json {
-        return print_json(&body);
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
     }
     print_run(&model(&body, "run")?);
     Ok(ExitCode::SUCCESS)
@@ -529,8 +529,8 @@ pub async fn run_history(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
             None => break,
         }
     }
-    if args.output == Format::Json {
-        return print_json(&json!({ "items": all }));
+    if args.output != Format::Table {
+        return print_structured(args.output, &json!({ "items": all }));
     }
     print_history(&events);
     Ok(ExitCode::SUCCESS)
@@ -560,8 +560,8 @@ pub async fn run_cancel(
             reason,
         });
     let (_, body) = api.send(request).await?;
-    if args.output == Format::Json {
-        return print_json(&body);
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
     }
     let cancelled: model::Cancelled = model(&body, "answer to a cancel")?;
     println!(
@@ -589,8 +589,8 @@ pub async fn run_retry(
         .header("Fulfil-Actor", actor())
         .json(&model::RetryRun { step, dry_run });
     let (_, body) = api.send(request).await?;
-    if args.output == Format::Json {
-        return print_json(&body);
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
     }
     let retried: model::Retried = model(&body, "answer to a retry")?;
     let list = |names: &[String]| {

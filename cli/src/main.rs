@@ -1,10 +1,12 @@
 //! `fulfil`: every server role and the operator CLI in one binary.
 //!
 //! Server commands (`dev`, `serve`, `migrate`) talk to Postgres and NATS;
-//! operator commands (`promise`, `request`, `run`) talk to the HTTP API.
+//! operator commands (`promise`, `request`, `run`, `event`, `dead-letter`)
+//! talk to the HTTP API.
 
 mod bench;
 mod client;
+mod events;
 mod output;
 mod report;
 mod server;
@@ -72,6 +74,12 @@ enum Command {
     /// Inspect workflow runs.
     #[command(subcommand)]
     Run(RunCommand),
+    /// Send CloudEvents and see what the Promises' triggers did with them.
+    #[command(subcommand)]
+    Event(events::EventCommand),
+    /// Inspect and replay bus events that could not be used.
+    #[command(subcommand)]
+    DeadLetter(events::DeadLetterCommand),
 }
 
 /// Connection and tuning flags of the server roles.
@@ -150,6 +158,7 @@ pub struct ClientArgs {
 pub enum Format {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Subcommand)]
@@ -391,5 +400,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client,
             } => client::run_retry(&client, &id, step, dry_run).await,
         },
+        Command::Event(cmd) => events::run_event(cmd).await,
+        Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,
     }
 }

@@ -2,12 +2,23 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use fulfil_api::model::{HistoryEvent, Run};
 use serde_json::Value;
 
-pub fn print_json(value: &Value) -> anyhow::Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+use crate::Format;
+
+/// The whole answer, as `--output json` or `--output yaml` asked.
+pub fn print_structured(format: Format, value: &Value) -> anyhow::Result<ExitCode> {
+    if format == Format::Yaml {
+        print!(
+            "{}",
+            serde_saphyr::to_string(value).context("rendering YAML")?
+        );
+    } else {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
