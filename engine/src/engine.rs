@@ -269,7 +269,11 @@ impl Engine {
             )
         };
         let retention = {
-            let (pool, keep, stop) = (self.pool().clone(), config.event_retention, shutdown.clone());
+            let (pool, keep, stop) = (
+                self.pool().clone(),
+                config.event_retention,
+                shutdown.clone(),
+            );
             supervise(
                 roles.clone(),
                 "event retention".into(),

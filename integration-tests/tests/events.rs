@@ -16,12 +16,12 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A Promise whose trigger listens on a subject of this stack only (the
 /// NATS server is shared by parallel tests and streams cannot overlap).
-fn team_db(stack: &TestStack, name_pattern: &str) -> String {
+fn team_db(stack: &TestStack, version: &str, name_pattern: &str) -> String {
     let prefix = stack.names.prefix();
     format!(
         r#"apiVersion: fulfil.dev/v1
 kind: Promise
-metadata: {{ name: team-db, version: "{name_pattern}", owner: team-data }}
+metadata: {{ name: team-db, version: "{version}", owner: team-data }}
 spec:
   api:
     type: object
@@ -78,7 +78,13 @@ async fn publish(
 async fn publish_structured(stack: &TestStack, leaf: &str, event: &Value) -> anyhow::Result<()> {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", "application/cloudevents+json");
-    publish(stack, subject(stack, leaf), headers, serde_json::to_vec(event)?).await
+    publish(
+        stack,
+        subject(stack, leaf),
+        headers,
+        serde_json::to_vec(event)?,
+    )
+    .await
 }
 
 /// The ledger entries of event `id`, waiting until there are `count`.
@@ -106,8 +112,15 @@ async fn ledger_of(stack: &TestStack, id: &str, count: usize) -> anyhow::Result<
     }
 }
 
-async fn post_event(stack: &TestStack, headers: &[(&str, &str)], body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-    let mut request = stack.http.post(format!("{}/v1/events", stack.api)).body(body);
+async fn post_event(
+    stack: &TestStack,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Value)> {
+    let mut request = stack
+        .http
+        .post(format!("{}/v1/events", stack.api))
+        .body(body);
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -116,9 +129,10 @@ async fn post_event(stack: &TestStack, headers: &[(&str, &str)], body: Vec<u8>) 
 }
 
 #[tokio::test]
-async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why() -> anyhow::Result<()> {
+async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why()
+-> anyhow::Result<()> {
     let stack = TestStack::start().await?;
-    stack.apply(&team_db(&stack, "^[a-z-]+$")).await?;
+    stack.apply(&team_db(&stack, "1", "^[a-z-]+$")).await?;
 
     // Structured mode from a plain NATS client.
     publish_structured(&stack, "created", &structured("e-1", "data", "gold")).await?;
@@ -135,7 +149,10 @@ async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why(
     assert_eq!(run["outputs"]["db"], "data-db");
     let request_id = outcome["request_id"].as_str().context("request id")?;
     let (_, request) = stack.get(&format!("/v1/requests/{request_id}")).await?;
-    assert_eq!(request["idempotency_key"], "event:on-team-created:/acme/teams:e-1");
+    assert_eq!(
+        request["idempotency_key"],
+        "event:on-team-created:/acme/teams:e-1"
+    );
     assert_eq!(request["created_by"], "event:/acme/teams");
     let traceparent: Option<String> = sqlx::query_scalar(
         "SELECT context->'request'->>'traceparent' FROM fulfil.runs WHERE id = $1",
@@ -160,7 +177,13 @@ async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why(
     ] {
         headers.insert(k, v);
     }
-    publish(&stack, subject(&stack, "created"), headers, br#"{"team":"web","tier":"gold"}"#.to_vec()).await?;
+    publish(
+        &stack,
+        subject(&stack, "created"),
+        headers,
+        br#"{"team":"web","tier":"gold"}"#.to_vec(),
+    )
+    .await?;
     let binary = ledger_of(&stack, "e-2", 1).await?;
     assert_eq!(binary[0]["outcomes"][0]["outcome"], "filed", "{binary:#?}");
 
@@ -179,7 +202,10 @@ async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why(
     )
     .await?;
     assert_eq!(status, 202, "{receipt:#}");
-    assert_eq!(receipt["outcomes"][0]["outcome"], "duplicate", "{receipt:#}");
+    assert_eq!(
+        receipt["outcomes"][0]["outcome"], "duplicate",
+        "{receipt:#}"
+    );
     assert_eq!(receipt["outcomes"][0]["request_id"], request_id);
     assert_eq!(receipt["id"], "e-1");
     assert_eq!(receipt["source"], "/acme/teams");
@@ -190,7 +216,10 @@ async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why(
     let outcome = &filtered[0]["outcomes"][0];
     assert_eq!(outcome["outcome"], "filtered", "{filtered:#?}");
     assert!(
-        outcome["reason"].as_str().unwrap_or_default().contains("on-team-created"),
+        outcome["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("on-team-created"),
         "{outcome}"
     );
     let ledger_id = filtered[0]["ledger_id"].as_str().context("ledger id")?;
@@ -198,7 +227,12 @@ async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why(
     assert_eq!(status, 200);
     assert_eq!(entry["event"]["data"]["tier"], "silver");
     let (_, only_filtered) = stack.get("/v1/events?outcome=filtered").await?;
-    let ids: Vec<&Value> = only_filtered["items"].as_array().into_iter().flatten().map(|e| &e["id"]).collect();
+    let ids: Vec<&Value> = only_filtered["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["id"])
+        .collect();
     assert_eq!(ids, vec![&json!("e-3")], "{only_filtered:#}");
 
     // An event no trigger wants is still kept, with no outcome.
@@ -226,7 +260,12 @@ async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why(
 
     // Not a CloudEvent over HTTP: 422, nothing stored.
     let ledger_before = stack.count("event_ledger").await?;
-    let (status, problem) = post_event(&stack, &[("content-type", "application/json")], br#"{"hello":1}"#.to_vec()).await?;
+    let (status, problem) = post_event(
+        &stack,
+        &[("content-type", "application/json")],
+        br#"{"hello":1}"#.to_vec(),
+    )
+    .await?;
     assert_eq!(status, 422, "{problem:#}");
     assert_eq!(problem["type"], "https://fulfil.dev/problems/invalid-event");
     assert_eq!(stack.count("event_ledger").await?, ledger_before);
@@ -241,9 +280,15 @@ async fn malformed_and_invalid_events_are_dead_letters_and_a_fixed_promise_files
 -> anyhow::Result<()> {
     let stack = TestStack::start().await?;
     // Names must be digits only: the trigger's "<team>-db" breaks it.
-    stack.apply(&team_db(&stack, "^[0-9]+$")).await?;
+    stack.apply(&team_db(&stack, "1", "^[0-9]+$")).await?;
 
-    publish(&stack, subject(&stack, "created"), HeaderMap::new(), b"\x00\xffnot an event".to_vec()).await?;
+    publish(
+        &stack,
+        subject(&stack, "created"),
+        HeaderMap::new(),
+        b"\x00\xffnot an event".to_vec(),
+    )
+    .await?;
     publish_structured(&stack, "created", &structured("bad-1", "data", "gold")).await?;
     // The consumer goes on after both.
     publish_structured(&stack, "created", &structured("later", "x", "silver")).await?;
@@ -253,19 +298,43 @@ async fn malformed_and_invalid_events_are_dead_letters_and_a_fixed_promise_files
     let outcome = &invalid[0]["outcomes"][0];
     assert_eq!(outcome["outcome"], "invalid", "{invalid:#?}");
     assert_eq!(outcome["violations"][0]["pointer"], "/name", "{outcome}");
-    let dead_letter_id = invalid[0]["dead_letter_id"].as_str().context("dead letter")?.to_string();
+    let dead_letter_id = invalid[0]["dead_letter_id"]
+        .as_str()
+        .context("dead letter")?
+        .to_string();
 
     let (status, dead) = stack.get("/v1/dead-letters").await?;
     assert_eq!(status, 200, "{dead:#}");
     let items = dead["items"].as_array().context("items")?;
     assert_eq!(items.len(), 2, "{dead:#}");
-    let garbage = items.iter().find(|d| d["id"] != dead_letter_id.as_str()).context("garbage")?;
-    assert!(garbage["reason"].as_str().unwrap_or_default().contains("not a CloudEvent"), "{garbage}");
+    let garbage = items
+        .iter()
+        .find(|d| d["id"] != dead_letter_id.as_str())
+        .context("garbage")?;
+    assert!(
+        garbage["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a CloudEvent"),
+        "{garbage}"
+    );
     assert_eq!(garbage["payload_encoding"], "base64");
     assert_eq!(garbage["subject"], subject(&stack, "created"));
-    let schema = items.iter().find(|d| d["id"] == dead_letter_id.as_str()).context("invalid")?;
-    assert!(schema["reason"].as_str().unwrap_or_default().contains("/name"), "{schema}");
-    assert_eq!(schema["headers"]["content-type"], json!(["application/cloudevents+json"]));
+    let schema = items
+        .iter()
+        .find(|d| d["id"] == dead_letter_id.as_str())
+        .context("invalid")?;
+    assert!(
+        schema["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/name"),
+        "{schema}"
+    );
+    assert_eq!(
+        schema["headers"]["content-type"],
+        json!(["application/cloudevents+json"])
+    );
     assert_eq!(stack.count("requests").await?, 0);
 
     // Replayed before the fix: still invalid, nothing filed, replay counted.
@@ -273,18 +342,34 @@ async fn malformed_and_invalid_events_are_dead_letters_and_a_fixed_promise_files
     let answer: Value = stack.http.post(&replay).send().await?.json().await?;
     assert_eq!(answer["outcomes"][0]["outcome"], "invalid", "{answer:#}");
     assert_eq!(stack.count("requests").await?, 0);
-    assert_eq!(stack.count("dead_letters").await?, 2, "a replay writes no new dead letter");
+    assert_eq!(
+        stack.count("dead_letters").await?,
+        2,
+        "a replay writes no new dead letter"
+    );
 
     // Fixed: the schema takes the names the trigger makes.
-    stack.apply(&team_db(&stack, "^[a-z-]+$")).await?;
+    stack.apply(&team_db(&stack, "2", "^[a-z-]+$")).await?;
     let response = stack.http.post(&replay).send().await?;
     assert_eq!(response.status().as_u16(), 200);
     let answer: Value = response.json().await?;
     assert_eq!(answer["outcomes"][0]["outcome"], "filed", "{answer:#}");
-    let run_id = answer["run_id"].as_str().or(answer["outcomes"][0]["run_id"].as_str()).context("run")?.parse()?;
-    assert_eq!(stack.wait_finished(run_id, WAIT).await?["status"], "succeeded");
+    let run_id = answer["run_id"]
+        .as_str()
+        .or(answer["outcomes"][0]["run_id"].as_str())
+        .context("run")?
+        .parse()?;
+    assert_eq!(
+        stack.wait_finished(run_id, WAIT).await?["status"],
+        "succeeded"
+    );
     let (_, dead) = stack.get("/v1/dead-letters").await?;
-    let replayed = dead["items"].as_array().into_iter().flatten().find(|d| d["id"] == dead_letter_id.as_str()).context("still listed")?;
+    let replayed = dead["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["id"] == dead_letter_id.as_str())
+        .context("still listed")?;
     assert_eq!(replayed["replays"], 2, "{replayed}");
     assert_eq!(replayed["last_replay"]["outcomes"][0]["outcome"], "filed");
     // Replaying again files nothing new: the event's key is taken.
@@ -294,11 +379,23 @@ async fn malformed_and_invalid_events_are_dead_letters_and_a_fixed_promise_files
 
     // The garbage is still not a CloudEvent: 422, and it stays listed.
     let garbage_id = garbage["id"].as_str().context("id")?;
-    let response = stack.http.post(format!("{}/v1/dead-letters/{garbage_id}/replay", stack.api)).send().await?;
+    let response = stack
+        .http
+        .post(format!("{}/v1/dead-letters/{garbage_id}/replay", stack.api))
+        .send()
+        .await?;
     assert_eq!(response.status().as_u16(), 422);
     let (status, _) = stack.get("/v1/dead-letters/not-a-uuid/replay").await?;
     assert_eq!(status, 405, "replay is a POST");
-    let response = stack.http.post(format!("{}/v1/dead-letters/{}/replay", stack.api, uuid::Uuid::now_v7())).send().await?;
+    let response = stack
+        .http
+        .post(format!(
+            "{}/v1/dead-letters/{}/replay",
+            stack.api,
+            uuid::Uuid::now_v7()
+        ))
+        .send()
+        .await?;
     assert_eq!(response.status().as_u16(), 404);
     stack.stop().await
 }
@@ -311,12 +408,21 @@ async fn events_published_while_no_engine_runs_are_filed_when_one_starts() -> an
     })
     .await?;
     // Applying the Promise makes the stream capture the trigger's subject.
-    stack.apply(&team_db(&stack, "^[a-z0-9-]+$")).await?;
+    stack.apply(&team_db(&stack, "1", "^[a-z0-9-]+$")).await?;
     for i in 0..5 {
-        publish_structured(&stack, "created", &structured(&format!("down-{i}"), &format!("t{i}"), "gold")).await?;
+        publish_structured(
+            &stack,
+            "created",
+            &structured(&format!("down-{i}"), &format!("t{i}"), "gold"),
+        )
+        .await?;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(stack.count("event_ledger").await?, 0, "no engine, nothing decided yet");
+    assert_eq!(
+        stack.count("event_ledger").await?,
+        0,
+        "no engine, nothing decided yet"
+    );
 
     stack.start_engine();
     for i in 0..5 {

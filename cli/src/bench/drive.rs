@@ -218,7 +218,10 @@ async fn xact_commits(pool: &sqlx::PgPool, database: &str) -> anyhow::Result<i64
 
 /// Waits until Postgres has published the statistics of finished work: they
 /// are flushed about once a second, so read until two readings agree.
-pub(super) async fn settled_xact_commits(pool: &sqlx::PgPool, database: &str) -> anyhow::Result<i64> {
+pub(super) async fn settled_xact_commits(
+    pool: &sqlx::PgPool,
+    database: &str,
+) -> anyhow::Result<i64> {
     let mut last = xact_commits(pool, database).await?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -81,9 +81,18 @@ impl EventsReport {
         );
         let rows = [
             ("published/s", format!("{:.1}", self.published_per_s)),
-            ("events/s (into succeeded runs)", format!("{:.1}", self.events_per_s)),
-            ("published → run started ms p50/p99/max", p(&self.published_to_started_ms)),
-            ("published → run succeeded ms p50/p99/max", p(&self.published_to_succeeded_ms)),
+            (
+                "events/s (into succeeded runs)",
+                format!("{:.1}", self.events_per_s),
+            ),
+            (
+                "published → run started ms p50/p99/max",
+                p(&self.published_to_started_ms),
+            ),
+            (
+                "published → run succeeded ms p50/p99/max",
+                p(&self.published_to_succeeded_ms),
+            ),
             ("duplicates filed", self.duplicates_filed.to_string()),
             ("runs not succeeded", self.failed.to_string()),
             (
@@ -105,7 +114,10 @@ impl EventsReport {
             ));
         }
         for service in &self.services {
-            out.push_str(&format!("  {:<42} cpu {:.1} s\n", service.name, service.cpu_s));
+            out.push_str(&format!(
+                "  {:<42} cpu {:.1} s\n",
+                service.name, service.cpu_s
+            ));
         }
         out
     }
@@ -159,7 +171,11 @@ async fn publish(
 }
 
 /// Waits until `expected` runs of the scratch database have finished.
-async fn wait_finished(pool: &sqlx::PgPool, expected: i64, deadline: Instant) -> anyhow::Result<()> {
+async fn wait_finished(
+    pool: &sqlx::PgPool,
+    expected: i64,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     loop {
         let finished: i64 =
             sqlx::query_scalar("SELECT count(*) FROM fulfil.runs WHERE finished_at IS NOT NULL")
@@ -174,6 +190,9 @@ async fn wait_finished(pool: &sqlx::PgPool, expected: i64, deadline: Instant) ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A filed request's idempotency key, and its run's start, end and status.
+type RunTimes = (String, DateTime<Utc>, Option<DateTime<Utc>>, String);
 
 pub(super) async fn measure(
     args: &BenchArgs,
@@ -201,8 +220,15 @@ pub(super) async fn measure(
         roles.iter().map(procs::figures).collect::<Result<_, _>>()?;
     let services_before = SERVICES.map(procs::cpu_of_processes_named);
 
-    let (sent_at, resent, publish_wall) =
-        publish(&js, &subject, args.warmup, args.workflows, rate, resend_every).await?;
+    let (sent_at, resent, publish_wall) = publish(
+        &js,
+        &subject,
+        args.warmup,
+        args.workflows,
+        rate,
+        resend_every,
+    )
+    .await?;
     let expected = (args.warmup + args.workflows) as i64;
     wait_finished(pool, expected, deadline).await?;
     // Re-sent copies may still be in flight behind the last run: wait for
@@ -227,7 +253,7 @@ pub(super) async fn measure(
         .await?;
 
     let key_prefix = format!("event:{TRIGGER}:{SOURCE}:");
-    let rows: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>, String)> = sqlx::query_as(
+    let rows: Vec<RunTimes> = sqlx::query_as(
         "SELECT q.idempotency_key, r.created_at, r.finished_at, r.status
          FROM fulfil.requests q JOIN fulfil.runs r ON r.id = q.run_id",
     )
@@ -239,13 +265,11 @@ pub(super) async fn measure(
     let mut failed = 0;
     let (mut first, mut last) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
     for (key, created, finished, status) in &rows {
-        let Some(sent) = key
-            .strip_prefix(&key_prefix)
-            .and_then(|id| sent_at.get(id))
-        else {
+        let Some(sent) = key.strip_prefix(&key_prefix).and_then(|id| sent_at.get(id)) else {
             continue;
         };
-        let ms = |later: DateTime<Utc>| (later - *sent).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        let ms =
+            |later: DateTime<Utc>| (later - *sent).num_microseconds().unwrap_or(0) as f64 / 1000.0;
         started_ms.push(ms(*created));
         if status != "succeeded" {
             failed += 1;

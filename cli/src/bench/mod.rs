@@ -148,6 +148,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{failed} of {} workflows did not succeed",
         args.workflows
     );
-    anyhow::ensure!(duplicates == 0, "{duplicates} duplicate requests were filed");
+    anyhow::ensure!(
+        duplicates == 0,
+        "{duplicates} duplicate requests were filed"
+    );
     Ok(())
 }

@@ -110,7 +110,12 @@ pub async fn capture_subjects(
     if new.is_empty() {
         return Ok(());
     }
-    let subjects = minimal_cover(current.into_iter().chain(new.iter().map(|s| s.to_string())).collect());
+    let subjects = minimal_cover(
+        current
+            .into_iter()
+            .chain(new.iter().map(|s| s.to_string()))
+            .collect(),
+    );
     let refused = |e: &dyn std::fmt::Display| InboundStreamError::Refused {
         stream: stream_name.clone(),
         subjects: new.iter().map(|s| s.to_string()).collect(),
@@ -145,12 +150,21 @@ async fn trigger_subjects(engine: &Engine) -> Result<Vec<String>, super::Receive
     Ok(super::receive::promise_heads(engine)
         .await?
         .iter()
-        .flat_map(|p| p.trigger_subjects().into_iter().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|p| {
+            p.trigger_subjects()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .collect())
 }
 
 /// The consumer loop of one engine process; runs until `shutdown`.
-pub(crate) async fn run_consumer(engine: Engine, js: jetstream::Context, shutdown: CancellationToken) {
+pub(crate) async fn run_consumer(
+    engine: Engine,
+    js: jetstream::Context,
+    shutdown: CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         match trigger_subjects(&engine).await {
             Ok(subjects) => {
@@ -203,9 +217,15 @@ async fn consume(
         .get_or_create_consumer(&names.inbound_consumer(), consumer_config)
         .await
         .map_err(|e| Stopped::Failed(e.into()))?;
-    let feed = PullFeed::open(js, consumer, BATCH * CONCURRENCY, PULL_EXPIRES, PULL_HEARTBEAT)
-        .await
-        .map_err(|e| Stopped::Failed(e.into()))?;
+    let feed = PullFeed::open(
+        js,
+        consumer,
+        BATCH * CONCURRENCY,
+        PULL_EXPIRES,
+        PULL_HEARTBEAT,
+    )
+    .await
+    .map_err(|e| Stopped::Failed(e.into()))?;
     let messages = futures::stream::unfold(Some(feed), |feed| async move {
         let mut feed = feed?;
         match feed.next().await {
@@ -244,7 +264,9 @@ async fn consume(
 }
 
 /// Headers of a NATS message, each name with its values.
-pub(crate) fn raw_headers(headers: Option<&async_nats::HeaderMap>) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn raw_headers(
+    headers: Option<&async_nats::HeaderMap>,
+) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, values) in headers.iter().flat_map(|h| h.iter()) {
         out.entry(name.to_string())
@@ -301,7 +323,11 @@ async fn decide_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetst
 
 fn log_received(received: &[Received]) {
     for r in received {
-        if let Received::NotAnEvent { dead_letter_id, reason } = r {
+        if let Received::NotAnEvent {
+            dead_letter_id,
+            reason,
+        } = r
+        {
             debug!(%dead_letter_id, %reason, "a bus message that is not a CloudEvent was dead-lettered");
         }
     }
@@ -316,7 +342,12 @@ async fn ack(message: &jetstream::Message) {
 
 /// Leaves `message` to be redelivered, or on its last delivery moves it to
 /// the bus's dead letters with the reason: it never spins.
-async fn retry_later(engine: &Engine, js: &jetstream::Context, message: &jetstream::Message, reason: &str) {
+async fn retry_later(
+    engine: &Engine,
+    js: &jetstream::Context,
+    message: &jetstream::Message,
+    reason: &str,
+) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     if delivered >= MAX_DELIVER {
         let reason = format!("not decided after {delivered} deliveries: {reason}");

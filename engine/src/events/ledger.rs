@@ -49,7 +49,19 @@ type LedgerRow = (
 const LEDGER_COLUMNS: &str = "ledger_id, received_at, via, nats_subject, event_id, source, type, event, outcomes, waits_completed, dead_letter_id";
 
 fn entry(row: LedgerRow) -> Result<LedgerEntry, InspectError> {
-    let (ledger_id, received_at, via, nats_subject, id, source, event_type, event, outcomes, waits, dead_letter_id) = row;
+    let (
+        ledger_id,
+        received_at,
+        via,
+        nats_subject,
+        id,
+        source,
+        event_type,
+        event,
+        outcomes,
+        waits,
+        dead_letter_id,
+    ) = row;
     let corrupt = |what: &str, e: &dyn std::fmt::Display| {
         InspectError::Db(sqlx::Error::Decode(
             format!("ledger entry {ledger_id}: {what}: {e}").into(),
@@ -103,7 +115,10 @@ pub async fn list_events(
 }
 
 /// One ledger entry.
-pub async fn get_event(pool: &PgPool, ledger_id: Uuid) -> Result<Option<LedgerEntry>, InspectError> {
+pub async fn get_event(
+    pool: &PgPool,
+    ledger_id: Uuid,
+) -> Result<Option<LedgerEntry>, InspectError> {
     let row: Option<LedgerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {LEDGER_COLUMNS} FROM fulfil.event_ledger WHERE ledger_id = $1"
     )))
@@ -113,45 +128,46 @@ pub async fn get_event(pool: &PgPool, ledger_id: Uuid) -> Result<Option<LedgerEn
     row.map(entry).transpose()
 }
 
-type DeadLetterRow = (
-    Uuid,
-    DateTime<Utc>,
-    Option<String>,
-    String,
-    Value,
-    Vec<u8>,
-    Option<Uuid>,
-    i32,
-    Option<DateTime<Utc>>,
-    Option<Value>,
-);
+#[derive(sqlx::FromRow)]
+struct DeadLetterRow {
+    id: Uuid,
+    received_at: DateTime<Utc>,
+    subject: Option<String>,
+    reason: String,
+    headers: Value,
+    payload: Vec<u8>,
+    ledger_id: Option<Uuid>,
+    replays: i32,
+    replayed_at: Option<DateTime<Utc>>,
+    last_replay: Option<Value>,
+}
 
-const DEAD_LETTER_COLUMNS: &str =
-    "id, received_at, subject, reason, headers, payload, ledger_id, replays, replayed_at, last_replay";
+const DEAD_LETTER_COLUMNS: &str = "id, received_at, subject, reason, headers, payload, ledger_id, replays, replayed_at, last_replay";
 
 fn dead_letter(row: DeadLetterRow) -> Result<DeadLetter, InspectError> {
-    let (id, received_at, subject, reason, headers, payload, ledger_id, replays, replayed_at, last_replay) = row;
-    let headers: BTreeMap<String, Vec<String>> = serde_json::from_value(headers).map_err(|e| {
-        InspectError::Db(sqlx::Error::Decode(
-            format!("dead letter {id}: headers: {e}").into(),
-        ))
-    })?;
-    let (payload, payload_encoding) = match String::from_utf8(payload) {
+    let id = row.id;
+    let headers: BTreeMap<String, Vec<String>> =
+        serde_json::from_value(row.headers).map_err(|e| {
+            InspectError::Db(sqlx::Error::Decode(
+                format!("dead letter {id}: headers: {e}").into(),
+            ))
+        })?;
+    let (payload, payload_encoding) = match String::from_utf8(row.payload) {
         Ok(text) => (text, "utf8"),
         Err(e) => (super::cloudevent::base64(e.as_bytes()), "base64"),
     };
     Ok(DeadLetter {
         id,
-        received_at,
-        subject,
-        reason,
+        received_at: row.received_at,
+        subject: row.subject,
+        reason: row.reason,
         headers,
         payload,
         payload_encoding: payload_encoding.to_string(),
-        ledger_id,
-        replays,
-        replayed_at,
-        last_replay,
+        ledger_id: row.ledger_id,
+        replays: row.replays,
+        replayed_at: row.replayed_at,
+        last_replay: row.last_replay,
     })
 }
 
@@ -170,7 +186,10 @@ pub async fn list_dead_letters(
     .bind(limit + 1)
     .fetch_all(pool)
     .await?;
-    let items = rows.into_iter().map(dead_letter).collect::<Result<Vec<_>, _>>()?;
+    let items = rows
+        .into_iter()
+        .map(dead_letter)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(paged(items, limit, |d| d.id.to_string()))
 }
 
@@ -208,7 +227,9 @@ pub async fn keep_retention(
 ) {
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     loop {
-        let cutoff = Utc::now().checked_sub_signed(retention).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let cutoff = Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         for (table, column) in [
             ("fulfil.event_ledger", "ledger_id"),
             ("fulfil.dead_letters", "id"),
@@ -224,7 +245,11 @@ pub async fn keep_retention(
                 .await;
                 match deleted {
                     Ok(done) if done.rows_affected() > 0 => {
-                        debug!(table, rows = done.rows_affected(), "retention removed old rows");
+                        debug!(
+                            table,
+                            rows = done.rows_affected(),
+                            "retention removed old rows"
+                        );
                     }
                     Ok(_) => break,
                     Err(e) => {

@@ -19,8 +19,8 @@ mod receive;
 use std::collections::BTreeMap;
 
 pub use cloudevent::{NotACloudEvent, ReceivedEvent};
-pub use consumer::{InboundStreamError, MAX_DELIVER, capture_subjects};
 pub(crate) use consumer::run_consumer;
+pub use consumer::{InboundStreamError, MAX_DELIVER, capture_subjects};
 pub use ledger::{
     DEFAULT_RETENTION, LedgerFilter, get_event, keep_retention, list_dead_letters, list_events,
 };

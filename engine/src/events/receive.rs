@@ -58,7 +58,10 @@ pub enum Received {
     /// A CloudEvent: its ledger entry and each trigger's outcome.
     Event(EventReceipt),
     /// Not a CloudEvent: kept as a dead letter with the reason.
-    NotAnEvent { dead_letter_id: Uuid, reason: String },
+    NotAnEvent {
+        dead_letter_id: Uuid,
+        reason: String,
+    },
 }
 
 /// Why a batch could not be committed; nothing of it was.
@@ -96,10 +99,7 @@ const MAX_KEY_LEN: usize = 255;
 
 /// Decides and commits every arrival of the batch in one transaction; the
 /// answers are in the order of `arrivals`.
-pub async fn receive(
-    engine: &Engine,
-    arrivals: &[Arrival],
-) -> Result<Vec<Received>, ReceiveError> {
+pub async fn receive(engine: &Engine, arrivals: &[Arrival]) -> Result<Vec<Received>, ReceiveError> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -255,7 +255,10 @@ pub(crate) async fn promise_heads(engine: &Engine) -> Result<Vec<Arc<Promise>>, 
             .await?;
     let mut promises = Vec::new();
     for (name, version) in heads {
-        let promise = engine.promises().load(engine.pool(), &name, &version).await?;
+        let promise = engine
+            .promises()
+            .load(engine.pool(), &name, &version)
+            .await?;
         if !promise.spec.triggers.is_empty() {
             promises.push(promise);
         }
@@ -307,7 +310,15 @@ fn decide(
                 promise.metadata.name,
                 violations
                     .iter()
-                    .map(|v| format!("{} {}", if v.pointer.is_empty() { "/" } else { &v.pointer }, v.message))
+                    .map(|v| format!(
+                        "{} {}",
+                        if v.pointer.is_empty() {
+                            "/"
+                        } else {
+                            &v.pointer
+                        },
+                        v.message
+                    ))
                     .collect::<Vec<_>>()
                     .join("; ")
             );
@@ -324,7 +335,10 @@ fn decide(
         Err(ParamsError::Schema(message)) => {
             return settled(
                 EventOutcome::Invalid,
-                format!("the schema of Promise {} does not compile: {message}", promise.metadata.name),
+                format!(
+                    "the schema of Promise {} does not compile: {message}",
+                    promise.metadata.name
+                ),
             );
         }
     };
@@ -369,7 +383,12 @@ fn filed(
     request: &ValidRequest,
 ) -> TriggerOutcome {
     let (outcome, request_id, run_id, reason) = match outcome {
-        Some(Ok(a)) if !a.replayed => (EventOutcome::Filed, Some(a.request_id), Some(a.run_id), None),
+        Some(Ok(a)) if !a.replayed => (
+            EventOutcome::Filed,
+            Some(a.request_id),
+            Some(a.run_id),
+            None,
+        ),
         Some(Ok(a)) => (
             EventOutcome::Duplicate,
             Some(a.request_id),
@@ -502,9 +521,8 @@ impl DeadLetterRows {
 
     fn replayed(&mut self, id: Uuid, receipt: &EventReceipt) -> Result<(), ReceiveError> {
         self.replays.push(id);
-        self.replay_receipts.push(
-            serde_json::to_value(receipt).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
-        );
+        self.replay_receipts
+            .push(serde_json::to_value(receipt).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
         Ok(())
     }
 
