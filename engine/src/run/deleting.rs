@@ -102,7 +102,9 @@ pub(crate) fn promise_for(
 }
 
 /// A configure run's context as a delete run's expressions see it: the
-/// same, with the request's outputs as `request.outputs`.
+/// same, with the request's outputs as `request.outputs` (`{}` when it has
+/// none, as when its configure run was stopped: a teardown tests
+/// `has(request.outputs.x)` instead of failing to render).
 pub fn delete_context(configure_context: &Value, outputs: Option<&Value>) -> Value {
     let mut context = configure_context.clone();
     if let Some(object) = context.as_object_mut() {
@@ -112,7 +114,10 @@ pub fn delete_context(configure_context: &Value, outputs: Option<&Value>) -> Val
         if let Some(request) = request.as_object_mut() {
             request.insert(
                 "outputs".to_string(),
-                outputs.cloned().unwrap_or(Value::Null),
+                outputs
+                    .filter(|v| !v.is_null())
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(serde_json::Map::new())),
             );
         }
     }
@@ -160,12 +165,13 @@ pub(crate) fn start_delete_run(of: &Run, new: NewDeleteRun) -> Result<Run, RunEr
 }
 
 /// The request's outputs as a delete run keeps them: the ones it was given
-/// in `request.outputs`, so a teardown's end leaves them as they were.
+/// in `request.outputs`, so a teardown's end leaves them as they were
+/// (`{}` stood for none).
 fn kept_outputs(run: &Run) -> Option<Value> {
     run.context
         .get("request")
         .and_then(|r| r.get("outputs"))
-        .filter(|v| !v.is_null())
+        .filter(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
         .cloned()
 }
 
