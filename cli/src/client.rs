@@ -469,7 +469,8 @@ async fn follow_delete(
                     started.elapsed().as_secs_f64()
                 );
                 if let (Some(run), "delete_failed") = (request.delete_run_id, status) {
-                    let run: model::Run = model(&api.get(&format!("/v1/runs/{run}")).await?, "run")?;
+                    let run: model::Run =
+                        model(&api.get(&format!("/v1/runs/{run}")).await?, "run")?;
                     if let Some(error) = &run.error {
                         eprintln!("  error: {error}");
                     }

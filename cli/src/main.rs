@@ -199,7 +199,9 @@ enum RequestCommand {
     /// Delete a request: run its Promise's `delete` workflow (a run of kind
     /// `delete`), after stopping a configure run still going at its step
     /// boundary. Deleting twice answers with the same delete run.
-    #[command(after_help = "Examples:\n  fulfil request delete 0193a1c2-7b3e-7c1a-9f00-3d2e1a4b5c6d --wait\n  fulfil request delete 0193a1c2-7b3e-7c1a-9f00-3d2e1a4b5c6d --force")]
+    #[command(
+        after_help = "Examples:\n  fulfil request delete 0193a1c2-7b3e-7c1a-9f00-3d2e1a4b5c6d --wait\n  fulfil request delete 0193a1c2-7b3e-7c1a-9f00-3d2e1a4b5c6d --force"
+    )]
     Delete {
         id: String,
         /// Mark the request deleted now, without a teardown (recorded in

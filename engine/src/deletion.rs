@@ -118,7 +118,9 @@ pub async fn delete_request(
         return Err(RunError::Corrupt(format!("request {request_id} has no run")).into());
     };
     let Some(mut configure) = lock_run(engine, &mut tx, run_id, actor.to_string()).await? else {
-        return Err(RunError::Corrupt(format!("run {run_id} of request {request_id} is missing")).into());
+        return Err(
+            RunError::Corrupt(format!("run {run_id} of request {request_id} is missing")).into(),
+        );
     };
     let row: RequestRow = sqlx::query_as(
         "SELECT status, outputs, delete_run_id FROM fulfil.requests WHERE id = $1 FOR UPDATE",

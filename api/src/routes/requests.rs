@@ -143,26 +143,6 @@ pub struct DeleteQuery {
     force: bool,
 }
 
-/// Who asks, recorded in history: the `Fulfil-Actor` header until
-/// principals arrive, else `api`.
-fn actor(headers: &HeaderMap) -> Result<String, Problem> {
-    match headers.get("fulfil-actor") {
-        None => Ok("api".to_string()),
-        Some(v) => {
-            let text = v
-                .to_str()
-                .map_err(|_| Problem::bad_request("Fulfil-Actor header is not valid text"))?
-                .trim();
-            if text.is_empty() || text.len() > 200 {
-                return Err(Problem::bad_request(
-                    "Fulfil-Actor header must be 1 to 200 characters",
-                ));
-            }
-            Ok(text.to_string())
-        }
-    }
-}
-
 /// `DELETE /v1/requests/{id}[?force=true]`: 202 with the delete run (see
 /// `fulfil_engine::deletion`); deleting twice answers the same run.
 pub async fn delete(
@@ -172,14 +152,12 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let request_id: RequestId = parse_id("request", &id)?;
-    let actor = actor(&headers)?;
+    let actor = super::runs::actor(&headers);
     let deletion = delete_request(&state.engine, request_id, &actor, q.force)
         .await
         .map_err(|e| match e {
             DeleteError::NotFound(_) => Problem::not_found("request", &id),
-            DeleteError::Run(fulfil_engine::run::RunError::Db(e)) => {
-                crate::problem::from_db(&e)
-            }
+            DeleteError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
             DeleteError::Run(e) => Problem::internal(&e),
         })?;
     let run_id = deletion.run_id;

@@ -98,7 +98,9 @@ pub async fn history(
 }
 
 /// Who is acting, from the `Fulfil-Actor` header (the CLI sends `cli:<user>`).
-fn actor(headers: &HeaderMap) -> String {
+/// Who acts, recorded in history: the `Fulfil-Actor` header until
+/// principals arrive, else `api`.
+pub(super) fn actor(headers: &HeaderMap) -> String {
     headers
         .get("fulfil-actor")
         .and_then(|v| v.to_str().ok())

@@ -25,9 +25,9 @@
 
 use std::sync::Arc;
 
+use fulfil_core::dag::CompensationStatus;
 use fulfil_core::ids::RunId;
 use fulfil_core::status::{RequestStatus, RunKind, TimerKind};
-use fulfil_core::dag::CompensationStatus;
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{Promise, RunStatus, StepStatus};
 use serde_json::{Value, json};
@@ -86,10 +86,7 @@ pub fn teardown(promise: &Promise) -> Result<Option<Arc<Promise>>, RunError> {
 }
 
 /// The Promise a run of `kind` follows, given its request's Promise.
-pub(crate) fn promise_for(
-    kind: RunKind,
-    promise: Arc<Promise>,
-) -> Result<Arc<Promise>, RunError> {
+pub(crate) fn promise_for(kind: RunKind, promise: Arc<Promise>) -> Result<Arc<Promise>, RunError> {
     match kind {
         RunKind::Delete => teardown(&promise)?.ok_or_else(|| {
             RunError::Corrupt(format!(
@@ -324,7 +321,13 @@ pub(crate) fn hand_off(run: &mut Run, handoff: Handoff) -> Result<(), RunError> 
         .map(|s| s.step_id.clone())
         .collect();
     for step_id in idle_undos {
-        set_compensation(run, &step_id, CompensationStatus::Cancelled, None, Some(&why))?;
+        set_compensation(
+            run,
+            &step_id,
+            CompensationStatus::Cancelled,
+            None,
+            Some(&why),
+        )?;
     }
     if forced {
         stop_in_flight(run, TaskKind::Action, &why)?;

@@ -217,11 +217,13 @@ async fn load_runs(
             .load(engine.pool(), &row.promise, &row.promise_version)
             .await?;
         let promise = super::deleting::promise_for(kind, promise)?;
-        let handoff = row.delete_requested_by.map(|actor| super::deleting::Handoff {
-            delete_run_id: row.delete_run_id,
-            actor,
-            forced: row.delete_forced,
-        });
+        let handoff = row
+            .delete_requested_by
+            .map(|actor| super::deleting::Handoff {
+                delete_run_id: row.delete_run_id,
+                actor,
+                forced: row.delete_forced,
+            });
         runs.insert(
             row.id,
             Run {

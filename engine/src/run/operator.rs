@@ -164,11 +164,10 @@ pub async fn retry_run(
     if run.kind != RunKind::Delete {
         // A delete locks the configure run before the request, so the
         // request's status read under this run's lock stays as read.
-        let status: String =
-            sqlx::query_scalar("SELECT status FROM fulfil.requests WHERE id = $1")
-                .bind(run.request_id.as_uuid())
-                .fetch_one(&mut *tx)
-                .await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM fulfil.requests WHERE id = $1")
+            .bind(run.request_id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
         let status = RequestStatus::parse(&status).map_err(RunError::from)?;
         if matches!(
             status,

@@ -79,7 +79,10 @@ fn delete_stops_a_configure_run_at_its_step_boundary_then_starts_the_delete_run(
         vec![(event::RUN_CANCEL_REQUESTED, None, None)],
         "nothing ends yet: create is in flight"
     );
-    assert!(writes.cancels.is_empty(), "the in-flight attempt is not killed");
+    assert!(
+        writes.cancels.is_empty(),
+        "the in-flight attempt is not killed"
+    );
     assert!(tasks(&writes).is_empty(), "nothing new starts");
     assert!(writes.request.is_none() && writes.ending.is_none());
     assert_eq!(h.run.status, RunStatus::Running);
@@ -133,7 +136,10 @@ fn delete_stops_a_configure_run_at_its_step_boundary_then_starts_the_delete_run(
         ]
     );
     let sent = tasks(&writes);
-    assert_eq!(dispatched(&writes), vec![("revoke".into(), TaskKind::Action, 1)]);
+    assert_eq!(
+        dispatched(&writes),
+        vec![("revoke".into(), TaskKind::Action, 1)]
+    );
     assert_eq!(sent[0].handler, "db.revoke");
     assert_eq!(
         sent[0].input,
@@ -142,10 +148,16 @@ fn delete_stops_a_configure_run_at_its_step_boundary_then_starts_the_delete_run(
     );
     assert_eq!(d.run.status, RunStatus::Running);
     assert_eq!(d.step("drop").status, StepStatus::Pending);
-    assert!(d.run.step("create").is_none(), "the configure steps are not its");
+    assert!(
+        d.run.step("create").is_none(),
+        "the configure steps are not its"
+    );
 
     // The handed-off run is not retried: its delete run is.
-    assert!(matches!(h.retry(None, false), Err(OperatorError::Conflict(_))));
+    assert!(matches!(
+        h.retry(None, false),
+        Err(OperatorError::Conflict(_))
+    ));
 }
 
 #[test]
@@ -187,7 +199,11 @@ fn forced_delete_abandons_in_flight_work_and_deletes_at_once() {
     let grant = h.latest("grant", TaskKind::Action);
 
     let writes = hand_off_run(&mut h, None, true);
-    assert_eq!(writes.cancels.len(), 1, "the in-flight attempt is abandoned");
+    assert_eq!(
+        writes.cancels.len(),
+        1,
+        "the in-flight attempt is abandoned"
+    );
     assert_eq!(writes.cancels[0].step_id, "grant");
     assert!(tasks(&writes).is_empty(), "no teardown, no undo");
     assert_eq!(h.run.status, RunStatus::Cancelled);
@@ -229,15 +245,25 @@ fn delete_run_settles_the_request_and_an_operator_retry_reopens_it() {
         failed.data["reason"],
         json!("step revoke failed: role in use")
     );
-    assert!(writes.events.iter().all(|e| e.kind != kinds::REQUEST_DELETED));
+    assert!(
+        writes
+            .events
+            .iter()
+            .all(|e| e.kind != kinds::REQUEST_DELETED)
+    );
 
-    let (plan, writes) = d.retry(None, false).expect("a failed delete run is retried");
+    let (plan, writes) = d
+        .retry(None, false)
+        .expect("a failed delete run is retried");
     assert_eq!(plan.rerun, vec!["revoke", "drop"]);
     assert_eq!(
         writes.request.as_ref().map(|r| r.status),
         Some(RequestStatus::Deleting)
     );
-    assert_eq!(dispatched(&writes), vec![("revoke".into(), TaskKind::Action, 2)]);
+    assert_eq!(
+        dispatched(&writes),
+        vec![("revoke".into(), TaskKind::Action, 2)]
+    );
 
     let writes = d.succeed("revoke", TaskKind::Action, json!({}));
     assert_eq!(
