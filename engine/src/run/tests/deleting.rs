@@ -31,7 +31,10 @@ spec:
       - id: drop
         needs: [revoke]
         uses: db.drop
-        with: { outputs: "${{ request.outputs }}" }
+        with:
+          outputs: "${{ request.outputs }}"
+          db: "${{ has(request.outputs.db) ? request.outputs.db : 'none' }}"
+
   outputs:
     db: "${{ steps.create.outputs.db }}"
 "#;
@@ -268,7 +271,7 @@ fn delete_run_settles_the_request_and_an_operator_retry_reopens_it() {
     let writes = d.succeed("revoke", TaskKind::Action, json!({}));
     assert_eq!(
         tasks(&writes)[0].input,
-        json!({ "outputs": {} }),
+        json!({ "outputs": {}, "db": "none" }),
         "a stopped configure run left the request no outputs"
     );
     let writes = d.succeed("drop", TaskKind::Action, json!({}));
