@@ -336,6 +336,23 @@ async fn force_and_a_promise_without_delete_delete_at_once() -> anyhow::Result<(
         .send()
         .await?;
     assert_eq!(response.status().as_u16(), 409);
+
+    // Concurrent deletes serialise on the request: one delete run.
+    let (request_id, configure) = file(&stack, "database", json!({ "name": "y" })).await?;
+    stack.wait_finished(configure, WAIT).await?;
+    let (first, second) = tokio::join!(
+        delete(&stack, &request_id, false, None),
+        delete(&stack, &request_id, false, None)
+    );
+    let (first, second) = (first?, second?);
+    assert_eq!((first.0, second.0), (202, 202));
+    assert_eq!(id_of(&first.2, "run_id")?, id_of(&second.2, "run_id")?);
+    assert_ne!(
+        first.2["replayed"], second.2["replayed"],
+        "one of them started it"
+    );
+    let (_, delete_runs) = stack.get("/v1/runs?kind=delete").await?;
+    assert_eq!(delete_runs["items"].as_array().map(Vec::len), Some(1));
     stack.stop().await
 }
 
