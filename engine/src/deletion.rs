@@ -10,7 +10,7 @@
 //! * a finished configure run: the delete run (kind `delete`, the
 //!   Promise's `spec.delete` workflow) is created and started now;
 //! * a configure run still going is handed off
-//!   ([`crate::run::deleting::hand_off`]): it stops at its step boundary
+//!   (`run::deleting::hand_off`): it stops at its step boundary
 //!   and, when its in-flight attempts have finished, ends `cancelled` and
 //!   starts the delete run in the same change. The delete run's id is
 //!   chosen and answered now;

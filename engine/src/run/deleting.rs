@@ -15,7 +15,7 @@
 //! nothing is compensated, and it ends `cancelled`. Its end then never
 //! touches the request's status the way a configure run's end does; it
 //! starts the delete run in the same change (the run is
-//! [spawned](Run::take_spawned) and stored by the same flush), or, with no
+//! spawned and stored by the same flush), or, with no
 //! teardown to run, marks the request `deleted`.
 //!
 //! Invariant: a request's status moves to `deleted` or `delete_failed`
