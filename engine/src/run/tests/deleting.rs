@@ -293,3 +293,40 @@ fn delete_run_settles_the_request_and_an_operator_retry_reopens_it() {
         d.history_kinds()
     );
 }
+
+#[test]
+fn a_compensating_run_finishes_the_undo_in_flight_then_hands_off() {
+    let (mut h, _) = Harness::start(DATABASE, json!({ "name": "orders" }));
+    h.succeed("create", TaskKind::Action, json!({ "db": "db-7" }));
+    let writes = h.fail("grant", TaskKind::Action, permanent("no such role"));
+    assert_eq!(h.run.status, RunStatus::Compensating);
+    assert_eq!(
+        dispatched(&writes),
+        vec![("create".into(), TaskKind::Compensation, 1)]
+    );
+
+    let writes = hand_off_run(&mut h, Some(RunId::generate()), false);
+    assert!(
+        writes.cancels.is_empty(),
+        "the undo in flight is not killed"
+    );
+    assert!(tasks(&writes).is_empty());
+    assert_eq!(h.run.status, RunStatus::Compensating);
+    assert!(h.run.spawned.is_none());
+
+    let writes = h.succeed("create", TaskKind::Compensation, json!({}));
+    assert_eq!(
+        h.step("create").compensation,
+        Some(CompensationStatus::Succeeded),
+        "its result is applied"
+    );
+    assert_eq!(
+        h.run.status,
+        RunStatus::Cancelled,
+        "not compensated: stopped"
+    );
+    assert!(writes.request.is_none());
+    let delete = h.run.take_spawned().expect("the delete run starts");
+    assert_eq!(delete.kind, RunKind::Delete);
+    assert_eq!(delete.status, RunStatus::Running);
+}
