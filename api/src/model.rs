@@ -61,11 +61,43 @@ pub struct Request {
     pub params: Value,
     pub status: String,
     pub run_id: Option<RunId>,
+    /// The delete run, once the request is being deleted; null before, and
+    /// when it was deleted without one.
+    #[serde(default)]
+    pub delete_run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The 202 answer to `DELETE /v1/requests/{id}[?force=true]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub request_id: RequestId,
+    /// `deleting`, or `deleted` when nothing was left to run.
+    pub status: String,
+    /// The delete run; null when the request was deleted without one (no
+    /// `delete` workflow, or `force`).
+    pub run_id: Option<RunId>,
+    /// This call deleted the request without a teardown.
+    pub forced: bool,
+    /// The request was already being deleted: nothing new started.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+impl From<fulfil_engine::deletion::Deletion> for Deletion {
+    fn from(d: fulfil_engine::deletion::Deletion) -> Self {
+        Self {
+            request_id: d.request_id,
+            status: d.status.as_str().to_string(),
+            run_id: d.run_id,
+            forced: d.forced,
+            replayed: d.replayed,
+        }
+    }
 }
 
 /// A run: `GET /v1/runs/{id}` (with its steps), items of `GET /v1/runs`
@@ -209,6 +241,7 @@ impl From<inspect::RequestView> for Request {
             params: r.params,
             status: r.status,
             run_id: r.run_id,
+            delete_run_id: r.delete_run_id,
             outputs: r.outputs,
             idempotency_key: r.idempotency_key,
             created_by: r.created_by,
@@ -365,6 +398,7 @@ mod tests {
             params: json!({ "name": "x" }),
             status: "accepted".into(),
             run_id: Some(run_id),
+            delete_run_id: None,
             outputs: None,
             idempotency_key: None,
             created_by: Some("api".into()),

@@ -393,6 +393,7 @@ pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
         ("promise_version", request.promise_version),
         ("status", request.status),
         ("run_id", opt(request.run_id)),
+        ("delete_run_id", opt(request.delete_run_id)),
         ("created_at", at(Some(request.created_at))),
     ] {
         println!("{key:<16} {value}");
@@ -402,6 +403,93 @@ pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
         println!("outputs          {outputs}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `DELETE /v1/requests/{id}`; with `wait`, follows the request until
+/// the delete ends.
+pub async fn request_delete(
+    args: &ClientArgs,
+    id: &str,
+    force: bool,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let q = query(&[("force", force.then(|| "true".to_string()))]);
+    let request = api
+        .http
+        .delete(format!("{}/v1/requests/{}{q}", api.base, encode(id)))
+        .header("Fulfil-Actor", actor());
+    let (_, answer) = api.send(request).await?;
+    let deletion: model::Deletion = model(&answer, "answer to a delete")?;
+    if args.output != Format::Table && !wait {
+        return print_structured(args.output, &answer);
+    }
+    eprintln!(
+        "request {}: {}{}{}",
+        deletion.request_id,
+        deletion.status,
+        match deletion.run_id {
+            Some(run) => format!("; delete run {run}"),
+            None => "; no delete run".to_string(),
+        },
+        match (deletion.forced, deletion.replayed) {
+            (true, _) => " (forced: no teardown)",
+            (false, true) => " (already being deleted)",
+            (false, false) => "",
+        }
+    );
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_delete(&api, id, timeout, args.output).await
+}
+
+/// Polls a request until it is `deleted` or `delete_failed`. The request,
+/// not the delete run, is followed: a delete run waits to exist until a
+/// configure run still going has stopped.
+async fn follow_delete(
+    api: &Api,
+    id: &str,
+    timeout: Duration,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut poll = Duration::from_millis(5);
+    loop {
+        let body = api.get(&format!("/v1/requests/{}", encode(id))).await?;
+        let request: model::Request = model(&body, "request")?;
+        let status = request.status.as_str();
+        if status == "deleted" || status == "delete_failed" {
+            if format != Format::Table {
+                print_structured(format, &body)?;
+            } else {
+                eprintln!(
+                    "request {id} {status} in {:.2}s",
+                    started.elapsed().as_secs_f64()
+                );
+                if let (Some(run), "delete_failed") = (request.delete_run_id, status) {
+                    let run: model::Run =
+                        model(&api.get(&format!("/v1/runs/{run}")).await?, "run")?;
+                    if let Some(error) = &run.error {
+                        eprintln!("  error: {error}");
+                    }
+                    eprintln!("  retry with: fulfil run retry {}", run.id);
+                }
+            }
+            return Ok(if status == "deleted" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        if started.elapsed() > timeout {
+            eprintln!("request {id} still {status} after {timeout:?}; stopped waiting");
+            return Ok(ExitCode::from(2));
+        }
+        poll = (poll * 2).min(Duration::from_millis(200));
+        tokio::time::sleep(poll).await;
+    }
 }
 
 pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
@@ -486,11 +574,13 @@ pub async fn run_list(
     args: &ClientArgs,
     status: Option<String>,
     promise: Option<String>,
+    kind: Option<String>,
     limit: u32,
 ) -> anyhow::Result<ExitCode> {
     let q = query(&[
         ("status", status),
         ("promise", promise),
+        ("kind", kind),
         ("limit", Some(limit.to_string())),
     ]);
     print_list(

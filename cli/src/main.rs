@@ -214,6 +214,28 @@ enum RequestCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a request: run its Promise's `delete` workflow (a run of kind
+    /// `delete`), after stopping a configure run still going at its step
+    /// boundary. Deleting twice answers with the same delete run.
+    #[command(
+        after_help = "Examples:\n  fulfil request delete 0193a1c2-7b3e-7c1a-9f00-3d2e1a4b5c6d --wait\n  fulfil request delete 0193a1c2-7b3e-7c1a-9f00-3d2e1a4b5c6d --force"
+    )]
+    Delete {
+        id: String,
+        /// Mark the request deleted now, without a teardown (recorded in
+        /// history with who did it).
+        #[arg(long)]
+        force: bool,
+        /// Follow the delete until the request is `deleted` or
+        /// `delete_failed`; exit non-zero unless it was deleted.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List requests, newest first.
     List {
         #[arg(long)]
@@ -241,6 +263,9 @@ enum RunCommand {
         status: Option<String>,
         #[arg(long)]
         promise: Option<String>,
+        /// Only runs of this kind: configure, delete or reconcile.
+        #[arg(long)]
+        kind: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[command(flatten)]
@@ -371,6 +396,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
             }
             RequestCommand::Get { id, client } => client::request_get(&client, &id).await,
+            RequestCommand::Delete {
+                id,
+                force,
+                wait,
+                timeout,
+                client,
+            } => client::request_delete(&client, &id, force, wait, timeout).await,
             RequestCommand::List {
                 promise,
                 status,
@@ -383,9 +415,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             RunCommand::List {
                 status,
                 promise,
+                kind,
                 limit,
                 client,
-            } => client::run_list(&client, status, promise, limit).await,
+            } => client::run_list(&client, status, promise, kind, limit).await,
             RunCommand::History { id, client } => client::run_history(&client, &id).await,
             RunCommand::Cancel {
                 id,

@@ -151,6 +151,64 @@ async fn cli_applies_examples_runs_them_and_reports_failures() -> anyhow::Result
 }
 
 /// A loopback address nothing listens on: bound, then released.
+#[tokio::test]
+async fn cli_deletes_a_request_and_waits_for_the_teardown() -> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    let stack = tokio::task::spawn_blocking(move || -> anyhow::Result<TestStack> {
+        let applied = fulfil(&stack, &["promise", "apply", "-f", "workflows"])?;
+        assert!(applied.status.success(), "{}", text(&applied));
+        let created = fulfil(
+            &stack,
+            &[
+                "request",
+                "create",
+                "postgres-database",
+                "-p",
+                "name=ledger",
+                "--wait",
+                "-o",
+                "json",
+            ],
+        )?;
+        assert!(created.status.success(), "{}", text(&created));
+        let run: serde_json::Value = serde_json::from_slice(&created.stdout)?;
+        let request_id = run["request_id"].as_str().unwrap_or_default().to_string();
+
+        let deleted = fulfil(&stack, &["request", "delete", &request_id, "--wait"])?;
+        let out = text(&deleted);
+        assert!(deleted.status.success(), "{out}");
+        assert!(out.contains("deleting; delete run"), "{out}");
+        assert!(
+            out.contains(&format!("request {request_id} deleted")),
+            "{out}"
+        );
+
+        let got = fulfil(&stack, &["request", "get", &request_id])?;
+        let out = text(&got);
+        assert!(out.contains("deleted"), "{out}");
+        assert!(out.contains("delete_run_id"), "{out}");
+        let runs = fulfil(&stack, &["run", "list", "--kind", "delete"])?;
+        let out = text(&runs);
+        assert!(runs.status.success(), "{out}");
+        assert_eq!(out.matches("delete ").count(), 1, "{out}");
+        assert!(out.contains("succeeded"), "{out}");
+
+        let again = fulfil(&stack, &["request", "delete", &request_id])?;
+        assert!(again.status.success(), "{}", text(&again));
+        assert!(text(&again).contains("request") && text(&again).contains("deleted"));
+        let bad_kind = fulfil(&stack, &["run", "list", "--kind", "teardown"])?;
+        assert!(!bad_kind.status.success());
+        assert!(
+            text(&bad_kind).contains("configure, delete, reconcile"),
+            "{}",
+            text(&bad_kind)
+        );
+        Ok(stack)
+    })
+    .await??;
+    stack.stop().await
+}
+
 fn closed_address() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.to_string())

@@ -31,6 +31,10 @@ pub struct RequestView {
     pub status: String,
     #[sqlx(try_from = "crate::db::NullableUuid")]
     pub run_id: Option<RunId>,
+    /// The delete run, once the request is being deleted (none when it was
+    /// deleted without one).
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    pub delete_run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
     pub created_by: Option<String>,
@@ -138,7 +142,7 @@ pub async fn get_request(
     id: RequestId,
 ) -> Result<Option<RequestView>, InspectError> {
     Ok(sqlx::query_as(
-        "SELECT id, promise, promise_version, params, status, run_id, outputs, idempotency_key, created_by,
+        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, outputs, idempotency_key, created_by,
                 created_at, updated_at
          FROM fulfil.requests WHERE id = $1",
     )
@@ -162,7 +166,7 @@ pub async fn list_requests(
 ) -> Result<Page<RequestView>, InspectError> {
     let limit = page_size(filter.limit);
     let items: Vec<RequestView> = sqlx::query_as(
-        "SELECT id, promise, promise_version, params, status, run_id, outputs, idempotency_key, created_by,
+        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, outputs, idempotency_key, created_by,
                 created_at, updated_at
          FROM fulfil.requests
          WHERE ($1::text IS NULL OR promise = $1) AND ($2::text IS NULL OR status = $2)
@@ -183,6 +187,8 @@ pub async fn list_requests(
 pub struct RunFilter {
     pub promise: Option<String>,
     pub status: Option<String>,
+    /// A run kind's spelling (`configure`, `delete`, ...).
+    pub kind: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub cursor: Option<String>,
     pub limit: Option<i64>,
@@ -199,6 +205,7 @@ pub async fn list_runs(
         "SELECT {RUN_COLUMNS} FROM fulfil.runs
          WHERE ($1::text IS NULL OR promise = $1) AND ($2::text IS NULL OR status = $2)
            AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::uuid IS NULL OR id < $4)
+           AND ($6::text IS NULL OR kind = $6)
          ORDER BY id DESC LIMIT $5"
     )))
     .bind(&filter.promise)
@@ -206,6 +213,7 @@ pub async fn list_runs(
     .bind(filter.since)
     .bind(uuid_cursor(filter.cursor.as_deref())?)
     .bind(limit + 1)
+    .bind(&filter.kind)
     .fetch_all(pool)
     .await?;
     Ok(paged(items, limit, |r| r.id.to_string()))

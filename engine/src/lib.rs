@@ -13,6 +13,7 @@
 //! * any number of engine processes may run against one database.
 
 pub mod db;
+pub mod deletion;
 pub mod engine;
 pub mod events;
 pub mod inspect;

@@ -22,7 +22,10 @@ pub fn router() -> Router<ApiState> {
         )
         .route("/v1/promises/{name}/requests", post(requests::create))
         .route("/v1/requests", get(requests::list))
-        .route("/v1/requests/{id}", get(requests::get))
+        .route(
+            "/v1/requests/{id}",
+            get(requests::get).delete(requests::delete),
+        )
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/history", get(runs::history))

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use fulfil_engine::deletion::{DeleteError, delete_request};
 use fulfil_engine::inspect::{self, RequestFilter};
 use fulfil_engine::requests::{NewRequest, RequestError, create_request};
 use serde::Deserialize;
@@ -133,6 +134,41 @@ pub async fn get(
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("request", &id))?;
     Ok(Json(request.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /v1/requests/{id}[?force=true]`: 202 with the delete run (see
+/// `fulfil_engine::deletion`); deleting twice answers the same run.
+pub async fn delete(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let request_id: RequestId = parse_id("request", &id)?;
+    let actor = super::runs::actor(&headers);
+    let deletion = delete_request(&state.engine, request_id, &actor, q.force)
+        .await
+        .map_err(|e| match e {
+            DeleteError::NotFound(_) => Problem::not_found("request", &id),
+            DeleteError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
+            DeleteError::Run(e) => Problem::internal(&e),
+        })?;
+    let run_id = deletion.run_id;
+    let mut response =
+        (StatusCode::ACCEPTED, Json(model::Deletion::from(deletion))).into_response();
+    if let Some(run_id) = run_id
+        && let Ok(location) = HeaderValue::from_str(&format!("/v1/runs/{run_id}"))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fulfil_core::RunStatus;
+use fulfil_core::status::RunKind;
 use fulfil_engine::inspect::{self, RunFilter};
 use fulfil_engine::run::{OperatorError, cancel_run, retry_run};
 use serde::Deserialize;
@@ -20,6 +21,7 @@ use crate::{ApiState, Problem, ProblemCode, model};
 pub struct ListQuery {
     status: Option<String>,
     promise: Option<String>,
+    kind: Option<String>,
     since: Option<DateTime<Utc>>,
     cursor: Option<String>,
     limit: Option<i64>,
@@ -38,11 +40,21 @@ pub async fn list(
             known.join(", ")
         )));
     }
+    if let Some(kind) = &q.kind
+        && RunKind::parse(kind).is_err()
+    {
+        let known: Vec<&str> = RunKind::ALL.iter().map(|k| k.as_str()).collect();
+        return Err(Problem::bad_request(format!(
+            "unknown run kind {kind:?}; one of: {}",
+            known.join(", ")
+        )));
+    }
     let page = inspect::list_runs(
         state.engine.pool(),
         &RunFilter {
             promise: q.promise,
             status: q.status,
+            kind: q.kind,
             since: q.since,
             cursor: q.cursor,
             limit: q.limit,
@@ -86,7 +98,9 @@ pub async fn history(
 }
 
 /// Who is acting, from the `Fulfil-Actor` header (the CLI sends `cli:<user>`).
-fn actor(headers: &HeaderMap) -> String {
+/// Who acts, recorded in history: the `Fulfil-Actor` header until
+/// principals arrive, else `api`.
+pub(super) fn actor(headers: &HeaderMap) -> String {
     headers
         .get("fulfil-actor")
         .and_then(|v| v.to_str().ok())

@@ -32,8 +32,8 @@ use super::compensate::plan_compensation;
 use super::event::{self, AttemptEvent, attempt_event};
 use super::forward::plan_forward;
 use super::writes::{AttemptCancel, NewAttempt};
-use super::{RequestUpdate, Run, RunEnding, RunError};
-use fulfil_core::status::{RequestStatus, TimerKind};
+use super::{Run, RunEnding, RunError};
+use fulfil_core::status::TimerKind;
 
 /// An attempt may wait this long for a worker when its step sets no
 /// `schedule_to_start`; only the task's absolute deadline uses it.
@@ -478,10 +478,7 @@ pub(super) fn finish(
         outputs: outputs.clone(),
         error: error.clone(),
     });
-    run.set_request_status(RequestUpdate {
-        status: RequestStatus::following(status),
-        outputs: outputs.clone(),
-    });
+    super::deleting::settle_request(run, status, outputs.clone(), error.as_deref())?;
     let kind = match status {
         RunStatus::Succeeded => event::RUN_SUCCEEDED,
         RunStatus::Compensated => event::RUN_COMPENSATED,

@@ -39,6 +39,9 @@ pub(super) fn to_undo(run: &Run) -> BTreeSet<String> {
 /// One round of saga planning: finish the run once every undo is done
 /// (or one failed for good), or start the undos that may run now.
 pub(super) fn plan_compensation(run: &mut Run, graph: &Graph) -> Result<Next, RunError> {
+    if run.handoff.is_some() {
+        return stop_for_delete(run);
+    }
     let promise = run.promise.clone();
     let undo = to_undo(run);
     let compensations: HashMap<String, CompensationStatus> = run
@@ -100,6 +103,20 @@ pub(super) fn plan_compensation(run: &mut Run, graph: &Graph) -> Result<Next, Ru
         dispatch_compensation(run, step, attempt)?;
     }
     Ok(Next::Again)
+}
+
+/// A saga handed off to its request's delete starts no more undos: once
+/// those in flight have finished, the run ends `cancelled`.
+fn stop_for_delete(run: &mut Run) -> Result<Next, RunError> {
+    let in_flight = run
+        .steps
+        .values()
+        .any(|s| s.compensation.is_some_and(CompensationStatus::is_in_flight));
+    if in_flight {
+        return Ok(Next::Done);
+    }
+    let reason = run.stop_reason.clone();
+    finish(run, RunStatus::Cancelled, reason).map(|()| Next::Done)
 }
 
 /// Renders the step's compensation input and queues attempt `attempt` of it.

@@ -43,6 +43,11 @@ pub(super) fn plan_forward(run: &mut Run, graph: &Graph) -> Result<Next, RunErro
         Some(Outcome::Failed { failed_steps }) => {
             cancel_pending(run)?;
             let reason = failure_reason(run, &failed_steps);
+            // A run handed off to its request's delete undoes nothing: the
+            // teardown owns what it built.
+            if run.handoff.is_some() {
+                return finish(run, RunStatus::Cancelled, Some(reason)).map(|()| Next::Done);
+            }
             if to_undo(run).is_empty() {
                 let status = if run.cancel_requested {
                     RunStatus::Cancelled

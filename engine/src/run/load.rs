@@ -60,7 +60,8 @@ pub async fn lock_run(
 ) -> Result<Option<Run>, RunError> {
     let rows: Vec<RunRow> = sqlx::query_as(
         "SELECT id, request_id, promise, promise_version, kind, status, context, history_seq,
-                cancel_requested, stop_reason, version
+                cancel_requested, stop_reason, version, delete_run_id, delete_requested_by,
+                delete_forced
          FROM fulfil.runs WHERE id = $1 FOR UPDATE",
     )
     .bind(run_id.as_uuid())
@@ -96,7 +97,8 @@ pub(crate) async fn read_runs_of_tasks(
 macro_rules! runs_of_tasks_sql {
     () => {
         "SELECT id, request_id, promise, promise_version, kind, status, context, history_seq,
-                cancel_requested, stop_reason, version
+                cancel_requested, stop_reason, version, delete_run_id, delete_requested_by,
+                delete_forced
          FROM fulfil.runs
          WHERE id IN (SELECT run_id FROM fulfil.attempts WHERE task_id = ANY($1))"
     };
@@ -214,6 +216,14 @@ async fn load_runs(
             .promises()
             .load(engine.pool(), &row.promise, &row.promise_version)
             .await?;
+        let promise = super::deleting::promise_for(kind, promise)?;
+        let handoff = row
+            .delete_requested_by
+            .map(|actor| super::deleting::Handoff {
+                delete_run_id: row.delete_run_id,
+                actor,
+                forced: row.delete_forced,
+            });
         runs.insert(
             row.id,
             Run {
@@ -231,6 +241,8 @@ async fn load_runs(
                 fast_publish: engine.has_fast_publisher(),
                 next_seq: row.history_seq + 1,
                 read_version: (locking == Locking::Optimistic).then_some(row.version),
+                handoff,
+                spawned: None,
                 writes: Writes::default(),
             },
         );
@@ -253,6 +265,10 @@ struct RunRow {
     cancel_requested: bool,
     stop_reason: Option<String>,
     version: i64,
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    delete_run_id: Option<RunId>,
+    delete_requested_by: Option<String>,
+    delete_forced: bool,
 }
 
 /// A step of a locked run or, with `task_id` and `kind` set, one of the

@@ -17,6 +17,7 @@ mod advance;
 mod apply;
 mod cache;
 mod compensate;
+pub mod deleting;
 mod forward;
 mod load;
 mod operator;
@@ -182,6 +183,12 @@ pub struct Run {
     /// For a run read without its row lock, the version it was read at:
     /// its changes are stored only if no one changed the run meanwhile.
     read_version: Option<i64>,
+    /// Its request is being deleted: what its end does instead of moving
+    /// the request's status (see [`deleting`]).
+    handoff: Option<deleting::Handoff>,
+    /// A run this change created (the delete run a handed-off run starts
+    /// as it ends), stored by the same flush.
+    spawned: Option<Box<Run>>,
     writes: writes::Writes,
 }
 
@@ -290,6 +297,8 @@ impl Run {
             fast_publish,
             next_seq: 1,
             read_version: None,
+            handoff: None,
+            spawned: None,
             writes: writes::Writes {
                 created: Some(writes::CreatedRun {
                     promise: promise_name,
@@ -355,6 +364,17 @@ impl Run {
     /// Why the run is stopping when no step failed (cancel, run timeout).
     pub fn stop_reason(&self) -> Option<&str> {
         self.stop_reason.as_deref()
+    }
+
+    /// What the run's end does for its request's deletion, if it was
+    /// handed off.
+    pub fn handoff(&self) -> Option<&deleting::Handoff> {
+        self.handoff.as_ref()
+    }
+
+    /// The run this change created, for the flush that stores this one.
+    pub(crate) fn take_spawned(&mut self) -> Option<Run> {
+        self.spawned.take().map(|run| *run)
     }
 
     /// Moves the run to `next`, refusing a transition the state machine

@@ -11,9 +11,9 @@ use serde_json::json;
 
 use super::advance::{advance, stop_in_flight};
 use super::event;
-use super::{RequestUpdate, Run, RunEnding, RunError, lock_run};
+use super::{Run, RunEnding, RunError, lock_run};
 use crate::Engine;
-use fulfil_core::status::{RequestStatus, TimerKind};
+use fulfil_core::status::{RequestStatus, RunKind, TimerKind};
 use sqlx::{Postgres, Transaction};
 
 /// Why an operator action was refused; nothing changed.
@@ -160,7 +160,25 @@ pub async fn retry_run(
     step: Option<&str>,
     dry_run: bool,
 ) -> Result<RetryPlan, OperatorError> {
-    let (tx, mut run) = lock(engine, run_id, actor).await?;
+    let (mut tx, mut run) = lock(engine, run_id, actor).await?;
+    if run.kind != RunKind::Delete {
+        // A delete locks the configure run before the request, so the
+        // request's status read under this run's lock stays as read.
+        let status: String = sqlx::query_scalar("SELECT status FROM fulfil.requests WHERE id = $1")
+            .bind(run.request_id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+        let status = RequestStatus::parse(&status).map_err(RunError::from)?;
+        if matches!(
+            status,
+            RequestStatus::Deleting | RequestStatus::Deleted | RequestStatus::DeleteFailed
+        ) {
+            return Err(OperatorError::Conflict(format!(
+                "run {run_id}'s request is {status}; a {} run of a deleted request is not retried",
+                run.kind
+            )));
+        }
+    }
     let plan = retry_locked(&mut run, step, dry_run)?;
     if plan.applied {
         let rows = run.commit(tx).await?;
@@ -177,6 +195,11 @@ pub(super) fn retry_locked(
     dry_run: bool,
 ) -> Result<RetryPlan, OperatorError> {
     let run_id = run.run_id;
+    if run.handoff.is_some() {
+        return Err(OperatorError::Conflict(format!(
+            "run {run_id} was stopped because its request is being deleted; retry the delete run instead"
+        )));
+    }
     if !run.status.can_become(RunStatus::Running) {
         return Err(OperatorError::Conflict(format!(
             "run {run_id} is {}; only failed, compensated or cancelled runs can be retried",
@@ -256,10 +279,7 @@ pub(super) fn retry_locked(
         outputs: None,
         error: None,
     });
-    run.set_request_status(RequestUpdate {
-        status: RequestStatus::Running,
-        outputs: None,
-    });
+    run.set_request_status(super::deleting::reopened_request(run));
     if let Some(limit) = promise.run_timeout() {
         let fire_at = fulfil_core::time::deadline_after(chrono::Utc::now(), limit);
         run.add_timer(TimerKind::RunTimeout, "", None, fire_at);

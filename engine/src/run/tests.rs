@@ -34,6 +34,7 @@ use crate::timers::{AttemptState, DueTimer, fire_on};
 
 mod cancel;
 mod compensation;
+mod deleting;
 mod dispatch;
 mod invariants;
 mod operator;

@@ -62,14 +62,20 @@ pub(crate) async fn flush_with(
     let mut cancels = Vec::new();
     let mut slow_outbox = false;
     for run in runs.iter_mut() {
-        let writes = std::mem::take(&mut run.writes);
-        if writes.is_empty() {
-            continue;
+        // A run this change created (a delete run a handed-off run starts
+        // as it ends) is stored by the same statement, so neither commits
+        // without the other.
+        let mut spawned = run.take_spawned();
+        for run in std::iter::once(run).chain(spawned.as_mut()) {
+            let writes = std::mem::take(&mut run.writes);
+            if writes.is_empty() {
+                continue;
+            }
+            if !run.fast_publish && !writes.outbox.is_empty() {
+                slow_outbox = true;
+            }
+            columns.add(run, writes, &mut cancels);
         }
-        if !run.fast_publish && !writes.outbox.is_empty() {
-            slow_outbox = true;
-        }
-        columns.add(run, writes, &mut cancels);
     }
     if columns.is_empty() && cancels.is_empty() && leading.is_none() {
         return Ok(Vec::new());
