@@ -332,3 +332,221 @@ async fn unreachable_services_are_named_once_with_how_to_start_them() -> anyhow:
     .await??;
     stack.stop().await
 }
+
+/// workflows/team-onboarding.yaml at `version`, with the team name pattern
+/// `pattern`, in a fresh directory: the Promise file `promise apply` reads.
+/// Its trigger listens on a subject of this stack's own: one NATS server
+/// lets only one stream capture a subject, and tests run side by side.
+fn team_onboarding(
+    stack: &TestStack,
+    version: &str,
+    pattern: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let yaml = std::fs::read_to_string(format!("{root}/workflows/team-onboarding.yaml"))?
+        .replace("version: 1.0.0", &format!("version: {version}"))
+        .replace("^[a-z][a-z0-9-]{1,30}$", pattern)
+        .replace(
+            "subject: acme.teams.created",
+            &format!("subject: acme.{}.teams.created", stack.names.prefix()),
+        );
+    let dir = std::env::temp_dir().join(format!("fulfil-cli-events-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("team-onboarding.yaml");
+    std::fs::write(&file, yaml)?;
+    Ok(file)
+}
+
+/// The OUTCOME column of the trigger table `event send`, `event get` and
+/// `dead-letter replay` print (the lines after it, violations, are not rows).
+fn outcome_column(out: &str) -> Vec<String> {
+    out.lines()
+        .skip_while(|line| !line.starts_with("TRIGGER"))
+        .skip(1)
+        .filter_map(|row| row.split_whitespace().nth(2))
+        .filter(|word| ["filed", "duplicate", "filtered", "invalid"].contains(word))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The ledger id `event send -o json` answered.
+fn ledger_id(output: &Output) -> anyhow::Result<String> {
+    let receipt: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    receipt["ledger_id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no ledger_id in {receipt}"))
+}
+
+/// The event commands against the real API: a trigger files once per
+/// event, the ledger says why an event filed nothing, and a dead letter
+/// files on replay once the Promise is fixed.
+#[tokio::test]
+async fn cli_sends_events_explains_the_ledger_and_replays_dead_letters() -> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    let stack = tokio::task::spawn_blocking(move || -> anyhow::Result<TestStack> {
+        let strict = team_onboarding(&stack, "1.0.0", "^[a-z][a-z0-9-]{1,30}$")?;
+        let applied = fulfil(
+            &stack,
+            &["promise", "apply", "-f", &strict.to_string_lossy()],
+        )?;
+        assert!(applied.status.success(), "{}", text(&applied));
+
+        let gold = [
+            "event",
+            "send",
+            "--type",
+            "com.acme.team.created",
+            "--source",
+            "/hr",
+            "--id",
+            "team-1",
+            "--data",
+            r#"{"team": "vision", "tier": "gold", "lead": "ada@acme.dev"}"#,
+        ];
+        let sent = fulfil(&stack, &gold)?;
+        let out = text(&sent);
+        assert!(sent.status.success(), "{out}");
+        assert!(out.contains("event team-1 from /hr"), "{out}");
+        assert!(out.contains("on-team-created"), "{out}");
+        assert!(out.contains("team-onboarding"), "{out}");
+        assert_eq!(outcome_column(&out), ["filed"], "{out}");
+
+        let again = fulfil(&stack, &gold)?;
+        let out = text(&again);
+        assert!(again.status.success(), "{out}");
+        assert_eq!(outcome_column(&out), ["duplicate"], "{out}");
+        assert!(out.contains("filed before"), "names the first: {out}");
+
+        // -o json is the receipt as the API answered it.
+        let silver = fulfil(
+            &stack,
+            &[
+                "event",
+                "send",
+                "--type",
+                "com.acme.team.created",
+                "--source",
+                "/hr",
+                "--id",
+                "team-2",
+                "--data",
+                r#"{"team": "sales", "tier": "silver", "lead": "bo@acme.dev"}"#,
+                "-o",
+                "json",
+            ],
+        )?;
+        assert!(silver.status.success(), "{}", text(&silver));
+        let receipt: serde_json::Value = serde_json::from_slice(&silver.stdout)?;
+        assert_eq!(receipt["id"], "team-2", "{receipt:#}");
+        assert_eq!(receipt["outcomes"][0]["outcome"], "filtered", "{receipt:#}");
+        assert!(
+            receipt["outcomes"][0]["request_id"].is_null(),
+            "{receipt:#}"
+        );
+        let filtered_ledger = ledger_id(&silver)?;
+
+        let unheard = fulfil(
+            &stack,
+            &[
+                "event",
+                "send",
+                "--type",
+                "com.acme.team.renamed",
+                "--source",
+                "/hr",
+                "-o",
+                "json",
+            ],
+        )?;
+        assert!(unheard.status.success(), "{}", text(&unheard));
+        let unheard_ledger = ledger_id(&unheard)?;
+
+        let listed = fulfil(&stack, &["event", "list", "--outcome", "filtered"])?;
+        let out = text(&listed);
+        assert!(listed.status.success(), "{out}");
+        assert!(out.contains(&filtered_ledger), "{out}");
+        assert!(out.contains("filtered 1"), "{out}");
+        assert!(!out.contains("duplicate"), "only filtered events: {out}");
+        let all = fulfil(&stack, &["event", "list", "--since", "1h"])?;
+        let out = text(&all);
+        assert_eq!(out.matches("com.acme.team.").count(), 4, "{out}");
+        assert!(out.contains("no trigger matched"), "{out}");
+
+        let got = fulfil(&stack, &["event", "get", &filtered_ledger])?;
+        let out = text(&got);
+        assert!(got.status.success(), "{out}");
+        assert!(out.contains("on-team-created"), "{out}");
+        assert_eq!(outcome_column(&out), ["filtered"], "{out}");
+        assert!(
+            out.contains("event.data.tier == 'gold'"),
+            "the reason: {out}"
+        );
+        let got = fulfil(&stack, &["event", "get", &unheard_ledger])?;
+        let out = text(&got);
+        assert!(got.status.success(), "{out}");
+        assert!(out.contains("No trigger matched this event"), "{out}");
+        assert!(out.contains("com.acme.team.renamed"), "{out}");
+        let missing = fulfil(&stack, &["event", "get", &uuid::Uuid::now_v7().to_string()])?;
+        assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+        assert!(text(&missing).contains("(404)"), "{}", text(&missing));
+
+        // An uppercase team name breaks the schema: invalid, a dead letter.
+        let broken = fulfil(
+            &stack,
+            &[
+                "event",
+                "send",
+                "--type",
+                "com.acme.team.created",
+                "--source",
+                "/hr",
+                "--id",
+                "team-3",
+                "--data",
+                r#"{"team": "Vision", "tier": "gold", "lead": "ada@acme.dev"}"#,
+            ],
+        )?;
+        let out = text(&broken);
+        assert!(broken.status.success(), "{out}");
+        assert_eq!(outcome_column(&out), ["invalid"], "{out}");
+        assert!(out.contains("/team"), "the violation: {out}");
+        assert!(out.contains("fulfil dead-letter replay"), "{out}");
+
+        let dead = fulfil(&stack, &["dead-letter", "list", "-o", "json"])?;
+        assert!(dead.status.success(), "{}", text(&dead));
+        let dead: serde_json::Value = serde_json::from_slice(&dead.stdout)?;
+        let items = dead["items"].as_array().cloned().unwrap_or_default();
+        assert_eq!(items.len(), 1, "{dead:#}");
+        let dead_id = items[0]["id"].as_str().unwrap_or_default().to_string();
+        let table = fulfil(&stack, &["dead-letter", "list"])?;
+        let out = text(&table);
+        assert!(table.status.success(), "{out}");
+        assert!(out.contains(&dead_id), "{out}");
+        assert!(out.contains("on-team-created"), "the reason: {out}");
+
+        let fixed = team_onboarding(&stack, "1.0.1", "^[A-Za-z][A-Za-z0-9-]{1,30}$")?;
+        let applied = fulfil(
+            &stack,
+            &["promise", "apply", "-f", &fixed.to_string_lossy()],
+        )?;
+        assert!(applied.status.success(), "{}", text(&applied));
+        let replayed = fulfil(&stack, &["dead-letter", "replay", &dead_id])?;
+        let out = text(&replayed);
+        assert!(replayed.status.success(), "{out}");
+        assert_eq!(outcome_column(&out), ["filed"], "{out}");
+        let replayed = fulfil(&stack, &["dead-letter", "replay", &dead_id])?;
+        let out = text(&replayed);
+        assert_eq!(outcome_column(&out), ["duplicate"], "{out}");
+        let listed = fulfil(&stack, &["dead-letter", "list"])?;
+        assert!(text(&listed).contains(&dead_id), "{}", text(&listed));
+
+        for dir in [strict, fixed].iter().filter_map(|f| f.parent()) {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(stack)
+    })
+    .await??;
+    assert_eq!(stack.count("requests").await?, 2, "vision and Vision");
+    stack.stop().await
+}
