@@ -75,6 +75,7 @@ pub enum EventCommand {
         /// an RFC 3339 time (`2026-12-01T09:00:00Z`).
         #[arg(long, value_parser = parse_since)]
         since: Option<DateTime<Utc>>,
+        /// Most entries on one page.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Continue a previous listing (its `next_cursor`).
@@ -138,6 +139,7 @@ pub enum DeadLetterCommand {
         Example:\n  fulfil dead-letter list --limit 20"
     )]
     List {
+        /// Most entries on one page.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Continue a previous listing (its `next_cursor`).
@@ -155,6 +157,7 @@ pub enum DeadLetterCommand {
         Example:\n  fulfil dead-letter replay 0193a1c2-7d4e-7c3a-9f0e-5b1d2c3e4f50"
     )]
     Replay {
+        /// The dead letter's id (`ID` in `dead-letter list`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -369,7 +372,13 @@ fn print_outcomes(outcomes: &[TriggerOutcome]) {
                 o.outcome.to_string(),
                 opt(o.request_id),
                 opt(o.run_id),
-                o.reason.clone().unwrap_or_default(),
+                // The reason spells every violation on one line; they are
+                // listed one per line below instead.
+                if o.violations.is_empty() {
+                    o.reason.clone().unwrap_or_default()
+                } else {
+                    "params break the schema (below)".to_string()
+                },
             ]
         })
         .collect();
@@ -378,7 +387,10 @@ fn print_outcomes(outcomes: &[TriggerOutcome]) {
         rows,
     );
     for o in outcomes.iter().filter(|o| !o.violations.is_empty()) {
-        println!("{} ({}): params broke the schema:", o.trigger, o.promise);
+        println!(
+            "trigger {}: params break the schema of Promise {}:",
+            o.trigger, o.promise
+        );
         for v in &o.violations {
             let at = if v.pointer.is_empty() {
                 "(params)"

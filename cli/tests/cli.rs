@@ -155,7 +155,11 @@ async fn cli_applies_examples_runs_them_and_reports_failures() -> anyhow::Result
 async fn cli_deletes_a_request_and_waits_for_the_teardown() -> anyhow::Result<()> {
     let stack = TestStack::start().await?;
     let stack = tokio::task::spawn_blocking(move || -> anyhow::Result<TestStack> {
-        let applied = fulfil(&stack, &["promise", "apply", "-f", "workflows"])?;
+        // Not the whole of workflows/: team-onboarding's trigger subject
+        // can be captured by one stream of the NATS server only, and the
+        // test above applies it at the same time.
+        let promise = "workflows/postgres-database.yaml";
+        let applied = fulfil(&stack, &["promise", "apply", "-f", promise])?;
         assert!(applied.status.success(), "{}", text(&applied));
         let created = fulfil(
             &stack,
