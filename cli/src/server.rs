@@ -111,7 +111,7 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
     // engine) go to NATS straight after commit; the relay only sweeps.
     engine.start_fast_publisher(js.clone());
     if let Some(dir) = &args.workflows {
-        apply_workflows(&engine, dir).await?;
+        apply_workflows(&engine, &js, dir).await?;
     }
 
     let shutdown = CancellationToken::new();
@@ -202,7 +202,15 @@ fn read_vars(file: Option<&Path>) -> anyhow::Result<Vars> {
     Ok(from_file.overridden_by(Vars::from_env(std::env::vars())?))
 }
 
-async fn apply_workflows(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
+/// Applies every Promise file of `dir`. An invalid file stops the start;
+/// a Promise whose trigger subject NATS cannot capture (another stream on
+/// the server holds it, e.g. a second installation) is not applied and
+/// said so, and the others are.
+async fn apply_workflows(
+    engine: &Engine,
+    js: &async_nats::jetstream::Context,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let files = crate::client::promise_files(dir)?;
     let mut problems = Vec::new();
     for file in files {
@@ -215,6 +223,18 @@ async fn apply_workflows(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
                 .context("validating a Promise")?;
         match parsed {
             Ok(promise) => {
+                let subjects: Vec<String> = promise
+                    .trigger_subjects()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                if let Err(e) =
+                    fulfil_engine::events::capture_subjects(js, engine.names(), &subjects).await
+                {
+                    error!(file = %file.display(), name = %promise.metadata.name, error = %e,
+                           "Promise not applied: its trigger subjects cannot be consumed");
+                    continue;
+                }
                 let outcome = promises::apply(engine.pool(), &promise)
                     .await
                     .with_context(|| format!("applying {}", file.display()))?;

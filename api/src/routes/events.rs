@@ -152,7 +152,7 @@ pub async fn replay(
             StatusCode::UNPROCESSABLE_ENTITY,
             ProblemCode::InvalidEvent,
             "Still not a CloudEvent",
-            format!("dead letter {id} was replayed and is still not a CloudEvent: {reason}"),
+            format!("dead letter {id} was replayed: {reason}"),
         )),
         Err(ReplayError::NotFound(_)) => Err(Problem::not_found("dead letter", &id)),
         Err(ReplayError::Inspect(e)) => Err(inspect_error(e)),

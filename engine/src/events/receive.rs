@@ -152,13 +152,13 @@ async fn receive_once(
                 decisions.push((name, promise.metadata.name.clone(), decision));
             }
         }
-        let invalid: Vec<String> = decisions
+        // Each reason names its trigger already.
+        let invalid: Vec<&str> = decisions
             .iter()
-            .filter_map(|(trigger, _, d)| match d {
-                Decision::Settled(o) if o.outcome == EventOutcome::Invalid => Some(format!(
-                    "trigger {trigger}: {}",
-                    o.reason.as_deref().unwrap_or("invalid")
-                )),
+            .filter_map(|(_, _, d)| match d {
+                Decision::Settled(o) if o.outcome == EventOutcome::Invalid => {
+                    Some(o.reason.as_deref().unwrap_or("invalid"))
+                }
                 _ => None,
             })
             .collect();
@@ -306,7 +306,8 @@ fn decide(
         Ok(params) => params,
         Err(ParamsError::Invalid(violations)) => {
             let reason = format!(
-                "params break the schema of Promise {}: {}",
+                "params of trigger {} break the schema of Promise {}: {}",
+                trigger.name(),
                 promise.metadata.name,
                 violations
                     .iter()
@@ -347,7 +348,8 @@ fn decide(
         return settled(
             EventOutcome::Invalid,
             format!(
-                "the params are {bytes} bytes; at most {} are accepted",
+                "the params trigger {} rendered are {bytes} bytes; at most {} are accepted",
+                trigger.name(),
                 crate::run::MAX_TASK_INPUT_BYTES
             ),
         );
@@ -357,7 +359,8 @@ fn decide(
         return settled(
             EventOutcome::Invalid,
             format!(
-                "the idempotency key event:<trigger>:<source>:<id> would be {} bytes; source and id must be shorter (at most {MAX_KEY_LEN} in all)",
+                "trigger {}: the idempotency key event:<trigger>:<source>:<id> would be {} bytes; source and id must be shorter (at most {MAX_KEY_LEN} in all)",
+                trigger.name(),
                 key.len()
             ),
         );
