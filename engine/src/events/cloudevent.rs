@@ -6,8 +6,8 @@
 //! A NATS message published by a plain client often carries a structured
 //! event without any header; such a body is read as structured mode too.
 
-use cloudevents::event::{AttributeValue, ExtensionValue};
 use cloudevents::event::SpecVersion;
+use cloudevents::event::{AttributeValue, ExtensionValue};
 use cloudevents::{AttributesReader, Data, Event};
 use serde_json::{Map, Value, json};
 
@@ -461,9 +461,7 @@ mod tests {
             proptest::collection::btree_map(attribute, value, 0..9).prop_map(|m| {
                 let mut object: Map<String, Value> = m.into_iter().collect();
                 // Mostly a valid version, so the other attributes are read.
-                object
-                    .entry("specversion")
-                    .or_insert_with(|| json!("1.0"));
+                object.entry("specversion").or_insert_with(|| json!("1.0"));
                 serde_json::to_vec(&object).unwrap_or_default()
             }),
         ]
