@@ -535,6 +535,13 @@ async fn stored(stack: &TestStack) -> anyhow::Result<[i64; 4]> {
     ])
 }
 
+type Headers = Vec<(&'static str, String)>;
+/// A body refused: (case, headers, body, expected status).
+type RefusedCase = (&'static str, Headers, Vec<u8>, u16);
+/// An event taken with reasons: (case, headers, body, outcome, a word of
+/// the reason).
+type AcceptedCase = (&'static str, Headers, Vec<u8>, &'static str, &'static str);
+
 fn ce(id: &str, source: &str, content_type: &str) -> Vec<(&'static str, String)> {
     vec![
         ("ce-specversion", "1.0".into()),
@@ -565,7 +572,7 @@ async fn hostile_http_events_get_a_problem_or_reasons_never_a_server_error_and_s
     let big_header = "v".repeat(16 * 1024);
 
     // (case, headers, body, expected status: a refusal stores nothing)
-    let refused: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+    let refused: Vec<RefusedCase> = vec![
         (
             "over the body limit",
             structured(),
@@ -666,7 +673,7 @@ async fn hostile_http_events_get_a_problem_or_reasons_never_a_server_error_and_s
     let long_id = "i".repeat(300);
     let mut big_extension = ce("big-extension", "/acme/teams", "application/json");
     big_extension.push(("ce-bigext", "x".repeat(64 * 1024)));
-    let accepted: Vec<(&str, Vec<(&str, String)>, Vec<u8>, &str, &str)> = vec![
+    let accepted: Vec<AcceptedCase> = vec![
         (
             "ce-id longer than the idempotency key allows",
             ce(&long_id, "/acme/teams", "application/json"),
