@@ -669,6 +669,34 @@ async fn hostile_http_events_get_a_problem_or_reasons_never_a_server_error_and_s
         assert_eq!(stored(&stack).await?, before, "{case}: nothing is stored");
     }
 
+    // Headers past hyper's limits (about 400 KiB in all, 100 of them) are
+    // refused by hyper before any route runs: a 431 without a problem body
+    // (the router never sees the request), and nothing is stored.
+    let mut many: Headers = ce("many-headers", "/acme/teams", "application/json");
+    const NAMES: [&str; 8] = ["x-a", "x-b", "x-c", "x-d", "x-e", "x-f", "x-g", "x-h"];
+    for i in 0..200 {
+        many.push((NAMES[i % NAMES.len()], format!("value-{i}")));
+    }
+    for (case, headers) in [
+        (
+            "a 1 MiB ce-id header",
+            ce(&"i".repeat(1024 * 1024), "/acme/teams", "application/json"),
+        ),
+        ("200 headers", many),
+    ] {
+        let before = stored(&stack).await?;
+        let answer = call(
+            &stack,
+            reqwest::Method::POST,
+            "/v1/events",
+            &headers,
+            br#"{"team":"x","tier":"gold"}"#.to_vec(),
+        )
+        .await?;
+        assert_eq!(answer.status, 431, "{case}: {:#}", answer.body);
+        assert_eq!(stored(&stack).await?, before, "{case}: nothing is stored");
+    }
+
     // CloudEvents the trigger cannot use: 202 with the reason, nothing filed.
     let long_id = "i".repeat(300);
     let mut big_extension = ce("big-extension", "/acme/teams", "application/json");
@@ -742,5 +770,74 @@ async fn hostile_http_events_get_a_problem_or_reasons_never_a_server_error_and_s
         assert!(detail.contains(names), "{path}: {detail:?} names {names:?}");
     }
     ready(&stack).await?;
+    stack.stop().await
+}
+
+/// The same event several times in one batch (published while no engine
+/// runs, so the engine that starts pulls them all at once and decides them
+/// in one or two batches) files once; every other copy is a duplicate
+/// naming the request filed.
+#[tokio::test]
+async fn copies_of_an_event_decided_in_one_batch_file_once() -> anyhow::Result<()> {
+    let mut stack =
+        fulfil_integration_tests::TestStack::start_with(fulfil_integration_tests::StackOptions {
+            in_process_engines: false,
+            ..Default::default()
+        })
+        .await?;
+    stack.apply(&team_db(&stack)).await?;
+    const EVENTS: usize = 20;
+    const COPIES: usize = 3;
+    for copy in 0..COPIES {
+        for n in 0..EVENTS {
+            let team = "abcdefghijklmnopqrstuvwxyz"
+                .chars()
+                .nth(n)
+                .context("letter")?
+                .to_string();
+            let body = to_bytes(&event(
+                &format!("copy-{n}"),
+                json!({"team": team, "tier": "gold"}),
+            ));
+            stack
+                .nats
+                .publish(subject(&stack, &format!("copy{copy}")), body.into())
+                .await?;
+        }
+    }
+    stack.nats.flush().await?;
+    stack.start_engine();
+    let deadline = Instant::now() + WAIT;
+    while stack.count("event_ledger").await? < (EVENTS * COPIES) as i64 {
+        ensure!(
+            Instant::now() < deadline,
+            "not all copies decided in {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT event_id, outcomes->0->>'outcome', outcomes->0->>'request_id'
+         FROM fulfil.event_ledger ORDER BY ledger_id",
+    )
+    .fetch_all(&stack.pool)
+    .await?;
+    let mut per_event: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
+    for (id, outcome, request) in rows {
+        per_event.entry(id).or_default().push((outcome, request));
+    }
+    assert_eq!(per_event.len(), EVENTS);
+    for (id, entries) in &per_event {
+        assert_eq!(entries.len(), COPIES, "{id}: {entries:?}");
+        let filed: Vec<_> = entries.iter().filter(|(o, _)| o == "filed").collect();
+        assert_eq!(filed.len(), 1, "{id}: {entries:?}");
+        assert!(
+            entries
+                .iter()
+                .all(|(o, r)| (o == "filed" || o == "duplicate") && *r == filed[0].1),
+            "{id}: every copy names the one request: {entries:?}"
+        );
+    }
+    assert_eq!(stack.count("requests").await?, EVENTS as i64);
+    assert_eq!(stack.count("dead_letters").await?, 0);
     stack.stop().await
 }
