@@ -841,3 +841,193 @@ async fn copies_of_an_event_decided_in_one_batch_file_once() -> anyhow::Result<(
     assert_eq!(stack.count("dead_letters").await?, 0);
     stack.stop().await
 }
+
+/// Header names a sender might use (CloudEvents ones most of all) with
+/// plausible or arbitrary printable values; NATS and HTTP both carry them.
+fn fuzz_headers() -> impl proptest::strategy::Strategy<Value = Vec<(String, String)>> {
+    use proptest::prelude::*;
+    let name = prop_oneof![
+        Just("ce-specversion".to_string()),
+        Just("ce-id".to_string()),
+        Just("ce-source".to_string()),
+        Just("ce-type".to_string()),
+        Just("ce-time".to_string()),
+        Just("ce-dataschema".to_string()),
+        Just("content-type".to_string()),
+        "ce-[a-z]{1,8}",
+        "x-[a-z]{1,8}",
+    ];
+    let value = prop_oneof![
+        Just("1.0".to_string()),
+        Just("0.3".to_string()),
+        Just("com.acme.team.created".to_string()),
+        Just("application/json".to_string()),
+        Just("application/cloudevents+json".to_string()),
+        Just("2026-12-02T10:00:00Z".to_string()),
+        "[ -~]{0,40}",
+    ];
+    proptest::collection::vec((name, value), 0..8)
+}
+
+/// Structured events with attributes of any JSON kind, and raw bytes.
+fn fuzz_body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+        Just(json!("gold")),
+        Just(json!("com.acme.team.created")),
+    ];
+    let value = leaf.prop_recursive(3, 12, 3, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+            proptest::collection::btree_map("[a-z]{1,5}|tier|team", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let attribute = prop_oneof![
+        Just("specversion"),
+        Just("id"),
+        Just("source"),
+        Just("type"),
+        Just("time"),
+        Just("datacontenttype"),
+        Just("data"),
+        Just("data_base64"),
+    ];
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..128),
+        proptest::collection::btree_map(attribute, value, 0..8).prop_map(|m| {
+            let mut object: serde_json::Map<String, Value> =
+                m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            object.entry("specversion").or_insert_with(|| json!("1.0"));
+            object
+                .entry("type")
+                .or_insert_with(|| json!("com.acme.team.created"));
+            to_bytes(&Value::Object(object))
+        }),
+    ]
+}
+
+/// Arbitrary messages on a trigger's subject are each accounted for exactly
+/// once (one ledger entry, or one dead letter saying it is not a CloudEvent),
+/// none is retried, and arbitrary events posted over HTTP never get a 5xx;
+/// every refusal there is a problem.
+#[test]
+fn arbitrary_bus_messages_and_http_events_are_each_decided_once_and_never_a_server_error()
+-> anyhow::Result<()> {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use tower::ServiceExt;
+
+    const MESSAGES: usize = 200;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let stack = runtime.block_on(async {
+        let stack = TestStack::start().await?;
+        stack.apply(&team_db(&stack)).await?;
+        anyhow::Ok(stack)
+    })?;
+
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = (fuzz_headers(), fuzz_body());
+    let mut messages = Vec::with_capacity(MESSAGES);
+    for _ in 0..MESSAGES {
+        let tree = strategy
+            .new_tree(&mut runner)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        messages.push(tree.current());
+    }
+    runtime.block_on(async {
+        for (i, (headers, body)) in messages.iter().enumerate() {
+            let mut map = HeaderMap::new();
+            for (k, v) in headers {
+                map.append(k.as_str(), v.as_str());
+            }
+            stack
+                .nats
+                .publish_with_headers(
+                    subject(&stack, &format!("fuzz{i}")),
+                    map,
+                    body.clone().into(),
+                )
+                .await?;
+        }
+        stack.nats.flush().await?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let accounted: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM fulfil.event_ledger)
+                      + (SELECT count(*) FROM fulfil.dead_letters WHERE ledger_id IS NULL)",
+            )
+            .fetch_one(&stack.pool)
+            .await?;
+            if accounted >= MESSAGES as i64 {
+                ensure!(
+                    accounted == MESSAGES as i64,
+                    "{accounted} outcomes for {MESSAGES} messages"
+                );
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{accounted} of {MESSAGES} messages decided after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let subjects: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT s) FROM (SELECT nats_subject AS s FROM fulfil.event_ledger
+             UNION ALL SELECT subject FROM fulfil.dead_letters WHERE ledger_id IS NULL) u",
+        )
+        .fetch_one(&stack.pool)
+        .await?;
+        assert_eq!(subjects, MESSAGES as i64, "each message decided once");
+        let stream = stack.js.get_stream(stack.names.inbound_stream()).await?;
+        let mut consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                &stack.names.inbound_consumer(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("the inbound consumer: {e}"))?;
+        let info = consumer.info().await?;
+        assert_eq!(info.num_redelivered, 0, "nothing was retried: {info:?}");
+        assert_eq!(info.num_ack_pending, 0, "{info:?}");
+        ready(&stack).await
+    })?;
+
+    let router = fulfil_api::router(fulfil_api::ApiState {
+        engine: stack.engine.clone(),
+        nats: Some(stack.nats.clone()),
+    });
+    let config = ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(headers in fuzz_headers(), body in fuzz_body())| {
+        let mut request = axum::http::Request::builder().method("POST").uri("/v1/events");
+        for (k, v) in &headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let request = request
+            .body(axum::body::Body::from(body.clone()))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let response = runtime
+            .block_on(router.clone().oneshot(request))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let status = response.status();
+        prop_assert!(
+            status == 202 || status.is_client_error(),
+            "{status} for {headers:?} {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        if status != 202 {
+            prop_assert_eq!(
+                response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+                Some("application/problem+json")
+            );
+        }
+    });
+    runtime.block_on(stack.stop())
+}
