@@ -5,6 +5,12 @@
 //!
 //! A NATS message published by a plain client often carries a structured
 //! event without any header; such a body is read as structured mode too.
+//!
+//! Invariant: an event this module accepts can be stored. What Postgres
+//! could not store (a NUL character anywhere, an `id`, `source` or `type`
+//! over [`MAX_ATTRIBUTE_BYTES`]) is refused here with the reason, as is any
+//! `specversion` but 1.0, so the ledger's commit never fails on input and
+//! such a message is a dead letter instead of a batch retried to the end.
 
 use cloudevents::event::SpecVersion;
 use cloudevents::event::{AttributeValue, ExtensionValue};
