@@ -51,6 +51,19 @@ pub async fn send(
     }
 }
 
+/// Refuses a page size below one: clamping `-1` to a page of one would
+/// answer something the caller did not ask for.
+fn check_limit(limit: Option<i64>) -> Result<Option<i64>, Problem> {
+    match limit {
+        Some(n) if n < 1 => Err(Problem::bad_request(format!(
+            "limit: {n} is not a page size; pass a number from 1 to {}",
+            fulfil_engine::inspect::MAX_PAGE
+        ))
+        .with("parameter", json!("limit"))),
+        other => Ok(other),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -73,7 +86,10 @@ pub async fn list(
         .as_deref()
         .map(EventOutcome::parse)
         .transpose()
-        .map_err(|e| Problem::bad_request(format!("outcome: {e}")))?;
+        .map_err(|e| {
+            Problem::bad_request(format!("outcome: {e}")).with("parameter", json!("outcome"))
+        })?;
+    let limit = check_limit(q.limit)?;
     let page = events::list_events(
         state.engine.pool(),
         &LedgerFilter {
@@ -82,7 +98,7 @@ pub async fn list(
             outcome,
             since: q.since,
             cursor: q.cursor,
-            limit: q.limit,
+            limit,
         },
     )
     .await
@@ -129,7 +145,8 @@ pub async fn dead_letters(
     State(state): State<ApiState>,
     Query(q): Query<DeadLetterQuery>,
 ) -> Result<Json<DeadLetters>, Problem> {
-    let page = events::list_dead_letters(state.engine.pool(), q.cursor.as_deref(), q.limit)
+    let limit = check_limit(q.limit)?;
+    let page = events::list_dead_letters(state.engine.pool(), q.cursor.as_deref(), limit)
         .await
         .map_err(inspect_error)?;
     Ok(Json(DeadLetters {

@@ -428,6 +428,11 @@ fn filed(
     }
 }
 
+/// `text` with each NUL written as `\0`, for a column that cannot hold it.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\\0")
+}
+
 /// Ledger entries of a batch, as columns for one `INSERT ... UNNEST`.
 #[derive(Default)]
 struct LedgerRows {
@@ -516,8 +521,21 @@ impl DeadLetterRows {
         }
         self.ids.push(id);
         self.subjects.push(arrival.raw.subject.clone());
-        self.reasons.push(reason.to_string());
-        self.headers.push(json!(arrival.raw.headers));
+        // Text columns refuse NUL; a bus message's headers (and a parser's
+        // message quoting them) may hold one, and the dead letter must
+        // still be written.
+        self.reasons.push(without_nul(reason));
+        self.headers.push(json!(
+            arrival
+                .raw
+                .headers
+                .iter()
+                .map(|(name, values)| (
+                    without_nul(name),
+                    values.iter().map(|v| without_nul(v)).collect::<Vec<_>>()
+                ))
+                .collect::<BTreeMap<_, _>>()
+        ));
         self.payloads.push(arrival.raw.payload.clone());
         self.ledger_ids.push(ledger_id);
     }
@@ -532,7 +550,7 @@ impl DeadLetterRows {
     fn replayed_without_event(&mut self, id: Uuid, reason: &str) {
         self.replays.push(id);
         self.replay_receipts
-            .push(json!({ "not_a_cloudevent": reason }));
+            .push(json!({ "not_a_cloudevent": without_nul(reason) }));
     }
 
     async fn insert(self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
