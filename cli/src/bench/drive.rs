@@ -216,12 +216,16 @@ async fn xact_commits(pool: &sqlx::PgPool, database: &str) -> anyhow::Result<i64
     )
 }
 
-/// Waits until Postgres has published the statistics of finished work: they
-/// are flushed about once a second, so read until two readings agree.
+/// Waits until Postgres has published the statistics of finished work. A
+/// busy backend flushes its counts about once a second, but one that went
+/// idle holds them for up to 10 s (`PGSTAT_IDLE_INTERVAL`, Postgres 15):
+/// read after that, then until two readings agree. Reading sooner
+/// undercounted the events bench's transactions five-fold.
 pub(super) async fn settled_xact_commits(
     pool: &sqlx::PgPool,
     database: &str,
 ) -> anyhow::Result<i64> {
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
     let mut last = xact_commits(pool, database).await?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(1100)).await;

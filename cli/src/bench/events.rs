@@ -68,6 +68,11 @@ pub struct EventsReport {
     pub pg_xact_per_event: f64,
     /// Ledger entries written per published message (resent ones too).
     pub ledger_entries_per_message: f64,
+    /// Transactions that decided events (filed requests and wrote ledger
+    /// entries together), per published message. Every entry a transaction
+    /// writes has that transaction's `now()` as `received_at`, so they are
+    /// counted exactly as distinct `received_at` values.
+    pub decision_xact_per_message: f64,
     pub processes: Vec<ProcessFigures>,
     pub services: Vec<ServiceCpu>,
 }
@@ -102,6 +107,10 @@ impl EventsReport {
             (
                 "ledger entries/message",
                 format!("{:.2}", self.ledger_entries_per_message),
+            ),
+            (
+                "deciding transactions/message",
+                format!("{:.3}", self.decision_xact_per_message),
             ),
         ];
         for (name, value) in rows {
@@ -216,6 +225,7 @@ pub(super) async fn measure(
     let ledger_before: i64 = sqlx::query_scalar("SELECT count(*) FROM fulfil.event_ledger")
         .fetch_one(pool)
         .await?;
+    let measured_from = Utc::now();
     let cpu_before: Vec<ProcessFigures> =
         roles.iter().map(procs::figures).collect::<Result<_, _>>()?;
     let services_before = SERVICES.map(procs::cpu_of_processes_named);
@@ -252,6 +262,12 @@ pub(super) async fn measure(
         .fetch_one(pool)
         .await?;
 
+    let decisions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT received_at) FROM fulfil.event_ledger WHERE received_at >= $1",
+    )
+    .bind(measured_from)
+    .fetch_one(pool)
+    .await?;
     let key_prefix = format!("event:{TRIGGER}:{SOURCE}:");
     let rows: Vec<RunTimes> = sqlx::query_as(
         "SELECT q.idempotency_key, r.created_at, r.finished_at, r.status
@@ -300,6 +316,7 @@ pub(super) async fn measure(
         pg_xact: xact_after - xact_before,
         pg_xact_per_event: (xact_after - xact_before) as f64 / events as f64,
         ledger_entries_per_message: (ledger_after - ledger_before) as f64 / messages as f64,
+        decision_xact_per_message: decisions as f64 / messages as f64,
         processes: cpu_before
             .iter()
             .zip(&cpu_after)
