@@ -432,3 +432,61 @@ async fn events_published_while_no_engine_runs_are_filed_when_one_starts() -> an
     assert_eq!(stack.count("requests").await?, 5);
     stack.stop().await
 }
+
+#[tokio::test]
+async fn the_ledger_and_dead_letters_keep_only_their_retention_window() -> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    stack.apply(&team_db(&stack, "1", "^[0-9]+$")).await?;
+    for i in 0..4 {
+        publish_structured(
+            &stack,
+            "created",
+            &structured(&format!("old-{i}"), "x", "gold"),
+        )
+        .await?;
+    }
+    publish_structured(&stack, "created", &structured("new", "x", "gold")).await?;
+    ledger_of(&stack, "new", 1).await?;
+    assert_eq!(
+        stack.count("dead_letters").await?,
+        5,
+        "each broke the schema"
+    );
+    // Age the first four by eight days.
+    for table in ["event_ledger", "dead_letters"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE fulfil.{table} SET received_at = now() - interval '8 days'
+             WHERE ledger_id IN (SELECT ledger_id FROM fulfil.event_ledger WHERE event_id LIKE 'old-%')"
+        )))
+        .execute(&stack.pool)
+        .await?;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let retention = tokio::spawn(fulfil_engine::events::keep_retention(
+        stack.pool.clone(),
+        fulfil_engine::events::DEFAULT_RETENTION,
+        Duration::from_secs(3600),
+        stop.clone(),
+    ));
+    let deadline = Instant::now() + WAIT;
+    while stack.count("event_ledger").await? > 1 || stack.count("dead_letters").await? > 1 {
+        anyhow::ensure!(Instant::now() < deadline, "old entries were not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    retention.await?;
+    let (_, page) = stack.get("/v1/events").await?;
+    let ids: Vec<&Value> = page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| &e["id"])
+        .collect();
+    assert_eq!(
+        ids,
+        vec![&json!("new")],
+        "the entry within the window stays"
+    );
+    assert_eq!(stack.count("dead_letters").await?, 1);
+    stack.stop().await
+}
