@@ -460,7 +460,11 @@ mod tests {
         ] {
             assert_eq!(StatusEventKind::for_history(quiet), None, "{quiet}");
         }
-        assert_eq!(StatusEventKind::ALL.len(), 12, "the contract lists twelve kinds");
+        assert_eq!(
+            StatusEventKind::ALL.len(),
+            12,
+            "the contract lists twelve kinds"
+        );
         assert!(StatusEventKind::StepFailed.is_about_a_step());
         assert!(!StatusEventKind::RunFailed.is_about_a_step());
     }

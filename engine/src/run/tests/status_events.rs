@@ -95,7 +95,10 @@ fn a_run_publishes_accepted_started_each_step_and_succeeded_in_history_order() {
     let sent = published(&h, &writes);
     assert_eq!(
         status_kinds(&writes),
-        vec![StatusEventKind::StepSucceeded, StatusEventKind::RunSucceeded]
+        vec![
+            StatusEventKind::StepSucceeded,
+            StatusEventKind::RunSucceeded
+        ]
     );
     let (step_seq, run_seq) = (sent[0].0, sent[1].0);
     assert!(step_seq < run_seq, "the step before the run");
@@ -107,7 +110,8 @@ fn a_run_publishes_accepted_started_each_step_and_succeeded_in_history_order() {
 }
 
 #[test]
-fn a_retried_attempt_publishes_nothing_and_a_final_failure_publishes_step_failed_then_run_compensated() {
+fn a_retried_attempt_publishes_nothing_and_a_final_failure_publishes_step_failed_then_run_compensated()
+ {
     let (mut h, _) = Harness::start(SAGA, json!({ "sku": "A-1" }));
     h.succeed("reserve", TaskKind::Action, json!({ "reservation": "r-1" }));
 

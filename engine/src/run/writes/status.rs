@@ -59,7 +59,10 @@ pub(crate) fn status_data(
     use StatusEventKind::*;
     match kind {
         StepSucceeded => {
-            data.insert("outputs".into(), json!(step.and_then(|r| r.outputs.clone())));
+            data.insert(
+                "outputs".into(),
+                json!(step.and_then(|r| r.outputs.clone())),
+            );
         }
         StepFailed => {
             let message = history
