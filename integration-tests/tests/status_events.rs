@@ -370,3 +370,34 @@ async fn events_held_back_while_nats_refuses_them_arrive_later_complete_and_in_o
     }
     stack.stop().await
 }
+
+#[tokio::test]
+async fn a_request_filed_with_a_traceparent_carries_it_on_every_status_event_of_its_run()
+-> anyhow::Result<()> {
+    let stack = stack(1).await?;
+    stack.apply(UNDONE).await?;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    // As the event intake files a request for a trigger.
+    let accepted = fulfil_engine::requests::create_request(
+        &stack.engine,
+        fulfil_engine::requests::NewRequest {
+            promise: "undone".into(),
+            params: json!({}),
+            actor: "event:test".into(),
+            traceparent: Some(traceparent.into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let events = follow(&stack, accepted.run_id, "run.compensated", WAIT).await?;
+    assert_eq!(events.len(), 5, "{:?}", types(&events));
+    for event in &events {
+        assert_eq!(event["traceparent"], traceparent, "{event}");
+        assert_eq!(event["data"]["request_id"], json!(accepted.request_id));
+    }
+    // A request filed without one carries none.
+    let plain = stack.request("undone", json!({})).await?;
+    let events = follow(&stack, plain, "run.compensated", WAIT).await?;
+    assert!(events.iter().all(|e| e.get("traceparent").is_none()));
+    stack.stop().await
+}
