@@ -12,7 +12,7 @@ CREATE TABLE fulfil.status_outbox (
     id          bigserial   PRIMARY KEY,
     run_id      uuid        NOT NULL,
     seq         bigint      NOT NULL,
-    kind        text        NOT NULL CHECK (kind IN
+    kind        text        NOT NULL CONSTRAINT status_outbox_kind_check CHECK (kind IN
         ('request.accepted', 'run.started', 'step.started', 'step.succeeded', 'step.failed',
          'step.waiting', 'run.succeeded', 'run.failed', 'run.compensated', 'run.cancelled',
          'request.deleted', 'request.delete_failed')),
