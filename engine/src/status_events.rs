@@ -58,6 +58,8 @@ pub const PUBLISHER_LOCK: i64 = 0x0046_756c_6669_6c53; // "FulfilS"
 pub const LOCK_RETRY: Duration = Duration::from_secs(2);
 /// How often the holder looks for rows no commit of its own announced.
 pub const POLL: Duration = Duration::from_millis(100);
+/// Longest wait between tries while NATS refuses publishes.
+const MAX_PUBLISH_RETRY: Duration = Duration::from_secs(5);
 /// Most rows read, published and deleted in one round.
 const BATCH: i64 = 1024;
 
@@ -132,9 +134,13 @@ async fn hold_and_publish(
         }
     }
     info!(engine = engine.id(), "this process publishes status events");
+    // NATS refusing every publish (stream gone, server down) is retried
+    // soon, then less often, so an outage is not a storm of warnings.
+    let mut backoff = fulfil_bus::Backoff::new(POLL, MAX_PUBLISH_RETRY);
     loop {
         let drained = match publish_round(&mut conn, js).await {
             Ok(n) => {
+                backoff.reset();
                 if n > 0 {
                     debug!(events = n, "status events published");
                 }
@@ -142,10 +148,11 @@ async fn hold_and_publish(
             }
             Err(StatusPublishError::Db(e)) => return Err(e.into()),
             Err(e) => {
-                warn!(error = %e, "publishing status events failed; retrying");
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in = ?delay, "publishing status events failed");
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(POLL) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
                 true
             }
