@@ -23,7 +23,8 @@
 //!   the batch, all pipelined on one connection). So a failed publish never
 //!   leaves a later event of a run stored without an earlier one; the batch
 //!   is retried whole, and what was already stored is deduplicated.
-//! * Rows are deleted only after their acknowledgement; a message the
+//! * Rows are deleted only after their acknowledgement (by the next round's
+//!   statement, which also reads the next batch: one round trip); a message the
 //!   server refuses for good (over `max_payload`) is moved to
 //!   `fulfil.parked_status_outbox` in the same statement, so it never holds
 //!   back the rest (its run shows a gap in `fulfilseq`, never a reordering).
@@ -80,7 +81,8 @@ struct Row {
     run_id: Uuid,
     subject: String,
     msg_id: String,
-    payload: serde_json::Value,
+    /// The CloudEvent as stored, sent as it is.
+    payload: String,
 }
 
 /// Runs the status publisher role until `shutdown`: takes the lock when it
@@ -137,8 +139,9 @@ async fn hold_and_publish(
     // NATS refusing every publish (stream gone, server down) is retried
     // soon, then less often, so an outage is not a storm of warnings.
     let mut backoff = fulfil_bus::Backoff::new(POLL, MAX_PUBLISH_RETRY);
+    let mut published = Published::default();
     loop {
-        let drained = match publish_round(&mut conn, js).await {
+        let drained = match publish_round(&mut conn, js, &mut published).await {
             Ok(n) => {
                 backoff.reset();
                 if n > 0 {
@@ -151,39 +154,71 @@ async fn hold_and_publish(
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in = ?delay, "publishing status events failed");
                 tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
+                    () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
                 }
                 true
             }
         };
-        if drained {
+        // Rows published by the last round are deleted by the next one, so
+        // a round that found fewer than a batch waits only when nothing is
+        // left to delete either.
+        if drained && published.ids.is_empty() {
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => break,
                 () = engine.status_woken() => {}
                 () = tokio::time::sleep(POLL) => {}
             }
+        } else if shutdown.is_cancelled() {
+            break;
         }
     }
+    // Best effort: what is not deleted here is published again by the next
+    // holder and dropped by the stream as a duplicate.
+    if let Err(e) = settle(&mut conn, &mut published, 0).await {
+        warn!(error = %e, "deleting published status events at shutdown failed");
+    }
+    Ok(())
 }
 
-/// Publishes the oldest committed rows (up to [`BATCH`]) and deletes them;
-/// returns how many it took.
-async fn publish_round(
+/// Rows the last round published (or parked), to delete in the next one.
+#[derive(Default)]
+struct Published {
+    ids: Vec<i64>,
+    /// Refused for good: (id, reason), moved to `fulfil.parked_status_outbox`.
+    parked: Vec<i64>,
+    reasons: Vec<String>,
+}
+
+/// One statement, one round trip: deletes (or parks) what the last round
+/// published, and reads the oldest of the rest, up to `limit`.
+async fn settle(
     conn: &mut PgConnection,
-    js: &jetstream::Context,
-) -> Result<usize, StatusPublishError> {
-    let rows: Vec<(i64, Uuid, String, String, serde_json::Value)> = sqlx::query_as(
-        "SELECT id, run_id, subject, msg_id, payload FROM fulfil.status_outbox
-         ORDER BY id LIMIT $1",
+    published: &mut Published,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    // The read sees the table as the statement began, so it skips the rows
+    // the statement deletes by their ids.
+    let rows: Vec<(i64, Uuid, String, String, String)> = sqlx::query_as(
+        "WITH gone AS (DELETE FROM fulfil.status_outbox WHERE id = ANY($1::bigint[])
+                       RETURNING id, run_id, seq, subject, msg_id, payload),
+              parked AS (INSERT INTO fulfil.parked_status_outbox
+                                (id, run_id, seq, subject, msg_id, payload, reason)
+                         SELECT g.id, g.run_id, g.seq, g.subject, g.msg_id, g.payload, r.reason
+                         FROM gone g JOIN UNNEST($2::bigint[], $3::text[]) AS r(id, reason)
+                              ON r.id = g.id
+                         ON CONFLICT (id) DO NOTHING)
+         SELECT id, run_id, subject, msg_id, payload::text FROM fulfil.status_outbox
+         WHERE id <> ALL($1::bigint[]) ORDER BY id LIMIT $4",
     )
-    .bind(BATCH)
+    .bind(&published.ids)
+    .bind(&published.parked)
+    .bind(&published.reasons)
+    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let rows: Vec<Row> = rows
+    *published = Published::default();
+    Ok(rows
         .into_iter()
         .map(|(id, run_id, subject, msg_id, payload)| Row {
             id,
@@ -192,26 +227,27 @@ async fn publish_round(
             msg_id,
             payload,
         })
-        .collect();
+        .collect())
+}
+
+/// Deletes what the last round published, then publishes the oldest
+/// committed rows (up to [`BATCH`]), leaving them in `published` for the
+/// next round to delete; returns how many it published.
+async fn publish_round(
+    conn: &mut PgConnection,
+    js: &jetstream::Context,
+    published: &mut Published,
+) -> Result<usize, StatusPublishError> {
+    let rows = settle(conn, published, BATCH).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
     let refused = publish_in_waves(js, &rows).await?;
-    let done: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let (parked, reasons): (Vec<i64>, Vec<String>) = refused.into_iter().unzip();
-    for (id, reason) in parked.iter().zip(&reasons) {
+    for (id, reason) in &refused {
         error!(id, %reason, "status event can never be published; parked in fulfil.parked_status_outbox");
     }
-    sqlx::query(
-        "WITH gone AS (DELETE FROM fulfil.status_outbox WHERE id = ANY($1::bigint[])
-                       RETURNING id, run_id, seq, subject, msg_id, payload)
-         INSERT INTO fulfil.parked_status_outbox (id, run_id, seq, subject, msg_id, payload, reason)
-         SELECT g.id, g.run_id, g.seq, g.subject, g.msg_id, g.payload, r.reason
-         FROM gone g JOIN UNNEST($2::bigint[], $3::text[]) AS r(id, reason) ON r.id = g.id
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&done)
-    .bind(&parked)
-    .bind(&reasons)
-    .execute(&mut *conn)
-    .await?;
+    published.ids = rows.iter().map(|r| r.id).collect();
+    (published.parked, published.reasons) = refused.into_iter().unzip();
     Ok(rows.len())
 }
 
@@ -239,7 +275,7 @@ async fn publish_in_waves(
     for wave in waves {
         let mut acks = Vec::with_capacity(wave.len());
         for row in wave {
-            let body = Bytes::from(row.payload.to_string());
+            let body = Bytes::from(row.payload.clone());
             let size = body.len();
             let sent = js
                 .send_publish(
