@@ -285,6 +285,59 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// The kind of a status event Fulfil publishes on `<prefix>.events.<kind>`
+    /// (CloudEvent `type` `dev.fulfil.<kind>`). Each is also the history
+    /// kind it is emitted for: a history event whose kind this vocabulary
+    /// spells is published, any other history event is not.
+    pub enum StatusEventKind as "status event kind" {
+        /// A request was filed and its run created.
+        RequestAccepted = "request.accepted",
+        /// A run began.
+        RunStarted = "run.started",
+        /// A worker reported it started a step's action.
+        StepStarted = "step.started",
+        /// A step's action succeeded; `data.outputs` holds its outputs.
+        StepSucceeded = "step.succeeded",
+        /// A step failed for good (no retry follows); `data.error` says why.
+        StepFailed = "step.failed",
+        /// A step waits for something outside the run (event, approval).
+        StepWaiting = "step.waiting",
+        /// The run succeeded; `data.outputs` holds the Promise's outputs.
+        RunSucceeded = "run.succeeded",
+        /// The run failed; `data.error` says why.
+        RunFailed = "run.failed",
+        /// The run failed and every completed step was undone.
+        RunCompensated = "run.compensated",
+        /// An operator cancelled the run.
+        RunCancelled = "run.cancelled",
+        /// The request's resources are gone and the request deleted.
+        RequestDeleted = "request.deleted",
+        /// The delete run of a request failed.
+        RequestDeleteFailed = "request.delete_failed",
+    }
+}
+
+impl StatusEventKind {
+    /// The status event a history event of kind `history_kind` publishes,
+    /// if any. The one place the two vocabularies meet: a status kind is
+    /// spelled as the history kind it follows, and history kinds that are
+    /// not status kinds (dispatches, retries scheduled, compensation
+    /// attempts, ignored results) publish nothing.
+    pub fn for_history(history_kind: &str) -> Option<Self> {
+        Self::parse(history_kind).ok()
+    }
+
+    /// Whether the event is about one step (`data.step` names it, and
+    /// `data.status` is the step's status rather than the run's).
+    pub fn is_about_a_step(self) -> bool {
+        matches!(
+            self,
+            Self::StepStarted | Self::StepSucceeded | Self::StepFailed | Self::StepWaiting
+        )
+    }
+}
+
+vocabulary! {
     /// What one trigger did with a received event (the event ledger's
     /// `outcomes[].outcome`, `POST /v1/events`' answer).
     pub enum EventOutcome as "event outcome" {
@@ -384,6 +437,36 @@ mod tests {
         assert_eq!(unknown.what, "step status");
         assert!(unknown.to_string().contains("pending, ready, running"));
         assert!(serde_json::from_str::<TaskKind>("\"undo\"").is_err());
+    }
+
+    #[test]
+    fn only_status_kinds_of_history_publish_a_status_event() {
+        assert_eq!(
+            StatusEventKind::for_history("step.succeeded"),
+            Some(StatusEventKind::StepSucceeded)
+        );
+        assert_eq!(
+            StatusEventKind::for_history("request.delete_failed"),
+            Some(StatusEventKind::RequestDeleteFailed)
+        );
+        // A retried attempt is `step.retry_scheduled`, never `step.failed`.
+        for quiet in [
+            "step.dispatched",
+            "step.retry_scheduled",
+            "step.timed_out",
+            "compensation.failed",
+            "run.compensating",
+            "result.ignored",
+        ] {
+            assert_eq!(StatusEventKind::for_history(quiet), None, "{quiet}");
+        }
+        assert_eq!(
+            StatusEventKind::ALL.len(),
+            12,
+            "the contract lists twelve kinds"
+        );
+        assert!(StatusEventKind::StepFailed.is_about_a_step());
+        assert!(!StatusEventKind::RunFailed.is_about_a_step());
     }
 
     #[test]

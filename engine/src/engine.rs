@@ -1,5 +1,6 @@
 //! The engine handle shared by the API, the background loops and tests, and
-//! the loops an engine process runs: outbox relay, result applier, timers.
+//! the loops an engine process runs: outbox relay, status publisher, result
+//! applier, timers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,8 @@ pub(crate) struct Inner {
     runs: crate::run::RunCache,
     id: String,
     outbox_wake: Notify,
+    /// Wakes this process's status publisher (see [`crate::status_events`]).
+    status_wake: Notify,
     /// Set once [`Engine::start_fast_publisher`] ran.
     publisher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OutboxRow>>>,
     /// Started on the first request this process accepts.
@@ -104,6 +107,7 @@ impl Engine {
                 runs: crate::run::RunCache::default(),
                 id: id.into(),
                 outbox_wake: Notify::new(),
+                status_wake: Notify::new(),
                 publisher: std::sync::OnceLock::new(),
                 intake: std::sync::OnceLock::new(),
                 roles: crate::roles::Roles::default(),
@@ -192,8 +196,11 @@ impl Engine {
     }
 
     /// Hands rows committed by this process to the fast publisher, or wakes
-    /// the relay when there is none.
+    /// the relay when there is none; wakes the status publisher, since almost
+    /// every commit of a run records a status event (a wake-up that finds
+    /// nothing costs one indexed read, and wake-ups coalesce).
     pub fn after_commit(&self, rows: Vec<OutboxRow>) {
+        self.inner.status_wake.notify_one();
         if rows.is_empty() {
             return;
         }
@@ -210,6 +217,10 @@ impl Engine {
 
     pub(crate) async fn outbox_woken(&self) {
         self.inner.outbox_wake.notified().await;
+    }
+
+    pub(crate) async fn status_woken(&self) {
+        self.inner.status_wake.notified().await;
     }
 
     /// Runs the engine's loops until `shutdown` is cancelled. Each loop
@@ -237,6 +248,21 @@ impl Engine {
                         engine.clone(),
                         js.clone(),
                         config.clone(),
+                        stop.clone(),
+                    )
+                },
+            )
+        };
+        let status = {
+            let (engine, js, stop) = (self.clone(), js.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "status publisher".into(),
+                shutdown.clone(),
+                move || {
+                    crate::status_events::run_status_publisher(
+                        engine.clone(),
+                        js.clone(),
                         stop.clone(),
                     )
                 },
@@ -297,7 +323,7 @@ impl Engine {
                 move || crate::timers::run_timers(engine.clone(), config.clone(), stop.clone()),
             )
         };
-        tokio::join!(relay, results, inbound, retention, timers);
+        tokio::join!(relay, status, results, inbound, retention, timers);
         Ok(())
     }
 }

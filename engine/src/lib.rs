@@ -8,6 +8,8 @@
 //!   ([`requests::create_request`]);
 //! * tasks reach NATS through the transactional [`outbox`], published with
 //!   `Nats-Msg-Id` = task id, so a republish after a crash is deduplicated;
+//! * status events leave through their own outbox, one publisher at a time,
+//!   in each run's history order ([`status_events`]);
 //! * a result is applied at most once, keyed by task id, under the run's row
 //!   lock ([`run::apply_result`]);
 //! * any number of engine processes may run against one database.
@@ -24,6 +26,7 @@ pub mod requests;
 pub mod results;
 pub mod roles;
 pub mod run;
+pub mod status_events;
 pub mod timers;
 
 pub use engine::{Engine, EngineConfig};

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use fulfil_core::status::{
-    AttemptStatus, CompensationStatus, EventVia, RequestStatus, RunKind, RunStatus, StepStatus,
-    TaskKind, TimerKind,
+    AttemptStatus, CompensationStatus, EventVia, RequestStatus, RunKind, RunStatus,
+    StatusEventKind, StepStatus, TaskKind, TimerKind,
 };
 use fulfil_engine::db;
 use fulfil_integration_tests::{database_url, with_database};
@@ -72,6 +72,10 @@ async fn check_constraints_list_exactly_the_enum_spellings() -> anyhow::Result<(
         (
             "event_ledger_via_check",
             spellings(EventVia::ALL, EventVia::as_str),
+        ),
+        (
+            "status_outbox_kind_check",
+            spellings(StatusEventKind::ALL, StatusEventKind::as_str),
         ),
     ];
     for (constraint, spellings) in expected {

@@ -449,7 +449,15 @@ async fn measure(
             else {
                 continue;
             };
-            listener_load.complete(run, event["data"]["status"] == "succeeded");
+            // `run.started` is a run event too; only a run's end completes it.
+            let Some(status) = event["data"]["status"]
+                .as_str()
+                .and_then(|s| fulfil_core::RunStatus::parse(s).ok())
+                .filter(|s| s.is_terminal())
+            else {
+                continue;
+            };
+            listener_load.complete(run, status == fulfil_core::RunStatus::Succeeded);
         }
     });
 

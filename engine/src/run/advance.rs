@@ -491,18 +491,6 @@ pub(super) fn finish(
         None,
         json!({ "outputs": outputs, "error": error }),
     );
-    run.emit_event(
-        kind,
-        json!({
-            "run_id": run.run_id,
-            "request_id": run.request_id,
-            "promise": run.promise.metadata.name,
-            "promise_version": run.promise.metadata.version,
-            "status": status.as_str(),
-            "outputs": outputs,
-            "error": error,
-        }),
-    );
     Ok(())
 }
 

@@ -35,12 +35,11 @@ use chrono::{DateTime, Utc};
 use fulfil_bus::NatsNames;
 use fulfil_core::dag::CompensationStatus;
 use fulfil_core::ids::{RequestId, RunId, TaskId};
-use fulfil_core::status::{RunKind, TimerKind};
+use fulfil_core::status::{RunKind, StatusEventKind, TimerKind};
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{RunStatus, StepStatus};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{PgConnection, Postgres, Transaction};
-use uuid::Uuid;
 
 use crate::outbox::OutboxRow;
 
@@ -58,7 +57,7 @@ pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
 pub(crate) use writes::{
     AttemptUpdate, LeadingPart, RequestUpdate, RunEnding, fits_one_statement, flush, flush_with,
 };
-pub use writes::{OutboxMessage, PendingEvent};
+pub use writes::{OutboxMessage, PendingEvent, PendingStatus};
 
 /// Kinds of history event, as stored in `history.type`.
 pub mod event {
@@ -490,6 +489,10 @@ impl Run {
         self.writes.cancels.push(cancel);
     }
 
+    /// Records history event `kind`. When `kind` is a status kind
+    /// ([`StatusEventKind::for_history`]) the event also publishes a status
+    /// event, its `data` taken from the run as it stands now: record after
+    /// the change the event reports (the step's or the run's new status).
     pub fn record(
         &mut self,
         kind: &'static str,
@@ -497,12 +500,17 @@ impl Run {
         attempt: Option<i32>,
         data: Value,
     ) {
+        let status = StatusEventKind::for_history(kind).map(|status| PendingStatus {
+            kind: status,
+            data: writes::status::status_data(self, status, step_id, &data),
+        });
         self.writes.events.push(PendingEvent {
             kind,
             step_id: step_id.map(str::to_string),
             attempt,
             actor: self.actor.clone(),
             data,
+            status,
         });
     }
 
@@ -512,22 +520,6 @@ impl Run {
             msg_id,
             payload,
         });
-    }
-
-    /// Publishes a CloudEvent about this run on `<prefix>.events.<kind>`.
-    pub fn emit_event(&mut self, kind: &str, data: Value) {
-        let id = Uuid::now_v7();
-        let event = json!({
-            "specversion": "1.0",
-            "id": id,
-            "source": format!("fulfil/{}", self.names.prefix()),
-            "type": format!("dev.fulfil.{kind}"),
-            "subject": self.run_id,
-            "time": Utc::now(),
-            "datacontenttype": "application/json",
-            "data": data,
-        });
-        self.publish(self.names.event_subject(kind), id.to_string(), event);
     }
 
     /// Stores this run's changes in `tx` and commits it. Hand the returned

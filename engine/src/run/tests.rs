@@ -40,6 +40,7 @@ mod invariants;
 mod operator;
 mod retry;
 mod stale;
+mod status_events;
 mod timeouts;
 
 const ENGINE: &str = "engine-test";
@@ -445,13 +446,29 @@ fn dispatched(writes: &Writes) -> Vec<(String, TaskKind, u32)> {
         .collect()
 }
 
-/// Subjects of the run events (CloudEvents) a change publishes.
-fn run_events(writes: &Writes) -> Vec<&str> {
+/// Subjects of the run-level status events (CloudEvents) a change
+/// publishes: `run.*`, not request or step events.
+fn run_events(writes: &Writes) -> Vec<String> {
+    use fulfil_core::status::StatusEventKind::*;
+    let names = NatsNames::new("test").expect("a valid prefix");
+    status_kinds(writes)
+        .into_iter()
+        .filter(|kind| {
+            matches!(
+                kind,
+                RunStarted | RunSucceeded | RunFailed | RunCompensated | RunCancelled
+            )
+        })
+        .map(|kind| names.event_subject(kind.as_str()))
+        .collect()
+}
+
+/// The status events a change publishes, in history order.
+fn status_kinds(writes: &Writes) -> Vec<fulfil_core::status::StatusEventKind> {
     writes
-        .outbox
+        .events
         .iter()
-        .filter(|m| m.subject.starts_with("test.events."))
-        .map(|m| m.subject.as_str())
+        .filter_map(|e| e.status.as_ref().map(|s| s.kind))
         .collect()
 }
 
@@ -498,6 +515,7 @@ fn assert_only_ignored(writes: &Writes) {
         vec![event::RESULT_IGNORED]
     );
     assert!(writes.outbox.is_empty(), "nothing published");
+    assert!(status_kinds(writes).is_empty(), "no status event");
     assert!(writes.steps.is_empty(), "no step changed");
     assert!(!writes.run, "the run row is untouched");
     assert!(writes.ending.is_none() && writes.request.is_none());

@@ -47,6 +47,13 @@ pub(super) struct Columns {
     h_attempt: Vec<Option<i32>>,
     h_actor: Vec<String>,
     h_data: Vec<Value>,
+    // status events, beside their history events
+    st_run: Vec<Uuid>,
+    st_seq: Vec<i64>,
+    st_kind: Vec<&'static str>,
+    st_subject: Vec<String>,
+    st_msg_id: Vec<String>,
+    st_payload: Vec<Value>,
     // outbox
     outbox_subject: Vec<String>,
     outbox_msg_id: Vec<String>,
@@ -121,6 +128,7 @@ impl Columns {
     pub(super) fn is_empty(&self) -> bool {
         self.c_run.is_empty()
             && self.h_run.is_empty()
+            && self.st_run.is_empty()
             && self.outbox_subject.is_empty()
             && self.r_id.is_empty()
             && self.q_id.is_empty()
@@ -162,8 +170,18 @@ impl Columns {
         let events = writes.events.len() as i64;
         run.next_seq += events;
         for (offset, e) in writes.events.into_iter().enumerate() {
+            let seq = first_seq + offset as i64;
+            if let Some(status) = e.status {
+                let message = super::status::envelope(run, status, seq);
+                self.st_run.push(run_id.as_uuid());
+                self.st_seq.push(seq);
+                self.st_kind.push(message.kind.as_str());
+                self.st_subject.push(message.subject);
+                self.st_msg_id.push(message.msg_id);
+                self.st_payload.push(message.payload);
+            }
             self.h_run.push(run_id.as_uuid());
-            self.h_seq.push(first_seq + offset as i64);
+            self.h_seq.push(seq);
             self.h_type.push(e.kind);
             self.h_step.push(e.step_id);
             self.h_attempt.push(e.attempt);
@@ -369,6 +387,27 @@ impl Columns {
                     a.add(&self.h_attempt)?;
                     a.add(&self.h_actor)?;
                     a.add(&self.h_data)
+                },
+            );
+        }
+        if !self.st_run.is_empty() {
+            // In array order (runs in batch order, each run's events in
+            // history order), so each run's rows take increasing ids: the
+            // status publisher sends in id order.
+            statement.part(
+                "status_outbox",
+                "INSERT INTO fulfil.status_outbox (run_id, seq, kind, subject, msg_id, payload)
+                 SELECT r, s, k, j, m, p
+                 FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                             $6::jsonb[]) WITH ORDINALITY AS u(r, s, k, j, m, p, ord)
+                 ORDER BY ord",
+                |a| {
+                    a.add(&self.st_run)?;
+                    a.add(&self.st_seq)?;
+                    a.add(&self.st_kind)?;
+                    a.add(&self.st_subject)?;
+                    a.add(&self.st_msg_id)?;
+                    a.add(&self.st_payload)
                 },
             );
         }

@@ -12,16 +12,23 @@
 //! [`flush`](flush::flush) writes it, gathering every run's buffer into
 //! per-column arrays ([`columns`]) that feed one assembled `WITH`
 //! statement ([`statement`]).
+//!
+//! A history event whose kind is a status kind carries its status event
+//! ([`PendingStatus`]); the flush numbers the event and writes the status
+//! event beside it, in `fulfil.status_outbox`, with the same sequence number
+//! ([`status`]). So a status event exists if and only if its history event
+//! was committed, and carries the history's order.
 
 mod columns;
 mod flush;
 mod statement;
+pub(crate) mod status;
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use fulfil_core::ids::TaskId;
-use fulfil_core::status::{AttemptStatus, RequestStatus, TaskKind, TimerKind};
+use fulfil_core::status::{AttemptStatus, RequestStatus, StatusEventKind, TaskKind, TimerKind};
 use serde_json::Value;
 
 pub(crate) use flush::{LeadingPart, fits_one_statement, flush, flush_with};
@@ -33,6 +40,19 @@ pub struct PendingEvent {
     pub step_id: Option<String>,
     pub attempt: Option<i32>,
     pub actor: String,
+    pub data: Value,
+    /// The status event this history event publishes, if its kind is a
+    /// status kind.
+    pub status: Option<PendingStatus>,
+}
+
+/// A status event waiting for its history event's sequence number: its
+/// kind and CloudEvent `data`, fixed when the history event was recorded
+/// (the run's state then is what it reports). The flush wraps it in its
+/// envelope ([`status::envelope`]).
+#[derive(Debug, Clone)]
+pub struct PendingStatus {
+    pub kind: StatusEventKind,
     pub data: Value,
 }
 
