@@ -24,6 +24,8 @@ fn bench_runs_every_scenario_and_writes_its_report() -> anyhow::Result<()> {
                 "4",
                 "--warmup",
                 "2",
+                "--stats-settle",
+                "0s",
             ])
             .args(&extra)
             .arg("--json")
@@ -70,6 +72,47 @@ fn bench_runs_every_scenario_and_writes_its_report() -> anyhow::Result<()> {
             assert!(p["role"].is_string());
         }
     }
+
+    // Events published by a plain NATS client into a trigger, a tenth of
+    // them twice: none may file a second request.
+    let json = dir.join("events.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfil"))
+        .args([
+            "bench",
+            "--scenario",
+            "events",
+            "--workflows",
+            "20",
+            "--rate",
+            "200",
+        ])
+        .args(["--warmup", "2", "--stats-settle", "0s", "--json"])
+        .arg(&json)
+        .env("DATABASE_URL", database_url())
+        .env("NATS_URL", nats_url())
+        .output()?;
+    assert!(
+        output.status.success(),
+        "events: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    assert_eq!(report["scenario"], "events");
+    assert_eq!(report["events"], 20);
+    assert_eq!(report["resent"], 2);
+    assert_eq!(report["duplicates_filed"], 0);
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["ledger_entries_per_message"], 1.0);
+    for field in ["p50", "p99", "max"] {
+        assert!(
+            report["published_to_started_ms"][field]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "published_to_started_ms.{field} in {report:#}"
+        );
+    }
+    assert!(report["events_per_s"].as_f64().is_some_and(|v| v > 0.0));
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

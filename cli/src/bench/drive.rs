@@ -219,13 +219,14 @@ async fn xact_commits(pool: &sqlx::PgPool, database: &str) -> anyhow::Result<i64
 /// Waits until Postgres has published the statistics of finished work. A
 /// busy backend flushes its counts about once a second, but one that went
 /// idle holds them for up to 10 s (`PGSTAT_IDLE_INTERVAL`, Postgres 15):
-/// read after that, then until two readings agree. Reading sooner
-/// undercounted the events bench's transactions five-fold.
+/// read after `settle` (`--stats-settle`), then until two readings agree.
+/// Reading sooner undercounted the events bench's transactions.
 pub(super) async fn settled_xact_commits(
     pool: &sqlx::PgPool,
     database: &str,
+    settle: Duration,
 ) -> anyhow::Result<i64> {
-    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    tokio::time::sleep(settle).await;
     let mut last = xact_commits(pool, database).await?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -465,7 +466,7 @@ async fn measure(
     if args.warmup > 0 {
         offer(args, http, api, &load, args.warmup, deadline).await?;
     }
-    let xact_before = settled_xact_commits(pool, database).await?;
+    let xact_before = settled_xact_commits(pool, database, args.stats_settle).await?;
     let writes_before = write_counters(pool).await?;
     let cpu_before: Vec<ProcessFigures> =
         roles.iter().map(procs::figures).collect::<Result<_, _>>()?;
@@ -477,7 +478,7 @@ async fn measure(
     let cpu_after: Vec<ProcessFigures> =
         roles.iter().map(procs::figures).collect::<Result<_, _>>()?;
     let services_after = SERVICES.map(procs::cpu_of_processes_named);
-    let xact_after = settled_xact_commits(pool, database).await?;
+    let xact_after = settled_xact_commits(pool, database, args.stats_settle).await?;
     let writes_after = write_counters(pool).await?;
     listener.abort();
     let failed = load.tracker.lock().map(|t| t.failed).unwrap_or(0) - failed_before;

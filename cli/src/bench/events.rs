@@ -221,7 +221,7 @@ pub(super) async fn measure(
         publish(&js, &subject, 0, args.warmup, rate.min(200.0), None).await?;
         wait_finished(pool, args.warmup as i64, deadline).await?;
     }
-    let xact_before = settled_xact_commits(pool, database).await?;
+    let xact_before = settled_xact_commits(pool, database, args.stats_settle).await?;
     let ledger_before: i64 = sqlx::query_scalar("SELECT count(*) FROM fulfil.event_ledger")
         .fetch_one(pool)
         .await?;
@@ -257,7 +257,7 @@ pub(super) async fn measure(
     let cpu_after: Vec<ProcessFigures> =
         roles.iter().map(procs::figures).collect::<Result<_, _>>()?;
     let services_after = SERVICES.map(procs::cpu_of_processes_named);
-    let xact_after = settled_xact_commits(pool, database).await?;
+    let xact_after = settled_xact_commits(pool, database, args.stats_settle).await?;
     let ledger_after: i64 = sqlx::query_scalar("SELECT count(*) FROM fulfil.event_ledger")
         .fetch_one(pool)
         .await?;

@@ -86,6 +86,11 @@ pub struct BenchArgs {
     pub database_url: String,
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// How long to let Postgres publish its statistics before reading
+    /// transaction counts: Postgres 15 holds an idle backend's counts for
+    /// up to 10 s, so less undercounts them (`0s` for a quick smoke run).
+    #[arg(long, default_value = "10500ms", value_parser = crate::humantime_duration)]
+    pub stats_settle: Duration,
     /// Share of events published a second time (`events` scenario); each
     /// must file nothing new.
     #[arg(long, default_value_t = 0.1)]
