@@ -165,6 +165,35 @@ async fn bus_and_http_events_file_one_request_per_event_and_the_ledger_says_why(
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         "the inbound traceparent is kept with the run"
     );
+    // ... and carried onto the status events of the run it started.
+    let status_events = stack
+        .js
+        .get_stream(stack.names.events_stream())
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: stack.names.event_subject("run.succeeded"),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = status_events.fetch().max_messages(10).messages().await?;
+    let mut succeeded = None;
+    while let Some(message) = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut messages))
+        .await
+        .context("no run.succeeded status event")?
+    {
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let event: Value = serde_json::from_slice(&message.payload)?;
+        if event["subject"] == run_id.to_string() {
+            succeeded = Some(event);
+            break;
+        }
+    }
+    let succeeded = succeeded.context("the run's run.succeeded status event")?;
+    assert_eq!(
+        succeeded["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "{succeeded:#}"
+    );
+    assert_eq!(succeeded["data"]["run_kind"], "configure", "{succeeded:#}");
 
     // Binary mode: ce-* headers, the data as the body.
     let mut headers = HeaderMap::new();
