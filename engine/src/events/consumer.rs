@@ -38,7 +38,8 @@ const BATCH: usize = 256;
 /// Batches decided at once.
 const CONCURRENCY: usize = 2;
 /// How often an engine checks that the stream captures every trigger's
-/// subject (a Promise may have been applied by a process without NATS).
+/// subject (a Promise may have been applied by a process without NATS),
+/// beside the consumer.
 const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
 /// The inbound stream could not capture a subject.
@@ -165,24 +166,50 @@ pub(crate) async fn run_consumer(
     js: jetstream::Context,
     shutdown: CancellationToken,
 ) {
-    while !shutdown.is_cancelled() {
-        match trigger_subjects(&engine).await {
-            Ok(subjects) => {
-                if let Err(e) = capture_subjects(&js, engine.names(), &subjects).await {
-                    warn!(error = %e, "the inbound stream does not capture every trigger subject");
-                }
+    // Widening the stream runs beside the consumer, never interrupting it:
+    // leaving the feed to do it held events back for a second each time.
+    let widen = async {
+        loop {
+            capture_trigger_subjects(&engine, &js).await;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RECONCILE_EVERY) => {}
             }
-            Err(e) => warn!(error = %e, "cannot read the triggers of the Promise heads"),
         }
-        match consume(&engine, &js, &shutdown).await {
-            Ok(()) => {}
-            Err(Stopped::NoStream) => {}
-            Err(Stopped::Failed(e)) => warn!(error = %e, "inbound consumer failed; rebuilding it"),
+    };
+    let consume_until_shutdown = async {
+        while !shutdown.is_cancelled() {
+            let wait = match consume(&engine, &js, &shutdown).await {
+                Ok(()) => return,
+                // The first Promise with triggers creates the stream.
+                Err(Stopped::NoStream) => {
+                    capture_trigger_subjects(&engine, &js).await;
+                    Duration::from_millis(250)
+                }
+                Err(Stopped::Failed(e)) => {
+                    warn!(error = %e, "inbound consumer failed; rebuilding it");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+    };
+    tokio::join!(widen, consume_until_shutdown);
+}
+
+/// Makes the inbound stream capture the subjects of every Promise head's
+/// triggers; a failure is logged and tried again on the next round.
+async fn capture_trigger_subjects(engine: &Engine, js: &jetstream::Context) {
+    match trigger_subjects(engine).await {
+        Ok(subjects) => {
+            if let Err(e) = capture_subjects(js, engine.names(), &subjects).await {
+                warn!(error = %e, "the inbound stream does not capture every trigger subject");
+            }
         }
+        Err(e) => warn!(error = %e, "cannot read the triggers of the Promise heads"),
     }
 }
 
@@ -234,16 +261,8 @@ async fn consume(
         }
     });
     let mut failed: Option<PullError> = None;
-    // Leaves the feed now and then to widen the stream for Promises
-    // applied meanwhile by processes that could not do it themselves.
-    let reconcile = tokio::time::sleep(RECONCILE_EVERY);
     messages
-        .take_until(async {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = reconcile => {}
-            }
-        })
+        .take_until(shutdown.cancelled())
         .filter_map(|message| {
             let message = match message {
                 Ok(message) => Some(message),
