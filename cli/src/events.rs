@@ -105,7 +105,7 @@ pub struct SendArgs {
     /// CloudEvent `type`, e.g. com.acme.team.created.
     #[arg(long = "type", value_name = "TYPE")]
     pub event_type: String,
-    /// CloudEvent `source`, e.g. /hr or https://hr.acme.dev.
+    /// CloudEvent `source`, e.g. `/hr` or `https://hr.acme.dev`.
     #[arg(long)]
     pub source: String,
     /// CloudEvent `id`; with `source` it identifies the event, so sending

@@ -49,7 +49,7 @@ pub struct PendingEvent {
 /// A status event waiting for its history event's sequence number: its
 /// kind and CloudEvent `data`, fixed when the history event was recorded
 /// (the run's state then is what it reports). The flush wraps it in its
-/// envelope ([`status::envelope`]).
+/// envelope (`status::envelope`).
 #[derive(Debug, Clone)]
 pub struct PendingStatus {
     pub kind: StatusEventKind,
