@@ -141,6 +141,51 @@ impl PullFeed {
         })
     }
 
+    /// Hands the feed's messages to `handle` in batches of what has arrived
+    /// (never waiting to fill one, at most `batch`), `concurrency` batches
+    /// at a time, until `stop` completes (`Ok`) or the feed fails (`Err`:
+    /// the caller opens a new feed). Batches already handed over finish
+    /// either way.
+    pub async fn for_each_batch<Handled>(
+        self,
+        batch: usize,
+        concurrency: usize,
+        stop: impl std::future::Future<Output = ()>,
+        handle: impl FnMut(Vec<jetstream::Message>) -> Handled,
+    ) -> Result<(), PullError>
+    where
+        Handled: std::future::Future<Output = ()>,
+    {
+        // The feed's first error ends the stream and is kept to return.
+        let messages = futures::stream::unfold(Some(self), |feed| async move {
+            let mut feed = feed?;
+            match feed.next().await {
+                Ok(message) => Some((Ok(message), Some(feed))),
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let mut failed: Option<PullError> = None;
+        messages
+            .take_until(stop)
+            .filter_map(|message| {
+                let message = match message {
+                    Ok(message) => Some(message),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        None
+                    }
+                };
+                std::future::ready(message)
+            })
+            .ready_chunks(batch)
+            .for_each_concurrent(concurrency, handle)
+            .await;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Messages this feed's requests asked for that the server has not sent.
     pub fn owed(&self) -> usize {
         self.owed.owed

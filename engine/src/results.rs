@@ -10,9 +10,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use fulfil_bus::pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullError, PullFeed};
+use fulfil_bus::pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullFeed};
 use fulfil_core::wire::{Outcome, ResultMessage, StepFailure};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -71,36 +70,14 @@ async fn consume(
         PULL_HEARTBEAT,
     )
     .await?;
-    // The feed's first error ends it; the caller then builds a new one.
-    let messages = futures::stream::unfold(Some(feed), |feed| async move {
-        let mut feed = feed?;
-        match feed.next().await {
-            Ok(message) => Some((Ok(message), Some(feed))),
-            Err(e) => Some((Err(e), None)),
-        }
-    });
-    let mut failed: Option<PullError> = None;
-    messages
-        .take_until(shutdown.cancelled())
-        .filter_map(|message| {
-            let message = match message {
-                Ok(message) => Some(message),
-                Err(e) => {
-                    failed.get_or_insert(e);
-                    None
-                }
-            };
-            std::future::ready(message)
-        })
-        .ready_chunks(config.result_batch)
-        .for_each_concurrent(config.result_concurrency, |batch| {
-            apply_batch(engine, js, batch)
-        })
-        .await;
-    match failed {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+    feed.for_each_batch(
+        config.result_batch,
+        config.result_concurrency,
+        shutdown.cancelled(),
+        |batch| apply_batch(engine, js, batch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Applies every report of `batch` in one transaction (group commit), then

@@ -20,10 +20,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use fulfil_bus::NatsNames;
-use fulfil_bus::pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullError, PullFeed};
+use fulfil_bus::pull::{PULL_EXPIRES, PULL_HEARTBEAT, PullFeed};
 use fulfil_core::status::EventVia;
 use fulfil_core::trigger::subject_matches;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -253,33 +252,11 @@ async fn consume(
     )
     .await
     .map_err(|e| Stopped::Failed(e.into()))?;
-    let messages = futures::stream::unfold(Some(feed), |feed| async move {
-        let mut feed = feed?;
-        match feed.next().await {
-            Ok(message) => Some((Ok(message), Some(feed))),
-            Err(e) => Some((Err(e), None)),
-        }
-    });
-    let mut failed: Option<PullError> = None;
-    messages
-        .take_until(shutdown.cancelled())
-        .filter_map(|message| {
-            let message = match message {
-                Ok(message) => Some(message),
-                Err(e) => {
-                    failed.get_or_insert(e);
-                    None
-                }
-            };
-            std::future::ready(message)
-        })
-        .ready_chunks(BATCH)
-        .for_each_concurrent(CONCURRENCY, |batch| decide_batch(engine, js, batch))
-        .await;
-    match failed {
-        Some(e) => Err(Stopped::Failed(e.into())),
-        None => Ok(()),
-    }
+    feed.for_each_batch(BATCH, CONCURRENCY, shutdown.cancelled(), |batch| {
+        decide_batch(engine, js, batch)
+    })
+    .await
+    .map_err(|e| Stopped::Failed(e.into()))
 }
 
 /// Headers of a NATS message, each name with its values.
