@@ -17,6 +17,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequest, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use fulfil_core::pointer::find_nul;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -282,7 +283,7 @@ fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             format!("the body is not valid JSON: {e}"),
         )
     })?;
-    if let Some(pointer) = find_nul(&value, &mut String::new()) {
+    if let Some(pointer) = find_nul(&value) {
         return Err(nul_problem(format!(
             "{} holds a NUL character (\\u0000), which cannot be stored; remove it",
             describe(&pointer)
@@ -309,39 +310,12 @@ fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
 /// `"\0"` is a NUL too) holding a NUL character in any string or key;
 /// `what` names the document in the answer.
 pub fn refuse_nul(value: &Value, what: &str) -> Result<(), Problem> {
-    match find_nul(value, &mut String::new()) {
+    match find_nul(value) {
         None => Ok(()),
         Some(pointer) => Err(nul_problem(format!(
             "{what} holds a NUL character (U+0000) at {pointer:?}, which cannot be stored; remove it"
         ))
         .with("pointer", json!(pointer))),
-    }
-}
-
-/// The JSON pointer (RFC 6901) of the first string or key holding a NUL.
-pub fn find_nul(value: &Value, at: &mut String) -> Option<String> {
-    match value {
-        Value::String(s) if s.contains('\0') => Some(at.clone()),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            let len = at.len();
-            at.push_str(&format!("/{i}"));
-            let found = find_nul(item, at);
-            at.truncate(len);
-            found
-        }),
-        Value::Object(map) => map.iter().find_map(|(key, item)| {
-            let len = at.len();
-            at.push('/');
-            at.push_str(&escape_token(key));
-            let found = if key.contains('\0') {
-                Some(at.clone())
-            } else {
-                find_nul(item, at)
-            };
-            at.truncate(len);
-            found
-        }),
-        _ => None,
     }
 }
 
@@ -354,14 +328,6 @@ pub fn describe(pointer: &str) -> String {
     }
 }
 
-/// A key as a JSON pointer token; a NUL is shown as `\0` so the pointer
-/// itself can be stored and printed.
-fn escape_token(key: &str) -> String {
-    key.replace('~', "~0")
-        .replace('/', "~1")
-        .replace('\0', "\\0")
-}
-
 fn pointer_of(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut pointer = String::new();
@@ -370,7 +336,7 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
             Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
             Segment::Map { key } | Segment::Enum { variant: key } => {
                 pointer.push('/');
-                pointer.push_str(&escape_token(key));
+                pointer.push_str(&fulfil_core::pointer::escape_token(key));
             }
             Segment::Unknown => {}
         }
@@ -408,11 +374,7 @@ mod tests {
             (json!({ "params": { "name": "ab" } }), None),
         ];
         for (value, expected) in cases {
-            assert_eq!(
-                find_nul(&value, &mut String::new()).as_deref(),
-                expected,
-                "{value}"
-            );
+            assert_eq!(find_nul(&value).as_deref(), expected, "{value}");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod document;
 pub mod expr;
 pub mod ids;
 pub mod params;
+pub mod pointer;
 pub mod promise;
 pub mod status;
 pub mod time;

@@ -121,7 +121,7 @@ impl ReceivedEvent {
         let json = json_form(&event);
         // Valid JSON, but no Postgres text or jsonb holds it: refused here
         // so the ledger insert cannot fail the whole batch.
-        if let Some(pointer) = find_nul(&json, &mut String::new()) {
+        if let Some(pointer) = fulfil_core::pointer::find_nul(&json) {
             return Err(NotACloudEvent(format!(
                 "the event holds a NUL character (U+0000) at {} (JSON pointer, NUL written \\0), which cannot be stored",
                 pointer.replace('\0', "\\0")
@@ -228,33 +228,6 @@ fn attribute_json(value: AttributeValue<'_>) -> Value {
         AttributeValue::Integer(i) => json!(i),
         AttributeValue::Time(t) => json!(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
         other => json!(other.to_string()),
-    }
-}
-
-/// The JSON pointer of the first string or key of `value` holding a NUL.
-fn find_nul(value: &Value, at: &mut String) -> Option<String> {
-    match value {
-        Value::String(s) if s.contains('\0') => Some(at.clone()),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            let len = at.len();
-            at.push_str(&format!("/{i}"));
-            let found = find_nul(item, at);
-            at.truncate(len);
-            found
-        }),
-        Value::Object(map) => map.iter().find_map(|(key, item)| {
-            let len = at.len();
-            at.push('/');
-            at.push_str(&key.replace('~', "~0").replace('/', "~1"));
-            let found = if key.contains('\0') {
-                Some(at.clone())
-            } else {
-                find_nul(item, at)
-            };
-            at.truncate(len);
-            found
-        }),
-        _ => None,
     }
 }
 
