@@ -23,7 +23,9 @@ use crate::promise::{
     Compensation, DEFAULT_STEP_TIMEOUT, PromiseSpec, RetryPolicy, RetrySpec, Step, StepDefaults,
 };
 use crate::time::{DurationError, parse_duration};
+use crate::status::WaitKind;
 use crate::trigger::CompiledTrigger;
+use crate::wait::EngineStep;
 
 /// A Promise's settings, compiled.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,12 +57,26 @@ pub(crate) struct StepExpressions {
     pub with: CompiledTemplate,
     pub condition: Option<CompiledCondition>,
     pub compensation_with: Option<CompiledTemplate>,
+    /// For an engine-run step (see [`crate::wait`]), what it waits with.
+    pub engine: Option<EngineStep>,
 }
 
 impl StepExpressions {
     fn compile(step: &Step) -> StepExpressions {
+        let engine = WaitKind::of_handler(&step.uses).map(|kind| engine_step(kind, &step.with));
+        // A wait's `match` is a condition evaluated per candidate event, not
+        // a template rendered when the step starts.
+        let with = match (&engine, &step.with) {
+            (Some(_), serde_json::Value::Object(map)) if map.contains_key("match") => {
+                let mut rest = map.clone();
+                rest.remove("match");
+                serde_json::Value::Object(rest)
+            }
+            _ => step.with.clone(),
+        };
         StepExpressions {
-            with: CompiledTemplate::compile(&step.with),
+            engine,
+            with: CompiledTemplate::compile(&with),
             condition: step.condition.as_deref().map(CompiledCondition::compile),
             compensation_with: step
                 .compensate
@@ -71,6 +87,26 @@ impl StepExpressions {
 
     fn templates(&self) -> impl Iterator<Item = &CompiledTemplate> {
         std::iter::once(&self.with).chain(self.compensation_with.as_ref())
+    }
+}
+
+/// An engine-run step's compiled `match` and its indexed part.
+fn engine_step(kind: WaitKind, with: &serde_json::Value) -> EngineStep {
+    let condition = match kind {
+        WaitKind::Event => with
+            .get("match")
+            .and_then(serde_json::Value::as_str)
+            .map(CompiledCondition::compile),
+        WaitKind::Approval | WaitKind::Sleep => None,
+    };
+    let correlation = condition
+        .as_ref()
+        .and_then(|c| c.expression().parsed())
+        .and_then(|parsed| parsed.correlation("event"));
+    EngineStep {
+        kind,
+        condition,
+        correlation,
     }
 }
 

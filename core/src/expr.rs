@@ -76,6 +76,10 @@ pub const ROOTS: [&str; 4] = ["params", "request", "vars", "steps"];
 /// Root variables a trigger's expressions may read (see [`EventContext`]).
 pub const EVENT_ROOTS: [&str; 2] = ["event", "vars"];
 
+/// Root variables a `wait.event` step's `match` may read (see
+/// [`MatchContext`]).
+pub const MATCH_ROOTS: [&str; 5] = ["event", "params", "request", "vars", "steps"];
+
 /// A string split into literal text and expressions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -288,6 +292,160 @@ fn collect_fields(node: &IdedExpr, root: &str, found: &mut Vec<String>) {
             }
         }
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// The indexed part of a wait's `match`: a top-level conjunct
+/// `<root>.<path> == <expression>` (either side) whose other side does not
+/// read `<root>`. The other side is evaluated once, when the wait begins;
+/// an event then matches only if its value at `path` is that value, so
+/// waits can be looked up by it instead of every candidate being evaluated.
+#[derive(Clone)]
+pub struct Correlation {
+    /// Field names under the root, outermost first: `["data", "name"]`.
+    pub path: Vec<String>,
+    value: IdedExpr,
+}
+
+impl std::fmt::Debug for Correlation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Correlation")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A correlation is a function of the expression it came from.
+impl PartialEq for Correlation {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.value.id == other.value.id
+    }
+}
+
+impl Correlation {
+    /// The path as text, `data.name`: how waits and events agree on it.
+    pub fn path_text(&self) -> String {
+        self.path.join(".")
+    }
+
+    /// The value an event must hold at [`Self::path`], over the run's
+    /// variables.
+    pub fn value(&self, context: &RenderContext) -> Result<Value, RenderError> {
+        let cel_context = scope::Sealed::to_cel(context);
+        let value = cel_context
+            .resolve(&self.value)
+            .map_err(|e| RenderError::Evaluate {
+                expression: "the correlated side of match".into(),
+                message: e.to_string(),
+            })?;
+        value.json().map_err(|e| RenderError::Evaluate {
+            expression: "the correlated side of match".into(),
+            message: format!("result cannot be represented as JSON: {e}"),
+        })
+    }
+}
+
+/// The value at `path` (field names, as [`Correlation::path`]) inside
+/// `value`, if there is one.
+pub fn value_at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, field| v.get(field))
+}
+
+/// How a correlation value is compared: its JSON text, with integral
+/// numbers written as integers so `5` and `5.0` agree as CEL's `==` does.
+pub fn correlation_text(value: &Value) -> String {
+    match value {
+        Value::Number(n) if n.as_i64().is_none() && n.as_u64().is_none() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
+            _ => value.to_string(),
+        },
+        _ => value.to_string(),
+    }
+}
+
+impl ParsedExpression {
+    /// The indexed part of this expression as a wait's `match` (see
+    /// [`Correlation`]), if it has one.
+    pub fn correlation(&self, root: &str) -> Option<Correlation> {
+        find_correlation(self.program.expression(), root)
+    }
+}
+
+fn find_correlation(node: &IdedExpr, root: &str) -> Option<Correlation> {
+    let Expr::Call(call) = &node.expr else {
+        return None;
+    };
+    match (call.func_name.as_str(), call.args.as_slice()) {
+        ("_&&_", [left, right]) => {
+            find_correlation(left, root).or_else(|| find_correlation(right, root))
+        }
+        ("_==_", [left, right]) => {
+            let sides = [(left, right), (right, left)];
+            sides.into_iter().find_map(|(path_side, value_side)| {
+                let path = path_under(path_side, root)?;
+                let mut reads = Vec::new();
+                collect_fields(value_side, root, &mut reads);
+                (!path.is_empty() && reads.is_empty() && !mentions(value_side, root)).then(|| {
+                    Correlation {
+                        path,
+                        value: (*value_side).clone(),
+                    }
+                })
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `root.a.b` or `root['a'].b` as `["a", "b"]`.
+fn path_under(node: &IdedExpr, root: &str) -> Option<Vec<String>> {
+    match &node.expr {
+        Expr::Ident(name) if name == root => Some(Vec::new()),
+        Expr::Select(select) if !select.test => {
+            let mut path = path_under(&select.operand, root)?;
+            path.push(select.field.clone());
+            Some(path)
+        }
+        Expr::Call(call) if call.func_name == "_[_]" && call.target.is_none() => {
+            let [target, key] = call.args.as_slice() else {
+                return None;
+            };
+            let Expr::Literal(LiteralValue::String(key)) = &key.expr else {
+                return None;
+            };
+            let mut path = path_under(target, root)?;
+            path.push(key.inner().to_string());
+            Some(path)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `root` appears anywhere in `node`.
+fn mentions(node: &IdedExpr, root: &str) -> bool {
+    match &node.expr {
+        Expr::Ident(name) => name == root,
+        Expr::Select(select) => mentions(&select.operand, root),
+        Expr::Call(call) => {
+            call.target.as_deref().is_some_and(|t| mentions(t, root))
+                || call.args.iter().any(|a| mentions(a, root))
+        }
+        Expr::List(list) => list.elements.iter().any(|e| mentions(e, root)),
+        Expr::Map(map) => map.entries.iter().any(|entry| match &entry.expr {
+            cel::common::ast::EntryExpr::MapEntry(e) => {
+                mentions(&e.key, root) || mentions(&e.value, root)
+            }
+            cel::common::ast::EntryExpr::StructField(f) => mentions(&f.value, root),
+        }),
+        Expr::Struct(s) => s.entries.iter().any(|entry| match &entry.expr {
+            cel::common::ast::EntryExpr::StructField(f) => mentions(&f.value, root),
+            cel::common::ast::EntryExpr::MapEntry(e) => {
+                mentions(&e.key, root) || mentions(&e.value, root)
+            }
+        }),
+        // A comprehension may bind any name; count it as reading the root.
+        Expr::Comprehension(_) => true,
+        Expr::Literal(_) | Expr::Unspecified => false,
     }
 }
 
@@ -515,8 +673,17 @@ pub struct EventContext<'a> {
     pub vars: &'a Value,
 }
 
-/// What an expression can be evaluated over: a run's [`RenderContext`] or a
-/// trigger's [`EventContext`]. Sealed: the variables a Promise may read are
+/// The variables a `wait.event` step's `match` is evaluated over: a
+/// candidate event, and the run's variables as they stood when the wait
+/// began.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatchContext<'a> {
+    pub event: &'a Value,
+    pub run: &'a RenderContext,
+}
+
+/// What an expression can be evaluated over: a run's [`RenderContext`], a
+/// trigger's [`EventContext`] or a wait's [`MatchContext`]. Sealed: the variables a Promise may read are
 /// fixed here, next to [`ROOTS`] and [`EVENT_ROOTS`].
 pub trait Scope: scope::Sealed {}
 
@@ -528,6 +695,7 @@ mod scope {
 
 impl Scope for RenderContext {}
 impl Scope for EventContext<'_> {}
+impl Scope for MatchContext<'_> {}
 
 impl scope::Sealed for RenderContext {
     fn to_cel(&self) -> cel::Context<'static, 'static> {
@@ -543,6 +711,18 @@ impl scope::Sealed for RenderContext {
 impl scope::Sealed for EventContext<'_> {
     fn to_cel(&self) -> cel::Context<'static, 'static> {
         cel_context([("event", self.event), ("vars", self.vars)])
+    }
+}
+
+impl scope::Sealed for MatchContext<'_> {
+    fn to_cel(&self) -> cel::Context<'static, 'static> {
+        cel_context([
+            ("event", self.event),
+            ("params", &self.run.params),
+            ("request", &self.run.request),
+            ("vars", &self.run.vars),
+            ("steps", &self.run.steps),
+        ])
     }
 }
 

@@ -18,6 +18,7 @@ pub mod time;
 pub mod trigger;
 pub mod validate;
 pub mod vars;
+pub mod wait;
 pub mod wire;
 
 pub use dag::{Graph, Plan, RunStatus, StepStatus};

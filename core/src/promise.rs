@@ -450,6 +450,21 @@ impl Promise {
             .and_then(|e| e.compensation_with.as_ref())
     }
 
+    /// What the step waits with, if it is an engine-run step (`wait.event`,
+    /// `approval`, `sleep`; see [`crate::wait`]).
+    pub fn engine_step_of(&self, step: &Step) -> Option<&crate::wait::EngineStep> {
+        self.step_expressions(step).and_then(|e| e.engine.as_ref())
+    }
+
+    /// Whether any step of the workflow or the teardown is engine-run.
+    pub fn has_engine_steps(&self) -> bool {
+        self.compiled
+            .workflow_expressions
+            .iter()
+            .chain(&self.compiled.delete_expressions)
+            .any(|e| e.engine.is_some())
+    }
+
     /// `spec.outputs`, compiled, in name order.
     pub fn compiled_outputs(&self) -> &[(String, CompiledTemplate)] {
         &self.compiled.outputs

@@ -403,6 +403,12 @@ vocabulary! {
         HeartbeatTimeout = "heartbeat_timeout",
         /// The whole run's deadline.
         RunTimeout = "run_timeout",
+        /// An event matched a waiting `wait.event` step: complete it now.
+        WaitMatched = "wait_matched",
+        /// A `wait.event` or `approval` step waited past its `timeout`.
+        WaitTimeout = "wait_timeout",
+        /// A `sleep` step's time came.
+        SleepDone = "sleep_done",
     }
 }
 
@@ -413,6 +419,27 @@ impl TimerKind {
             self,
             Self::ScheduleToStart | Self::AttemptTimeout | Self::HeartbeatTimeout
         )
+    }
+}
+
+vocabulary! {
+    /// What an engine-run step waits for (`fulfil.waits.kind`, a waiting
+    /// step's `waiting_for.kind`).
+    pub enum WaitKind as "wait kind" {
+        /// An inbound event (`wait.event`).
+        Event = "event",
+        /// Approvals from people (`approval`).
+        Approval = "approval",
+        /// A time (`sleep`).
+        Sleep = "sleep",
+    }
+}
+
+vocabulary! {
+    /// A decision on an approval step.
+    pub enum Decision as "approval decision" {
+        Approve = "approve",
+        Reject = "reject",
     }
 }
 

@@ -19,8 +19,9 @@ use serde_json::Value;
 
 use crate::dag::{Graph, Reachability};
 use crate::document::MAX_STEPS;
-use crate::expr::{ParsedExpression, ROOTS, Template, condition_source};
+use crate::expr::{MATCH_ROOTS, ParsedExpression, ROOTS, Template, condition_source};
 use crate::promise::{API_VERSION, KIND, Promise, RetrySpec, Step};
+use crate::status::WaitKind;
 use crate::time::parse_duration;
 
 /// One problem in a Promise document.
@@ -500,7 +501,10 @@ fn check_workflow(
     for (i, step) in steps.iter().enumerate() {
         let at = format!("{path}.steps[{i}]");
         let mut refs = Vec::new();
-        check_templates(&format!("{at}.with"), &step.with, context, err, &mut refs);
+        match WaitKind::of_handler(&step.uses) {
+            Some(kind) => check_engine_step(&at, step, kind, context, err, &mut refs),
+            None => check_templates(&format!("{at}.with"), &step.with, context, err, &mut refs),
+        }
         if let Some(condition) = &step.condition {
             check_expression(
                 &format!("{at}.if"),
@@ -546,6 +550,178 @@ fn check_workflow(
         }
     }
     Some(graph)
+}
+
+/// Checks an engine-run step (`wait.event`, `approval`, `sleep`): the keys
+/// its `with` accepts, the literal values that can be checked now, its
+/// `match` (a condition over `event` and the run), and that it sets none of
+/// the settings only a worker's step has.
+fn check_engine_step(
+    at: &str,
+    step: &Step,
+    kind: WaitKind,
+    context: &ValidationContext,
+    err: &mut Report<'_>,
+    refs: &mut Vec<StepRef>,
+) {
+    let uses = kind.handler();
+    for (field, set) in [
+        ("retry", step.retry.is_some()),
+        ("queue", step.queue.is_some()),
+        ("schedule_to_start", step.schedule_to_start.is_some()),
+        ("heartbeat_timeout", step.heartbeat_timeout.is_some()),
+    ] {
+        if set {
+            err(
+                format!("{at}.{field}"),
+                "invalid_value",
+                format!(
+                    "a {uses} step is run by the engine, not a worker: it takes no {field} \
+                     (timeout bounds how long it waits)"
+                ),
+            );
+        }
+    }
+    let Some(with) = step.with.as_object() else {
+        err(
+            format!("{at}.with"),
+            "invalid_value",
+            format!("with of a {uses} step must be an object"),
+        );
+        return;
+    };
+    let accepted: &[&str] = match kind {
+        WaitKind::Event => &["subject", "type", "source", "match", "lookback"],
+        WaitKind::Approval => &["approvers", "quorum", "allow_requester", "message"],
+        WaitKind::Sleep => &["for", "until"],
+    };
+    for key in with.keys() {
+        if !accepted.contains(&key.as_str()) {
+            err(
+                format!("{at}.with.{key}"),
+                "unknown_field",
+                format!(
+                    "a {uses} step takes no {key:?}; it accepts: {}",
+                    accepted.join(", ")
+                ),
+            );
+        }
+    }
+    let literal = |key: &str| {
+        with.get(key)
+            .filter(|v| !v.as_str().is_some_and(|s| s.contains("${{")))
+    };
+    match kind {
+        WaitKind::Event => {
+            match with.get("match") {
+                Some(Value::String(condition)) => check_expression_in(
+                    &format!("{at}.with.match"),
+                    condition_source(condition),
+                    &MATCH_ROOTS,
+                    context,
+                    err,
+                    refs,
+                ),
+                Some(_) => err(
+                    format!("{at}.with.match"),
+                    "invalid_value",
+                    "match must be a CEL condition over event and the run, as a string".into(),
+                ),
+                None => {}
+            }
+            if !["subject", "type", "source", "match"]
+                .iter()
+                .any(|k| with.contains_key(*k))
+            {
+                err(
+                    format!("{at}.with"),
+                    "invalid_value",
+                    "a wait.event step must say which event: set type, subject, source or match"
+                        .into(),
+                );
+            }
+            if let Some(Value::String(lookback)) = literal("lookback") {
+                check_duration(&format!("{at}.with.lookback"), lookback, err);
+            }
+        }
+        WaitKind::Approval => {
+            match literal("approvers") {
+                Some(Value::Array(approvers)) if !approvers.is_empty() => {
+                    for (i, approver) in approvers.iter().enumerate() {
+                        match approver.as_str() {
+                            Some(a) if a.contains("${{") => {}
+                            Some(a) => {
+                                if let Err(message) = crate::wait::check_approver(a) {
+                                    err(
+                                        format!("{at}.with.approvers[{i}]"),
+                                        "invalid_value",
+                                        message,
+                                    );
+                                }
+                            }
+                            None => err(
+                                format!("{at}.with.approvers[{i}]"),
+                                "invalid_value",
+                                "an approver is a string: team:<name>, user:<name> or role:<name>"
+                                    .into(),
+                            ),
+                        }
+                    }
+                }
+                None if with.contains_key("approvers") => {}
+                _ => err(
+                    format!("{at}.with.approvers"),
+                    "invalid_value",
+                    "approvers must list at least one team:, user: or role: entry".into(),
+                ),
+            }
+            if let Some(quorum) = literal("quorum")
+                && !quorum.as_u64().is_some_and(|q| (1..=u64::from(u32::MAX)).contains(&q))
+            {
+                err(
+                    format!("{at}.with.quorum"),
+                    "invalid_value",
+                    format!("quorum must be a whole number of at least 1, not {quorum}"),
+                );
+            }
+            if let Some(allow) = literal("allow_requester")
+                && !allow.is_boolean()
+            {
+                err(
+                    format!("{at}.with.allow_requester"),
+                    "invalid_value",
+                    format!("allow_requester must be true or false, not {allow}"),
+                );
+            }
+        }
+        WaitKind::Sleep => {
+            if with.contains_key("for") == with.contains_key("until") {
+                err(
+                    format!("{at}.with"),
+                    "invalid_value",
+                    "a sleep step sets exactly one of for (a duration) and until (an RFC 3339 time)"
+                        .into(),
+                );
+            }
+            if let Some(Value::String(duration)) = literal("for") {
+                check_duration(&format!("{at}.with.for"), duration, err);
+            }
+            if let Some(until) = literal("until")
+                && !until
+                    .as_str()
+                    .is_some_and(|u| chrono::DateTime::parse_from_rfc3339(u).is_ok())
+            {
+                err(
+                    format!("{at}.with.until"),
+                    "invalid_value",
+                    format!("until must be an RFC 3339 time such as 2026-12-24T18:00:00Z, not {until}"),
+                );
+            }
+        }
+    }
+    let mut rest = with.clone();
+    rest.remove("match");
+    check_templates(&format!("{at}.with"), &Value::Object(rest), context, err, refs);
 }
 
 /// Checks every template in a JSON value, collecting the steps each reads.

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use anyhow::Context;
 use fulfil_core::status::{
     AttemptStatus, CompensationStatus, EventVia, RequestStatus, RunKind, RunStatus,
-    StatusEventKind, StepStatus, TaskKind, TimerKind,
+    StatusEventKind, StepStatus, TaskKind, TimerKind, WaitKind,
 };
 use fulfil_engine::db;
 use fulfil_integration_tests::{database_url, with_database};
@@ -69,6 +69,7 @@ async fn check_constraints_list_exactly_the_enum_spellings() -> anyhow::Result<(
             "timers_kind_check",
             spellings(TimerKind::ALL, TimerKind::as_str),
         ),
+        ("waits_kind_check", spellings(WaitKind::ALL, WaitKind::as_str)),
         (
             "event_ledger_via_check",
             spellings(EventVia::ALL, EventVia::as_str),
