@@ -364,6 +364,7 @@ mod tests {
                 id: "provision".into(),
                 status: "running".into(),
                 attempt: 1,
+                waiting_for: None,
                 attempts: vec![inspect::AttemptView {
                     attempt: 1,
                     status: "running".into(),

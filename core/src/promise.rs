@@ -375,6 +375,13 @@ impl Promise {
         self.step_policy(step).timeout
     }
 
+    /// How long an engine-run step waits: its own `timeout` only (an
+    /// approval must not expire after a default meant for worker steps);
+    /// `None` waits until what it waits for comes.
+    pub fn wait_timeout_of(&self, step: &Step) -> Option<Duration> {
+        self.step_policy(step).own_timeout
+    }
+
     /// The step's retry policy (its own, else the Promise default).
     pub fn retry_of(&self, step: &Step) -> RetryPolicy {
         self.step_policy(step).retry.clone()
