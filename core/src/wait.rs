@@ -379,6 +379,10 @@ mod tests {
         };
         assert_eq!(correlation.value(&context).expect("evaluates"), json!("db"));
         assert!(promise.has_engine_steps());
+        assert!(
+            promise.inbound_subjects().is_empty(),
+            "a wait by type adds no subject"
+        );
         // `match` is not rendered as a template with the rest of `with`.
         let with = promise
             .with_of(step)
@@ -388,6 +392,7 @@ mod tests {
         assert_eq!(with, json!({"type": "com.acme.ready", "lookback": "10m"}));
 
         let promise = promise_fn_unindexed();
+        assert_eq!(promise.inbound_subjects(), vec!["acme.db.ready"]);
         let step = promise.step("ready").expect("the step");
         assert!(
             promise
@@ -400,7 +405,7 @@ mod tests {
 
     fn promise_fn_unindexed() -> crate::Promise {
         promise(
-            "      - id: ready\n        uses: wait.event\n        with: { type: com.acme.ready, match: \"event.data.size > 3\" }\n",
+            "      - id: ready\n        uses: wait.event\n        with: { type: com.acme.ready, subject: acme.db.ready, match: \"event.data.size > 3\" }\n",
         )
         .expect("valid")
     }

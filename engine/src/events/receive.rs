@@ -277,7 +277,7 @@ async fn receive_once(
     Ok(received)
 }
 
-/// The head of every Promise that has triggers. The list of heads is read
+/// The head of every Promise that has triggers or listens on a subject. The list of heads is read
 /// each batch (one small query) so a Promise applied by another process
 /// is matched at once; the Promises themselves come from the cache.
 pub(crate) async fn promise_heads(engine: &Engine) -> Result<Vec<Arc<Promise>>, ReceiveError> {
@@ -291,7 +291,7 @@ pub(crate) async fn promise_heads(engine: &Engine) -> Result<Vec<Arc<Promise>>, 
             .promises()
             .load(engine.pool(), &name, &version)
             .await?;
-        if !promise.spec.triggers.is_empty() {
+        if !promise.spec.triggers.is_empty() || !promise.inbound_subjects().is_empty() {
             promises.push(promise);
         }
     }
