@@ -354,7 +354,11 @@ fn check_reconcile(reconcile: &ReconcileSpec, err: &mut Report<'_>) {
             ),
         ),
         Ok(_) => {}
-        Err(e) => err("spec.reconcile.every".into(), "invalid_duration", e.to_string()),
+        Err(e) => err(
+            "spec.reconcile.every".into(),
+            "invalid_duration",
+            e.to_string(),
+        ),
     }
     if reconcile.max_concurrent == 0 {
         err(

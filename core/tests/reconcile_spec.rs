@@ -33,8 +33,8 @@ fn errors(yaml: &str) -> Vec<(String, &'static str, String)> {
 
 #[test]
 fn reconcile_is_compiled_with_its_interval_and_limit() {
-    let p = Promise::parse(&promise("  reconcile: { every: 10h, max_concurrent: 3 }"))
-        .expect("valid");
+    let p =
+        Promise::parse(&promise("  reconcile: { every: 10h, max_concurrent: 3 }")).expect("valid");
     assert_eq!(
         p.reconcile(),
         Some(ReconcilePolicy {
@@ -50,7 +50,10 @@ fn reconcile_is_compiled_with_its_interval_and_limit() {
         p.reconcile().map(|r| r.every),
         Some(Duration::from_secs(90))
     );
-    assert_eq!(Promise::parse(&promise("")).expect("valid").reconcile(), None);
+    assert_eq!(
+        Promise::parse(&promise("")).expect("valid").reconcile(),
+        None
+    );
 
     // The stored form keeps it, and compiles it again on the way back.
     let stored = serde_json::to_value(&p).expect("serializes");
@@ -63,15 +66,18 @@ fn reconcile_is_compiled_with_its_interval_and_limit() {
 fn reconcile_problems_are_reported_at_their_paths() {
     let found = errors(&promise("  reconcile: { every: 500ms, max_concurrent: 0 }"));
     assert!(
-        found.iter().any(|(path, code, message)| path == "spec.reconcile.every"
-            && *code == "invalid_duration"
-            && message.contains("1s")),
+        found
+            .iter()
+            .any(|(path, code, message)| path == "spec.reconcile.every"
+                && *code == "invalid_duration"
+                && message.contains("1s")),
         "{found:#?}"
     );
     assert!(
-        found.iter().any(|(path, code, _)| path
-            == "spec.reconcile.max_concurrent"
-            && *code == "invalid_value"),
+        found
+            .iter()
+            .any(|(path, code, _)| path == "spec.reconcile.max_concurrent"
+                && *code == "invalid_value"),
         "{found:#?}"
     );
 

@@ -332,7 +332,9 @@ impl Engine {
                 move || crate::reconcile::run_loop(engine.clone(), stop.clone()),
             )
         };
-        tokio::join!(relay, status, results, inbound, retention, timers, reconcile);
+        tokio::join!(
+            relay, status, results, inbound, retention, timers, reconcile
+        );
         Ok(())
     }
 }

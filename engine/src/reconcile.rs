@@ -439,7 +439,8 @@ impl QueueChanges {
     fn reschedule(&mut self, request: RequestId, due_at: DateTime<Utc>, every: Duration) {
         let every = i64::try_from(every_ms(every)).unwrap_or(i64::MAX);
         self.back_on_clock.push(request.as_uuid());
-        self.keep.push((request.as_uuid(), due_at, Some(every), None));
+        self.keep
+            .push((request.as_uuid(), due_at, Some(every), None));
     }
 
     /// Checked again shortly, as it is (manual or on the clock).
@@ -544,7 +545,10 @@ async fn head_policies(
     .await?;
     let mut policies = BTreeMap::new();
     for (name, version) in heads {
-        let promise = engine.promises().load(engine.pool(), &name, &version).await?;
+        let promise = engine
+            .promises()
+            .load(engine.pool(), &name, &version)
+            .await?;
         policies.insert(name, promise.reconcile());
     }
     Ok(policies)
@@ -640,11 +644,12 @@ pub async fn start_due(engine: &Engine) -> Result<usize, RunError> {
     // A request locked by someone else (a delete, a manual reconcile, a run
     // ending) is skipped this round rather than waited for: this
     // transaction holds queue rows those may be waiting on.
-    let requests: Vec<RequestRow> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("{LOCK_REQUESTS} FOR UPDATE SKIP LOCKED")))
-            .bind(ids.iter().map(RequestId::as_uuid).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
+    let requests: Vec<RequestRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{LOCK_REQUESTS} FOR UPDATE SKIP LOCKED"
+    )))
+    .bind(ids.iter().map(RequestId::as_uuid).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
     let requests: HashMap<RequestId, RequestRow> =
         requests.into_iter().map(|r| (r.id, r)).collect();
     let in_flight = in_flight_runs(&mut tx, &ids).await?;
@@ -671,7 +676,8 @@ pub async fn start_due(engine: &Engine) -> Result<usize, RunError> {
                 continue;
             };
             let status = RequestStatus::parse(&request.status)?;
-            if !is_live(status) && !matches!(status, RequestStatus::Accepted | RequestStatus::Running)
+            if !is_live(status)
+                && !matches!(status, RequestStatus::Accepted | RequestStatus::Running)
             {
                 changes.remove(row.request_id);
                 continue;

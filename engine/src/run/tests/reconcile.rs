@@ -61,7 +61,10 @@ fn start_reconcile() -> (Harness, Writes) {
 #[test]
 fn a_failed_reconcile_run_ends_failed_and_undoes_nothing() {
     let (mut h, writes) = start_reconcile();
-    assert_eq!(dispatched(&writes), vec![("create".into(), TaskKind::Action, 1)]);
+    assert_eq!(
+        dispatched(&writes),
+        vec![("create".into(), TaskKind::Action, 1)]
+    );
     assert_eq!(
         tasks(&writes)[0].input,
         json!({ "name": "orders", "had": { "db": "db-1" } }),
@@ -88,7 +91,10 @@ fn a_failed_reconcile_run_ends_failed_and_undoes_nothing() {
         error.as_deref().is_some_and(|e| e.contains("grant")),
         "the failing step is named: {error:?}"
     );
-    let request = writes.request.as_ref().expect("the request moves as it ends");
+    let request = writes
+        .request
+        .as_ref()
+        .expect("the request moves as it ends");
     assert_eq!(request.status, RequestStatus::Failed);
     assert_eq!(
         request.outputs,
@@ -99,7 +105,10 @@ fn a_failed_reconcile_run_ends_failed_and_undoes_nothing() {
     // An operator's retry re-runs it; the request does not move meanwhile.
     let (plan, writes) = h.retry(None, false).expect("a failed run is retried");
     assert!(plan.applied);
-    let request = writes.request.as_ref().expect("a retry restates the request");
+    let request = writes
+        .request
+        .as_ref()
+        .expect("a retry restates the request");
     assert_eq!(request.status, RequestStatus::Failed);
     assert_eq!(request.outputs, Some(json!({ "db": "db-1" })));
     h.succeed("grant", TaskKind::Action, json!({}));
@@ -112,7 +121,10 @@ fn a_succeeded_reconcile_run_replaces_the_outputs_and_a_cancel_undoes_nothing() 
     h.succeed("create", TaskKind::Action, json!({ "db": "db-2" }));
     let writes = h.succeed("grant", TaskKind::Action, json!({}));
     assert_eq!(h.run.status, RunStatus::Succeeded);
-    let request = writes.request.as_ref().expect("the request moves as it ends");
+    let request = writes
+        .request
+        .as_ref()
+        .expect("the request moves as it ends");
     assert_eq!(request.status, RequestStatus::Succeeded);
     assert_eq!(request.outputs, Some(json!({ "db": "db-2" })));
 
