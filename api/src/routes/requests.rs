@@ -194,7 +194,7 @@ pub async fn reconcile(
                 "Request not live",
                 e.to_string(),
             )
-            .with("status", json!(status.as_str())),
+            .with("request_status", json!(status.as_str())),
             ReconcileError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
             ReconcileError::Run(e) => Problem::internal(&e),
         })?;
