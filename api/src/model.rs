@@ -446,6 +446,7 @@ mod tests {
             status: "accepted".into(),
             run_id: Some(run_id),
             delete_run_id: None,
+            reconcile_run_id: Some(RunId::generate()),
             outputs: None,
             idempotency_key: None,
             created_by: Some("api".into()),

@@ -426,8 +426,13 @@ fn start_run(
 /// transaction, stored in a fixed number of statements.
 #[derive(Default)]
 struct QueueChanges {
-    /// Rows that stay: (request, due_at, every_ms or NULL, waiting_for).
-    keep: Vec<(Uuid, DateTime<Utc>, Option<i64>, Option<Uuid>)>,
+    /// Rows that stay, column by column: request, its next due instant,
+    /// the interval its phase is for (NULL: a one-off row), the run it
+    /// waits for.
+    keep: Vec<Uuid>,
+    keep_due: Vec<DateTime<Utc>>,
+    keep_every: Vec<Option<i64>>,
+    keep_waiting: Vec<Option<Uuid>>,
     /// Rows put back on the clock (a manual reconcile done).
     back_on_clock: Vec<Uuid>,
     remove: Vec<Uuid>,
@@ -439,19 +444,30 @@ impl QueueChanges {
     fn reschedule(&mut self, request: RequestId, due_at: DateTime<Utc>, every: Duration) {
         let every = i64::try_from(every_ms(every)).unwrap_or(i64::MAX);
         self.back_on_clock.push(request.as_uuid());
-        self.keep
-            .push((request.as_uuid(), due_at, Some(every), None));
+        self.keep_row(request, due_at, Some(every), None);
+    }
+
+    fn keep_row(
+        &mut self,
+        request: RequestId,
+        due_at: DateTime<Utc>,
+        every_ms: Option<i64>,
+        waiting_for: Option<RunId>,
+    ) {
+        self.keep.push(request.as_uuid());
+        self.keep_due.push(due_at);
+        self.keep_every.push(every_ms);
+        self.keep_waiting.push(waiting_for.map(|r| r.as_uuid()));
     }
 
     /// Checked again shortly, as it is (manual or on the clock).
     fn recheck(&mut self, row: &DueRow, waiting_for: Option<RunId>) {
-        let due_at = Utc::now() + RECHECK;
-        self.keep.push((
-            row.request_id.as_uuid(),
-            due_at,
+        self.keep_row(
+            row.request_id,
+            Utc::now() + RECHECK,
             row.every_ms,
-            waiting_for.map(|r| r.as_uuid()),
-        ));
+            waiting_for,
+        );
     }
 
     fn remove(&mut self, request: RequestId) {
@@ -464,16 +480,6 @@ impl QueueChanges {
 
     async fn store(self, conn: &mut PgConnection) -> sqlx::Result<()> {
         if !self.keep.is_empty() {
-            let (ids, due, every, waiting): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = self
-                .keep
-                .into_iter()
-                .fold(Default::default(), |mut acc, (a, b, c, d)| {
-                    acc.0.push(a);
-                    acc.1.push(b);
-                    acc.2.push(c);
-                    acc.3.push(d);
-                    acc
-                });
             sqlx::query(
                 "UPDATE fulfil.reconcile_due d
                     SET due_at = u.due_at, every_ms = u.every_ms, waiting_for = u.waiting_for,
@@ -486,10 +492,10 @@ impl QueueChanges {
                         AS u(request_id, due_at, every_ms, waiting_for)
                   WHERE d.request_id = u.request_id",
             )
-            .bind(&ids)
-            .bind(&due)
-            .bind(&every)
-            .bind(&waiting)
+            .bind(&self.keep)
+            .bind(&self.keep_due)
+            .bind(&self.keep_every)
+            .bind(&self.keep_waiting)
             .bind(&self.back_on_clock)
             .execute(&mut *conn)
             .await?;

@@ -217,6 +217,11 @@ async fn finish(stack: &TestStack, task: &TaskMessage, output: Value) -> anyhow:
         .await
 }
 
+/// A run's id, start and end as its history records them.
+type Span = (Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+/// A run's created and finished times.
+type Interval = (DateTime<Utc>, DateTime<Utc>);
+
 fn spread(version: &str, every: &str) -> String {
     format!(
         r#"
@@ -328,7 +333,7 @@ async fn reconcile_reruns_live_requests_spread_out_and_never_more_than_max_concu
 
     // In flight at once, from the runs' own start and end in history:
     // at most two, and two were reached (the load asks for more).
-    let spans: Vec<(Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let spans: Vec<Span> = sqlx::query_as(
         "SELECT r.id,
                 min(h.at) FILTER (WHERE h.type = 'run.started'),
                 max(h.at) FILTER (WHERE h.type IN ('run.succeeded', 'run.failed',
@@ -353,7 +358,7 @@ async fn reconcile_reruns_live_requests_spread_out_and_never_more_than_max_concu
     assert_eq!(most, 2, "the limit was reached, and held");
 
     // Never two runs of one request at once; each moves its request.
-    let mut by_request: BTreeMap<String, Vec<(DateTime<Utc>, DateTime<Utc>)>> = BTreeMap::new();
+    let mut by_request: BTreeMap<String, Vec<Interval>> = BTreeMap::new();
     let rows: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT request_id, created_at, finished_at FROM fulfil.runs
           WHERE promise = 'fleet' ORDER BY created_at",
