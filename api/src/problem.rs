@@ -427,6 +427,7 @@ mod tests {
                 "idempotency-conflict",
                 "version-conflict",
                 "run-state-conflict",
+                "request-not-live",
                 "unknown-step",
                 "invalid-event",
                 "trigger-subject-refused",
