@@ -65,6 +65,9 @@ pub struct Request {
     /// when it was deleted without one.
     #[serde(default)]
     pub delete_run_id: Option<RunId>,
+    /// The request's latest reconcile run; null before its first.
+    #[serde(default)]
+    pub reconcile_run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
     pub created_by: Option<String>,
@@ -96,6 +99,49 @@ impl From<fulfil_engine::deletion::Deletion> for Deletion {
             run_id: d.run_id,
             forced: d.forced,
             replayed: d.replayed,
+        }
+    }
+}
+
+/// The 202 answer to `POST /v1/requests/{id}/reconcile`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    pub request_id: RequestId,
+    /// The reconcile run; null while it is queued.
+    pub run_id: Option<RunId>,
+    /// `started`, or `queued` behind the run in flight.
+    pub status: ReconcileStatus,
+    /// The run of the request in flight that a queued reconcile waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_run: Option<RunId>,
+}
+
+/// What `POST /v1/requests/{id}/reconcile` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconcileStatus {
+    /// The reconcile run started.
+    Started,
+    /// Queued: it starts once the run in flight has ended.
+    Queued,
+}
+
+impl Reconcile {
+    pub fn new(request_id: RequestId, outcome: fulfil_engine::reconcile::ReconcileNow) -> Self {
+        use fulfil_engine::reconcile::ReconcileNow;
+        match outcome {
+            ReconcileNow::Started(run_id) => Self {
+                request_id,
+                run_id: Some(run_id),
+                status: ReconcileStatus::Started,
+                waiting_for_run: None,
+            },
+            ReconcileNow::Queued { waiting_for } => Self {
+                request_id,
+                run_id: None,
+                status: ReconcileStatus::Queued,
+                waiting_for_run: Some(waiting_for),
+            },
         }
     }
 }
@@ -242,6 +288,7 @@ impl From<inspect::RequestView> for Request {
             status: r.status,
             run_id: r.run_id,
             delete_run_id: r.delete_run_id,
+            reconcile_run_id: r.reconcile_run_id,
             outputs: r.outputs,
             idempotency_key: r.idempotency_key,
             created_by: r.created_by,
@@ -400,6 +447,7 @@ mod tests {
             status: "accepted".into(),
             run_id: Some(run_id),
             delete_run_id: None,
+            reconcile_run_id: Some(RunId::generate()),
             outputs: None,
             idempotency_key: None,
             created_by: Some("api".into()),

@@ -23,6 +23,7 @@
 //! | `idempotency-conflict` | 409 | the key was used with other parameters |
 //! | `version-conflict` | 409 | a Promise version's content is immutable |
 //! | `run-state-conflict` | 409 | the run's status does not allow the operation |
+//! | `request-not-live` | 409 | the request is being deleted or deleted; `status` says which |
 //! | `unknown-step` | 422 | the run's Promise has no such step |
 //! | `invalid-event` | 422 | the body is not a CloudEvent 1.0 (structured or binary mode) |
 //! | `trigger-subject-refused` | 422 | NATS cannot capture a trigger's subject (another stream holds it) |
@@ -72,6 +73,8 @@ pub enum ProblemCode {
     VersionConflict,
     /// 409: the run's status does not allow the operation.
     RunStateConflict,
+    /// 409: the request is being deleted or deleted.
+    RequestNotLive,
     /// 422: the run's Promise has no such step.
     UnknownStep,
     /// 422: the body is not a CloudEvent 1.0.
@@ -90,7 +93,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 23] = [
+    pub const ALL: [ProblemCode; 24] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -107,6 +110,7 @@ impl ProblemCode {
         Self::IdempotencyConflict,
         Self::VersionConflict,
         Self::RunStateConflict,
+        Self::RequestNotLive,
         Self::UnknownStep,
         Self::InvalidEvent,
         Self::TriggerSubjectRefused,
@@ -135,6 +139,7 @@ impl ProblemCode {
             Self::IdempotencyConflict => "idempotency-conflict",
             Self::VersionConflict => "version-conflict",
             Self::RunStateConflict => "run-state-conflict",
+            Self::RequestNotLive => "request-not-live",
             Self::UnknownStep => "unknown-step",
             Self::InvalidEvent => "invalid-event",
             Self::TriggerSubjectRefused => "trigger-subject-refused",
@@ -422,6 +427,7 @@ mod tests {
                 "idempotency-conflict",
                 "version-conflict",
                 "run-state-conflict",
+                "request-not-live",
                 "unknown-step",
                 "invalid-event",
                 "trigger-subject-refused",

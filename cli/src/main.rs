@@ -236,6 +236,24 @@ enum RequestCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Reconcile a request now: re-run its configure workflow as a run of
+    /// kind `reconcile` (nothing is undone if it fails). Queued behind a
+    /// run of the request still in flight, which it never interrupts.
+    #[command(
+        after_help = "Examples:\n  fulfil request reconcile 0193a1c2-7b3e-7c1a-9f00-3d2e1a4b5c6d --wait"
+    )]
+    Reconcile {
+        id: String,
+        /// Follow the reconcile run (once started) until it finishes; exit
+        /// non-zero unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List requests, newest first.
     List {
         #[arg(long)]
@@ -403,6 +421,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout,
                 client,
             } => client::request_delete(&client, &id, force, wait, timeout).await,
+            RequestCommand::Reconcile {
+                id,
+                wait,
+                timeout,
+                client,
+            } => client::request_reconcile(&client, &id, wait, timeout).await,
             RequestCommand::List {
                 promise,
                 status,

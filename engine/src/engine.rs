@@ -336,7 +336,18 @@ impl Engine {
                 move || crate::timers::run_timers(engine.clone(), config.clone(), stop.clone()),
             )
         };
-        tokio::join!(relay, status, results, inbound, retention, timers);
+        let reconcile = {
+            let (engine, stop) = (self.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "reconcile".into(),
+                shutdown.clone(),
+                move || crate::reconcile::run_loop(engine.clone(), stop.clone()),
+            )
+        };
+        tokio::join!(
+            relay, status, results, inbound, retention, timers, reconcile
+        );
         Ok(())
     }
 }

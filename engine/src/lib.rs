@@ -22,6 +22,7 @@ pub mod inspect;
 mod intake;
 pub mod outbox;
 pub mod promises;
+pub mod reconcile;
 pub mod requests;
 pub mod results;
 pub mod roles;

@@ -26,6 +26,7 @@ pub fn router() -> Router<ApiState> {
             "/v1/requests/{id}",
             get(requests::get).delete(requests::delete),
         )
+        .route("/v1/requests/{id}/reconcile", post(requests::reconcile))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/history", get(runs::history))
