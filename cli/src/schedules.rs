@@ -81,16 +81,20 @@ pub async fn run_schedule(command: ScheduleCommand) -> anyhow::Result<ExitCode> 
             client,
         } => {
             let q = query(&[("cursor", cursor), ("limit", Some(limit.to_string()))]);
-            let body = Api::new(&client)?
-                .get(&format!("/v1/schedules{q}"))
-                .await?;
+            let body = Api::new(&client)?.get(&format!("/v1/schedules{q}")).await?;
             if client.output != Format::Table {
                 return print_structured(client.output, &body);
             }
             let page: Page<Schedule> = model(&body, "list of schedules")?;
             print_table(
                 &[
-                    "NAME", "PROMISE", "CRON", "TIMEZONE", "OVERLAP", "PAUSED", "NEXT_FIRE",
+                    "NAME",
+                    "PROMISE",
+                    "CRON",
+                    "TIMEZONE",
+                    "OVERLAP",
+                    "PAUSED",
+                    "NEXT_FIRE",
                 ],
                 page.items
                     .iter()
@@ -326,8 +330,7 @@ mod tests {
             _ => panic!("not schedule ticks"),
         }
         assert!(
-            Cli::try_parse_from(["fulfil", "schedule", "ticks", "n", "--outcome", "late"])
-                .is_err()
+            Cli::try_parse_from(["fulfil", "schedule", "ticks", "n", "--outcome", "late"]).is_err()
         );
         assert!(Cli::try_parse_from(["fulfil", "apply", "-f", "workflows"]).is_ok());
         assert_eq!(

@@ -139,7 +139,9 @@ pub enum TimingError {
     #[error("cron expression {0:?} never fires (it matches no date); {CRON_HELP}")]
     NeverFires(String),
     /// Not an IANA time zone name.
-    #[error("unknown time zone {0:?}; use an IANA name such as UTC, Europe/Berlin or America/New_York")]
+    #[error(
+        "unknown time zone {0:?}; use an IANA name such as UTC, Europe/Berlin or America/New_York"
+    )]
     TimeZone(String),
 }
 
@@ -235,16 +237,15 @@ impl Schedule {
     /// reported at its path.
     pub fn from_value(value: Value) -> Result<Schedule, SpecErrors> {
         crate::document::check_depth(&value).map_err(SpecErrors::one)?;
-        let document: ScheduleDocument =
-            serde_path_to_error::deserialize(&value).map_err(|e| {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                SpecErrors::one(SpecError::new(
-                    path,
-                    "structure",
-                    e.into_inner().to_string(),
-                ))
-            })?;
+        let document: ScheduleDocument = serde_path_to_error::deserialize(&value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            SpecErrors::one(SpecError::new(
+                path,
+                "structure",
+                e.into_inner().to_string(),
+            ))
+        })?;
         validate(document)
     }
 
@@ -524,11 +525,7 @@ mod tests {
             "apiVersion: fulfil.dev/v2\nkind: Schedule\nmetadata: { name: Nightly }\nspec:\n  promise: db_backup\n  cron: \"0 2 * *\"\n  timezone: Mars/Olympus\n  params: [1]\n  overlap: queue\n  catch_up: soon\n",
         )
         .expect_err("invalid");
-        let at: Vec<(&str, &str)> = errors
-            .0
-            .iter()
-            .map(|e| (e.path.as_str(), e.code))
-            .collect();
+        let at: Vec<(&str, &str)> = errors.0.iter().map(|e| (e.path.as_str(), e.code)).collect();
         assert_eq!(
             at,
             vec![

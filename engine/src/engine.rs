@@ -337,9 +337,7 @@ impl Engine {
                 roles.clone(),
                 "schedules".into(),
                 shutdown.clone(),
-                move || {
-                    crate::schedules::run_ticker(engine.clone(), config.clone(), stop.clone())
-                },
+                move || crate::schedules::run_ticker(engine.clone(), config.clone(), stop.clone()),
             )
         };
         let timers = {
@@ -351,7 +349,9 @@ impl Engine {
                 move || crate::timers::run_timers(engine.clone(), config.clone(), stop.clone()),
             )
         };
-        tokio::join!(relay, status, results, inbound, retention, timers, schedules);
+        tokio::join!(
+            relay, status, results, inbound, retention, timers, schedules
+        );
         Ok(())
     }
 }

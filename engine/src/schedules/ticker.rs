@@ -184,7 +184,9 @@ pub(crate) fn plan(due: &Due, timing: &Timing, now: DateTime<Utc>, grace: Durati
         };
     }
     let window = fulfil_core::time::to_time_delta(due.catch_up.max(grace));
-    let cutoff = now.checked_sub_signed(window).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let cutoff = now
+        .checked_sub_signed(window)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     next = pass(
         timing,
         next,
@@ -864,6 +866,9 @@ mod tests {
             }
         )));
         assert_eq!(found.next_fire_at, Some(at("2026-06-01T00:00:02Z")));
-        assert_eq!(idempotency_key("nightly", at("2026-06-01T02:00:00Z")), "schedule:nightly:2026-06-01T02:00:00Z");
+        assert_eq!(
+            idempotency_key("nightly", at("2026-06-01T02:00:00Z")),
+            "schedule:nightly:2026-06-01T02:00:00Z"
+        );
     }
 }
