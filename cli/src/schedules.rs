@@ -257,7 +257,7 @@ pub async fn apply(client: &ClientArgs, path: &Path) -> anyhow::Result<ExitCode>
             }
         }
     }
-    documents.sort_by(|a, b| a.0.cmp(&b.0));
+    documents.sort_by_key(|a| a.0);
     for (_, file, kind, name, text) in documents {
         let route = if kind == "Promise" {
             "promises"

@@ -187,7 +187,8 @@ fn compile_cron(text: &str) -> Result<Cron, TimingError> {
     let fields = trimmed.split_whitespace().count();
     // A nickname (`@daily`) is one field; everything else is 5 or 6. The
     // parser would also take 7 (a year), which cron users do not expect.
-    if !(trimmed.starts_with('@') && fields == 1) && !(5..=6).contains(&fields) {
+    let nickname = trimmed.starts_with('@') && fields == 1;
+    if !nickname && !(5..=6).contains(&fields) {
         return Err(refuse(format!("it has {fields} field(s)")));
     }
     let cron = CronParser::builder()
