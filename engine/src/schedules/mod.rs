@@ -35,9 +35,9 @@
 //!   is `failed` with the reason, and the schedule moves on.
 //!
 //! `fired_at` is the deciding transaction's `clock_timestamp()`. Pausing,
-//! resuming and applying a changed `cron` or `timezone` are in
-//! [`store`]; resuming and retiming recompute `next_fire_at` from now,
-//! recording the ticks passed meanwhile.
+//! resuming and applying a changed `cron` or `timezone` ([`pause`],
+//! [`resume`], [`put`]) take the same row lock; resuming and retiming
+//! recompute `next_fire_at` from now, recording the ticks passed meanwhile.
 
 mod store;
 mod ticker;
