@@ -330,14 +330,16 @@ async fn tick_once(engine: &Engine, grace: Duration) -> Result<usize, ScheduleEr
         .map(|s| s.as_str())
         .collect();
     // A buffered schedule is due only once its request has ended, so one
-    // waiting on a long run is not claimed at every round.
+    // waiting on a long run is not claimed at every round. The first
+    // condition alone selects by the two indexes (due, buffered); the
+    // request is read only for the rows it selects.
     let rows: Vec<DueRow> = sqlx::query_as(
         "SELECT s.name, s.promise, s.cron, s.timezone, s.overlap, s.catch_up_ms, s.params,
                 s.paused, s.next_fire_at, s.buffered_at, s.last_request_id,
                 COALESCE(r.status = ANY($2), false) AS in_flight, now() AS now
          FROM fulfil.schedules s LEFT JOIN fulfil.requests r ON r.id = s.last_request_id
-         WHERE s.next_fire_at <= now()
-            OR (s.buffered_at IS NOT NULL AND NOT COALESCE(r.status = ANY($2), false))
+         WHERE (s.next_fire_at <= now() OR s.buffered_at IS NOT NULL)
+           AND (s.next_fire_at <= now() OR NOT COALESCE(r.status = ANY($2), false))
          ORDER BY s.next_fire_at
          LIMIT $1
          FOR UPDATE OF s SKIP LOCKED",
