@@ -528,7 +528,14 @@ async fn paused_ticks_are_recorded_and_resume_files_again() -> anyhow::Result<()
 async fn bad_schedule_documents_answer_422_at_their_paths_and_store_nothing() -> anyhow::Result<()>
 {
     let stack = stack().await?;
+    stack.apply(BEAT).await?;
     let cases = [
+        (
+            "nightly",
+            "apiVersion: fulfil.dev/v1\nkind: Schedule\nmetadata: { name: nightly }\nspec: { promise: beat, cron: \"0 2 * * *\", params: { n: seven } }\n",
+            vec!["spec.params.n"],
+            "schema of Promise beat",
+        ),
         (
             "nightly",
             "apiVersion: fulfil.dev/v1\nkind: Schedule\nmetadata: { name: nightly }\nspec:\n  promise: beat\n  cron: \"0 2 * *\"\n  timezone: Mars/Olympus\n  overlap: queue\n  catch_up: soon\n",

@@ -3,16 +3,19 @@
 //!
 //! A Schedule arrives as YAML or JSON, like a Promise, and is parsed on a
 //! blocking thread; a document that is not valid answers 422
-//! `invalid-schedule` with every problem at its path and stores nothing.
+//! `invalid-schedule` with every problem at its path and stores nothing;
+//! so do params that break the schema of the Promise as it is applied now.
 //! Who paused or resumed a schedule is the `Fulfil-Actor` header until
 //! access control names the principal.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use fulfil_core::params::ParamsError;
 use fulfil_core::schedule::Schedule;
 use fulfil_core::status::TickOutcome;
 use fulfil_core::{SpecError, SpecErrors};
+use fulfil_engine::promises::PromiseError;
 use fulfil_engine::schedules::{self, PutOutcome, ScheduleError, TickFilter};
 use serde::Deserialize;
 use serde_json::json;
@@ -87,6 +90,7 @@ pub async fn apply(
             ),
         ))));
     }
+    check_params(&state, &schedule).await?;
     let applied = schedules::put(&state.engine, &schedule, &actor(&headers))
         .await
         .map_err(schedule_error)?;
@@ -106,6 +110,47 @@ pub async fn apply(
             next_fire_at: applied.next_fire_at,
         }),
     ))
+}
+
+/// Params that break the schema of the Promise as it is now are refused
+/// at once, each violation at its path; a Promise not applied yet is no
+/// error (each tick checks again, and records `failed` while it is absent).
+async fn check_params(state: &ApiState, schedule: &Schedule) -> Result<(), Problem> {
+    let engine = &state.engine;
+    let promise = match engine
+        .promises()
+        .load_head(engine.pool(), schedule.promise())
+        .await
+    {
+        Ok(promise) => promise,
+        Err(PromiseError::NotFound(_)) => return Ok(()),
+        Err(PromiseError::Db(e)) => return Err(crate::problem::from_db(&e)),
+        Err(e) => return Err(Problem::internal(&e)),
+    };
+    let checked = engine
+        .promises()
+        .params_schema(&promise)
+        .and_then(|schema| schema.validate(schedule.params().clone()));
+    match checked {
+        Ok(_) => Ok(()),
+        Err(ParamsError::Invalid(violations)) => Err(invalid(&SpecErrors(
+            violations
+                .into_iter()
+                .map(|v| {
+                    SpecError::new(
+                        format!("spec.params{}", v.pointer.replace('/', ".")),
+                        "invalid_value",
+                        format!(
+                            "{}; the params break the schema of Promise {}",
+                            v.message,
+                            schedule.promise()
+                        ),
+                    )
+                })
+                .collect(),
+        ))),
+        Err(ParamsError::Schema(message)) => Err(Problem::internal(&message)),
+    }
 }
 
 #[derive(Deserialize)]
