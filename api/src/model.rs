@@ -380,6 +380,102 @@ impl<T, U: From<T>> From<inspect::Page<T>> for Page<U> {
     }
 }
 
+/// A schedule: `GET /v1/schedules/{name}`, items of `GET /v1/schedules`,
+/// and the answer to pausing and resuming one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub owner: Option<String>,
+    pub promise: String,
+    pub cron: String,
+    /// IANA name.
+    pub timezone: String,
+    pub overlap: fulfil_core::status::OverlapPolicy,
+    /// As written (`1h`); `0s` by default.
+    pub catch_up: String,
+    pub params: Value,
+    pub paused: bool,
+    /// The next tick not yet decided; null when there is none.
+    pub next_fire_at: Option<DateTime<Utc>>,
+    /// `buffer_one`: the tick waiting for the request in flight.
+    pub buffered_at: Option<DateTime<Utc>>,
+    /// The request the last filed tick filed.
+    pub last_request_id: Option<RequestId>,
+    pub paused_by: Option<String>,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub resumed_by: Option<String>,
+    pub resumed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The document as applied, defaults filled in.
+    #[serde(default)]
+    pub document: Value,
+}
+
+impl From<fulfil_engine::schedules::ScheduleRow> for Schedule {
+    fn from(s: fulfil_engine::schedules::ScheduleRow) -> Self {
+        Self {
+            name: s.name,
+            owner: s.owner,
+            promise: s.promise,
+            cron: s.cron,
+            timezone: s.timezone,
+            overlap: s.overlap,
+            catch_up: s.catch_up,
+            params: s.params,
+            paused: s.paused,
+            next_fire_at: s.next_fire_at,
+            buffered_at: s.buffered_at,
+            last_request_id: s.last_request_id,
+            paused_by: s.paused_by,
+            paused_at: s.paused_at,
+            resumed_by: s.resumed_by,
+            resumed_at: s.resumed_at,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            document: s.document,
+        }
+    }
+}
+
+/// One row of a schedule's tick ledger (`GET /v1/schedules/{name}/ticks`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub schedule: String,
+    /// When the tick was due by the cron expression.
+    pub nominal_at: DateTime<Utc>,
+    /// When it was decided.
+    pub fired_at: DateTime<Utc>,
+    /// `filed`, `skipped_overlap`, `missed`, `paused`, `buffered` or `failed`.
+    pub outcome: fulfil_core::status::TickOutcome,
+    /// The request filed (`filed`).
+    pub request_id: Option<RequestId>,
+    /// Why it did not file.
+    pub reason: Option<String>,
+}
+
+impl From<fulfil_engine::schedules::TickRow> for Tick {
+    fn from(t: fulfil_engine::schedules::TickRow) -> Self {
+        Self {
+            schedule: t.schedule,
+            nominal_at: t.nominal_at,
+            fired_at: t.fired_at,
+            outcome: t.outcome,
+            request_id: t.request_id,
+            reason: t.reason,
+        }
+    }
+}
+
+/// The answer to `PUT /v1/schedules/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleApplied {
+    pub name: String,
+    /// `created`, `updated` or `unchanged`.
+    pub outcome: String,
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

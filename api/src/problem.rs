@@ -27,6 +27,7 @@
 //! | `unknown-step` | 422 | the run's Promise has no such step |
 //! | `invalid-event` | 422 | the body is not a CloudEvent 1.0 (structured or binary mode) |
 //! | `trigger-subject-refused` | 422 | NATS cannot capture a trigger's subject (another stream holds it) |
+//! | `invalid-schedule` | 422 | the Schedule document is not valid; `errors[].path` |
 //! | `overloaded` | 503 | shed before anything was stored; `Retry-After` |
 //! | `unavailable` | 503 | a dependency failed; `error_id`, `Retry-After` |
 //! | `timeout` | 504 | no answer within 30 s; the outcome is unknown |
@@ -81,6 +82,8 @@ pub enum ProblemCode {
     InvalidEvent,
     /// 422: NATS cannot capture a trigger's subject.
     TriggerSubjectRefused,
+    /// 422: the Schedule document is not valid; `errors[].path`.
+    InvalidSchedule,
     /// 503: shed before anything was stored.
     Overloaded,
     /// 503: a dependency failed; `error_id`.
@@ -93,7 +96,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 24] = [
+    pub const ALL: [ProblemCode; 25] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -114,6 +117,7 @@ impl ProblemCode {
         Self::UnknownStep,
         Self::InvalidEvent,
         Self::TriggerSubjectRefused,
+        Self::InvalidSchedule,
         Self::Overloaded,
         Self::Unavailable,
         Self::Timeout,
@@ -143,6 +147,7 @@ impl ProblemCode {
             Self::UnknownStep => "unknown-step",
             Self::InvalidEvent => "invalid-event",
             Self::TriggerSubjectRefused => "trigger-subject-refused",
+            Self::InvalidSchedule => "invalid-schedule",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
@@ -431,6 +436,7 @@ mod tests {
                 "unknown-step",
                 "invalid-event",
                 "trigger-subject-refused",
+                "invalid-schedule",
                 "overloaded",
                 "unavailable",
                 "timeout",

@@ -27,6 +27,7 @@ pub mod requests;
 pub mod results;
 pub mod roles;
 pub mod run;
+pub mod schedules;
 pub mod status_events;
 pub mod timers;
 pub mod waits;
