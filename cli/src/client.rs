@@ -700,6 +700,58 @@ pub async fn run_retry(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The principal an approval decision is made as: `--as` /
+/// `FULFIL_ACTOR`, else `user:<login name>`.
+fn principal(given: Option<String>) -> String {
+    given
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| {
+            let user = std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "unknown".into());
+            format!("user:{user}")
+        })
+}
+
+/// `POST /v1/runs/{id}/steps/{step}/approve|reject` as `principal`.
+pub async fn run_decide(
+    args: &ClientArgs,
+    id: &str,
+    step: &str,
+    verb: &str,
+    comment: Option<String>,
+    principal_given: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let by = principal(principal_given);
+    let request = api
+        .http
+        .post(format!(
+            "{}/v1/runs/{}/steps/{}/{verb}",
+            api.base,
+            encode(id),
+            encode(step)
+        ))
+        .header("Fulfil-Actor", by.as_str())
+        .json(&model::DecideApproval { comment });
+    let (_, body) = api.send(request).await?;
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
+    }
+    let outcome: model::ApprovalOutcome = model(&body, "answer to a decision")?;
+    let verb_done = if verb == "approve" {
+        "approved"
+    } else {
+        "rejected"
+    };
+    println!(
+        "run {id} step {}: {verb_done} by {}; {} of {} approvals; step {}",
+        outcome.step, outcome.by, outcome.approvals, outcome.quorum, outcome.step_status
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn items(body: &Value) -> &[Value] {
     body["items"].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
