@@ -197,6 +197,15 @@ pub fn print_history(events: &[HistoryEvent]) {
     );
 }
 
+fn compact(data: &Value) -> String {
+    let s = data.to_string();
+    if s.chars().count() > 100 {
+        format!("{}...", s.chars().take(97).collect::<String>())
+    } else {
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -219,14 +228,5 @@ mod tests {
             "by team:dba, user:alice; 1 of 2 approvals; not the requester; \"Large DB orders\""
         );
         assert_eq!(waiting_what(&json!({"kind": "sleep", "until": "2026-12-02T12:00:00Z"})), "-");
-    }
-}
-
-fn compact(data: &Value) -> String {
-    let s = data.to_string();
-    if s.chars().count() > 100 {
-        format!("{}...", s.chars().take(97).collect::<String>())
-    } else {
-        s
     }
 }
