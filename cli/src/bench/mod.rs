@@ -15,6 +15,7 @@ mod drive;
 mod events;
 mod procs;
 mod report;
+mod waits;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +35,10 @@ pub enum Scenario {
     /// default 1000; --workflows events) into the trigger of a 3-step
     /// Promise; --resend of them published twice
     Events,
+    /// --waiting runs parked on a correlated wait.event (default 100000),
+    /// then events for --wake of them (default 2000) at --rate per second
+    /// (default 200): engine RSS and event → step.succeeded latency
+    Waits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,6 +100,12 @@ pub struct BenchArgs {
     /// must file nothing new.
     #[arg(long, default_value_t = 0.1)]
     pub resend: f64,
+    /// Runs parked on a wait at once (`waits` scenario).
+    #[arg(long, default_value_t = 100_000)]
+    pub waiting: usize,
+    /// Of those, how many an event wakes (`waits` scenario).
+    #[arg(long, default_value_t = 2000)]
+    pub wake: usize,
 }
 
 impl BenchArgs {
@@ -102,6 +113,7 @@ impl BenchArgs {
     pub fn shape(&self) -> (usize, usize) {
         match self.scenario {
             Scenario::ThreeStep | Scenario::Events => (3, 3),
+            Scenario::Waits => (1, 1),
             Scenario::Chain => {
                 let n = self.steps.unwrap_or(40).max(1);
                 (n, n)
@@ -141,6 +153,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             serde_json::to_vec_pretty(&report)?,
             report.failed,
             report.duplicates_filed,
+        ),
+        drive::Measured::Waits(report) => (
+            report.table(),
+            serde_json::to_vec_pretty(&report)?,
+            report.not_woken,
+            0,
         ),
     };
     println!("{table}");
