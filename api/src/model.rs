@@ -322,7 +322,7 @@ impl From<inspect::StepView> for Step {
             attempts: s.attempts.into_iter().map(Attempt::from).collect(),
             outputs: s.outputs,
             error: s.error,
-            waiting_for: None,
+            waiting_for: s.waiting_for,
         }
     }
 }
@@ -416,6 +416,7 @@ mod tests {
                 }],
                 outputs: None,
                 error: None,
+                waiting_for: Some(json!({ "kind": "sleep", "until": "2026-12-02T12:00:00Z" })),
             }],
         };
         let engine = serde_json::to_value(&view)?;

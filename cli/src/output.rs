@@ -227,6 +227,9 @@ mod tests {
             waiting_what(&approval),
             "by team:dba, user:alice; 1 of 2 approvals; not the requester; \"Large DB orders\""
         );
-        assert_eq!(waiting_what(&json!({"kind": "sleep", "until": "2026-12-02T12:00:00Z"})), "-");
+        assert_eq!(
+            waiting_what(&json!({"kind": "sleep", "until": "2026-12-02T12:00:00Z"})),
+            "-"
+        );
     }
 }

@@ -81,7 +81,10 @@ async fn a_sleep_survives_an_engine_kill_and_wakes_once_in_another() -> anyhow::
         .context("a sleep shows until")?
         .parse()?;
     let left = (until - Utc::now()).num_milliseconds();
-    assert!((1000..=4500).contains(&left), "{left} ms left of a 4s sleep");
+    assert!(
+        (1000..=4500).contains(&left),
+        "{left} ms left of a 4s sleep"
+    );
 
     // Killed mid-sleep; nothing runs while the sleep's time passes.
     first.sigkill().await?;
@@ -140,7 +143,10 @@ async fn a_sleep_survives_an_engine_kill_and_wakes_once_in_another() -> anyhow::
         .and_then(|e| e["at"].as_str())
         .context("step.succeeded at")?
         .parse()?;
-    assert!(woke_at >= until, "never before its time: {woke_at} < {until}");
+    assert!(
+        woke_at >= until,
+        "never before its time: {woke_at} < {until}"
+    );
     eprintln!(
         "== sleep of 4s: engine SIGKILLed mid-sleep, another started {:.1}s after it was due; it woke the step {:.2}s after starting",
         (second_started - until).num_milliseconds() as f64 / 1000.0,

@@ -55,7 +55,12 @@ spec:
 const QUORUM_TWO: &str = r#"{ approvers: ["user:alice", "user:bob", "team:dba"], quorum: 2, message: "Large DB ${{ params.name }}" }"#;
 
 /// Files a request as `requester` (the `Fulfil-Actor` header).
-async fn file(stack: &TestStack, promise: &str, name: &str, requester: &str) -> anyhow::Result<RunId> {
+async fn file(
+    stack: &TestStack,
+    promise: &str,
+    name: &str,
+    requester: &str,
+) -> anyhow::Result<RunId> {
     let response = stack
         .http
         .post(format!("{}/v1/promises/{promise}/requests", stack.api))
@@ -161,7 +166,10 @@ async fn a_quorum_of_two_distinct_principals_approves_and_every_decision_is_in_h
     assert_eq!(waiting_for["decisions"], json!([]));
     assert!(waiting_for["until"].is_string(), "{waiting_for}");
     let (_, request) = stack
-        .get(&format!("/v1/requests/{}", body["request_id"].as_str().unwrap_or("")))
+        .get(&format!(
+            "/v1/requests/{}",
+            body["request_id"].as_str().unwrap_or("")
+        ))
         .await?;
     assert_eq!(request["created_by"], "user:carol", "{request:#}");
 
@@ -175,8 +183,15 @@ async fn a_quorum_of_two_distinct_principals_approves_and_every_decision_is_in_h
         "{problem:#}"
     );
     // Not an approver.
-    let (status, problem) =
-        decide(&stack, &id, "approve", "approve", Some("user:mallory"), None).await?;
+    let (status, problem) = decide(
+        &stack,
+        &id,
+        "approve",
+        "approve",
+        Some("user:mallory"),
+        None,
+    )
+    .await?;
     assert_eq!(status, 403, "{problem:#}");
     assert_eq!(problem_type(&problem), "not-an-approver", "{problem:#}");
     assert!(
@@ -193,8 +208,15 @@ async fn a_quorum_of_two_distinct_principals_approves_and_every_decision_is_in_h
         (422, "unknown-step"),
         "{problem:#}"
     );
-    let (status, problem) =
-        decide(&stack, &id, "provision", "approve", Some("user:alice"), None).await?;
+    let (status, problem) = decide(
+        &stack,
+        &id,
+        "provision",
+        "approve",
+        Some("user:alice"),
+        None,
+    )
+    .await?;
     assert_eq!(status, 409, "{problem:#}");
     assert!(
         ["not-an-approval", "step-not-waiting"].contains(&problem_type(&problem)),
@@ -210,8 +232,15 @@ async fn a_quorum_of_two_distinct_principals_approves_and_every_decision_is_in_h
     )
     .await?;
     assert_eq!(status, 404);
-    let (status, problem) =
-        decide(&stack, "not-a-uuid", "approve", "approve", Some("user:alice"), None).await?;
+    let (status, problem) = decide(
+        &stack,
+        "not-a-uuid",
+        "approve",
+        "approve",
+        Some("user:alice"),
+        None,
+    )
+    .await?;
     assert_eq!(status, 400, "{problem:#}");
     let (status, problem) = decide(
         &stack,
@@ -222,9 +251,15 @@ async fn a_quorum_of_two_distinct_principals_approves_and_every_decision_is_in_h
         Some(json!({ "comment": "ok", "by": "user:bob" })),
     )
     .await?;
-    assert_eq!(status, 422, "the principal never comes from the body: {problem:#}");
+    assert_eq!(
+        status, 422,
+        "the principal never comes from the body: {problem:#}"
+    );
     let history = stack.history(run).await?;
-    assert!(of_type(&history, "approval.decided").is_empty(), "{history:#?}");
+    assert!(
+        of_type(&history, "approval.decided").is_empty(),
+        "{history:#?}"
+    );
 
     // The first approval counts one of two.
     let (status, outcome) = decide(
@@ -292,10 +327,10 @@ async fn a_quorum_of_two_distinct_principals_approves_and_every_decision_is_in_h
     let history = stack.history(run).await?;
     let decided = of_type(&history, "approval.decided");
     assert_eq!(decided.len(), 2, "{history:#?}");
-    for (event, (who, comment)) in decided
-        .iter()
-        .zip([("user:alice", json!("sized right")), ("user:bob", Value::Null)])
-    {
+    for (event, (who, comment)) in decided.iter().zip([
+        ("user:alice", json!("sized right")),
+        ("user:bob", Value::Null),
+    ]) {
         assert_eq!(event["step"], "approve");
         assert_eq!(event["actor"], who, "{event}");
         assert_eq!(event["data"]["by"], who);
@@ -319,7 +354,10 @@ async fn a_quorum_of_two_distinct_principals_approves_and_every_decision_is_in_h
         (409, "step-not-waiting"),
         "{problem:#}"
     );
-    assert_eq!(of_type(&stack.history(run).await?, "approval.decided").len(), 2);
+    assert_eq!(
+        of_type(&stack.history(run).await?, "approval.decided").len(),
+        2
+    );
 
     // The requester may not approve their own request...
     let own = file(&stack, "big-db", "ledger", "user:alice").await?;
@@ -442,7 +480,10 @@ async fn a_rejection_and_an_expiry_fail_the_step_and_the_run_compensates() -> an
         .filter(|e| e["step"] == "approve")
         .collect();
     assert_eq!(failed.len(), 1, "{history:#?}");
-    assert_eq!(failed[0]["data"]["code"], "approval_expired", "{history:#?}");
+    assert_eq!(
+        failed[0]["data"]["code"], "approval_expired",
+        "{history:#?}"
+    );
     assert!(of_type(&history, "approval.decided").is_empty());
     let (status, problem) = decide(
         &stack,

@@ -257,7 +257,9 @@ async fn a_correlated_event_completes_its_wait_an_uncorrelated_one_nothing_and_a
 
     let orders = stack.request("db", json!({ "name": "orders" })).await?;
     let billing = stack.request("db", json!({ "name": "billing" })).await?;
-    let never = stack.request("db-hurried", json!({ "name": "never" })).await?;
+    let never = stack
+        .request("db-hurried", json!({ "name": "never" }))
+        .await?;
 
     // Waiting: shown in the run, in history and as a status event.
     let run = until_waiting(&stack, orders, "ready").await?;
@@ -272,7 +274,10 @@ async fn a_correlated_event_completes_its_wait_an_uncorrelated_one_nothing_and_a
         .context("an event wait with a timeout shows until")?
         .parse()?;
     let from_now = (until - Utc::now()).num_seconds();
-    assert!((40..=60).contains(&from_now), "until {until} for a 1m timeout");
+    assert!(
+        (40..=60).contains(&from_now),
+        "until {until} for a 1m timeout"
+    );
     assert_eq!(run["status"], "running");
     assert!(
         step(&run, "ready")["attempts"]
@@ -286,7 +291,10 @@ async fn a_correlated_event_completes_its_wait_an_uncorrelated_one_nothing_and_a
     assert_eq!(waiting[0]["step"], "ready");
     assert_eq!(waiting[0]["data"]["waiting_for"]["kind"], "event");
     let published = waiting_event_of(&mut status_events, orders).await?;
-    assert_eq!(published["type"], "dev.fulfil.step.waiting", "{published:#}");
+    assert_eq!(
+        published["type"], "dev.fulfil.step.waiting",
+        "{published:#}"
+    );
     assert_eq!(published["data"]["step"], "ready", "{published:#}");
     assert_eq!(published["data"]["status"], "waiting", "{published:#}");
     assert_eq!(
@@ -463,8 +471,7 @@ async fn one_event_completes_every_wait_on_its_key_and_lookback_reaches_back_for
 /// step's result at the same instant. With `lookback` every run completes
 /// whichever commits first: none is left waiting.
 #[tokio::test]
-async fn an_event_published_as_the_upstream_step_finishes_is_never_missed() -> anyhow::Result<()>
-{
+async fn an_event_published_as_the_upstream_step_finishes_is_never_missed() -> anyhow::Result<()> {
     const RUNS: usize = 40;
     let stack = TestStack::start().await?;
     stack.apply(&catch(&stack)).await?;
@@ -550,7 +557,11 @@ async fn an_event_published_as_the_upstream_step_finishes_is_never_missed() -> a
             Err(e) => stuck.push(format!("{e:#}")),
         }
     }
-    assert!(stuck.is_empty(), "{} of {RUNS} runs: {stuck:#?}", stuck.len());
+    assert!(
+        stuck.is_empty(),
+        "{} of {RUNS} runs: {stuck:#?}",
+        stuck.len()
+    );
     stack.stop().await
 }
 
@@ -590,16 +601,20 @@ async fn an_event_racing_the_timeout_leaves_exactly_one_outcome() -> anyhow::Res
     }
     // Each event is published at its wait's `until`, give or take up to
     // 60 ms, so both sides win some of the races.
-    let publishing = runs.iter().zip(&untils).enumerate().map(|(i, ((_, name), until))| {
-        let stack = &stack;
-        let offset = chrono::Duration::milliseconds(i as i64 * 10 - 60);
-        let at = *until + offset;
-        async move {
-            let delay = (at - Utc::now()).to_std().unwrap_or_default();
-            tokio::time::sleep(delay).await;
-            publish(stack, "ready", &event(&format!("e-{name}"), name)).await
-        }
-    });
+    let publishing = runs
+        .iter()
+        .zip(&untils)
+        .enumerate()
+        .map(|(i, ((_, name), until))| {
+            let stack = &stack;
+            let offset = chrono::Duration::milliseconds(i as i64 * 10 - 60);
+            let at = *until + offset;
+            async move {
+                let delay = (at - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(delay).await;
+                publish(stack, "ready", &event(&format!("e-{name}"), name)).await
+            }
+        });
     for published in futures::future::join_all(publishing).await {
         published?;
     }
@@ -620,7 +635,7 @@ async fn an_event_racing_the_timeout_leaves_exactly_one_outcome() -> anyhow::Res
                 assert_eq!(body["status"], "compensated", "{body:#}");
             }
         }
-        *tally.entry(ready[0].0).or_insert(0) += 1;
+        *tally.entry(ready[0].0.to_string()).or_insert(0) += 1;
     }
     eprintln!("event vs timeout at the same instant, {RUNS} runs: {tally:?}");
     stack.stop().await
