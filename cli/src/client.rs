@@ -284,6 +284,7 @@ pub async fn request_create(
     promise: &str,
     params: Value,
     idempotency_key: Option<String>,
+    principal: Option<String>,
     wait: bool,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
@@ -292,10 +293,16 @@ pub async fn request_create(
         params,
         idempotency_key,
     };
-    let request = api
+    let mut request = api
         .http
         .post(format!("{}/v1/promises/{promise}/requests", api.base))
         .json(&body);
+    if let Some(principal) = principal
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+    {
+        request = request.header("Fulfil-Actor", principal);
+    }
     let (_, answer) = api.send(request).await?;
     let accepted: model::Accepted = model(&answer, "answer to a new request")?;
     if args.output != Format::Table && !wait {

@@ -205,6 +205,12 @@ enum RequestCommand {
         /// How long --wait waits.
         #[arg(long, default_value = "10m", value_parser = humantime_duration)]
         timeout: std::time::Duration,
+        /// Who files it, sent as the Fulfil-Actor header and kept as the
+        /// request's created_by (an approval step that does not
+        /// allow_requester refuses this principal); unset, the API records
+        /// `api`.
+        #[arg(long = "as", env = "FULFIL_ACTOR", value_name = "PRINCIPAL")]
+        principal: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -422,11 +428,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 idempotency_key,
                 wait,
                 timeout,
+                principal,
                 client,
             } => {
                 let params = client::parse_params(&params, params_json.as_deref())?;
-                client::request_create(&client, &promise, params, idempotency_key, wait, timeout)
-                    .await
+                client::request_create(
+                    &client,
+                    &promise,
+                    params,
+                    idempotency_key,
+                    principal,
+                    wait,
+                    timeout,
+                )
+                .await
             }
             RequestCommand::Get { id, client } => client::request_get(&client, &id).await,
             RequestCommand::Delete {
