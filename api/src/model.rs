@@ -145,8 +145,8 @@ pub struct Step {
     pub outputs: Option<Value>,
     pub error: Option<String>,
     /// What a `waiting` step waits for: `{kind: "event" | "approval" |
-    /// "sleep", ..., until}` (DESIGN.md "Waits"); absent otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// "sleep", ..., until}` (DESIGN.md "Waits"); null otherwise.
+    #[serde(default)]
     pub waiting_for: Option<Value>,
 }
 
@@ -400,6 +400,7 @@ mod tests {
                 id: "provision".into(),
                 status: "running".into(),
                 attempt: 1,
+                waiting_for: None,
                 attempts: vec![inspect::AttemptView {
                     attempt: 1,
                     status: "running".into(),
@@ -416,7 +417,6 @@ mod tests {
                 }],
                 outputs: None,
                 error: None,
-                waiting_for: Some(json!({ "kind": "sleep", "until": "2026-12-02T12:00:00Z" })),
             }],
         };
         let engine = serde_json::to_value(&view)?;
