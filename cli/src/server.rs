@@ -224,7 +224,7 @@ async fn apply_workflows(
         match parsed {
             Ok(promise) => {
                 let subjects: Vec<String> = promise
-                    .trigger_subjects()
+                    .inbound_subjects()
                     .into_iter()
                     .map(str::to_string)
                     .collect();

@@ -22,8 +22,8 @@ use crate::expr::{CompiledCondition, CompiledTemplate};
 use crate::promise::{
     Compensation, DEFAULT_STEP_TIMEOUT, PromiseSpec, RetryPolicy, RetrySpec, Step, StepDefaults,
 };
-use crate::time::{DurationError, parse_duration};
 use crate::status::WaitKind;
+use crate::time::{DurationError, parse_duration};
 use crate::trigger::CompiledTrigger;
 use crate::wait::EngineStep;
 
@@ -114,6 +114,9 @@ fn engine_step(kind: WaitKind, with: &serde_json::Value) -> EngineStep {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StepPolicy {
     pub timeout: Duration,
+    /// The step's own `timeout`, without defaults: how long an engine-run
+    /// step waits (none: until something comes).
+    pub own_timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub schedule_to_start: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
@@ -125,6 +128,7 @@ impl Default for StepPolicy {
     fn default() -> Self {
         Self {
             timeout: DEFAULT_STEP_TIMEOUT,
+            own_timeout: None,
             retry: RetryPolicy::none(),
             schedule_to_start: None,
             heartbeat_timeout: None,
@@ -157,6 +161,7 @@ fn defaults(spec: &StepDefaults) -> Result<StepPolicy, DurationError> {
     let timeout = duration(spec.timeout.as_ref())?.unwrap_or(DEFAULT_STEP_TIMEOUT);
     Ok(StepPolicy {
         timeout,
+        own_timeout: None,
         retry: retry.clone(),
         schedule_to_start: duration(spec.schedule_to_start.as_ref())?,
         heartbeat_timeout: duration(spec.heartbeat_timeout.as_ref())?,
@@ -169,6 +174,7 @@ fn step(step: &Step, defaults: &StepPolicy) -> Result<StepPolicy, DurationError>
     let compensation: Option<&Compensation> = step.compensate.as_ref();
     Ok(StepPolicy {
         timeout: duration(step.timeout.as_ref())?.unwrap_or(defaults.timeout),
+        own_timeout: duration(step.timeout.as_ref())?,
         retry: retry(step.retry.as_ref())?.unwrap_or_else(|| defaults.retry.clone()),
         schedule_to_start: duration(step.schedule_to_start.as_ref())?
             .or(defaults.schedule_to_start),

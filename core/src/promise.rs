@@ -375,6 +375,13 @@ impl Promise {
         self.step_policy(step).timeout
     }
 
+    /// How long an engine-run step waits: its own `timeout` only (an
+    /// approval must not expire after a default meant for worker steps);
+    /// `None` waits until what it waits for comes.
+    pub fn wait_timeout_of(&self, step: &Step) -> Option<Duration> {
+        self.step_policy(step).own_timeout
+    }
+
     /// The step's retry policy (its own, else the Promise default).
     pub fn retry_of(&self, step: &Step) -> RetryPolicy {
         self.step_policy(step).retry.clone()
@@ -489,15 +496,28 @@ impl Promise {
             .collect()
     }
 
-    /// Every NATS subject pattern the triggers listen on (for the inbound
-    /// stream), sorted, without duplicates. A trigger with only a `type`
-    /// adds none: it hears whatever subjects the inbound stream covers.
-    pub fn trigger_subjects(&self) -> Vec<&str> {
+    /// Every NATS subject pattern the Promise listens on (for the inbound
+    /// stream): its triggers' and its event waits' (a literal `subject` of
+    /// a `wait.event` step; a templated one is known only when the wait
+    /// begins, and must be captured by another Promise or a trigger), sorted,
+    /// without duplicates. A trigger or wait with only a `type` adds none:
+    /// it hears whatever subjects the inbound stream covers.
+    pub fn inbound_subjects(&self) -> Vec<&str> {
+        let waits = self
+            .spec
+            .workflow
+            .steps
+            .iter()
+            .chain(self.spec.delete.iter().flat_map(|d| d.steps.iter()))
+            .filter(|step| step.uses == crate::wait::WAIT_EVENT)
+            .filter_map(|step| step.with.get("subject")?.as_str())
+            .filter(|subject| !subject.contains("${{"));
         let mut subjects: Vec<&str> = self
             .spec
             .triggers
             .iter()
             .filter_map(|t| t.subject.as_deref())
+            .chain(waits)
             .collect();
         subjects.sort_unstable();
         subjects.dedup();

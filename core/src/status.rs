@@ -413,6 +413,15 @@ vocabulary! {
 }
 
 impl TimerKind {
+    /// Timers that end an engine-run step's wait; they name its attempt's
+    /// task id, which is also its wait's.
+    pub fn is_wait_timer(self) -> bool {
+        matches!(
+            self,
+            Self::WaitMatched | Self::WaitTimeout | Self::SleepDone
+        )
+    }
+
     /// Timers about one attempt name its task id.
     pub fn is_attempt_timer(self) -> bool {
         matches!(

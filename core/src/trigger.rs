@@ -442,7 +442,7 @@ spec:
             p.spec.triggers[0].event_type.as_deref(),
             Some("com.acme.team.created")
         );
-        assert_eq!(p.trigger_subjects(), vec!["acme.teams.created"]);
+        assert_eq!(p.inbound_subjects(), vec!["acme.teams.created"]);
         assert_eq!(p.var_references(), vec!["region".to_string()]);
         // Stored and read back, the triggers survive and compile again.
         let stored = serde_json::to_value(&p).unwrap();
@@ -468,7 +468,7 @@ spec:
                 .get("triggers")
                 .is_none()
         );
-        assert!(plain.trigger_subjects().is_empty());
+        assert!(plain.inbound_subjects().is_empty());
     }
 
     #[test]
@@ -578,7 +578,7 @@ spec:
             vec!["both", "type-glob"]
         );
         assert!(names(None, "com.other").is_empty());
-        assert_eq!(p.trigger_subjects(), vec!["acme.>", "acme.teams.*"]);
+        assert_eq!(p.inbound_subjects(), vec!["acme.>", "acme.teams.*"]);
 
         assert!(subject_matches("a.*.c", "a.b.c"));
         assert!(!subject_matches("a.*.c", "a.b.x.c"));
@@ -675,7 +675,7 @@ spec:
         .unwrap();
         let matched = p.matching_triggers(Some("acme.teams.created"), "com.acme.team.created");
         assert_eq!(matched.len(), 1);
-        assert_eq!(p.trigger_subjects(), vec!["acme.teams.created"]);
+        assert_eq!(p.inbound_subjects(), vec!["acme.teams.created"]);
         let mapped = matched[0]
             .map(
                 &json!({"event": {"id": "1", "source": "/hr", "type": "com.acme.team.created",

@@ -676,7 +676,9 @@ fn check_engine_step(
                 ),
             }
             if let Some(quorum) = literal("quorum")
-                && !quorum.as_u64().is_some_and(|q| (1..=u64::from(u32::MAX)).contains(&q))
+                && !quorum
+                    .as_u64()
+                    .is_some_and(|q| (1..=u64::from(u32::MAX)).contains(&q))
             {
                 err(
                     format!("{at}.with.quorum"),
@@ -707,21 +709,29 @@ fn check_engine_step(
                 check_duration(&format!("{at}.with.for"), duration, err);
             }
             if let Some(until) = literal("until")
-                && !until
+                && until
                     .as_str()
-                    .is_some_and(|u| chrono::DateTime::parse_from_rfc3339(u).is_ok())
+                    .is_none_or(|u| chrono::DateTime::parse_from_rfc3339(u).is_err())
             {
                 err(
                     format!("{at}.with.until"),
                     "invalid_value",
-                    format!("until must be an RFC 3339 time such as 2026-12-24T18:00:00Z, not {until}"),
+                    format!(
+                        "until must be an RFC 3339 time such as 2026-12-24T18:00:00Z, not {until}"
+                    ),
                 );
             }
         }
     }
     let mut rest = with.clone();
     rest.remove("match");
-    check_templates(&format!("{at}.with"), &Value::Object(rest), context, err, refs);
+    check_templates(
+        &format!("{at}.with"),
+        &Value::Object(rest),
+        context,
+        err,
+        refs,
+    );
 }
 
 /// Checks every template in a JSON value, collecting the steps each reads.

@@ -252,7 +252,8 @@ pub fn check_approver(approver: &str) -> Result<(), String> {
 pub fn sleep_until(sleep: &Sleep, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     match (&sleep.duration, &sleep.until) {
         (Some(duration), None) => {
-            let duration = crate::time::parse_duration(duration).map_err(|e| format!("for: {e}"))?;
+            let duration =
+                crate::time::parse_duration(duration).map_err(|e| format!("for: {e}"))?;
             Ok(crate::time::deadline_after(now, duration))
         }
         (None, Some(until)) => DateTime::parse_from_rfc3339(until)
@@ -378,18 +379,33 @@ mod tests {
         };
         assert_eq!(correlation.value(&context).expect("evaluates"), json!("db"));
         assert!(promise.has_engine_steps());
+        assert!(
+            promise.inbound_subjects().is_empty(),
+            "a wait by type adds no subject"
+        );
         // `match` is not rendered as a template with the rest of `with`.
-        let with = promise.with_of(step).expect("compiled").render(&context).expect("renders");
+        let with = promise
+            .with_of(step)
+            .expect("compiled")
+            .render(&context)
+            .expect("renders");
         assert_eq!(with, json!({"type": "com.acme.ready", "lookback": "10m"}));
 
         let promise = promise_fn_unindexed();
+        assert_eq!(promise.inbound_subjects(), vec!["acme.db.ready"]);
         let step = promise.step("ready").expect("the step");
-        assert!(promise.engine_step_of(step).expect("engine").correlation.is_none());
+        assert!(
+            promise
+                .engine_step_of(step)
+                .expect("engine")
+                .correlation
+                .is_none()
+        );
     }
 
     fn promise_fn_unindexed() -> crate::Promise {
         promise(
-            "      - id: ready\n        uses: wait.event\n        with: { type: com.acme.ready, match: \"event.data.size > 3\" }\n",
+            "      - id: ready\n        uses: wait.event\n        with: { type: com.acme.ready, subject: acme.db.ready, match: \"event.data.size > 3\" }\n",
         )
         .expect("valid")
     }

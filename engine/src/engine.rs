@@ -61,6 +61,9 @@ pub(crate) struct Inner {
     outbox_wake: Notify,
     /// Wakes this process's status publisher (see [`crate::status_events`]).
     status_wake: Notify,
+    /// Wakes this process's timers: an event matched a wait, whose timer
+    /// is due now.
+    timers_wake: Notify,
     /// Set once [`Engine::start_fast_publisher`] ran.
     publisher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OutboxRow>>>,
     /// Started on the first request this process accepts.
@@ -108,6 +111,7 @@ impl Engine {
                 id: id.into(),
                 outbox_wake: Notify::new(),
                 status_wake: Notify::new(),
+                timers_wake: Notify::new(),
                 publisher: std::sync::OnceLock::new(),
                 intake: std::sync::OnceLock::new(),
                 roles: crate::roles::Roles::default(),
@@ -217,6 +221,15 @@ impl Engine {
 
     pub(crate) async fn outbox_woken(&self) {
         self.inner.outbox_wake.notified().await;
+    }
+
+    /// Tells this process's timers that a timer is due now.
+    pub fn wake_timers(&self) {
+        self.inner.timers_wake.notify_one();
+    }
+
+    pub(crate) async fn timers_woken(&self) {
+        self.inner.timers_wake.notified().await;
     }
 
     pub(crate) async fn status_woken(&self) {

@@ -73,6 +73,10 @@ pub struct StepView {
     pub attempts: Vec<AttemptView>,
     pub outputs: Option<Value>,
     pub error: Option<String>,
+    /// For a waiting engine-run step, what it waits for:
+    /// `{kind: event|approval|sleep, ..., until}` (an approval's decisions
+    /// so far included).
+    pub waiting_for: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -231,7 +235,15 @@ pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, Inspec
         return Ok(None);
     };
     let steps: Vec<StepRow> = sqlx::query_as(
-        "SELECT step_id, status, attempt, outputs, error FROM fulfil.steps WHERE run_id = $1 ORDER BY position",
+        "SELECT s.step_id, s.status, s.attempt, s.outputs, s.error,
+                CASE WHEN s.status = 'waiting' THEN
+                    CASE WHEN w.kind = 'approval'
+                         THEN w.waiting_for || jsonb_build_object('decisions', w.decisions)
+                         ELSE w.waiting_for END
+                END AS waiting_for
+         FROM fulfil.steps s
+              LEFT JOIN fulfil.waits w ON w.run_id = s.run_id AND w.step_id = s.step_id
+         WHERE s.run_id = $1 ORDER BY s.position",
     )
     .bind(id.as_uuid())
     .fetch_all(pool)
@@ -260,6 +272,7 @@ pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, Inspec
             attempt: row.attempt,
             outputs: row.outputs,
             error: row.error,
+            waiting_for: row.waiting_for,
         })
         .collect();
     Ok(Some(RunView { run, steps }))
@@ -272,6 +285,7 @@ struct StepRow {
     attempt: i32,
     outputs: Option<Value>,
     error: Option<String>,
+    waiting_for: Option<Value>,
 }
 
 #[derive(sqlx::FromRow)]

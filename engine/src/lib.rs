@@ -28,5 +28,6 @@ pub mod roles;
 pub mod run;
 pub mod status_events;
 pub mod timers;
+pub mod waits;
 
 pub use engine::{Engine, EngineConfig};

@@ -259,7 +259,13 @@ pub(crate) async fn store_requests(
     engine: &Engine,
     requests: &[ValidRequest],
 ) -> Result<Vec<Result<Accepted, RequestError>>, RunError> {
-    if engine.has_fast_publisher() && requests.iter().all(|r| r.idempotency_key.is_none()) {
+    // A run whose first steps wait is filed by statements of their own
+    // (see `crate::waits`), which one statement cannot hold.
+    if engine.has_fast_publisher()
+        && requests
+            .iter()
+            .all(|r| r.idempotency_key.is_none() && !r.promise.has_engine_steps())
+    {
         match store_in_one_statement(engine, requests).await {
             Err(RunError::Db(sqlx::Error::Database(e)))
                 if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {}

@@ -42,6 +42,7 @@ pub(crate) async fn run_timers(engine: Engine, config: EngineConfig, shutdown: C
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
+            () = engine.timers_woken() => {}
         }
     }
 }
@@ -178,8 +179,21 @@ async fn fire(
     timer: &DueTimer,
 ) -> Result<(), RunError> {
     // Read before deciding, so the decision itself needs no Postgres.
+    let kind = TimerKind::parse(&timer.kind)?;
+    if kind.is_wait_timer() {
+        let Some(task_id) = timer.task_id else {
+            return Err(RunError::Corrupt(format!(
+                "{} timer without a task id",
+                timer.kind
+            )));
+        };
+        // Under the wait's row lock: an event matching it now either
+        // committed before (and wins) or waits for this decision.
+        let wait = crate::waits::lock_wait(conn, task_id).await?;
+        return crate::run::fire_wait_timer(run, kind, &timer.step_id, task_id, wait.as_ref());
+    }
     let attempt: Option<AttemptState> = match timer.task_id {
-        Some(task_id) if TimerKind::parse(&timer.kind)?.is_attempt_timer() => Some(
+        Some(task_id) if kind.is_attempt_timer() => Some(
             sqlx::query_as("SELECT attempt, status, kind FROM fulfil.attempts WHERE task_id = $1")
                 .bind(task_id.as_uuid())
                 .fetch_one(conn)
@@ -281,6 +295,12 @@ pub(crate) fn fire_on(
                 json!({ "task_id": task_id, "timeout": timer.kind, "code": code }),
             );
             attempt_failed(run, &timer.step_id, kind, attempt.attempt, &failure, None)?;
+        }
+        TimerKind::WaitMatched | TimerKind::WaitTimeout | TimerKind::SleepDone => {
+            return Err(RunError::Corrupt(format!(
+                "{} timer fired without its wait",
+                timer.kind
+            )));
         }
         TimerKind::RunTimeout => {
             if run.status() == RunStatus::Running {

@@ -69,7 +69,10 @@ async fn check_constraints_list_exactly_the_enum_spellings() -> anyhow::Result<(
             "timers_kind_check",
             spellings(TimerKind::ALL, TimerKind::as_str),
         ),
-        ("waits_kind_check", spellings(WaitKind::ALL, WaitKind::as_str)),
+        (
+            "waits_kind_check",
+            spellings(WaitKind::ALL, WaitKind::as_str),
+        ),
         (
             "event_ledger_via_check",
             spellings(EventVia::ALL, EventVia::as_str),

@@ -51,7 +51,7 @@ pub(crate) fn promise_error(e: PromiseError) -> Problem {
 /// widen the stream from the Promise heads within seconds.
 async fn capture_trigger_subjects(state: &ApiState, promise: &Promise) -> Result<(), Problem> {
     let subjects: Vec<String> = promise
-        .trigger_subjects()
+        .inbound_subjects()
         .into_iter()
         .map(str::to_string)
         .collect();

@@ -151,7 +151,7 @@ async fn trigger_subjects(engine: &Engine) -> Result<Vec<String>, super::Receive
         .await?
         .iter()
         .flat_map(|p| {
-            p.trigger_subjects()
+            p.inbound_subjects()
                 .into_iter()
                 .map(str::to_string)
                 .collect::<Vec<_>>()

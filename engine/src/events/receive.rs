@@ -30,6 +30,7 @@ use crate::Engine;
 use crate::promises::PromiseError;
 use crate::requests::{RequestError, ValidRequest, prepare, stage_requests};
 use crate::run::RunError;
+use crate::waits::ArrivedEvent;
 
 /// A message as it arrived, kept byte for byte for a dead letter.
 #[derive(Debug, Clone, Default)]
@@ -189,6 +190,32 @@ async fn receive_once(
         return Err(ReceiveError::HeadKeptMoving(name.clone()));
     }
 
+    // Waits are matched after the batch's runs were filed (a run it
+    // started may already wait on one of its events, through `lookback`)
+    // and before the ledger entries that report them.
+    let arrived: Vec<ArrivedEvent<'_>> = arrivals
+        .iter()
+        .zip(&plans)
+        .filter_map(|(arrival, plan)| {
+            let (Ok(event), Ok(plan)) = (&arrival.event, plan) else {
+                return None;
+            };
+            Some(ArrivedEvent {
+                ledger_id: plan.ledger_id,
+                event_type: event.event_type(),
+                nats_subject: match arrival.via {
+                    EventVia::Http => None,
+                    EventVia::Bus | EventVia::Replay => arrival.raw.subject.as_deref(),
+                },
+                event: event.as_json(),
+            })
+        })
+        .collect();
+    let mut waits_completed = crate::waits::match_events(engine, &mut tx, &arrived)
+        .await?
+        .into_iter();
+    let mut matched_any = false;
+
     let mut received = Vec::with_capacity(arrivals.len());
     let mut ledger = LedgerRows::default();
     let mut dead = DeadLetterRows::default();
@@ -220,12 +247,14 @@ async fn receive_once(
                 if let Some((id, reason)) = &plan.dead_letter {
                     dead.push(*id, arrival, reason, Some(plan.ledger_id));
                 }
+                let waits_completed = waits_completed.next().unwrap_or_default();
+                matched_any |= !waits_completed.is_empty();
                 let receipt = EventReceipt {
                     id: event.id().to_string(),
                     source: event.source().to_string(),
                     ledger_id: plan.ledger_id,
                     outcomes,
-                    waits_completed: Vec::new(),
+                    waits_completed,
                     dead_letter_id,
                 };
                 ledger.push(arrival, event, &receipt)?;
@@ -242,10 +271,13 @@ async fn receive_once(
     if let Some(staged) = staged {
         staged.committed(engine);
     }
+    if matched_any {
+        engine.wake_timers();
+    }
     Ok(received)
 }
 
-/// The head of every Promise that has triggers. The list of heads is read
+/// The head of every Promise that has triggers or listens on a subject. The list of heads is read
 /// each batch (one small query) so a Promise applied by another process
 /// is matched at once; the Promises themselves come from the cache.
 pub(crate) async fn promise_heads(engine: &Engine) -> Result<Vec<Arc<Promise>>, ReceiveError> {
@@ -259,7 +291,7 @@ pub(crate) async fn promise_heads(engine: &Engine) -> Result<Vec<Arc<Promise>>, 
             .promises()
             .load(engine.pool(), &name, &version)
             .await?;
-        if !promise.spec.triggers.is_empty() {
+        if !promise.spec.triggers.is_empty() || !promise.inbound_subjects().is_empty() {
             promises.push(promise);
         }
     }

@@ -123,16 +123,25 @@ pub(super) fn failure_reason(run: &Run, failed_steps: &[String]) -> String {
 /// Cancels every in-flight attempt of `kind` (their results will be
 /// ignored), recording why; used by run timeouts and operator cancels.
 pub fn stop_in_flight(run: &mut Run, kind: TaskKind, reason: &str) -> Result<(), RunError> {
-    let in_flight: Vec<(String, i32)> = run
+    let in_flight: Vec<(String, i32, bool)> = run
         .steps
         .values()
         .filter(|s| match kind {
             TaskKind::Action => s.status.is_in_flight(),
             TaskKind::Compensation => s.compensation.is_some_and(CompensationStatus::is_in_flight),
         })
-        .map(|s| (s.step_id.clone(), s.current_attempt(kind)))
+        .map(|s| {
+            (
+                s.step_id.clone(),
+                s.current_attempt(kind),
+                s.status == StepStatus::Waiting,
+            )
+        })
         .collect();
-    for (step_id, attempt) in in_flight {
+    for (step_id, attempt, waiting) in in_flight {
+        if waiting && kind == TaskKind::Action {
+            super::waiting::end_wait(run, &step_id);
+        }
         run.cancel_attempt(AttemptCancel {
             step_id: step_id.clone(),
             kind,
@@ -473,6 +482,9 @@ pub(super) fn finish(
     };
     run.set_status(status)?;
     run.clear_run_timers();
+    if run.promise.has_engine_steps() {
+        run.writes.cleared_run_waits = true;
+    }
     run.set_ending(RunEnding {
         finished: true,
         outputs: outputs.clone(),

@@ -295,15 +295,11 @@ pub(crate) fn hand_off(run: &mut Run, handoff: Handoff) -> Result<(), RunError> 
     );
     // Nothing runs these now: a retry's backoff, a step not started, an
     // approval no one gave. Their timers find them cancelled and do nothing.
+    super::waiting::cancel_waiting(run, &why)?;
     let idle: Vec<String> = run
         .steps
         .values()
-        .filter(|s| {
-            matches!(
-                s.status,
-                StepStatus::Pending | StepStatus::Retrying | StepStatus::Waiting
-            )
-        })
+        .filter(|s| matches!(s.status, StepStatus::Pending | StepStatus::Retrying))
         .map(|s| s.step_id.clone())
         .collect();
     for step_id in idle {

@@ -135,6 +135,9 @@ fn cancel_pending(run: &mut Run) -> Result<(), RunError> {
 /// Renders the step's input and queues attempt `attempt` of its action.
 pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), RunError> {
     let promise = run.promise.clone();
+    if let Some(engine_step) = promise.engine_step_of(step) {
+        return super::waiting::start_wait(run, step, engine_step, attempt);
+    }
     let with = promise
         .with_of(step)
         .ok_or_else(|| not_compiled(&step.id))?;

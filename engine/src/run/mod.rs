@@ -24,6 +24,7 @@ mod operator;
 mod progress;
 #[cfg(test)]
 mod tests;
+mod waiting;
 mod writes;
 
 #[cfg(test)]
@@ -54,10 +55,11 @@ pub use compensate::dispatch_compensation;
 pub use forward::dispatch_action;
 pub use load::{KnownAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
+pub(crate) use waiting::{ENGINE_QUEUE, complete_wait, fail_wait, fire_wait_timer};
 pub(crate) use writes::{
     AttemptUpdate, LeadingPart, RequestUpdate, RunEnding, fits_one_statement, flush, flush_with,
 };
-pub use writes::{OutboxMessage, PendingEvent, PendingStatus};
+pub use writes::{NewWait, OutboxMessage, PendingEvent, PendingStatus};
 
 /// Kinds of history event, as stored in `history.type`.
 pub mod event {
@@ -74,6 +76,12 @@ pub mod event {
     pub const STEP_SKIPPED: &str = "step.skipped";
     pub const STEP_CANCELLED: &str = "step.cancelled";
     pub const RESULT_IGNORED: &str = "result.ignored";
+    /// An engine-run step began waiting (a status event too).
+    pub const STEP_WAITING: &str = "step.waiting";
+    /// An event matched a waiting `wait.event` step.
+    pub const WAIT_MATCHED: &str = "wait.matched";
+    /// Someone approved or rejected an approval step.
+    pub const APPROVAL_DECIDED: &str = "approval.decided";
 
     use fulfil_core::wire::TaskKind;
 

@@ -110,6 +110,7 @@ pub(super) fn cancel_locked(
     for step_id in pending {
         super::advance::set_step(run, &step_id, StepStatus::Cancelled, None, None, Some(&why))?;
     }
+    super::waiting::cancel_waiting(run, &why)?;
     if !compensate {
         stop_in_flight(run, TaskKind::Action, &why)?;
         stop_in_flight(run, TaskKind::Compensation, &why)?;

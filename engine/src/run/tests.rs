@@ -42,6 +42,7 @@ mod retry;
 mod stale;
 mod status_events;
 mod timeouts;
+mod waits;
 
 const ENGINE: &str = "engine-test";
 const WORKER: &str = "worker-1";

@@ -25,7 +25,9 @@ pub(crate) async fn flush(
 /// is cancelled or the relay must be woken (no fast publisher).
 pub(crate) fn fits_one_statement(runs: &[Run]) -> bool {
     runs.iter().all(|run| {
-        run.writes.cancels.is_empty() && (run.fast_publish || run.writes.outbox.is_empty())
+        run.writes.cancels.is_empty()
+            && !run.writes.has_wait_writes()
+            && (run.fast_publish || run.writes.outbox.is_empty())
     })
 }
 
@@ -60,6 +62,7 @@ pub(crate) async fn flush_with(
     }
     let mut columns = Columns::default();
     let mut cancels = Vec::new();
+    let mut waits = crate::waits::WaitWrites::default();
     let mut slow_outbox = false;
     for run in runs.iter_mut() {
         // A run this change created (a delete run a handed-off run starts
@@ -67,22 +70,36 @@ pub(crate) async fn flush_with(
         // without the other.
         let mut spawned = run.take_spawned();
         for run in std::iter::once(run).chain(spawned.as_mut()) {
-            let writes = std::mem::take(&mut run.writes);
+            let mut writes = std::mem::take(&mut run.writes);
             if writes.is_empty() {
                 continue;
             }
+            waits.add(
+                run.run_id(),
+                std::mem::take(&mut writes.new_waits),
+                std::mem::take(&mut writes.ended_waits),
+                std::mem::take(&mut writes.cleared_run_waits),
+            );
             if !run.fast_publish && !writes.outbox.is_empty() {
                 slow_outbox = true;
             }
             columns.add(run, writes, &mut cancels);
         }
     }
-    if columns.is_empty() && cancels.is_empty() && leading.is_none() {
+    if columns.is_empty() && cancels.is_empty() && waits.is_empty() && leading.is_none() {
         return Ok(Vec::new());
     }
-    let inserted: Vec<(i64, String)> = columns.write(conn, leading).await?;
+    let inserted: Vec<(i64, String)> = if columns.is_empty() && leading.is_none() {
+        Vec::new()
+    } else {
+        columns.write(conn, leading).await?
+    };
     if !cancels.is_empty() {
         write_cancels(conn, &cancels).await?;
+    }
+    if !waits.is_empty() {
+        // After the main statement: the waits' attempt rows exist by now.
+        crate::waits::write(conn, waits).await?;
     }
     if slow_outbox {
         sqlx::query("SELECT pg_notify($1, '')")

@@ -132,6 +132,20 @@ pub(crate) struct NewTimer {
     pub fire_at: DateTime<Utc>,
 }
 
+/// A waiting engine-run step to file in `fulfil.waits` (see
+/// [`crate::waits`]).
+#[derive(Debug, Clone)]
+pub struct NewWait {
+    pub task_id: TaskId,
+    pub step_id: String,
+    pub attempt: i32,
+    pub kind: fulfil_core::status::WaitKind,
+    pub until: Option<DateTime<Utc>>,
+    pub waiting_for: Value,
+    /// Event waits: what an arriving event is looked up and checked by.
+    pub event: Option<crate::waits::EventFiling>,
+}
+
 /// The run row's end-of-run columns: set when it finishes, cleared when an
 /// operator re-opens it.
 #[derive(Debug, Clone)]
@@ -176,6 +190,12 @@ pub(crate) struct Writes {
     /// Disarm every timer the run had before this change.
     pub cleared_run_timers: bool,
     pub new_timers: Vec<NewTimer>,
+    /// Engine-run steps that began waiting.
+    pub new_waits: Vec<NewWait>,
+    /// Steps whose wait is over (completed, failed or cancelled).
+    pub ended_waits: Vec<String>,
+    /// The run ended: every wait it still has is over.
+    pub cleared_run_waits: bool,
 }
 
 impl Writes {
@@ -193,6 +213,13 @@ impl Writes {
             && self.cleared_attempt_timers.is_empty()
             && !self.cleared_run_timers
             && self.new_timers.is_empty()
+            && !self.has_wait_writes()
+    }
+
+    /// Whether the change files or ends waits: stored by a statement of
+    /// their own (see [`crate::waits`]), so the flush needs a transaction.
+    pub fn has_wait_writes(&self) -> bool {
+        !self.new_waits.is_empty() || !self.ended_waits.is_empty() || self.cleared_run_waits
     }
 
     pub fn update_attempt(&mut self, task_id: TaskId, update: AttemptUpdate) {

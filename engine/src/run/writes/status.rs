@@ -88,7 +88,13 @@ pub(crate) fn status_data(
                 .or_else(|| run.stop_reason.clone().map(Value::String));
             data.insert("error".into(), error.unwrap_or(Value::Null));
         }
-        RequestAccepted | RunStarted | StepStarted | StepWaiting | RequestDeleted => {}
+        StepWaiting => {
+            data.insert(
+                "waiting_for".into(),
+                history.get("waiting_for").cloned().unwrap_or(Value::Null),
+            );
+        }
+        RequestAccepted | RunStarted | StepStarted | RequestDeleted => {}
     }
     Value::Object(data)
 }
