@@ -8,9 +8,9 @@
 //! and the run compensates; an event racing the timeout leaves exactly one
 //! outcome.
 //!
-//! Bus events are published by a plain NATS client on a subject the
-//! inbound stream captures (a trigger of the `catch` Promise listens on it,
-//! so the stream holds it whatever the engine captures for waits).
+//! Bus events are published by a plain NATS client on the subject the
+//! waits name: applying a Promise whose waits name a subject makes the
+//! inbound stream capture it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,31 +29,9 @@ const WAIT: Duration = Duration::from_secs(30);
 const READY: &str = "com.acme.db.ready";
 const SOURCE: &str = "/acme/provisioner";
 
-/// Where this stack's bus events go: captured by the inbound stream
-/// through [`catch`]'s trigger.
+/// Where this stack's bus events go.
 fn subject(stack: &TestStack, leaf: &str) -> String {
     format!("acme.{}.db.{leaf}", stack.names.prefix())
-}
-
-/// A Promise whose only purpose is a trigger on this stack's event
-/// subjects (its type never arrives), so the inbound stream captures them.
-fn catch(stack: &TestStack) -> String {
-    format!(
-        r#"apiVersion: fulfil.dev/v1
-kind: Promise
-metadata: {{ name: catch, version: "1" }}
-spec:
-  workflow:
-    steps:
-      - {{ id: nothing, uses: noop }}
-  triggers:
-    - name: capture
-      subject: acme.{}.db.>
-      type: com.acme.never
-      params: {{}}
-"#,
-        stack.names.prefix()
-    )
 }
 
 /// `provision` (undone by `compensate`) → `ready` (a `wait.event` with
@@ -232,7 +210,6 @@ async fn waiting_event_of(
 async fn a_correlated_event_completes_its_wait_an_uncorrelated_one_nothing_and_a_timeout_compensates()
 -> anyhow::Result<()> {
     let stack = TestStack::start().await?;
-    stack.apply(&catch(&stack)).await?;
     let with = format!(
         "{{ subject: \"acme.{}.db.>\", type: {READY}, source: \"{SOURCE}\", match: \"event.data.name == params.name\" }}",
         stack.names.prefix()
@@ -382,7 +359,6 @@ async fn a_correlated_event_completes_its_wait_an_uncorrelated_one_nothing_and_a
 async fn one_event_completes_every_wait_on_its_key_and_lookback_reaches_back_for_it()
 -> anyhow::Result<()> {
     let stack = TestStack::start().await?;
-    stack.apply(&catch(&stack)).await?;
     // No subject: HTTP events match it by type alone.
     let keyed = format!("{{ type: {READY}, match: \"event.data.name == params.name\" }}");
     stack
@@ -474,7 +450,6 @@ async fn one_event_completes_every_wait_on_its_key_and_lookback_reaches_back_for
 async fn an_event_published_as_the_upstream_step_finishes_is_never_missed() -> anyhow::Result<()> {
     const RUNS: usize = 40;
     let stack = TestStack::start().await?;
-    stack.apply(&catch(&stack)).await?;
     let with = format!(
         "{{ subject: \"acme.{}.db.>\", type: {READY}, match: \"event.data.name == params.name\", lookback: 1m }}",
         stack.names.prefix()
@@ -572,7 +547,6 @@ async fn an_event_published_as_the_upstream_step_finishes_is_never_missed() -> a
 async fn an_event_racing_the_timeout_leaves_exactly_one_outcome() -> anyhow::Result<()> {
     const RUNS: usize = 12;
     let stack = TestStack::start().await?;
-    stack.apply(&catch(&stack)).await?;
     let with = format!(
         "{{ subject: \"acme.{}.db.>\", type: {READY}, match: \"event.data.name == params.name\" }}",
         stack.names.prefix()

@@ -40,12 +40,12 @@ fn subject(prefix: &str) -> String {
     format!("ext{prefix}.ready")
 }
 
-/// One step, a correlated `wait.event`; the trigger (whose type never
-/// arrives) only makes the inbound stream capture the subject.
+/// One step, a correlated `wait.event` on a subject of its own (applying
+/// the Promise makes the inbound stream capture it).
 pub(super) fn promise_yaml(prefix: &str) -> String {
     let subject = subject(prefix);
     format!(
-        "apiVersion: fulfil.dev/v1\nkind: Promise\nmetadata: {{ name: {PROMISE}, version: \"1\" }}\nspec:\n  api: {{ type: object, required: [name], properties: {{ name: {{ type: string }} }} }}\n  workflow:\n    steps:\n      - id: ready\n        uses: wait.event\n        with: {{ subject: {subject}, type: {EVENT_TYPE}, match: \"event.data.name == params.name\" }}\n  triggers:\n    - name: capture\n      subject: {subject}\n      type: dev.fulfil.bench.never\n      params: {{ name: never }}\n"
+        "apiVersion: fulfil.dev/v1\nkind: Promise\nmetadata: {{ name: {PROMISE}, version: \"1\" }}\nspec:\n  api: {{ type: object, required: [name], properties: {{ name: {{ type: string }} }} }}\n  workflow:\n    steps:\n      - id: ready\n        uses: wait.event\n        with: {{ subject: {subject}, type: {EVENT_TYPE}, match: \"event.data.name == params.name\" }}\n"
     )
 }
 
