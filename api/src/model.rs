@@ -65,6 +65,9 @@ pub struct Request {
     /// when it was deleted without one.
     #[serde(default)]
     pub delete_run_id: Option<RunId>,
+    /// The request's latest reconcile run; null before its first.
+    #[serde(default)]
+    pub reconcile_run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
     pub created_by: Option<String>,
@@ -96,6 +99,49 @@ impl From<fulfil_engine::deletion::Deletion> for Deletion {
             run_id: d.run_id,
             forced: d.forced,
             replayed: d.replayed,
+        }
+    }
+}
+
+/// The 202 answer to `POST /v1/requests/{id}/reconcile`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    pub request_id: RequestId,
+    /// The reconcile run; null while it is queued.
+    pub run_id: Option<RunId>,
+    /// `started`, or `queued` behind the run in flight.
+    pub status: ReconcileStatus,
+    /// The run of the request in flight that a queued reconcile waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_run: Option<RunId>,
+}
+
+/// What `POST /v1/requests/{id}/reconcile` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconcileStatus {
+    /// The reconcile run started.
+    Started,
+    /// Queued: it starts once the run in flight has ended.
+    Queued,
+}
+
+impl Reconcile {
+    pub fn new(request_id: RequestId, outcome: fulfil_engine::reconcile::ReconcileNow) -> Self {
+        use fulfil_engine::reconcile::ReconcileNow;
+        match outcome {
+            ReconcileNow::Started(run_id) => Self {
+                request_id,
+                run_id: Some(run_id),
+                status: ReconcileStatus::Started,
+                waiting_for_run: None,
+            },
+            ReconcileNow::Queued { waiting_for } => Self {
+                request_id,
+                run_id: None,
+                status: ReconcileStatus::Queued,
+                waiting_for_run: Some(waiting_for),
+            },
         }
     }
 }
@@ -277,6 +323,7 @@ impl From<inspect::RequestView> for Request {
             status: r.status,
             run_id: r.run_id,
             delete_run_id: r.delete_run_id,
+            reconcile_run_id: r.reconcile_run_id,
             outputs: r.outputs,
             idempotency_key: r.idempotency_key,
             created_by: r.created_by,
@@ -369,6 +416,102 @@ impl<T, U: From<T>> From<inspect::Page<T>> for Page<U> {
     }
 }
 
+/// A schedule: `GET /v1/schedules/{name}`, items of `GET /v1/schedules`,
+/// and the answer to pausing and resuming one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub owner: Option<String>,
+    pub promise: String,
+    pub cron: String,
+    /// IANA name.
+    pub timezone: String,
+    pub overlap: fulfil_core::status::OverlapPolicy,
+    /// As written (`1h`); `0s` by default.
+    pub catch_up: String,
+    pub params: Value,
+    pub paused: bool,
+    /// The next tick not yet decided; null when there is none.
+    pub next_fire_at: Option<DateTime<Utc>>,
+    /// `buffer_one`: the tick waiting for the request in flight.
+    pub buffered_at: Option<DateTime<Utc>>,
+    /// The request the last filed tick filed.
+    pub last_request_id: Option<RequestId>,
+    pub paused_by: Option<String>,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub resumed_by: Option<String>,
+    pub resumed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The document as applied, defaults filled in.
+    #[serde(default)]
+    pub document: Value,
+}
+
+impl From<fulfil_engine::schedules::ScheduleRow> for Schedule {
+    fn from(s: fulfil_engine::schedules::ScheduleRow) -> Self {
+        Self {
+            name: s.name,
+            owner: s.owner,
+            promise: s.promise,
+            cron: s.cron,
+            timezone: s.timezone,
+            overlap: s.overlap,
+            catch_up: s.catch_up,
+            params: s.params,
+            paused: s.paused,
+            next_fire_at: s.next_fire_at,
+            buffered_at: s.buffered_at,
+            last_request_id: s.last_request_id,
+            paused_by: s.paused_by,
+            paused_at: s.paused_at,
+            resumed_by: s.resumed_by,
+            resumed_at: s.resumed_at,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            document: s.document,
+        }
+    }
+}
+
+/// One row of a schedule's tick ledger (`GET /v1/schedules/{name}/ticks`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub schedule: String,
+    /// When the tick was due by the cron expression.
+    pub nominal_at: DateTime<Utc>,
+    /// When it was decided.
+    pub fired_at: DateTime<Utc>,
+    /// `filed`, `skipped_overlap`, `missed`, `paused`, `buffered` or `failed`.
+    pub outcome: fulfil_core::status::TickOutcome,
+    /// The request filed (`filed`).
+    pub request_id: Option<RequestId>,
+    /// Why it did not file.
+    pub reason: Option<String>,
+}
+
+impl From<fulfil_engine::schedules::TickRow> for Tick {
+    fn from(t: fulfil_engine::schedules::TickRow) -> Self {
+        Self {
+            schedule: t.schedule,
+            nominal_at: t.nominal_at,
+            fired_at: t.fired_at,
+            outcome: t.outcome,
+            request_id: t.request_id,
+            reason: t.reason,
+        }
+    }
+}
+
+/// The answer to `PUT /v1/schedules/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleApplied {
+    pub name: String,
+    /// `created`, `updated` or `unchanged`.
+    pub outcome: String,
+    pub next_fire_at: Option<DateTime<Utc>>,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -436,6 +579,7 @@ mod tests {
             status: "accepted".into(),
             run_id: Some(run_id),
             delete_run_id: None,
+            reconcile_run_id: Some(RunId::generate()),
             outputs: None,
             idempotency_key: None,
             created_by: Some("api".into()),

@@ -23,9 +23,11 @@
 //! | `idempotency-conflict` | 409 | the key was used with other parameters |
 //! | `version-conflict` | 409 | a Promise version's content is immutable |
 //! | `run-state-conflict` | 409 | the run's status does not allow the operation |
+//! | `request-not-live` | 409 | the request is being deleted or deleted; `status` says which |
 //! | `unknown-step` | 422 | the run's Promise has no such step |
 //! | `invalid-event` | 422 | the body is not a CloudEvent 1.0 (structured or binary mode) |
 //! | `trigger-subject-refused` | 422 | NATS cannot capture a trigger's subject (another stream holds it) |
+//! | `invalid-schedule` | 422 | the Schedule document is not valid; `errors[].path` |
 //! | `overloaded` | 503 | shed before anything was stored; `Retry-After` |
 //! | `unavailable` | 503 | a dependency failed; `error_id`, `Retry-After` |
 //! | `timeout` | 504 | no answer within 30 s; the outcome is unknown |
@@ -77,12 +79,16 @@ pub enum ProblemCode {
     VersionConflict,
     /// 409: the run's status does not allow the operation.
     RunStateConflict,
+    /// 409: the request is being deleted or deleted.
+    RequestNotLive,
     /// 422: the run's Promise has no such step.
     UnknownStep,
     /// 422: the body is not a CloudEvent 1.0.
     InvalidEvent,
     /// 422: NATS cannot capture a trigger's subject.
     TriggerSubjectRefused,
+    /// 422: the Schedule document is not valid; `errors[].path`.
+    InvalidSchedule,
     /// 503: shed before anything was stored.
     Overloaded,
     /// 503: a dependency failed; `error_id`.
@@ -105,7 +111,7 @@ pub enum ProblemCode {
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 28] = [
+    pub const ALL: [ProblemCode; 30] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -122,9 +128,11 @@ impl ProblemCode {
         Self::IdempotencyConflict,
         Self::VersionConflict,
         Self::RunStateConflict,
+        Self::RequestNotLive,
         Self::UnknownStep,
         Self::InvalidEvent,
         Self::TriggerSubjectRefused,
+        Self::InvalidSchedule,
         Self::Overloaded,
         Self::Unavailable,
         Self::Timeout,
@@ -155,9 +163,11 @@ impl ProblemCode {
             Self::IdempotencyConflict => "idempotency-conflict",
             Self::VersionConflict => "version-conflict",
             Self::RunStateConflict => "run-state-conflict",
+            Self::RequestNotLive => "request-not-live",
             Self::UnknownStep => "unknown-step",
             Self::InvalidEvent => "invalid-event",
             Self::TriggerSubjectRefused => "trigger-subject-refused",
+            Self::InvalidSchedule => "invalid-schedule",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
@@ -447,9 +457,11 @@ mod tests {
                 "idempotency-conflict",
                 "version-conflict",
                 "run-state-conflict",
+                "request-not-live",
                 "unknown-step",
                 "invalid-event",
                 "trigger-subject-refused",
+                "invalid-schedule",
                 "overloaded",
                 "unavailable",
                 "timeout",

@@ -401,6 +401,7 @@ pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
         ("status", request.status),
         ("run_id", opt(request.run_id)),
         ("delete_run_id", opt(request.delete_run_id)),
+        ("reconcile_run_id", opt(request.reconcile_run_id)),
         ("created_at", at(Some(request.created_at))),
     ] {
         println!("{key:<16} {value}");
@@ -450,6 +451,78 @@ pub async fn request_delete(
         return Ok(ExitCode::SUCCESS);
     }
     follow_delete(&api, id, timeout, args.output).await
+}
+
+/// `POST /v1/requests/{id}/reconcile`; with `wait`, waits for a queued
+/// reconcile to start, then follows its run until it finishes.
+pub async fn request_reconcile(
+    args: &ClientArgs,
+    id: &str,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let path = format!("/v1/requests/{}", encode(id));
+    // The latest reconcile run before this one: a queued reconcile has
+    // started once the request names another.
+    let before = if wait {
+        model::<model::Request>(&api.get(&path).await?, "request")?.reconcile_run_id
+    } else {
+        None
+    };
+    let request = api
+        .http
+        .post(format!("{}{path}/reconcile", api.base))
+        .header("Fulfil-Actor", actor());
+    let (_, answer) = api.send(request).await?;
+    let reconcile: model::Reconcile = model(&answer, "answer to a reconcile")?;
+    if args.output != Format::Table && !wait {
+        return print_structured(args.output, &answer);
+    }
+    match (reconcile.run_id, reconcile.waiting_for_run) {
+        (Some(run), _) => eprintln!(
+            "request {}: reconcile run {run} started",
+            reconcile.request_id
+        ),
+        (None, Some(waiting)) => eprintln!(
+            "request {}: reconcile queued behind run {waiting}",
+            reconcile.request_id
+        ),
+        (None, None) => eprintln!("request {}: reconcile queued", reconcile.request_id),
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = Instant::now();
+    let run_id = match reconcile.run_id {
+        Some(run) => run,
+        None => {
+            let mut poll = Duration::from_millis(50);
+            loop {
+                let request: model::Request = model(&api.get(&path).await?, "request")?;
+                match request.reconcile_run_id {
+                    Some(run) if Some(run) != before => break run,
+                    _ => {}
+                }
+                if started.elapsed() > timeout {
+                    eprintln!(
+                        "the reconcile of request {id} still queued after {timeout:?}; stopped waiting"
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                poll = (poll * 2).min(Duration::from_millis(500));
+                tokio::time::sleep(poll).await;
+            }
+        }
+    };
+    eprintln!("reconcile run {run_id}");
+    follow_run(
+        &api,
+        run_id,
+        timeout.saturating_sub(started.elapsed()),
+        args.output,
+    )
+    .await
 }
 
 /// Polls a request until it is `deleted` or `delete_failed`. The request,

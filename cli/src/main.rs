@@ -1,14 +1,15 @@
 //! `fulfil`: every server role and the operator CLI in one binary.
 //!
 //! Server commands (`dev`, `serve`, `migrate`) talk to Postgres and NATS;
-//! operator commands (`promise`, `request`, `run`, `event`, `dead-letter`)
-//! talk to the HTTP API.
+//! operator commands (`apply`, `promise`, `request`, `run`, `event`,
+//! `dead-letter`, `schedule`) talk to the HTTP API.
 
 mod bench;
 mod client;
 mod events;
 mod output;
 mod report;
+mod schedules;
 mod server;
 
 use std::path::PathBuf;
@@ -80,6 +81,17 @@ enum Command {
     /// Inspect and replay bus events that could not be used.
     #[command(subcommand)]
     DeadLetter(events::DeadLetterCommand),
+    /// Create or update Promises and Schedules from a file or every
+    /// .yaml/.yml/.json file of a directory (by each document's `kind`).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Inspect, pause and resume Schedules and read their tick ledger.
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCommand),
 }
 
 /// Connection and tuning flags of the server roles.
@@ -134,6 +146,16 @@ pub struct ServerArgs {
         value_parser = humantime_duration
     )]
     event_retention: std::time::Duration,
+    /// How late a schedule's tick may be decided and still fire when its
+    /// `catch_up` is shorter (engine role); older ticks are recorded
+    /// `missed`.
+    #[arg(
+        long,
+        env = "FULFIL_SCHEDULE_GRACE",
+        default_value = "30s",
+        value_parser = humantime_duration
+    )]
+    schedule_grace: std::time::Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FULFIL_LOG_JSON")]
     log_json: bool,
@@ -234,6 +256,24 @@ enum RequestCommand {
         force: bool,
         /// Follow the delete until the request is `deleted` or
         /// `delete_failed`; exit non-zero unless it was deleted.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m", value_parser = humantime_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reconcile a request now: re-run its configure workflow as a run of
+    /// kind `reconcile` (nothing is undone if it fails). Queued behind a
+    /// run of the request still in flight, which it never interrupts.
+    #[command(
+        after_help = "Examples:\n  fulfil request reconcile 0193a1c2-7b3e-7c1a-9f00-3d2e1a4b5c6d --wait"
+    )]
+    Reconcile {
+        id: String,
+        /// Follow the reconcile run (once started) until it finishes; exit
+        /// non-zero unless it succeeded.
         #[arg(long)]
         wait: bool,
         /// How long --wait waits.
@@ -451,6 +491,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout,
                 client,
             } => client::request_delete(&client, &id, force, wait, timeout).await,
+            RequestCommand::Reconcile {
+                id,
+                wait,
+                timeout,
+                client,
+            } => client::request_reconcile(&client, &id, wait, timeout).await,
             RequestCommand::List {
                 promise,
                 status,
@@ -505,5 +551,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Event(cmd) => events::run_event(cmd).await,
         Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,
+        Command::Apply { file, client } => schedules::apply(&client, &file).await,
+        Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
     }
 }

@@ -136,12 +136,14 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
     if roles.contains(&Role::Engine) {
         let (engine, js, stop) = (engine.clone(), js.clone(), shutdown.clone());
         let event_retention = args.event_retention;
+        let schedule_grace = args.schedule_grace;
         tasks.spawn(async move {
             engine
                 .run(
                     js,
                     EngineConfig {
                         event_retention,
+                        schedule_grace,
                         ..EngineConfig::default()
                     },
                     stop,

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use crate::expr::{CompiledCondition, CompiledTemplate};
 use crate::promise::{
-    Compensation, DEFAULT_STEP_TIMEOUT, PromiseSpec, RetryPolicy, RetrySpec, Step, StepDefaults,
+    Compensation, DEFAULT_STEP_TIMEOUT, PromiseSpec, ReconcilePolicy, ReconcileSpec, RetryPolicy,
+    RetrySpec, Step, StepDefaults,
 };
 use crate::status::WaitKind;
 use crate::time::{DurationError, parse_duration};
@@ -49,6 +50,8 @@ pub(crate) struct Compiled {
     pub triggers: Vec<CompiledTrigger>,
     /// The vars the Promise's expressions read (triggers' included), sorted.
     pub var_references: Vec<String>,
+    /// `spec.reconcile`, if any.
+    pub reconcile: Option<ReconcilePolicy>,
 }
 
 /// One step's expressions, compiled.
@@ -243,6 +246,17 @@ pub(crate) fn compile(spec: &PromiseSpec) -> Result<Compiled, DurationError> {
         outputs,
         triggers,
         var_references,
+        reconcile: spec.reconcile.as_ref().map(reconcile).transpose()?,
+    })
+}
+
+/// Validation refuses an interval under a second and a `max_concurrent`
+/// of 0; a stored Promise that skipped it is still held to both, so the
+/// engine never divides by a zero interval or starts nothing forever.
+fn reconcile(spec: &ReconcileSpec) -> Result<ReconcilePolicy, DurationError> {
+    Ok(ReconcilePolicy {
+        every: parse_duration(&spec.every)?.max(Duration::from_secs(1)),
+        max_concurrent: spec.max_concurrent.max(1),
     })
 }
 

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod params;
 pub mod pointer;
 pub mod promise;
+pub mod schedule;
 pub mod status;
 pub mod time;
 pub mod trigger;

@@ -105,6 +105,37 @@ pub struct PromiseSpec {
     /// Requests filed from inbound events (see [`crate::trigger`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<Trigger>,
+    /// Re-run the configure workflow of every live request on a clock
+    /// (runs of kind `reconcile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileSpec>,
+}
+
+/// `spec.reconcile`: every live request of the Promise re-runs its
+/// configure workflow once per `every`, each at its own phase within the
+/// interval, with at most `max_concurrent` such runs of the Promise in
+/// flight at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSpec {
+    /// The interval, e.g. `10h`; at least `1s`.
+    pub every: String,
+    /// Most reconcile runs of the Promise in flight at once; at least 1.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: u32,
+}
+
+fn default_max_concurrent() -> u32 {
+    10
+}
+
+/// `spec.reconcile`, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcilePolicy {
+    /// The interval; at least one second.
+    pub every: Duration,
+    /// At least 1.
+    pub max_concurrent: u32,
 }
 
 fn empty_object_schema() -> Value {
@@ -412,6 +443,12 @@ impl Promise {
     /// The whole run's deadline, if any.
     pub fn run_timeout(&self) -> Option<Duration> {
         self.compiled.run_timeout
+    }
+
+    /// `spec.reconcile`, compiled; `None` when the Promise does not
+    /// reconcile on a clock.
+    pub fn reconcile(&self) -> Option<ReconcilePolicy> {
+        self.compiled.reconcile
     }
 
     /// Names of the vars the Promise's expressions read as `vars.<name>`,

@@ -445,10 +445,46 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// What a Schedule does with a tick while the request its last tick
+    /// filed is still in flight (`fulfil.schedules.overlap`).
+    pub enum OverlapPolicy as "overlap policy" {
+        /// The tick files nothing and is recorded `skipped_overlap`.
+        Skip = "skip",
+        /// One tick waits (`buffered`) and files when the run in flight
+        /// ends; further ticks meanwhile are `skipped_overlap`.
+        BufferOne = "buffer_one",
+        /// Every tick files, whatever is in flight.
+        Allow = "allow",
+    }
+}
+
+vocabulary! {
     /// A decision on an approval step.
     pub enum Decision as "approval decision" {
         Approve = "approve",
         Reject = "reject",
+    }
+}
+
+vocabulary! {
+    /// What became of one tick of a Schedule (`fulfil.schedule_ticks.outcome`).
+    pub enum TickOutcome as "tick outcome" {
+        /// A request was filed (`request_id`).
+        Filed = "filed",
+        /// The overlap policy kept the tick from filing while an earlier
+        /// request was in flight.
+        SkippedOverlap = "skipped_overlap",
+        /// The tick was found later than its catch-up window (engines were
+        /// down); nothing was filed.
+        Missed = "missed",
+        /// The Schedule was paused at the tick.
+        Paused = "paused",
+        /// `buffer_one`: waiting for the run in flight to end; becomes
+        /// `filed` when it files.
+        Buffered = "buffered",
+        /// The tick could not file (its Promise is missing, its params
+        /// break the Promise's schema); `reason` says why.
+        Failed = "failed",
     }
 }
 

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::dag::{Graph, Reachability};
 use crate::document::MAX_STEPS;
 use crate::expr::{MATCH_ROOTS, ParsedExpression, ROOTS, Template, condition_source};
-use crate::promise::{API_VERSION, KIND, Promise, RetrySpec, Step};
+use crate::promise::{API_VERSION, KIND, Promise, ReconcileSpec, RetrySpec, Step};
 use crate::status::WaitKind;
 use crate::time::parse_duration;
 
@@ -79,7 +79,7 @@ impl std::fmt::Display for SpecErrors {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())
@@ -220,6 +220,9 @@ pub fn validate_with(promise: &Promise, context: &ValidationContext) -> Result<(
     if let Some(timeout) = &promise.spec.timeout {
         check_duration("spec.timeout", timeout, &mut err);
     }
+    if let Some(reconcile) = &promise.spec.reconcile {
+        check_reconcile(reconcile, &mut err);
+    }
 
     let graph = check_workflow(
         "spec.workflow",
@@ -338,6 +341,32 @@ fn check_duration(path: &str, text: &str, err: &mut Report<'_>) {
         ),
         Ok(_) => {}
         Err(e) => err(path.into(), "invalid_duration", e.to_string()),
+    }
+}
+
+fn check_reconcile(reconcile: &ReconcileSpec, err: &mut Report<'_>) {
+    match parse_duration(&reconcile.every) {
+        Ok(every) if every < std::time::Duration::from_secs(1) => err(
+            "spec.reconcile.every".into(),
+            "invalid_duration",
+            format!(
+                "{:?} is too short: reconcile at most once a second (every: 1s or more)",
+                reconcile.every
+            ),
+        ),
+        Ok(_) => {}
+        Err(e) => err(
+            "spec.reconcile.every".into(),
+            "invalid_duration",
+            e.to_string(),
+        ),
+    }
+    if reconcile.max_concurrent == 0 {
+        err(
+            "spec.reconcile.max_concurrent".into(),
+            "invalid_value",
+            "max_concurrent must be at least 1".into(),
+        );
     }
 }
 

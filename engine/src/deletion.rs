@@ -9,7 +9,8 @@
 //!   with the delete run it has (deleting twice starts nothing new);
 //! * a finished configure run: the delete run (kind `delete`, the
 //!   Promise's `spec.delete` workflow) is created and started now;
-//! * a configure run still going is handed off
+//! * a configure run (or the request's reconcile run, see
+//!   `crate::reconcile`) still going is handed off
 //!   (`run::deleting::hand_off`): it stops at its step boundary
 //!   and, when its in-flight attempts have finished, ends `cancelled` and
 //!   starts the delete run in the same change. The delete run's id is
@@ -94,7 +95,13 @@ struct RequestRow {
     outputs: Option<Value>,
     #[sqlx(try_from = "crate::db::NullableUuid")]
     delete_run_id: Option<RunId>,
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    reconcile_run_id: Option<RunId>,
 }
+
+/// How many times a delete starts over when a reconcile run started
+/// between its first read and its locks.
+const TRIES: usize = 3;
 
 /// Deletes request `request_id` on behalf of `actor`; see the module docs.
 pub async fn delete_request(
@@ -103,31 +110,61 @@ pub async fn delete_request(
     actor: &str,
     force: bool,
 ) -> Result<Deletion, DeleteError> {
+    for _ in 0..TRIES {
+        if let Some(deletion) = try_delete(engine, request_id, actor, force).await? {
+            return Ok(deletion);
+        }
+    }
+    // Each retry needs a new reconcile run to have started and its
+    // predecessor to have ended within the few milliseconds between two
+    // reads: not seen in practice, and refused rather than racing one.
+    Err(RunError::Corrupt(format!(
+        "request {request_id} kept starting reconcile runs while being deleted; nothing changed, try again"
+    ))
+    .into())
+}
+
+/// One attempt of [`delete_request`]; `None` when a reconcile run of the
+/// request started meanwhile (nothing changed: try again).
+async fn try_delete(
+    engine: &Engine,
+    request_id: RequestId,
+    actor: &str,
+    force: bool,
+) -> Result<Option<Deletion>, DeleteError> {
     let mut tx = engine.pool().begin().await?;
-    // A request's configure run never changes, so reading it before the
-    // locks are held is safe.
-    let run_id: Option<Option<Uuid>> =
-        sqlx::query_scalar("SELECT run_id FROM fulfil.requests WHERE id = $1")
+    // A request's configure run never changes; its latest reconcile run
+    // may, and is read again under the request's lock below.
+    let ids: Option<(Option<Uuid>, Option<Uuid>)> =
+        sqlx::query_as("SELECT run_id, reconcile_run_id FROM fulfil.requests WHERE id = $1")
             .bind(request_id.as_uuid())
             .fetch_optional(&mut *tx)
             .await?;
-    let Some(run_id) = run_id else {
+    let Some((run_id, reconcile_run_id)) = ids else {
         return Err(DeleteError::NotFound(request_id));
     };
     let Some(run_id) = run_id.map(RunId::from) else {
         return Err(RunError::Corrupt(format!("request {request_id} has no run")).into());
     };
+    let reconcile_run_id = reconcile_run_id.map(RunId::from);
+    // The run that stops or that the teardown follows: a reconcile run in
+    // flight is stopped at its step boundary as a configure run is.
+    let run_id = crate::reconcile::current_run(&mut tx, run_id, reconcile_run_id).await?;
     let Some(mut configure) = lock_run(engine, &mut tx, run_id, actor.to_string()).await? else {
         return Err(
             RunError::Corrupt(format!("run {run_id} of request {request_id} is missing")).into(),
         );
     };
     let row: RequestRow = sqlx::query_as(
-        "SELECT status, outputs, delete_run_id FROM fulfil.requests WHERE id = $1 FOR UPDATE",
+        "SELECT status, outputs, delete_run_id, reconcile_run_id
+         FROM fulfil.requests WHERE id = $1 FOR UPDATE",
     )
     .bind(request_id.as_uuid())
     .fetch_one(&mut *tx)
     .await?;
+    if row.reconcile_run_id != reconcile_run_id {
+        return Ok(None);
+    }
     let status = RequestStatus::parse(&row.status)?;
 
     let mut runs: Vec<Run> = Vec::with_capacity(2);
@@ -136,9 +173,9 @@ pub async fn delete_request(
     // changes are stored (which may end one of them, and set it again).
     let mut settled = RequestStatus::Deleting;
     match status {
-        RequestStatus::Deleted => return Ok(replay(request_id, status, row.delete_run_id)),
+        RequestStatus::Deleted => return Ok(Some(replay(request_id, status, row.delete_run_id))),
         RequestStatus::Deleting | RequestStatus::DeleteFailed if !force => {
-            return Ok(replay(request_id, status, row.delete_run_id));
+            return Ok(Some(replay(request_id, status, row.delete_run_id)));
         }
         RequestStatus::Deleting | RequestStatus::DeleteFailed => {
             // Forced over a delete in progress or failed: whatever is still
@@ -226,6 +263,7 @@ pub async fn delete_request(
     .bind(delete_run_id.as_ref().map(RunId::as_uuid))
     .execute(&mut *tx)
     .await?;
+    crate::reconcile::forget(&mut tx, request_id).await?;
     let rows = flush(&mut tx, &mut runs).await?;
     let status: String = sqlx::query_scalar("SELECT status FROM fulfil.requests WHERE id = $1")
         .bind(request_id.as_uuid())
@@ -234,13 +272,13 @@ pub async fn delete_request(
     let status = RequestStatus::parse(&status)?;
     tx.commit().await?;
     engine.after_commit(rows);
-    Ok(Deletion {
+    Ok(Some(Deletion {
         request_id,
         status,
         run_id: delete_run_id,
         forced: force,
         replayed: false,
-    })
+    }))
 }
 
 fn replay(request_id: RequestId, status: RequestStatus, run_id: Option<RunId>) -> Deletion {

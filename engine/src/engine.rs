@@ -29,6 +29,9 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// How long the event ledger and the dead letters keep an entry.
     pub event_retention: Duration,
+    /// How late a schedule's tick may be decided and still fire when its
+    /// `catch_up` is shorter (see [`crate::schedules`]).
+    pub schedule_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +42,7 @@ impl Default for EngineConfig {
             outbox_batch: 256,
             poll_interval: Duration::from_millis(500),
             event_retention: crate::events::DEFAULT_RETENTION,
+            schedule_grace: Duration::from_secs(30),
         }
     }
 }
@@ -64,6 +68,8 @@ pub(crate) struct Inner {
     /// Wakes this process's timers: an event matched a wait, whose timer
     /// is due now.
     timers_wake: Notify,
+    /// Wakes this process's schedule ticker (see [`crate::schedules`]).
+    schedule_wake: Notify,
     /// Set once [`Engine::start_fast_publisher`] ran.
     publisher: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<OutboxRow>>>,
     /// Started on the first request this process accepts.
@@ -112,6 +118,7 @@ impl Engine {
                 outbox_wake: Notify::new(),
                 status_wake: Notify::new(),
                 timers_wake: Notify::new(),
+                schedule_wake: Notify::new(),
                 publisher: std::sync::OnceLock::new(),
                 intake: std::sync::OnceLock::new(),
                 roles: crate::roles::Roles::default(),
@@ -236,6 +243,16 @@ impl Engine {
         self.inner.status_wake.notified().await;
     }
 
+    /// Tells this process's schedule ticker that a schedule changed (other
+    /// processes find it by polling).
+    pub fn wake_schedules(&self) {
+        self.inner.schedule_wake.notify_one();
+    }
+
+    pub(crate) async fn schedules_woken(&self) {
+        self.inner.schedule_wake.notified().await;
+    }
+
     /// Runs the engine's loops until `shutdown` is cancelled. Each loop
     /// survives transient Postgres and NATS errors by backing off and retrying.
     pub async fn run(
@@ -327,6 +344,15 @@ impl Engine {
                 },
             )
         };
+        let schedules = {
+            let (engine, config, stop) = (self.clone(), config.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "schedules".into(),
+                shutdown.clone(),
+                move || crate::schedules::run_ticker(engine.clone(), config.clone(), stop.clone()),
+            )
+        };
         let timers = {
             let (engine, stop) = (self.clone(), shutdown.clone());
             supervise(
@@ -336,7 +362,18 @@ impl Engine {
                 move || crate::timers::run_timers(engine.clone(), config.clone(), stop.clone()),
             )
         };
-        tokio::join!(relay, status, results, inbound, retention, timers);
+        let reconcile = {
+            let (engine, stop) = (self.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "reconcile".into(),
+                shutdown.clone(),
+                move || crate::reconcile::run_loop(engine.clone(), stop.clone()),
+            )
+        };
+        tokio::join!(
+            relay, status, results, inbound, retention, timers, reconcile, schedules
+        );
         Ok(())
     }
 }

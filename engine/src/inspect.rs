@@ -35,6 +35,9 @@ pub struct RequestView {
     /// deleted without one).
     #[sqlx(try_from = "crate::db::NullableUuid")]
     pub delete_run_id: Option<RunId>,
+    /// The latest reconcile run, if any (see [`crate::reconcile`]).
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    pub reconcile_run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
     pub created_by: Option<String>,
@@ -146,7 +149,7 @@ pub async fn get_request(
     id: RequestId,
 ) -> Result<Option<RequestView>, InspectError> {
     Ok(sqlx::query_as(
-        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, outputs, idempotency_key, created_by,
+        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by,
                 created_at, updated_at
          FROM fulfil.requests WHERE id = $1",
     )
@@ -170,7 +173,7 @@ pub async fn list_requests(
 ) -> Result<Page<RequestView>, InspectError> {
     let limit = page_size(filter.limit);
     let items: Vec<RequestView> = sqlx::query_as(
-        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, outputs, idempotency_key, created_by,
+        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by,
                 created_at, updated_at
          FROM fulfil.requests
          WHERE ($1::text IS NULL OR promise = $1) AND ($2::text IS NULL OR status = $2)

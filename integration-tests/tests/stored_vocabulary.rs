@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use fulfil_core::status::{
-    AttemptStatus, CompensationStatus, EventVia, RequestStatus, RunKind, RunStatus,
-    StatusEventKind, StepStatus, TaskKind, TimerKind, WaitKind,
+    AttemptStatus, CompensationStatus, EventVia, OverlapPolicy, RequestStatus, RunKind, RunStatus,
+    StatusEventKind, StepStatus, TaskKind, TickOutcome, TimerKind, WaitKind,
 };
 use fulfil_engine::db;
 use fulfil_integration_tests::{database_url, with_database};
@@ -80,6 +80,14 @@ async fn check_constraints_list_exactly_the_enum_spellings() -> anyhow::Result<(
         (
             "status_outbox_kind_check",
             spellings(StatusEventKind::ALL, StatusEventKind::as_str),
+        ),
+        (
+            "schedules_overlap_check",
+            spellings(OverlapPolicy::ALL, OverlapPolicy::as_str),
+        ),
+        (
+            "schedule_ticks_outcome_check",
+            spellings(TickOutcome::ALL, TickOutcome::as_str),
         ),
     ];
     for (constraint, spellings) in expected {

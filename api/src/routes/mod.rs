@@ -6,6 +6,7 @@ mod health;
 mod promises;
 mod requests;
 mod runs;
+mod schedules;
 
 use axum::Router;
 use axum::routing::{get, post, put};
@@ -27,6 +28,7 @@ pub fn router() -> Router<ApiState> {
             "/v1/requests/{id}",
             get(requests::get).delete(requests::delete),
         )
+        .route("/v1/requests/{id}/reconcile", post(requests::reconcile))
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/history", get(runs::history))
@@ -41,6 +43,16 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/events/{id}", get(events::get))
         .route("/v1/dead-letters", get(events::dead_letters))
         .route("/v1/dead-letters/{id}/replay", post(events::replay))
+        .route("/v1/schedules", get(schedules::list))
+        .route(
+            "/v1/schedules/{name}",
+            put(schedules::apply)
+                .get(schedules::get)
+                .delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/ticks", get(schedules::ticks))
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
         .fallback(|| async { crate::problem::not_a_route() })
 }
 

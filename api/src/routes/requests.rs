@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fulfil_engine::deletion::{DeleteError, delete_request};
 use fulfil_engine::inspect::{self, RequestFilter};
+use fulfil_engine::reconcile::{ReconcileError, reconcile_now};
 use fulfil_engine::requests::{NewRequest, RequestError, create_request};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -165,6 +166,43 @@ pub async fn delete(
     let run_id = deletion.run_id;
     let mut response =
         (StatusCode::ACCEPTED, Json(model::Deletion::from(deletion))).into_response();
+    if let Some(run_id) = run_id
+        && let Ok(location) = HeaderValue::from_str(&format!("/v1/runs/{run_id}"))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `POST /v1/requests/{id}/reconcile`: 202 with the reconcile run started
+/// now, or queued behind the request's run in flight (see
+/// `fulfil_engine::reconcile`); 404 for an unknown request, 409 for one
+/// being deleted or deleted. Who asked (`Fulfil-Actor`) is recorded in the
+/// run's history.
+pub async fn reconcile(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let request_id: RequestId = parse_id("request", &id)?;
+    let actor = super::runs::actor(&headers);
+    let outcome = reconcile_now(&state.engine, request_id, &actor)
+        .await
+        .map_err(|e| match e {
+            ReconcileError::NotFound(_) => Problem::not_found("request", &id),
+            ReconcileError::NotLive { status, .. } => Problem::new(
+                StatusCode::CONFLICT,
+                ProblemCode::RequestNotLive,
+                "Request not live",
+                e.to_string(),
+            )
+            .with("request_status", json!(status.as_str())),
+            ReconcileError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
+            ReconcileError::Run(e) => Problem::internal(&e),
+        })?;
+    let body = model::Reconcile::new(request_id, outcome);
+    let run_id = body.run_id;
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Some(run_id) = run_id
         && let Ok(location) = HeaderValue::from_str(&format!("/v1/runs/{run_id}"))
     {

@@ -15,6 +15,7 @@ mod drive;
 mod events;
 mod procs;
 mod report;
+mod schedules;
 mod waits;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ pub enum Scenario {
     /// then events for --wake of them (default 2000) at --rate per second
     /// (default 200): engine RSS and event → step.succeeded latency
     Waits,
+    /// --schedules Schedules (default 10,000) due in the same minute,
+    /// spread over --spread seconds, decided by two engine processes
+    Schedules,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -106,6 +110,14 @@ pub struct BenchArgs {
     /// Of those, how many an event wakes (`waits` scenario).
     #[arg(long, default_value_t = 2000)]
     pub wake: usize,
+    /// Schedules applied (`schedules` scenario).
+    #[arg(long, default_value_t = 10_000)]
+    pub schedules: usize,
+    /// Seconds of the minute the schedules' ticks are spread over
+    /// (`schedules` scenario): 60 spreads them over the whole minute, 1
+    /// makes them all due at the same second.
+    #[arg(long, default_value_t = 60)]
+    pub spread: u32,
 }
 
 impl BenchArgs {
@@ -113,7 +125,7 @@ impl BenchArgs {
     pub fn shape(&self) -> (usize, usize) {
         match self.scenario {
             Scenario::ThreeStep | Scenario::Events => (3, 3),
-            Scenario::Waits => (1, 1),
+            Scenario::Waits | Scenario::Schedules => (1, 1),
             Scenario::Chain => {
                 let n = self.steps.unwrap_or(40).max(1);
                 (n, n)
@@ -141,6 +153,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--resend must be a share from 0 to below 1"
     );
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.scenario == Scenario::Schedules {
+        let report = schedules::run(&args).await?;
+        println!("{}", report.table());
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        anyhow::ensure!(report.missing == 0, "{} ticks are missing", report.missing);
+        anyhow::ensure!(
+            report.duplicates == 0,
+            "{} duplicate requests were filed",
+            report.duplicates
+        );
+        return Ok(());
+    }
     let (table, json, failed, duplicates) = match drive::bench(&args).await? {
         drive::Measured::Workflows(report) => (
             report.table(),

@@ -9,7 +9,7 @@
 //! succeeded) or `delete_failed` (anything else); an operator's retry moves
 //! the request back to `deleting`.
 //!
-//! A configure run still going when its request is deleted is handed off
+//! A configure (or reconcile) run still going when its request is deleted is handed off
 //! ([`Handoff`]): it starts nothing new (no new steps, no new
 //! compensations), attempts in flight finish and their results are applied,
 //! nothing is compensated, and it ends `cancelled`. Its end then never
@@ -161,9 +161,9 @@ pub(crate) fn start_delete_run(of: &Run, new: NewDeleteRun) -> Result<Run, RunEr
     Ok(run)
 }
 
-/// The request's outputs as a delete run keeps them: the ones it was given
-/// in `request.outputs`, so a teardown's end leaves them as they were
-/// (`{}` stood for none).
+/// The request's outputs as a delete or reconcile run keeps them: the ones
+/// it was given in `request.outputs`, so a teardown's end (or a failed
+/// reconcile's) leaves them as they were (`{}` stood for none).
 fn kept_outputs(run: &Run) -> Option<Value> {
     run.context
         .get("request")
@@ -174,6 +174,8 @@ fn kept_outputs(run: &Run) -> Option<Value> {
 
 /// Keeps the request's status in step with a run that ends with `status`:
 /// a configure run's request follows it ([`RequestStatus::following`]); a
+/// reconcile run's becomes `succeeded` with the run's outputs or `failed`
+/// with its outputs kept; a
 /// delete run's becomes `deleted` or `delete_failed`; a handed-off run's is
 /// left to the delete (which it starts now, or which ends with it).
 pub(super) fn settle_request(
@@ -190,7 +192,9 @@ pub(super) fn settle_request(
                     NewDeleteRun {
                         delete_run_id,
                         promise: run.promise.clone(),
-                        context: delete_context(&run.context, None),
+                        // A configure run's context holds no outputs; a
+                        // reconcile run's holds the request's live ones.
+                        context: delete_context(&run.context, kept_outputs(run).as_ref()),
                         actor: handoff.actor,
                     },
                 )?;
@@ -237,11 +241,29 @@ pub(super) fn settle_request(
                 );
             }
         }
-        RunKind::Configure | RunKind::Reconcile => {
+        RunKind::Configure => {
             run.set_request_status(RequestUpdate {
                 status: RequestStatus::following(status),
                 outputs,
             });
+        }
+        // Succeeded: the request's outputs are the run's. Otherwise the
+        // request is `failed` (the run says why) and keeps the outputs it
+        // had, which still describe its live resources: a reconcile run
+        // undoes nothing (see `crate::reconcile`).
+        RunKind::Reconcile => {
+            let update = if status == RunStatus::Succeeded {
+                RequestUpdate {
+                    status: RequestStatus::Succeeded,
+                    outputs,
+                }
+            } else {
+                RequestUpdate {
+                    status: RequestStatus::Failed,
+                    outputs: kept_outputs(run),
+                }
+            };
+            run.set_request_status(update);
         }
     }
     Ok(())
@@ -254,9 +276,15 @@ pub(super) fn reopened_request(run: &Run) -> RequestUpdate {
             status: RequestStatus::Deleting,
             outputs: kept_outputs(run),
         },
-        RunKind::Configure | RunKind::Reconcile => RequestUpdate {
+        RunKind::Configure => RequestUpdate {
             status: RequestStatus::Running,
             outputs: None,
+        },
+        // A reconcile run in flight never moves its request: it stays as
+        // the run's failure left it, with its outputs.
+        RunKind::Reconcile => RequestUpdate {
+            status: RequestStatus::Failed,
+            outputs: kept_outputs(run),
         },
     }
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use fulfil_core::dag::Outcome;
+use fulfil_core::status::RunKind;
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::json;
@@ -47,6 +48,17 @@ pub(super) fn plan_forward(run: &mut Run, graph: &Graph) -> Result<Next, RunErro
             // teardown owns what it built.
             if run.handoff.is_some() {
                 return finish(run, RunStatus::Cancelled, Some(reason)).map(|()| Next::Done);
+            }
+            // A reconcile run undoes nothing either: what it would undo is
+            // the request's live resources, which a failed drift
+            // correction must leave as they are (`crate::reconcile`).
+            if run.kind == RunKind::Reconcile {
+                let status = if run.cancel_requested {
+                    RunStatus::Cancelled
+                } else {
+                    RunStatus::Failed
+                };
+                return finish(run, status, Some(reason)).map(|()| Next::Done);
             }
             if to_undo(run).is_empty() {
                 let status = if run.cancel_requested {

@@ -38,6 +38,7 @@ mod deleting;
 mod dispatch;
 mod invariants;
 mod operator;
+mod reconcile;
 mod retry;
 mod stale;
 mod status_events;

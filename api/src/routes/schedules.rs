@@ -1,0 +1,261 @@
+//! `PUT/GET/DELETE /v1/schedules[/{name}]`, the tick ledger, pause and
+//! resume (see `fulfil_engine::schedules`).
+//!
+//! A Schedule arrives as YAML or JSON, like a Promise, and is parsed on a
+//! blocking thread; a document that is not valid answers 422
+//! `invalid-schedule` with every problem at its path and stores nothing;
+//! so do params that break the schema of the Promise as it is applied now.
+//! Who paused or resumed a schedule is the `Fulfil-Actor` header until
+//! access control names the principal.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use fulfil_core::params::ParamsError;
+use fulfil_core::schedule::Schedule;
+use fulfil_core::status::TickOutcome;
+use fulfil_core::{SpecError, SpecErrors};
+use fulfil_engine::promises::PromiseError;
+use fulfil_engine::schedules::{self, PutOutcome, ScheduleError, TickFilter};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::runs::actor;
+use crate::extract::{Path, Query, Text};
+use crate::{ApiState, Problem, ProblemCode, model};
+
+fn invalid(errors: &SpecErrors) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ProblemCode::InvalidSchedule,
+        "Invalid Schedule",
+        format!(
+            "the Schedule has {} problem(s); each is listed under errors",
+            errors.0.len()
+        ),
+    )
+    .with("errors", json!(errors.0))
+}
+
+fn schedule_error(e: ScheduleError) -> Problem {
+    match e {
+        ScheduleError::InvalidCursor(_) => {
+            Problem::bad_request(e.to_string()).with("parameter", json!("cursor"))
+        }
+        ScheduleError::Db(e) => crate::problem::from_db(&e),
+        e if e.is_transient() => Problem::unavailable(&e),
+        e => Problem::internal(&e),
+    }
+}
+
+/// Refuses a page size below one rather than answering a page nobody
+/// asked for.
+fn check_limit(limit: Option<i64>) -> Result<Option<i64>, Problem> {
+    match limit {
+        Some(n) if n < 1 => Err(Problem::bad_request(format!(
+            "limit: {n} is not a page size; pass a number from 1 to {}",
+            fulfil_engine::inspect::MAX_PAGE
+        ))
+        .with("parameter", json!("limit"))),
+        other => Ok(other),
+    }
+}
+
+/// Creates or replaces a Schedule from a YAML or JSON body: 201 when it
+/// is new, 200 otherwise.
+pub async fn apply(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Text(body): Text,
+) -> Result<(StatusCode, Json<model::ScheduleApplied>), Problem> {
+    if body.trim().is_empty() {
+        return Err(Problem::bad_request(
+            "empty body: send the Schedule as YAML or JSON",
+        ));
+    }
+    let schedule = tokio::task::spawn_blocking(move || Schedule::parse(&body))
+        .await
+        .map_err(|e| Problem::internal(&e))?
+        .map_err(|e| invalid(&e))?;
+    let document = serde_json::to_value(schedule.document()).map_err(|e| Problem::internal(&e))?;
+    crate::extract::refuse_nul(&document, "the Schedule")?;
+    if schedule.name() != name {
+        return Err(invalid(&SpecErrors::one(SpecError::new(
+            "metadata.name",
+            "invalid_value",
+            format!(
+                "metadata.name is {:?} but the URL names {name:?}; they must match",
+                schedule.name()
+            ),
+        ))));
+    }
+    check_params(&state, &schedule).await?;
+    let applied = schedules::put(&state.engine, &schedule, &actor(&headers))
+        .await
+        .map_err(schedule_error)?;
+    let status = match applied.outcome {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Updated | PutOutcome::Unchanged => StatusCode::OK,
+    };
+    let outcome = serde_json::to_value(applied.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Ok((
+        status,
+        Json(model::ScheduleApplied {
+            name: applied.name,
+            outcome,
+            next_fire_at: applied.next_fire_at,
+        }),
+    ))
+}
+
+/// Params that break the schema of the Promise as it is now are refused
+/// at once, each violation at its path; a Promise not applied yet is no
+/// error (each tick checks again, and records `failed` while it is absent).
+async fn check_params(state: &ApiState, schedule: &Schedule) -> Result<(), Problem> {
+    let engine = &state.engine;
+    let promise = match engine
+        .promises()
+        .load_head(engine.pool(), schedule.promise())
+        .await
+    {
+        Ok(promise) => promise,
+        Err(PromiseError::NotFound(_)) => return Ok(()),
+        Err(PromiseError::Db(e)) => return Err(crate::problem::from_db(&e)),
+        Err(e) => return Err(Problem::internal(&e)),
+    };
+    let checked = engine
+        .promises()
+        .params_schema(&promise)
+        .and_then(|schema| schema.validate(schedule.params().clone()));
+    match checked {
+        Ok(_) => Ok(()),
+        Err(ParamsError::Invalid(violations)) => Err(invalid(&SpecErrors(
+            violations
+                .into_iter()
+                .map(|v| {
+                    SpecError::new(
+                        format!("spec.params{}", v.pointer.replace('/', ".")),
+                        "invalid_value",
+                        format!(
+                            "{}; the params break the schema of Promise {}",
+                            v.message,
+                            schedule.promise()
+                        ),
+                    )
+                })
+                .collect(),
+        ))),
+        Err(ParamsError::Schema(message)) => Err(Problem::internal(&message)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// Schedules by name, each with its `next_fire_at`.
+pub async fn list(
+    State(state): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<model::Page<model::Schedule>>, Problem> {
+    let limit = check_limit(q.limit)?;
+    let page = schedules::list(state.engine.pool(), limit, q.cursor.as_deref())
+        .await
+        .map_err(schedule_error)?;
+    Ok(Json(model::Page::from(page)))
+}
+
+/// One schedule, with its document.
+pub async fn get(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<model::Schedule>, Problem> {
+    schedules::get(state.engine.pool(), &name)
+        .await
+        .map_err(schedule_error)?
+        .map(|s| Json(s.into()))
+        .ok_or_else(|| Problem::not_found("schedule", &name))
+}
+
+/// Deletes a schedule; its tick ledger is kept.
+pub async fn delete(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    if schedules::delete(&state.engine, &name, &actor(&headers))
+        .await
+        .map_err(schedule_error)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found("schedule", &name))
+    }
+}
+
+/// Pauses a schedule: its ticks pass as `paused` until it is resumed.
+pub async fn pause(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<model::Schedule>, Problem> {
+    schedules::pause(&state.engine, &name, &actor(&headers))
+        .await
+        .map_err(schedule_error)?
+        .map(|s| Json(s.into()))
+        .ok_or_else(|| Problem::not_found("schedule", &name))
+}
+
+/// Resumes a schedule from its first tick after now.
+pub async fn resume(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<model::Schedule>, Problem> {
+    schedules::resume(&state.engine, &name, &actor(&headers))
+        .await
+        .map_err(schedule_error)?
+        .map(|s| Json(s.into()))
+        .ok_or_else(|| Problem::not_found("schedule", &name))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TickQuery {
+    outcome: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// The tick ledger, newest first.
+pub async fn ticks(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<TickQuery>,
+) -> Result<Json<model::Page<model::Tick>>, Problem> {
+    let outcome = q
+        .outcome
+        .as_deref()
+        .map(TickOutcome::parse)
+        .transpose()
+        .map_err(|e| {
+            Problem::bad_request(format!("outcome: {e}")).with("parameter", json!("outcome"))
+        })?;
+    let filter = TickFilter {
+        outcome,
+        cursor: q.cursor,
+        limit: check_limit(q.limit)?,
+    };
+    schedules::ticks(state.engine.pool(), &name, &filter)
+        .await
+        .map_err(schedule_error)?
+        .map(|page| Json(model::Page::from(page)))
+        .ok_or_else(|| Problem::not_found("schedule", &name))
+}
