@@ -190,6 +190,10 @@ pub struct Step {
     pub attempts: Vec<Attempt>,
     pub outputs: Option<Value>,
     pub error: Option<String>,
+    /// What a `waiting` step waits for: `{kind: "event" | "approval" |
+    /// "sleep", ..., until}` (DESIGN.md "Waits"); null otherwise.
+    #[serde(default)]
+    pub waiting_for: Option<Value>,
 }
 
 /// One dispatched attempt of a step.
@@ -268,6 +272,37 @@ pub struct Retried {
     pub applied: bool,
 }
 
+/// `POST /v1/runs/{id}/steps/{step}/approve` and `.../reject` (the body
+/// may be absent). Who decides is the `Fulfil-Actor` header (the
+/// authenticated principal once access control lands), never the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideApproval {
+    /// Kept with the decision in history and in the step's outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// The answer to [`DecideApproval`]: the decision recorded and where the
+/// step stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalOutcome {
+    pub run_id: RunId,
+    pub step: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// The principal who decided.
+    pub by: String,
+    /// Distinct principals who approved so far.
+    pub approvals: u32,
+    pub quorum: u32,
+    /// `waiting` until the quorum is reached; `succeeded` when this
+    /// decision reached it; `failed` on a reject.
+    pub step_status: String,
+    /// Every decision on the step so far, in order.
+    pub decisions: Vec<fulfil_core::wait::ApprovalDecision>,
+}
+
 impl From<fulfil_engine::requests::Accepted> for Accepted {
     fn from(a: fulfil_engine::requests::Accepted) -> Self {
         Self {
@@ -334,6 +369,7 @@ impl From<inspect::StepView> for Step {
             attempts: s.attempts.into_iter().map(Attempt::from).collect(),
             outputs: s.outputs,
             error: s.error,
+            waiting_for: s.waiting_for,
         }
     }
 }

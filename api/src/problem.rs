@@ -32,6 +32,11 @@
 //! | `unavailable` | 503 | a dependency failed; `error_id`, `Retry-After` |
 //! | `timeout` | 504 | no answer within 30 s; the outcome is unknown |
 //! | `internal` | 500 | a server bug; `error_id` names its log line, the text is never sent |
+//! | `step-not-waiting` | 409 | the step is not waiting (not started, or already decided); `step_status` |
+//! | `not-an-approval` | 409 | the step is not an `approval` step, so nobody decides it |
+//! | `not-an-approver` | 403 | the principal is none of the step's `approvers` (`principal`, `approvers`) |
+//! | `requester-cannot-approve` | 403 | the principal filed the request and the step does not `allow_requester` |
+//! | `already-decided` | 409 | the principal already decided this step; a second decision does not count |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -92,11 +97,21 @@ pub enum ProblemCode {
     Timeout,
     /// 500: a server bug; `error_id` names its log line.
     Internal,
+    /// 409: the step is not waiting (not started, or already decided).
+    StepNotWaiting,
+    /// 409: the step is not an `approval` step.
+    NotAnApproval,
+    /// 403: the principal is none of the step's approvers.
+    NotAnApprover,
+    /// 403: the requester may not approve their own request.
+    RequesterCannotApprove,
+    /// 409: the principal already decided this step.
+    AlreadyDecided,
 }
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 25] = [
+    pub const ALL: [ProblemCode; 30] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -122,6 +137,11 @@ impl ProblemCode {
         Self::Unavailable,
         Self::Timeout,
         Self::Internal,
+        Self::StepNotWaiting,
+        Self::NotAnApproval,
+        Self::NotAnApprover,
+        Self::RequesterCannotApprove,
+        Self::AlreadyDecided,
     ];
 
     /// The code as it appears on the wire, the last segment of `type`.
@@ -152,6 +172,11 @@ impl ProblemCode {
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
+            Self::StepNotWaiting => "step-not-waiting",
+            Self::NotAnApproval => "not-an-approval",
+            Self::NotAnApprover => "not-an-approver",
+            Self::RequesterCannotApprove => "requester-cannot-approve",
+            Self::AlreadyDecided => "already-decided",
         }
     }
 
@@ -441,6 +466,11 @@ mod tests {
                 "unavailable",
                 "timeout",
                 "internal",
+                "step-not-waiting",
+                "not-an-approval",
+                "not-an-approver",
+                "requester-cannot-approve",
+                "already-decided",
             ]
         );
         assert_eq!(

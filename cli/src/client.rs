@@ -284,6 +284,7 @@ pub async fn request_create(
     promise: &str,
     params: Value,
     idempotency_key: Option<String>,
+    principal: Option<String>,
     wait: bool,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
@@ -292,10 +293,16 @@ pub async fn request_create(
         params,
         idempotency_key,
     };
-    let request = api
+    let mut request = api
         .http
         .post(format!("{}/v1/promises/{promise}/requests", api.base))
         .json(&body);
+    if let Some(principal) = principal
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+    {
+        request = request.header("Fulfil-Actor", principal);
+    }
     let (_, answer) = api.send(request).await?;
     let accepted: model::Accepted = model(&answer, "answer to a new request")?;
     if args.output != Format::Table && !wait {
@@ -770,6 +777,58 @@ pub async fn run_retry(
     };
     println!("run {id}: {verb}: {}", list(&retried.rerun));
     println!("keeping outputs of: {}", list(&retried.kept));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The principal an approval decision is made as: `--as` /
+/// `FULFIL_ACTOR`, else `user:<login name>`.
+fn principal(given: Option<String>) -> String {
+    given
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| {
+            let user = std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "unknown".into());
+            format!("user:{user}")
+        })
+}
+
+/// `POST /v1/runs/{id}/steps/{step}/approve|reject` as `principal`.
+pub async fn run_decide(
+    args: &ClientArgs,
+    id: &str,
+    step: &str,
+    verb: &str,
+    comment: Option<String>,
+    principal_given: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(args)?;
+    let by = principal(principal_given);
+    let request = api
+        .http
+        .post(format!(
+            "{}/v1/runs/{}/steps/{}/{verb}",
+            api.base,
+            encode(id),
+            encode(step)
+        ))
+        .header("Fulfil-Actor", by.as_str())
+        .json(&model::DecideApproval { comment });
+    let (_, body) = api.send(request).await?;
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
+    }
+    let outcome: model::ApprovalOutcome = model(&body, "answer to a decision")?;
+    let verb_done = if verb == "approve" {
+        "approved"
+    } else {
+        "rejected"
+    };
+    println!(
+        "run {id} step {}: {verb_done} by {}; {} of {} approvals; step {}",
+        outcome.step, outcome.by, outcome.approvals, outcome.quorum, outcome.step_status
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -227,6 +227,12 @@ enum RequestCommand {
         /// How long --wait waits.
         #[arg(long, default_value = "10m", value_parser = humantime_duration)]
         timeout: std::time::Duration,
+        /// Who files it, sent as the Fulfil-Actor header and kept as the
+        /// request's created_by (an approval step that does not
+        /// allow_requester refuses this principal); unset, the API records
+        /// `api`.
+        #[arg(long = "as", env = "FULFIL_ACTOR", value_name = "PRINCIPAL")]
+        principal: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -343,6 +349,39 @@ enum RunCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Approve a waiting approval step; it succeeds once `quorum` distinct
+    /// principals approved.
+    #[command(
+        after_help = "Examples:\n  fulfil run approve RUN_ID --step approve --as user:alice --comment \"sized right\"\n  FULFIL_ACTOR=user:bob fulfil run approve RUN_ID --step approve"
+    )]
+    Approve(DecideArgs),
+    /// Reject a waiting approval step: it fails with code `rejected` and
+    /// the run compensates as after any permanent failure.
+    #[command(
+        after_help = "Example:\n  fulfil run reject RUN_ID --step approve --as user:alice --comment \"too large\""
+    )]
+    Reject(DecideArgs),
+}
+
+/// A decision on an approval step: `fulfil run approve|reject`.
+#[derive(Args)]
+struct DecideArgs {
+    /// The run.
+    id: String,
+    /// The approval step to decide.
+    #[arg(long)]
+    step: String,
+    /// Kept with the decision in the run's history and the step's outputs.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Who decides, sent as the Fulfil-Actor header (default: user:$USER).
+    /// Until access control lands, a step's approver entries (team:T,
+    /// user:U, role:R) match this value literally: `--as user:alice`
+    /// counts for an approver entry `user:alice` and for no team or role.
+    #[arg(long = "as", env = "FULFIL_ACTOR", value_name = "PRINCIPAL")]
+    principal: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -429,11 +468,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 idempotency_key,
                 wait,
                 timeout,
+                principal,
                 client,
             } => {
                 let params = client::parse_params(&params, params_json.as_deref())?;
-                client::request_create(&client, &promise, params, idempotency_key, wait, timeout)
-                    .await
+                client::request_create(
+                    &client,
+                    &promise,
+                    params,
+                    idempotency_key,
+                    principal,
+                    wait,
+                    timeout,
+                )
+                .await
             }
             RequestCommand::Get { id, client } => client::request_get(&client, &id).await,
             RequestCommand::Delete {
@@ -478,6 +526,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dry_run,
                 client,
             } => client::run_retry(&client, &id, step, dry_run).await,
+            RunCommand::Approve(args) => {
+                client::run_decide(
+                    &args.client,
+                    &args.id,
+                    &args.step,
+                    "approve",
+                    args.comment,
+                    args.principal,
+                )
+                .await
+            }
+            RunCommand::Reject(args) => {
+                client::run_decide(
+                    &args.client,
+                    &args.id,
+                    &args.step,
+                    "reject",
+                    args.comment,
+                    args.principal,
+                )
+                .await
+            }
         },
         Command::Event(cmd) => events::run_event(cmd).await,
         Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,

@@ -94,6 +94,86 @@ pub fn print_run(run: &Run) {
         &["STEP", "STATUS", "ATTEMPT", "WORKER", "FINISHED", "ERROR"],
         rows,
     );
+    let waiting: Vec<Vec<String>> = run
+        .steps()
+        .iter()
+        .filter_map(|s| {
+            let waiting_for = s.waiting_for.as_ref()?;
+            Some(vec![
+                s.id.clone(),
+                text_of(&waiting_for["kind"]),
+                waiting_what(waiting_for),
+                waiting_for["until"]
+                    .as_str()
+                    .map_or_else(|| "no timeout".to_string(), str::to_string),
+            ])
+        })
+        .collect();
+    if !waiting.is_empty() {
+        println!();
+        print_table(&["WAITING", "FOR", "WHAT", "UNTIL"], waiting);
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What a waiting step waits for, in a line: the event it would match,
+/// who may approve and how far the quorum is, or nothing more for a sleep
+/// (its `until` says it all).
+pub fn waiting_what(waiting_for: &Value) -> String {
+    let mut parts = Vec::new();
+    match waiting_for["kind"].as_str() {
+        Some("event") => {
+            for (key, label) in [
+                ("type", "type"),
+                ("source", "source"),
+                ("subject", "subject"),
+                ("match", "match"),
+                ("lookback", "lookback"),
+            ] {
+                if let Some(value) = waiting_for[key].as_str() {
+                    parts.push(format!("{label} {value}"));
+                }
+            }
+        }
+        Some("approval") => {
+            let approvers: Vec<String> = waiting_for["approvers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text_of)
+                .collect();
+            parts.push(format!("by {}", approvers.join(", ")));
+            let decisions = waiting_for["decisions"].as_array();
+            let approved = decisions
+                .into_iter()
+                .flatten()
+                .filter(|d| d["decision"] == "approve")
+                .count();
+            parts.push(format!(
+                "{approved} of {} approvals",
+                waiting_for["quorum"].as_u64().unwrap_or(1)
+            ));
+            if waiting_for["allow_requester"] != Value::Bool(true) {
+                parts.push("not the requester".into());
+            }
+            if let Some(message) = waiting_for["message"].as_str() {
+                parts.push(format!("{message:?}"));
+            }
+        }
+        _ => {}
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 pub fn print_history(events: &[HistoryEvent]) {
@@ -123,5 +203,33 @@ fn compact(data: &Value) -> String {
         format!("{}...", s.chars().take(97).collect::<String>())
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::waiting_what;
+
+    #[test]
+    fn waiting_steps_say_what_they_wait_for() {
+        let event = json!({"kind": "event", "type": "com.acme.db.ready",
+            "match": "event.data.name == params.name", "lookback": "10m"});
+        assert_eq!(
+            waiting_what(&event),
+            "type com.acme.db.ready; match event.data.name == params.name; lookback 10m"
+        );
+        let approval = json!({"kind": "approval", "approvers": ["team:dba", "user:alice"],
+            "quorum": 2, "allow_requester": false, "message": "Large DB orders",
+            "decisions": [{"by": "user:alice", "decision": "approve"}]});
+        assert_eq!(
+            waiting_what(&approval),
+            "by team:dba, user:alice; 1 of 2 approvals; not the requester; \"Large DB orders\""
+        );
+        assert_eq!(
+            waiting_what(&json!({"kind": "sleep", "until": "2026-12-02T12:00:00Z"})),
+            "-"
+        );
     }
 }

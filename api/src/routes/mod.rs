@@ -1,5 +1,6 @@
 //! Route table and the small helpers shared by the handlers.
 
+mod approvals;
 mod events;
 mod health;
 mod promises;
@@ -33,6 +34,11 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/runs/{id}/history", get(runs::history))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/retry", post(runs::retry))
+        .route(
+            "/v1/runs/{id}/steps/{step}/approve",
+            post(approvals::approve),
+        )
+        .route("/v1/runs/{id}/steps/{step}/reject", post(approvals::reject))
         .route("/v1/events", post(events::send).get(events::list))
         .route("/v1/events/{id}", get(events::get))
         .route("/v1/dead-letters", get(events::dead_letters))

@@ -105,7 +105,9 @@ pub async fn create(
             promise,
             params: body.params,
             idempotency_key,
-            actor: "api".into(),
+            // Whoever filed it, as `allow_requester: false` compares it
+            // with an approval's principal (DESIGN.md "Waits").
+            actor: super::runs::actor(&headers),
             traceparent: None,
         },
     )

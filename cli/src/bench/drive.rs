@@ -40,7 +40,7 @@ fn promise_yaml(args: &BenchArgs) -> String {
     };
     let mut steps = String::new();
     match args.scenario {
-        Scenario::ThreeStep | Scenario::Events | Scenario::Schedules => {
+        Scenario::ThreeStep | Scenario::Events | Scenario::Waits | Scenario::Schedules => {
             steps.push_str(&step("provision", &[]));
             steps.push_str(&step("configure", &["provision".into()]));
             steps.push_str(&step("alert", &["configure".into()]));
@@ -306,6 +306,7 @@ fn free_port() -> anyhow::Result<u16> {
 pub enum Measured {
     Workflows(Box<Report>),
     Events(Box<super::events::EventsReport>),
+    Waits(Box<super::waits::WaitsReport>),
 }
 
 pub async fn bench(args: &BenchArgs) -> anyhow::Result<Measured> {
@@ -365,6 +366,11 @@ async fn bench_in(
                 .await
                 .map(|r| Measured::Events(Box::new(r)))
         }
+        Ok(http) if args.scenario == Scenario::Waits => {
+            super::waits::measure(args, &http, &pool, prefix, &api, &mut roles)
+                .await
+                .map(|r| Measured::Waits(Box::new(r)))
+        }
         Ok(http) => measure(args, &http, &pool, database, prefix, &api, &mut roles)
             .await
             .map(|r| Measured::Workflows(Box::new(r))),
@@ -409,6 +415,7 @@ async fn ready(
     }
     let promise = match args.scenario {
         Scenario::Events => super::events::promise_yaml(prefix),
+        Scenario::Waits => super::waits::promise_yaml(prefix),
         _ => promise_yaml(args),
     };
     let applied = http

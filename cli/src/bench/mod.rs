@@ -16,6 +16,7 @@ mod events;
 mod procs;
 mod report;
 mod schedules;
+mod waits;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +36,10 @@ pub enum Scenario {
     /// default 1000; --workflows events) into the trigger of a 3-step
     /// Promise; --resend of them published twice
     Events,
+    /// --waiting runs parked on a correlated wait.event (default 100000),
+    /// then events for --wake of them (default 2000) at --rate per second
+    /// (default 200): engine RSS and event → step.succeeded latency
+    Waits,
     /// --schedules Schedules (default 10,000) due in the same minute,
     /// spread over --spread seconds, decided by two engine processes
     Schedules,
@@ -99,6 +104,12 @@ pub struct BenchArgs {
     /// must file nothing new.
     #[arg(long, default_value_t = 0.1)]
     pub resend: f64,
+    /// Runs parked on a wait at once (`waits` scenario).
+    #[arg(long, default_value_t = 100_000)]
+    pub waiting: usize,
+    /// Of those, how many an event wakes (`waits` scenario).
+    #[arg(long, default_value_t = 2000)]
+    pub wake: usize,
     /// Schedules applied (`schedules` scenario).
     #[arg(long, default_value_t = 10_000)]
     pub schedules: usize,
@@ -114,7 +125,7 @@ impl BenchArgs {
     pub fn shape(&self) -> (usize, usize) {
         match self.scenario {
             Scenario::ThreeStep | Scenario::Events => (3, 3),
-            Scenario::Schedules => (1, 1),
+            Scenario::Waits | Scenario::Schedules => (1, 1),
             Scenario::Chain => {
                 let n = self.steps.unwrap_or(40).max(1);
                 (n, n)
@@ -169,6 +180,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             serde_json::to_vec_pretty(&report)?,
             report.failed,
             report.duplicates_filed,
+        ),
+        drive::Measured::Waits(report) => (
+            report.table(),
+            serde_json::to_vec_pretty(&report)?,
+            report.not_woken,
+            0,
         ),
     };
     println!("{table}");
