@@ -9,7 +9,11 @@
 //! plain NATS client at `--rate` per second (default 200), and each one's
 //! latency is the time from handing it to the client to receiving its
 //! run's `step.succeeded` status event on `<prefix>.events.step.succeeded`
-//! (both instants taken in this process). An event must look up its waits
+//! (both instants taken in this process), broken down by the system's own
+//! records into published → its ledger entry's `received_at` (the inbound
+//! batch that matched it), → the step's `step.succeeded` in history (the
+//! `wait_matched` timer that completed it), → the status event received
+//! (the status outbox). An event must look up its waits
 //! by the correlated value, so neither figure may grow with N: the targets
 //! are RSS ≤ 256 MiB and p50 ≤ 10 ms at N = 100,000.
 
@@ -18,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use fulfil_core::ids::RunId;
 use futures::StreamExt;
 use serde::Serialize;
@@ -66,11 +71,26 @@ pub struct WaitsReport {
     /// Event handed to the NATS client → its run's `step.succeeded`
     /// status event received.
     pub published_to_succeeded_ms: Percentiles,
+    /// Where that time went.
+    pub stages_ms: WaitStages,
     /// Events whose step did not succeed before the timeout (must be 0).
     pub not_woken: usize,
     /// The engine process's VmRSS at the end.
     pub engine_rss_end_mib: f64,
     pub processes: Vec<ProcessFigures>,
+}
+
+/// Published → step.succeeded status event, by stage (wall clocks of this
+/// machine: the bench's, and Postgres's `now()` in the engine's commits).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WaitStages {
+    /// Handed to the NATS client → the ledger entry of the batch that
+    /// matched it (`received_at`, its transaction's start).
+    pub published_to_matched: Percentiles,
+    /// → `step.succeeded` in the run's history.
+    pub matched_to_succeeded: Percentiles,
+    /// → its status event received by the bench.
+    pub succeeded_to_status_event: Percentiles,
 }
 
 impl WaitsReport {
@@ -92,6 +112,30 @@ impl WaitsReport {
             (
                 "published → step.succeeded ms p50/p99/max (target p50 ≤ 10)",
                 format!("{:.2} / {:.2} / {:.2}", p.p50, p.p99, p.max),
+            ),
+            (
+                "  published → matched (ledger) p50/p99",
+                format!(
+                    "{:.2} / {:.2}",
+                    self.stages_ms.published_to_matched.p50,
+                    self.stages_ms.published_to_matched.p99
+                ),
+            ),
+            (
+                "  matched → step.succeeded (history) p50/p99",
+                format!(
+                    "{:.2} / {:.2}",
+                    self.stages_ms.matched_to_succeeded.p50,
+                    self.stages_ms.matched_to_succeeded.p99
+                ),
+            ),
+            (
+                "  step.succeeded → status event received p50/p99",
+                format!(
+                    "{:.2} / {:.2}",
+                    self.stages_ms.succeeded_to_status_event.p50,
+                    self.stages_ms.succeeded_to_status_event.p99
+                ),
             ),
             ("not woken", self.not_woken.to_string()),
             (
@@ -160,6 +204,60 @@ async fn file(
     }
 }
 
+/// When each run's `step.succeeded` status event reached the bench, by
+/// this process's monotonic clock and by the wall clock.
+type Arrivals = HashMap<RunId, (Instant, DateTime<Utc>)>;
+
+/// Milliseconds from `from` to `to`.
+fn ms(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
+}
+
+/// The stages of each woken run's latency, from the ledger and history.
+async fn stages(
+    pool: &sqlx::PgPool,
+    chosen: &[(String, RunId)],
+    sent: &HashMap<RunId, DateTime<Utc>>,
+    received: &Arrivals,
+) -> anyhow::Result<WaitStages> {
+    let matched: HashMap<String, DateTime<Utc>> = sqlx::query_as(
+        "SELECT event_id, received_at FROM fulfil.event_ledger WHERE event_id LIKE 'ready-%'",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let runs: Vec<uuid::Uuid> = chosen.iter().map(|(_, run)| run.as_uuid()).collect();
+    let succeeded: HashMap<uuid::Uuid, DateTime<Utc>> = sqlx::query_as(
+        "SELECT run_id, at FROM fulfil.history
+         WHERE run_id = ANY($1) AND step_id = 'ready' AND type = 'step.succeeded'",
+    )
+    .bind(&runs)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let (mut first, mut second, mut third) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, run) in chosen {
+        let (Some(sent), Some(matched), Some(done), Some((_, got))) = (
+            sent.get(run),
+            matched.get(&format!("ready-{name}")),
+            succeeded.get(&run.as_uuid()),
+            received.get(run),
+        ) else {
+            continue;
+        };
+        first.push(ms(*sent, *matched));
+        second.push(ms(*matched, *done));
+        third.push(ms(*done, *got));
+    }
+    Ok(WaitStages {
+        published_to_matched: Percentiles::of(&first),
+        matched_to_succeeded: Percentiles::of(&second),
+        succeeded_to_status_event: Percentiles::of(&third),
+    })
+}
+
 async fn waits_stored(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM fulfil.waits")
         .fetch_one(pool)
@@ -220,11 +318,11 @@ pub(super) async fn measure(
     let mut succeeded = nats
         .subscribe(format!("{prefix}.events.step.succeeded"))
         .await?;
-    let received: Arc<Mutex<HashMap<RunId, Instant>>> = Arc::default();
+    let received: Arc<Mutex<Arrivals>> = Arc::default();
     let sink = received.clone();
     let listener = tokio::spawn(async move {
         while let Some(message) = succeeded.next().await {
-            let at = Instant::now();
+            let at = (Instant::now(), Utc::now());
             let Ok(event) = serde_json::from_slice::<Value>(&message.payload) else {
                 continue;
             };
@@ -247,6 +345,7 @@ pub(super) async fn measure(
     let every = Duration::from_secs_f64(1.0 / rate);
     let started = Instant::now();
     let mut sent_at: HashMap<RunId, Instant> = HashMap::with_capacity(woken);
+    let mut sent_wall: HashMap<RunId, DateTime<Utc>> = HashMap::with_capacity(woken);
     let mut acks = futures::stream::FuturesUnordered::new();
     for (i, (name, run)) in chosen.iter().enumerate() {
         tokio::time::sleep_until((started + every.mul_f64(i as f64)).into()).await;
@@ -257,6 +356,7 @@ pub(super) async fn measure(
         });
         let body = serde_json::to_vec(&event)?;
         sent_at.insert(*run, Instant::now());
+        sent_wall.insert(*run, Utc::now());
         let ack = js.publish(subject.clone(), body.into()).await?;
         acks.push(std::future::IntoFuture::into_future(ack));
         while let Some(Some(ack)) = futures::FutureExt::now_or_never(acks.next()) {
@@ -286,10 +386,11 @@ pub(super) async fn measure(
         .filter_map(|(run, sent)| {
             received
                 .get(run)
-                .map(|got| got.saturating_duration_since(*sent).as_secs_f64() * 1000.0)
+                .map(|(got, _)| got.saturating_duration_since(*sent).as_secs_f64() * 1000.0)
         })
         .collect();
     let engine_rss_end_mib = rss_mib(engine_role(roles)?)?;
+    let stages = stages(pool, &chosen, &sent_wall, &received).await?;
     Ok(WaitsReport {
         scenario: "waits",
         waiting,
@@ -299,6 +400,7 @@ pub(super) async fn measure(
         woken,
         offered_rate: rate,
         published_to_succeeded_ms: Percentiles::of(&latencies),
+        stages_ms: stages,
         not_woken: woken - latencies.len(),
         engine_rss_end_mib,
         processes: roles.iter().map(procs::figures).collect::<Result<_, _>>()?,
