@@ -456,7 +456,6 @@ async fn an_event_published_as_the_upstream_step_finishes_is_never_missed() -> a
 /// `wait_paths` row yet, so took no key lock, while the first wait's
 /// lookback could not see the event's uncommitted ledger entry).
 #[tokio::test]
-#[ignore = "engine: the first waits of a new (type, path) can miss a concurrent event; see the waits branch report"]
 async fn an_event_published_as_the_first_wait_of_its_kind_begins_is_never_missed()
 -> anyhow::Result<()> {
     race_upstream_and_event(false).await

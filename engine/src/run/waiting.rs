@@ -70,8 +70,14 @@ pub(super) fn start_wait(
         WaitSpec::Approval(_) | WaitSpec::Sleep { .. } => None,
     };
     let mut waiting_for = spec.waiting_for();
-    if let (Some(until), Value::Object(map)) = (until, &mut waiting_for) {
-        map.insert("until".into(), json!(until));
+    if let Value::Object(map) = &mut waiting_for {
+        if let Some(until) = until {
+            map.insert("until".into(), json!(until));
+        }
+        // `match` is compiled with the Promise, not rendered with `with`.
+        if let Some(condition) = &engine_step.condition {
+            map.insert("match".into(), json!(condition.expression().source()));
+        }
     }
 
     let task_id = TaskId::generate();

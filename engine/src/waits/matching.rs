@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 use tracing::error;
 use uuid::Uuid;
 
-use super::{Candidate, KeyLock, event_keys, lock_keys, satisfies};
+use super::{Candidate, KeyLock, event_keys, lock_keys, paths_lock_key, satisfies};
 use crate::Engine;
 use crate::events::WaitCompleted;
 use crate::promises::PromiseError;
@@ -47,6 +47,9 @@ pub(crate) async fn match_events(
     types.push("");
     types.sort_unstable();
     types.dedup();
+    let guards: Vec<String> = types.iter().map(|t| paths_lock_key(t)).collect();
+    let guards: Vec<&str> = guards.iter().map(String::as_str).collect();
+    lock_keys(conn, &guards, KeyLock::Shared).await?;
     let paths: Vec<(String, String)> =
         sqlx::query_as("SELECT event_type, path FROM fulfil.wait_paths WHERE event_type = ANY($1)")
             .bind(&types)

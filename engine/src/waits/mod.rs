@@ -2,8 +2,8 @@
 //! event, their approvals or their time come (DESIGN.md "Waits").
 //!
 //! The run state machine ([`crate::run`]) starts and ends waits; this
-//! module stores them ([`write`], called by the run flush) and finds them:
-//! an arriving event looks up the waits it completes ([`match_events`]),
+//! module stores them (`write`, called by the run flush) and finds them:
+//! an arriving event looks up the waits it completes (`match_events`),
 //! and an approver's decision ends an approval ([`decide_approval`]).
 //!
 //! **No event slips between "not yet waiting" and "waiting".** An event
@@ -184,6 +184,16 @@ fn event_keys(event_type: &str, event: &Value, paths: &[(String, String)]) -> Ve
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// The lock guarding the list of correlation paths of `event_type` in
+/// `fulfil.wait_paths`: an event holds it shared while it reads the list
+/// and until it commits; filing the first wait under a path new to the
+/// type takes it exclusively. Without it, an event reading the list just
+/// before a new path is committed would compute no key for that path, and
+/// the first wait of its kind could miss it.
+fn paths_lock_key(event_type: &str) -> String {
+    format!("paths\u{1f}{event_type}")
 }
 
 /// How a transaction holds the advisory locks of match keys.

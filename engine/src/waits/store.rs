@@ -14,7 +14,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{EventFiling, KeyLock, lock_keys, satisfies};
+use super::{EventFiling, KeyLock, lock_keys, paths_lock_key, satisfies};
 use crate::run::{ENGINE_QUEUE, NewWait};
 
 /// The waits a batch of runs files and ends, gathered from their buffers.
@@ -85,15 +85,31 @@ pub(crate) async fn write(conn: &mut PgConnection, waits: WaitWrites) -> Result<
             .iter()
             .map(|(_, _, e)| e.match_key.as_str())
             .collect();
+        let pairs: BTreeSet<(&str, &str)> = filings
+            .iter()
+            .map(|(_, _, e)| (e.event_type.as_deref().unwrap_or(""), e.path.as_str()))
+            .collect();
+        let (types, paths): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
+        // A path new to its type: wait for the events reading the type's
+        // paths now, so the ones after see it (see `paths_lock_key`).
+        let new_types: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT u.t FROM UNNEST($1::text[], $2::text[]) AS u(t, p)
+             WHERE NOT EXISTS (SELECT 1 FROM fulfil.wait_paths w
+                               WHERE w.event_type = u.t AND w.path = u.p)",
+        )
+        .bind(&types)
+        .bind(&paths)
+        .fetch_all(&mut *conn)
+        .await?;
+        if !new_types.is_empty() {
+            let guards: Vec<String> = new_types.iter().map(|t| paths_lock_key(t)).collect();
+            let guards: Vec<&str> = guards.iter().map(String::as_str).collect();
+            lock_keys(conn, &guards, KeyLock::Exclusive).await?;
+        }
         // Exclusive: an event holding the shared lock of this key commits
         // before the lookback below reads the ledger, or waits for this
         // transaction and then sees the wait.
         lock_keys(conn, &keys, KeyLock::Exclusive).await?;
-        let paths: BTreeSet<(&str, &str)> = filings
-            .iter()
-            .map(|(_, _, e)| (e.event_type.as_deref().unwrap_or(""), e.path.as_str()))
-            .collect();
-        let (types, paths): (Vec<&str>, Vec<&str>) = paths.into_iter().unzip();
         sqlx::query(
             "INSERT INTO fulfil.wait_paths (event_type, path)
              SELECT * FROM UNNEST($1::text[], $2::text[]) ORDER BY 1, 2
