@@ -631,7 +631,9 @@ pub async fn enrol(engine: &Engine) -> Result<u64, RunError> {
 }
 
 /// Claims the due rows and starts what may start, in one transaction; see
-/// the module docs. Returns how many rows it claimed.
+/// the module docs. Returns how many rows it dealt with (started, moved or
+/// removed); a row whose request was locked is left due, uncounted, so a
+/// batch of such rows does not make the loop spin.
 pub async fn start_due(engine: &Engine) -> Result<usize, RunError> {
     let mut tx = engine.pool().begin().await?;
     let due: Vec<DueRow> = sqlx::query_as(
@@ -674,11 +676,13 @@ pub async fn start_due(engine: &Engine) -> Result<usize, RunError> {
         by_promise.entry(&row.promise).or_default().push(row);
     }
     let now = Utc::now();
+    let mut skipped = 0;
     for (promise, rows) in by_promise {
         let policy = policies.get(promise).copied().flatten();
         let mut counted: Option<i64> = None;
         for row in rows {
             let Some(request) = requests.get(&row.request_id) else {
+                skipped += 1;
                 continue;
             };
             let status = RequestStatus::parse(&request.status)?;
@@ -781,7 +785,7 @@ pub async fn start_due(engine: &Engine) -> Result<usize, RunError> {
     let rows = flush(&mut tx, &mut runs).await?;
     tx.commit().await?;
     engine.after_commit(rows);
-    Ok(claimed)
+    Ok(claimed - skipped)
 }
 
 /// The Promise's reconcile runs in flight, counted under its advisory lock

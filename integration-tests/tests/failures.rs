@@ -91,7 +91,7 @@ async fn stack_with(gate: Arc<AtomicBool>) -> anyhow::Result<TestStack> {
     TestStack::start_with(StackOptions {
         handlers: Box::new(move |h| {
             h.register("flaky", Flaky::default())
-                .register("sleep", Sleep)
+                .register("test.sleep", Sleep)
                 .register("gate", Gate(gate.clone()));
         }),
         ..StackOptions::default()
@@ -274,7 +274,7 @@ spec:
         schedule_to_start: 300ms
       - id: heartbeats-keep-it-alive
         if: "params.kind == 'alive'"
-        uses: sleep
+        uses: test.sleep
         with: { ms: 1500, beat_ms: 100 }
         heartbeat_timeout: 400ms
 "#,
@@ -379,7 +379,7 @@ spec:
   workflow:
     steps:
       - { id: first, uses: echo }
-      - { id: slow, uses: sleep, needs: [first], with: { ms: 5000 }, timeout: 30s }
+      - { id: slow, uses: test.sleep, needs: [first], with: { ms: 5000 }, timeout: 30s }
       - { id: after, uses: echo, needs: [slow] }
 "#,
         )
@@ -565,7 +565,7 @@ spec:
         compensate: {{ uses: http, with: {{ method: POST, url: "{base}/undo/create" }} }}
       - id: wait
         needs: [create]
-        uses: sleep
+        uses: test.sleep
         with: {{ ms: 1500 }}
         compensate: {{ uses: http, with: {{ method: POST, url: "{base}/undo/wait" }} }}
       - id: never

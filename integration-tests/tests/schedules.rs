@@ -600,3 +600,93 @@ async fn bad_schedule_documents_answer_422_at_their_paths_and_store_nothing() ->
     assert_eq!(status, 400, "{problem}");
     stack.stop().await
 }
+
+/// A Schedule with `field` replaced by arbitrary text, or arbitrary bytes:
+/// hostile input for the document parser and the cron and zone readers.
+fn hostile_schedule() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let valid = "apiVersion: fulfil.dev/v1\nkind: Schedule\nmetadata: { name: fuzz }\nspec: { promise: beat, cron: \"CRON\", timezone: \"ZONE\", catch_up: \"WINDOW\", overlap: OVERLAP, params: { n: 1 } }\n";
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..256),
+        "[0-9*/,@LW#A-Z -]{0,40}".prop_map(move |cron| valid
+            .replace("CRON", &cron)
+            .replace("ZONE", "UTC")
+            .replace("WINDOW", "1h")
+            .replace("OVERLAP", "skip")
+            .into_bytes()),
+        any::<String>().prop_map(move |text| {
+            let text = text.replace(['"', '\\'], "");
+            valid
+                .replace("CRON", "* * * * *")
+                .replace("ZONE", &text)
+                .replace("WINDOW", &text)
+                .replace("OVERLAP", "allow")
+                .into_bytes()
+        }),
+    ]
+}
+
+/// Arbitrary documents, names, cursors and filters sent to the schedule
+/// routes in process never get a 5xx, and every error is a problem.
+#[test]
+fn arbitrary_schedule_input_never_gets_a_server_error() -> anyhow::Result<()> {
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let stack = runtime.block_on(async {
+        let stack = stack().await?;
+        stack.apply(BEAT).await?;
+        anyhow::Ok(stack)
+    })?;
+    let router = fulfil_api::router(fulfil_api::ApiState {
+        engine: stack.engine.clone(),
+        nats: Some(stack.nats.clone()),
+    });
+    let send = |method: &str, uri: &str, body: Vec<u8>| -> Result<u16, TestCaseError> {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/yaml")
+            .body(axum::body::Body::from(body))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let response = runtime
+            .block_on(router.clone().oneshot(request))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let status = response.status();
+        prop_assert!(!status.is_server_error(), "{method} {uri}: {status}");
+        if !status.is_success() && status.as_u16() != 204 {
+            prop_assert_eq!(
+                response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok()),
+                Some("application/problem+json")
+            );
+        }
+        Ok(status.as_u16())
+    };
+    let config = ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config.clone(), |(body in hostile_schedule())| {
+        send("PUT", "/v1/schedules/fuzz", body)?;
+    });
+    let paths = [
+        "/v1/schedules/{}",
+        "/v1/schedules?cursor={}&limit={}",
+        "/v1/schedules/fuzz/ticks?cursor={}",
+        "/v1/schedules/{}/ticks?outcome={}&limit={}",
+        "/v1/schedules/{}/pause",
+        "/v1/schedules/{}/resume",
+    ];
+    proptest!(config, |(path in 0..paths.len(), bytes in proptest::collection::vec(any::<u8>(), 0..48))| {
+        let encoded: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
+        let uri = paths[path].replace("{}", &encoded);
+        let method = if uri.ends_with("/pause") || uri.ends_with("/resume") { "POST" } else { "GET" };
+        send(method, &uri, Vec::new())?;
+    });
+    runtime.block_on(stack.stop())
+}
