@@ -38,6 +38,23 @@ fn summary(violations: &[Violation]) -> String {
         .join("; ")
 }
 
+/// Every violation as `<pointer> <message>` (`/` for the root), joined
+/// with `; `: how the engine names them in a ledger or tick reason.
+pub fn describe_violations(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| {
+            let at = if v.pointer.is_empty() {
+                "/"
+            } else {
+                &v.pointer
+            };
+            format!("{at} {}", v.message)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Applies `default`s of the schema's properties, recursively into nested
 /// objects, without overwriting anything given.
 pub fn apply_defaults(schema: &Value, params: &mut Value) {

@@ -341,19 +341,7 @@ fn decide(
                 "params of trigger {} break the schema of Promise {}: {}",
                 trigger.name(),
                 promise.metadata.name,
-                violations
-                    .iter()
-                    .map(|v| format!(
-                        "{} {}",
-                        if v.pointer.is_empty() {
-                            "/"
-                        } else {
-                            &v.pointer
-                        },
-                        v.message
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                fulfil_core::params::describe_violations(&violations)
             );
             return Decision::Settled(TriggerOutcome {
                 trigger: trigger.name().to_string(),

@@ -668,19 +668,7 @@ async fn filing_for(
         Err(ParamsError::Invalid(violations)) => Err(format!(
             "the params break the schema of Promise {}: {}",
             due.promise,
-            violations
-                .iter()
-                .map(|v| format!(
-                    "{} {}",
-                    if v.pointer.is_empty() {
-                        "/"
-                    } else {
-                        &v.pointer
-                    },
-                    v.message
-                ))
-                .collect::<Vec<_>>()
-                .join("; ")
+            fulfil_core::params::describe_violations(&violations)
         )),
         Err(ParamsError::Schema(message)) => Err(format!(
             "the schema of Promise {} does not compile: {message}",
