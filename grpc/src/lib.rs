@@ -1,0 +1,1 @@
+//! gRPC service `fulfil.v1.Fulfil` (being built).
