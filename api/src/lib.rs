@@ -11,6 +11,7 @@
 
 pub mod extract;
 pub mod model;
+pub mod openapi;
 pub mod problem;
 mod routes;
 
@@ -34,7 +35,8 @@ pub struct ApiState {
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    edge(routes::router()).with_state(state)
+    let (routes, _) = routes::router().split_for_parts();
+    edge(routes.fallback(|| async { problem::not_a_route() })).with_state(state)
 }
 
 /// The layers every route sits behind, innermost first; apart from the

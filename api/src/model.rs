@@ -11,9 +11,12 @@ use fulfil_core::ids::{RequestId, RunId, TaskId};
 use fulfil_engine::inspect;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::openapi::schemas;
 
 /// A page of a list: `{items, next_cursor}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; null on the last page.
@@ -31,11 +34,12 @@ impl<T> Page<T> {
 }
 
 /// `POST /v1/promises/{name}/requests`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// A JSON object (or absent, read as null: the Promise's defaults).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub params: Value,
     /// Also accepted as the `Idempotency-Key` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,9 +47,11 @@ pub struct CreateRequest {
 }
 
 /// The 202 answer to [`CreateRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
+    #[schema(value_type = uuid::Uuid)]
     pub request_id: RequestId,
+    #[schema(value_type = uuid::Uuid)]
     pub run_id: RunId,
     /// True when an earlier request with the same idempotency key and the
     /// same parameters was returned instead of a new one.
@@ -53,20 +59,25 @@ pub struct Accepted {
 }
 
 /// A request: `GET /v1/requests/{id}`, items of `GET /v1/requests`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Request {
+    #[schema(value_type = uuid::Uuid)]
     pub id: RequestId,
     pub promise: String,
     pub promise_version: String,
     pub params: Value,
+    #[schema(schema_with = schemas::request_status)]
     pub status: String,
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub run_id: Option<RunId>,
     /// The delete run, once the request is being deleted; null before, and
     /// when it was deleted without one.
     #[serde(default)]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub delete_run_id: Option<RunId>,
     /// The request's latest reconcile run; null before its first.
     #[serde(default)]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub reconcile_run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
@@ -76,13 +87,16 @@ pub struct Request {
 }
 
 /// The 202 answer to `DELETE /v1/requests/{id}[?force=true]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Deletion {
+    #[schema(value_type = uuid::Uuid)]
     pub request_id: RequestId,
     /// `deleting`, or `deleted` when nothing was left to run.
+    #[schema(schema_with = schemas::request_status)]
     pub status: String,
     /// The delete run; null when the request was deleted without one (no
     /// `delete` workflow, or `force`).
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub run_id: Option<RunId>,
     /// This call deleted the request without a teardown.
     pub forced: bool,
@@ -104,20 +118,23 @@ impl From<fulfil_engine::deletion::Deletion> for Deletion {
 }
 
 /// The 202 answer to `POST /v1/requests/{id}/reconcile`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Reconcile {
+    #[schema(value_type = uuid::Uuid)]
     pub request_id: RequestId,
     /// The reconcile run; null while it is queued.
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub run_id: Option<RunId>,
     /// `started`, or `queued` behind the run in flight.
     pub status: ReconcileStatus,
     /// The run of the request in flight that a queued reconcile waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub waiting_for_run: Option<RunId>,
 }
 
 /// What `POST /v1/requests/{id}/reconcile` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReconcileStatus {
     /// The reconcile run started.
@@ -148,14 +165,18 @@ impl Reconcile {
 
 /// A run: `GET /v1/runs/{id}` (with its steps), items of `GET /v1/runs`
 /// (without: `steps` is absent and reads as empty).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Run {
+    #[schema(value_type = uuid::Uuid)]
     pub id: RunId,
+    #[schema(value_type = uuid::Uuid)]
     pub request_id: RequestId,
     pub promise: String,
     pub promise_version: String,
     /// `configure`, `delete` or `reconcile`.
+    #[schema(schema_with = schemas::run_kind)]
     pub kind: String,
+    #[schema(schema_with = schemas::run_status)]
     pub status: String,
     pub outputs: Option<Value>,
     pub error: Option<String>,
@@ -181,9 +202,10 @@ impl Run {
 }
 
 /// A step of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Step {
     pub id: String,
+    #[schema(schema_with = schemas::step_status)]
     pub status: String,
     /// The current attempt number (0 before the first).
     pub attempt: i32,
@@ -197,10 +219,12 @@ pub struct Step {
 }
 
 /// One dispatched attempt of a step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     pub attempt: i32,
+    #[schema(schema_with = schemas::attempt_status)]
     pub status: String,
+    #[schema(value_type = uuid::Uuid)]
     pub task_id: TaskId,
     pub handler: String,
     pub queue: String,
@@ -214,7 +238,7 @@ pub struct Attempt {
 }
 
 /// One entry of `GET /v1/runs/{id}/history`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEvent {
     pub seq: i64,
     #[serde(rename = "type")]
@@ -228,7 +252,7 @@ pub struct HistoryEvent {
 }
 
 /// `POST /v1/runs/{id}/cancel` (the body may be absent: the defaults).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRun {
     /// Compensate succeeded steps before ending (default true).
@@ -240,16 +264,18 @@ pub struct CancelRun {
 }
 
 /// The answer to [`CancelRun`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Cancelled {
+    #[schema(value_type = uuid::Uuid)]
     pub run_id: RunId,
     /// `cancelled`, or `compensating` while succeeded steps are undone.
+    #[schema(schema_with = schemas::run_status)]
     pub status: String,
     pub compensate: bool,
 }
 
 /// `POST /v1/runs/{id}/retry` (the body may be absent: the defaults).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRun {
     /// Also re-run this step and what depends on it.
@@ -261,8 +287,9 @@ pub struct RetryRun {
 }
 
 /// The answer to [`RetryRun`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Retried {
+    #[schema(value_type = uuid::Uuid)]
     pub run_id: RunId,
     /// Steps reset to pending, in workflow order.
     pub rerun: Vec<String>,
@@ -275,7 +302,7 @@ pub struct Retried {
 /// `POST /v1/runs/{id}/steps/{step}/approve` and `.../reject` (the body
 /// may be absent). Who decides is the `Fulfil-Actor` header (the
 /// authenticated principal once access control lands), never the body.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecideApproval {
     /// Kept with the decision in history and in the step's outputs.
@@ -285,11 +312,13 @@ pub struct DecideApproval {
 
 /// The answer to [`DecideApproval`]: the decision recorded and where the
 /// step stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApprovalOutcome {
+    #[schema(value_type = uuid::Uuid)]
     pub run_id: RunId,
     pub step: String,
     /// `approve` or `reject`.
+    #[schema(schema_with = schemas::decision)]
     pub decision: String,
     /// The principal who decided.
     pub by: String,
@@ -298,8 +327,10 @@ pub struct ApprovalOutcome {
     pub quorum: u32,
     /// `waiting` until the quorum is reached; `succeeded` when this
     /// decision reached it; `failed` on a reject.
+    #[schema(schema_with = schemas::step_status)]
     pub step_status: String,
     /// Every decision on the step so far, in order.
+    #[schema(schema_with = schemas::approval_decisions)]
     pub decisions: Vec<fulfil_core::wait::ApprovalDecision>,
 }
 
@@ -418,7 +449,7 @@ impl<T, U: From<T>> From<inspect::Page<T>> for Page<U> {
 
 /// A schedule: `GET /v1/schedules/{name}`, items of `GET /v1/schedules`,
 /// and the answer to pausing and resuming one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Schedule {
     pub name: String,
     pub owner: Option<String>,
@@ -426,6 +457,7 @@ pub struct Schedule {
     pub cron: String,
     /// IANA name.
     pub timezone: String,
+    #[schema(schema_with = schemas::overlap_policy)]
     pub overlap: fulfil_core::status::OverlapPolicy,
     /// As written (`1h`); `0s` by default.
     pub catch_up: String,
@@ -436,6 +468,7 @@ pub struct Schedule {
     /// `buffer_one`: the tick waiting for the request in flight.
     pub buffered_at: Option<DateTime<Utc>>,
     /// The request the last filed tick filed.
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub last_request_id: Option<RequestId>,
     pub paused_by: Option<String>,
     pub paused_at: Option<DateTime<Utc>>,
@@ -475,7 +508,7 @@ impl From<fulfil_engine::schedules::ScheduleRow> for Schedule {
 }
 
 /// One row of a schedule's tick ledger (`GET /v1/schedules/{name}/ticks`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Tick {
     pub schedule: String,
     /// When the tick was due by the cron expression.
@@ -483,8 +516,10 @@ pub struct Tick {
     /// When it was decided.
     pub fired_at: DateTime<Utc>,
     /// `filed`, `skipped_overlap`, `missed`, `paused`, `buffered` or `failed`.
+    #[schema(schema_with = schemas::tick_outcome)]
     pub outcome: fulfil_core::status::TickOutcome,
     /// The request filed (`filed`).
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub request_id: Option<RequestId>,
     /// Why it did not file.
     pub reason: Option<String>,
@@ -504,12 +539,45 @@ impl From<fulfil_engine::schedules::TickRow> for Tick {
 }
 
 /// The answer to `PUT /v1/schedules/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ScheduleApplied {
     pub name: String,
     /// `created`, `updated` or `unchanged`.
+    #[schema(schema_with = schemas::schedule_outcome)]
     pub outcome: String,
     pub next_fire_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to `PUT /v1/promises/{name}`: 201 when the version is new,
+/// 200 when the same version was applied before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PromiseApplied {
+    pub name: String,
+    pub version: String,
+    /// `created` or `unchanged`.
+    #[schema(schema_with = schemas::promise_outcome)]
+    pub outcome: String,
+}
+
+/// A Promise version: items of `GET /v1/promises` (without `promise`) and
+/// `GET /v1/promises/{name}` (with it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PromiseSummary {
+    pub name: String,
+    pub version: String,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    /// Whether new requests use this version.
+    pub current: bool,
+    /// Every stored version of the Promise.
+    pub versions: Vec<String>,
+    /// How many steps its workflow has.
+    pub steps: usize,
+    pub created_at: DateTime<Utc>,
+    /// The whole Promise document, defaults filled in; only on a get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub promise: Option<Value>,
 }
 
 #[cfg(test)]

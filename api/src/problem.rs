@@ -1,6 +1,10 @@
 //! Errors as `application/problem+json` (RFC 9457), with a stable `type` per
 //! kind of problem so scripts and people can search for it.
 //!
+//! Every answer carries `code` too, the last segment of `type`, so a script
+//! can match on it without parsing a URI; the OpenAPI document's `Problem`
+//! schema lists them all.
+//!
 //! The codes (`type: https://fulfil.dev/problems/<code>`), one
 //! [`ProblemCode`] each; a new one is added to the enum, its `ALL` and this
 //! table together (a test checks they agree), and a spelling never changes:
@@ -199,6 +203,106 @@ impl serde::Serialize for ProblemCode {
     }
 }
 
+/// The codes as a string enum, so a client generated from the OpenAPI
+/// document knows every one.
+impl utoipa::PartialSchema for ProblemCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Self::ALL.iter().map(|c| c.as_str())))
+            .description(Some(
+                "The problem's stable code, the last segment of `type`; see docs/api.md",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ProblemCode {}
+
+/// An `application/problem+json` body as sent: the RFC 9457 members, the
+/// `code`, and the extension members some problems add. More may be added,
+/// so the schema allows other members.
+impl utoipa::PartialSchema for Problem {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        let string = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(description))
+        };
+        let integer = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .description(Some(description))
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "An error (RFC 9457); `code` says which, the other members where and why",
+            ))
+            .property(
+                "type",
+                string("https://fulfil.dev/problems/<code>")
+                    .enum_values(Some(ProblemCode::ALL.iter().map(|c| c.type_uri()))),
+            )
+            .required("type")
+            .property(
+                "code",
+                utoipa::openapi::Ref::from_schema_name("ProblemCode"),
+            )
+            .required("code")
+            .property("title", string("A short summary of the kind of problem"))
+            .required("title")
+            .property(
+                "status",
+                integer("The HTTP status")
+                    .minimum(Some(400))
+                    .maximum(Some(599)),
+            )
+            .required("status")
+            .property(
+                "detail",
+                string("What was wrong with this request, in words"),
+            )
+            .required("detail")
+            .property(
+                "errors",
+                ArrayBuilder::new()
+                    .items(ObjectBuilder::new().schema_type(Type::Object))
+                    .description(Some(
+                        "Every validation problem, each at its `pointer` (JSON) or `path` (YAML)",
+                    )),
+            )
+            .property(
+                "error_id",
+                string("Where a server failure is logged (500, 503)").format(Some(
+                    utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Uuid),
+                )),
+            )
+            .property("limit_bytes", integer("The body limit (413)"))
+            .property("allowed", string("The methods the route takes (405)"))
+            .property("parameter", string("The query or path parameter at fault"))
+            .property("pointer", string("The JSON pointer of the value at fault"))
+            .property(
+                "offset",
+                integer("The byte offset of the fault in a text body"),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Problem {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push(("ProblemCode".to_string(), ProblemCode::schema()));
+    }
+}
+
 /// One problem answer.
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -307,6 +411,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut body = json!({
             "type": self.code.type_uri(),
+            "code": self.code,
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,

@@ -27,6 +27,25 @@ use crate::extract::{self, Path};
 use crate::{ApiState, Problem, ProblemCode, model};
 
 /// `POST /v1/runs/{id}/steps/{step}/approve`
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/steps/{step}/approve",
+    tag = "runs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The run"),
+        ("step" = String, Path, description = "The approval step"),
+        ("Fulfil-Actor" = String, Header, description = "The principal who approves (`user:alice`), as the step's approvers name them"),
+    ),
+    request_body(content = Option<model::DecideApproval>, description = "May be absent"),
+    responses(
+        (status = 200, description = "The decision recorded, and where the step stands", body = model::ApprovalOutcome),
+        (status = 400, description = "No `Fulfil-Actor`, or a malformed request", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`not-an-approver` or `requester-cannot-approve`", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`step-not-waiting`, `not-an-approval` or `already-decided`", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown-step` or `invalid-body`", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn approve(
     state: State<ApiState>,
     path: Path<(String, String)>,
@@ -37,6 +56,25 @@ pub async fn approve(
 }
 
 /// `POST /v1/runs/{id}/steps/{step}/reject`
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/steps/{step}/reject",
+    tag = "runs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The run"),
+        ("step" = String, Path, description = "The approval step"),
+        ("Fulfil-Actor" = String, Header, description = "The principal who rejects (`user:alice`), as the step's approvers name them"),
+    ),
+    request_body(content = Option<model::DecideApproval>, description = "May be absent"),
+    responses(
+        (status = 200, description = "The decision recorded, and where the step stands", body = model::ApprovalOutcome),
+        (status = 400, description = "No `Fulfil-Actor`, or a malformed request", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`not-an-approver` or `requester-cannot-approve`", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`step-not-waiting`, `not-an-approval` or `already-decided`", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown-step` or `invalid-body`", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn reject(
     state: State<ApiState>,
     path: Path<(String, String)>,

@@ -15,6 +15,7 @@ use fulfil_engine::events::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{inspect_error, parse_id};
@@ -31,6 +32,22 @@ fn receive_error(e: &ReceiveError) -> Problem {
 
 /// Decides an event (structured or binary mode) and answers each trigger's
 /// outcome once it is committed.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body(
+        description = "A CloudEvent 1.0: structured (`application/cloudevents+json`), or binary (the data as the body, attributes as `ce-*` headers)",
+        content(
+            (crate::openapi::views::CloudEvent = "application/cloudevents+json"),
+            (Object = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Decided: what each trigger did with it", body = crate::openapi::views::EventReceipt),
+        (status = 422, description = "`invalid-event`: not a CloudEvent 1.0", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn send(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -64,19 +81,34 @@ fn check_limit(limit: Option<i64>) -> Result<Option<i64>, Problem> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only events of this CloudEvent `type`.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Only events from this CloudEvent `source`.
     source: Option<String>,
+    /// Only events a trigger gave this outcome: `filed`, `duplicate`,
+    /// `filtered` or `invalid`.
     outcome: Option<String>,
+    /// Only events received at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, at least 1.
     limit: Option<i64>,
 }
 
 /// The ledger, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(ListQuery),
+    responses((status = 200, description = "A page of the event ledger", body = model::Page<crate::openapi::views::LedgerEntry>))
+)]
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
@@ -110,6 +142,16 @@ pub async fn list(
 }
 
 /// One ledger entry: the event and what each trigger did with it.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "events",
+    params(("id" = uuid::Uuid, Path, description = "The ledger entry (`ledger_id`)")),
+    responses(
+        (status = 200, description = "The ledger entry", body = crate::openapi::views::LedgerEntry),
+        (status = 404, description = "No such ledger entry", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -122,25 +164,37 @@ pub async fn get(
         .ok_or_else(|| Problem::not_found("event", &id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, at least 1.
     limit: Option<i64>,
 }
 
 /// `GET /v1/dead-letters`: the inbound dead letters, and a summary of what
 /// workers and the result applier dead-lettered on the bus.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DeadLetters {
+    #[schema(value_type = Vec<crate::openapi::views::DeadLetter>)]
     items: Vec<DeadLetter>,
     next_cursor: Option<String>,
     /// `{stream, count, subjects}` of the bus's dead-letter stream.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     bus: Option<serde_json::Value>,
 }
 
 /// Dead letters, newest first, each with its reason and original bytes.
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    tag = "events",
+    params(DeadLetterQuery),
+    responses((status = 200, description = "A page of inbound dead letters, and the bus's dead-letter counts under `bus`", body = DeadLetters))
+)]
 pub async fn dead_letters(
     State(state): State<ApiState>,
     Query(q): Query<DeadLetterQuery>,
@@ -158,6 +212,17 @@ pub async fn dead_letters(
 
 /// Sends a dead letter through the normal path again and answers what it
 /// did this time.
+#[utoipa::path(
+    post,
+    path = "/v1/dead-letters/{id}/replay",
+    tag = "events",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter")),
+    responses(
+        (status = 200, description = "What the triggers did with it this time", body = crate::openapi::views::EventReceipt),
+        (status = 404, description = "No such dead letter", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid-event`: it is still not a CloudEvent", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn replay(
     State(state): State<ApiState>,
     Path(id): Path<String>,

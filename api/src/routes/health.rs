@@ -8,12 +8,27 @@ use serde_json::{Value, json};
 use crate::ApiState;
 
 /// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process is up", body = crate::openapi::views::Health))
+)]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Postgres answers a query, NATS is connected and every role of the
 /// process (see `fulfil_engine::roles`) is running.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: Postgres, NATS and every role are up", body = crate::openapi::views::Readiness),
+        (status = 503, description = "Not ready; the body names what is down", body = crate::openapi::views::Readiness),
+    )
+)]
 pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let postgres = match sqlx::query("SELECT 1").execute(state.engine.pool()).await {
         Ok(_) => json!({ "ok": true }),

@@ -8,52 +8,43 @@ mod requests;
 mod runs;
 mod schedules;
 
-use axum::Router;
-use axum::routing::{get, post, put};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::{ApiState, Problem};
 
-pub fn router() -> Router<ApiState> {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/promises", get(promises::list))
-        .route(
-            "/v1/promises/{name}",
-            put(promises::apply).get(promises::get),
-        )
-        .route("/v1/promises/{name}/requests", post(requests::create))
-        .route("/v1/requests", get(requests::list))
-        .route(
-            "/v1/requests/{id}",
-            get(requests::get).delete(requests::delete),
-        )
-        .route("/v1/requests/{id}/reconcile", post(requests::reconcile))
-        .route("/v1/runs", get(runs::list))
-        .route("/v1/runs/{id}", get(runs::get))
-        .route("/v1/runs/{id}/history", get(runs::history))
-        .route("/v1/runs/{id}/cancel", post(runs::cancel))
-        .route("/v1/runs/{id}/retry", post(runs::retry))
-        .route(
-            "/v1/runs/{id}/steps/{step}/approve",
-            post(approvals::approve),
-        )
-        .route("/v1/runs/{id}/steps/{step}/reject", post(approvals::reject))
-        .route("/v1/events", post(events::send).get(events::list))
-        .route("/v1/events/{id}", get(events::get))
-        .route("/v1/dead-letters", get(events::dead_letters))
-        .route("/v1/dead-letters/{id}/replay", post(events::replay))
-        .route("/v1/schedules", get(schedules::list))
-        .route(
-            "/v1/schedules/{name}",
-            put(schedules::apply)
-                .get(schedules::get)
-                .delete(schedules::delete),
-        )
-        .route("/v1/schedules/{name}/ticks", get(schedules::ticks))
-        .route("/v1/schedules/{name}/pause", post(schedules::pause))
-        .route("/v1/schedules/{name}/resume", post(schedules::resume))
-        .fallback(|| async { crate::problem::not_a_route() })
+/// The route table and, from the same calls, the OpenAPI document: each
+/// `routes!` serves handlers and adds their `#[utoipa::path]`, so what is
+/// served and what is described are one list. Add a route here with
+/// `.routes(routes!(...))`, never `.route(...)`, which would serve it
+/// undescribed.
+pub fn router() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(<crate::openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(crate::openapi::serve))
+        .routes(routes!(promises::list))
+        .routes(routes!(promises::apply, promises::get))
+        .routes(routes!(requests::create))
+        .routes(routes!(requests::list))
+        .routes(routes!(requests::get, requests::delete))
+        .routes(routes!(requests::reconcile))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::get))
+        .routes(routes!(runs::history))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(runs::retry))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
+        .routes(routes!(events::send, events::list))
+        .routes(routes!(events::get))
+        .routes(routes!(events::dead_letters))
+        .routes(routes!(events::replay))
+        .routes(routes!(schedules::list))
+        .routes(routes!(schedules::apply, schedules::get, schedules::delete))
+        .routes(routes!(schedules::ticks))
+        .routes(routes!(schedules::pause))
+        .routes(routes!(schedules::resume))
 }
 
 /// An id from the path; one that is not a UUID is a 400 naming it.

@@ -11,10 +11,11 @@ use fulfil_core::{Promise, SpecError, SpecErrors};
 use fulfil_engine::events::InboundStreamError;
 use fulfil_engine::promises::{self, ApplyOutcome, PromiseError, PromiseRecord};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use utoipa::IntoParams;
 
 use crate::extract::{Path, Query, Text};
-use crate::{ApiState, Problem, ProblemCode};
+use crate::{ApiState, Problem, ProblemCode, model};
 
 fn invalid(errors: &SpecErrors) -> Problem {
     Problem::new(
@@ -75,11 +76,30 @@ async fn capture_trigger_subjects(state: &ApiState, promise: &Promise) -> Result
 }
 
 /// Creates or updates a Promise from a YAML or JSON body.
+#[utoipa::path(
+    put,
+    path = "/v1/promises/{name}",
+    tag = "promises",
+    params(("name" = String, Path, description = "The Promise's `metadata.name`")),
+    request_body(
+        description = "The Promise document, as YAML or JSON (see workflows/ for examples)",
+        content(
+            (String = "application/yaml"),
+            (Object = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "A new Promise or version, now the head", body = model::PromiseApplied),
+        (status = 200, description = "This version was applied before with the same spec; it is the head again", body = model::PromiseApplied),
+        (status = 409, description = "`version-conflict`: this version exists with other content", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid-promise` (every problem under `errors[].path`) or `trigger-subject-refused`", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn apply(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Text(body): Text,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+) -> Result<(StatusCode, Json<model::PromiseApplied>), Problem> {
     if body.trim().is_empty() {
         return Err(Problem::bad_request(
             "empty body: send the Promise as YAML or JSON",
@@ -115,42 +135,59 @@ pub async fn apply(
         ApplyOutcome::Created => StatusCode::CREATED,
         ApplyOutcome::Unchanged => StatusCode::OK,
     };
+    let outcome = match outcome {
+        ApplyOutcome::Created => "created",
+        ApplyOutcome::Unchanged => "unchanged",
+    };
     Ok((
         status,
-        Json(json!({ "name": name, "version": promise.metadata.version, "outcome": outcome })),
+        Json(model::PromiseApplied {
+            name,
+            version: promise.metadata.version.clone(),
+            outcome: outcome.to_string(),
+        }),
     ))
 }
 
-fn summary(record: &PromiseRecord) -> Value {
-    json!({
-        "name": record.name,
-        "version": record.version,
-        "owner": record.owner,
-        "description": record.promise.metadata.description,
-        "current": record.current,
-        "versions": record.versions,
-        "steps": record.promise.spec.workflow.steps.len(),
-        "created_at": record.created_at,
-    })
+fn summary(record: &PromiseRecord) -> model::PromiseSummary {
+    model::PromiseSummary {
+        name: record.name.clone(),
+        version: record.version.clone(),
+        owner: record.owner.clone(),
+        description: record.promise.metadata.description.clone(),
+        current: record.current,
+        versions: record.versions.clone(),
+        steps: record.promise.spec.workflow.steps.len(),
+        created_at: record.created_at,
+        promise: None,
+    }
 }
 
 /// Promises per page of `GET /v1/promises` unless `limit` says otherwise.
 const DEFAULT_PAGE: i64 = 100;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// 1 to [`promises::MAX_PAGE`]; default [`DEFAULT_PAGE`].
+    /// Page size, clamped to 1..=500; default 100.
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// The head version of each Promise, by name, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/promises",
+    tag = "promises",
+    params(ListQuery),
+    responses((status = 200, description = "A page of Promises (head versions), by name", body = model::Page<model::PromiseSummary>))
+)]
 pub async fn list(
     State(state): State<ApiState>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::Page<model::PromiseSummary>>, Problem> {
     // The cursor is the last name of the previous page; anything that is
     // not a name did not come from us.
     if let Some(cursor) = &query.cursor
@@ -172,28 +209,40 @@ pub async fn list(
     let page = promises::list(state.engine.pool(), limit, query.cursor.as_deref())
         .await
         .map_err(promise_error)?;
-    Ok(Json(json!({
-        "items": page.items.iter().map(summary).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(model::Page {
+        items: page.items.iter().map(summary).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct VersionQuery {
+    /// A version other than the head.
     version: Option<String>,
 }
 
 /// The head version, or `?version=`; includes the full Promise document.
+#[utoipa::path(
+    get,
+    path = "/v1/promises/{name}",
+    tag = "promises",
+    params(("name" = String, Path, description = "The Promise"), VersionQuery),
+    responses(
+        (status = 200, description = "The Promise version with its document under `promise`", body = model::PromiseSummary),
+        (status = 404, description = "No such Promise or version", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Query(query): Query<VersionQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<model::PromiseSummary>, Problem> {
     let record = promises::get(state.engine.pool(), &name, query.version.as_deref())
         .await
         .map_err(promise_error)?;
     let mut body = summary(&record);
-    body["promise"] = serde_json::to_value(&*record.promise).map_err(|e| Problem::internal(&e))?;
+    body.promise = Some(serde_json::to_value(&*record.promise).map_err(|e| Problem::internal(&e))?);
     Ok(Json(body))
 }

@@ -10,6 +10,7 @@ use fulfil_engine::reconcile::{ReconcileError, reconcile_now};
 use fulfil_engine::requests::{NewRequest, RequestError, create_request};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use fulfil_core::ids::RequestId;
 
@@ -69,6 +70,24 @@ fn request_error(e: RequestError) -> Problem {
 }
 
 /// `POST /v1/promises/{name}/requests`: 202 once the request is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/promises/{name}/requests",
+    tag = "promises",
+    params(
+        ("name" = String, Path, description = "The Promise to file a request for"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same as `idempotency_key` in the body"),
+        ("Fulfil-Actor" = Option<String>, Header, description = "Who files it (`user:alice`), recorded as `created_by`"),
+    ),
+    request_body = model::CreateRequest,
+    responses(
+        (status = 202, description = "Stored and started (or, `replayed`, an earlier request with the same key and params); `Location` names the request", body = model::Accepted),
+        (status = 404, description = "No such Promise", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`idempotency-conflict`: the key was used with other parameters", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload-too-large` or `request-too-large`", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid-body`, or `invalid-params` with every violation under `errors[].pointer`", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn create(
     State(state): State<ApiState>,
     Path(promise): Path<String>,
@@ -127,6 +146,17 @@ pub async fn create(
     Ok(response)
 }
 
+/// One request.
+#[utoipa::path(
+    get,
+    path = "/v1/requests/{id}",
+    tag = "requests",
+    params(("id" = uuid::Uuid, Path, description = "The request")),
+    responses(
+        (status = 200, description = "The request", body = model::Request),
+        (status = 404, description = "No such request", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -139,15 +169,31 @@ pub async fn get(
     Ok(Json(request.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
+    /// Delete without running the Promise's `delete` workflow.
     #[serde(default)]
     force: bool,
 }
 
 /// `DELETE /v1/requests/{id}[?force=true]`: 202 with the delete run (see
 /// `fulfil_engine::deletion`); deleting twice answers the same run.
+#[utoipa::path(
+    delete,
+    path = "/v1/requests/{id}",
+    tag = "requests",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The request"),
+        DeleteQuery,
+        ("Fulfil-Actor" = Option<String>, Header, description = "Who deletes it, recorded in history"),
+    ),
+    responses(
+        (status = 202, description = "Deleting (the delete run is named, and in `Location`), or deleted", body = model::Deletion),
+        (status = 404, description = "No such request", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -179,6 +225,20 @@ pub async fn delete(
 /// `fulfil_engine::reconcile`); 404 for an unknown request, 409 for one
 /// being deleted or deleted. Who asked (`Fulfil-Actor`) is recorded in the
 /// run's history.
+#[utoipa::path(
+    post,
+    path = "/v1/requests/{id}/reconcile",
+    tag = "requests",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The request"),
+        ("Fulfil-Actor" = Option<String>, Header, description = "Who asks, recorded in history"),
+    ),
+    responses(
+        (status = 202, description = "The reconcile run started, or is queued behind the run in flight", body = model::Reconcile),
+        (status = 404, description = "No such request", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`request-not-live`: the request is being deleted or deleted", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn reconcile(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -211,15 +271,28 @@ pub async fn reconcile(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only requests for this Promise.
     promise: Option<String>,
+    /// Only requests in this status.
     status: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size.
     limit: Option<i64>,
 }
 
+/// Requests, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/requests",
+    tag = "requests",
+    params(ListQuery),
+    responses((status = 200, description = "A page of requests", body = model::Page<model::Request>))
+)]
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,

@@ -9,6 +9,7 @@ use fulfil_core::status::RunKind;
 use fulfil_engine::inspect::{self, RunFilter};
 use fulfil_engine::run::{OperatorError, cancel_run, retry_run};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use fulfil_core::ids::RunId;
 
@@ -16,17 +17,32 @@ use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only runs in this status.
     status: Option<String>,
+    /// Only runs of this Promise.
     promise: Option<String>,
+    /// Only runs of this kind: `configure`, `delete` or `reconcile`.
     kind: Option<String>,
+    /// Only runs created at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size.
     limit: Option<i64>,
 }
 
+/// Runs, newest first, a page at a time; the items carry no steps.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    tag = "runs",
+    params(ListQuery),
+    responses((status = 200, description = "A page of runs (without `steps`)", body = model::Page<model::Run>))
+)]
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
@@ -65,6 +81,17 @@ pub async fn list(
     Ok(Json(page.into()))
 }
 
+/// One run with its steps and their attempts.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "The run")),
+    responses(
+        (status = 200, description = "The run, with `steps`", body = model::Run),
+        (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -77,13 +104,27 @@ pub async fn get(
     Ok(Json(run.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size.
     limit: Option<i64>,
 }
 
+/// The run's history, oldest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/history",
+    tag = "runs",
+    params(("id" = uuid::Uuid, Path, description = "The run"), HistoryQuery),
+    responses(
+        (status = 200, description = "A page of history events", body = model::Page<model::HistoryEvent>),
+        (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn history(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -130,6 +171,22 @@ fn operator_error(e: OperatorError) -> Problem {
 }
 
 /// `POST /v1/runs/{id}/cancel`
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The run"),
+        ("Fulfil-Actor" = Option<String>, Header, description = "Who cancels, recorded in history"),
+    ),
+    request_body(content = Option<model::CancelRun>, description = "May be absent: compensate, no reason"),
+    responses(
+        (status = 200, description = "Cancelled, or compensating first", body = model::Cancelled),
+        (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`run-state-conflict`: the run has ended", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid-body`", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn cancel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -156,6 +213,22 @@ pub async fn cancel(
 }
 
 /// `POST /v1/runs/{id}/retry`
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/retry",
+    tag = "runs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The run"),
+        ("Fulfil-Actor" = Option<String>, Header, description = "Who retries, recorded in history"),
+    ),
+    request_body(content = Option<model::RetryRun>, description = "May be absent: re-run the failed steps"),
+    responses(
+        (status = 200, description = "What is re-run and what is kept", body = model::Retried),
+        (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`run-state-conflict`: the run's status does not allow a retry", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`unknown-step` or `invalid-body`", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn retry(
     State(state): State<ApiState>,
     Path(id): Path<String>,

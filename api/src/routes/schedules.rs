@@ -19,6 +19,7 @@ use fulfil_engine::promises::PromiseError;
 use fulfil_engine::schedules::{self, PutOutcome, ScheduleError, TickFilter};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
 
 use super::runs::actor;
 use crate::extract::{Path, Query, Text};
@@ -63,6 +64,24 @@ fn check_limit(limit: Option<i64>) -> Result<Option<i64>, Problem> {
 
 /// Creates or replaces a Schedule from a YAML or JSON body: 201 when it
 /// is new, 200 otherwise.
+#[utoipa::path(
+    put,
+    path = "/v1/schedules/{name}",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
+    request_body(
+        description = "The Schedule document, as YAML or JSON",
+        content(
+            (String = "application/yaml"),
+            (Object = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "A new Schedule", body = model::ScheduleApplied),
+        (status = 200, description = "Updated, or unchanged", body = model::ScheduleApplied),
+        (status = 422, description = "`invalid-schedule`: every problem under `errors[].path`", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn apply(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -153,14 +172,24 @@ async fn check_params(state: &ApiState, schedule: &Schedule) -> Result<(), Probl
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size, at least 1.
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// Schedules by name, each with its `next_fire_at`.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules",
+    tag = "schedules",
+    params(ListQuery),
+    responses((status = 200, description = "A page of Schedules, by name", body = model::Page<model::Schedule>))
+)]
 pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
@@ -173,6 +202,13 @@ pub async fn list(
 }
 
 /// One schedule, with its document.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{name}",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The Schedule")),
+    responses((status = 200, description = "The Schedule", body = model::Schedule), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
+)]
 pub async fn get(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -185,6 +221,13 @@ pub async fn get(
 }
 
 /// Deletes a schedule; its tick ledger is kept.
+#[utoipa::path(
+    delete,
+    path = "/v1/schedules/{name}",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
+)]
 pub async fn delete(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -201,6 +244,13 @@ pub async fn delete(
 }
 
 /// Pauses a schedule: its ticks pass as `paused` until it is resumed.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/pause",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
+    responses((status = 200, description = "The paused Schedule", body = model::Schedule), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
+)]
 pub async fn pause(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -214,6 +264,13 @@ pub async fn pause(
 }
 
 /// Resumes a schedule from its first tick after now.
+#[utoipa::path(
+    post,
+    path = "/v1/schedules/{name}/resume",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
+    responses((status = 200, description = "The resumed Schedule", body = model::Schedule), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
+)]
 pub async fn resume(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -226,15 +283,26 @@ pub async fn resume(
         .ok_or_else(|| Problem::not_found("schedule", &name))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TickQuery {
+    /// Only ticks with this outcome.
     outcome: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, at least 1.
     limit: Option<i64>,
 }
 
 /// The tick ledger, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/schedules/{name}/ticks",
+    tag = "schedules",
+    params(("name" = String, Path, description = "The Schedule"), TickQuery),
+    responses((status = 200, description = "A page of the tick ledger", body = model::Page<model::Tick>), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
+)]
 pub async fn ticks(
     State(state): State<ApiState>,
     Path(name): Path<String>,
