@@ -35,6 +35,7 @@ impl<T> Page<T> {
 
 /// `POST /v1/promises/{name}/requests`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({ "params": { "name": "orders-db", "size": "small" } }))]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// A JSON object (or absent, read as null: the Promise's defaults).

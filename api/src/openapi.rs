@@ -55,6 +55,7 @@ pub fn document() -> &'static Document {
         let mut document = crate::routes::router().split_for_parts().1;
         // After the routes are in: a modifier of `ApiDoc` would run before.
         EdgeAnswers.modify(&mut document);
+        Links.modify(&mut document);
         document
     })
 }
@@ -63,6 +64,7 @@ pub fn document() -> &'static Document {
 #[utoipa::path(
     get,
     path = "/openapi.json",
+    operation_id = "openapi",
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]
@@ -75,6 +77,7 @@ pub async fn serve() -> Json<&'static Document> {
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}/events",
+    operation_id = "watch_run",
     tag = "runs",
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),
@@ -95,6 +98,7 @@ fn run_events() {}
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "operations",
     responses(
         (status = 200, content_type = "text/plain; version=0.0.4", body = String,
@@ -212,6 +216,183 @@ impl Modify for EdgeAnswers {
             .flatten()
             {
                 Self::add(operation, path);
+            }
+        }
+    }
+}
+
+/// OpenAPI links from an answer to the operations that take what it
+/// names (a request's run, an applied Schedule), so a client (and
+/// schemathesis's stateful phase) can follow a request to its run.
+pub struct Links;
+
+impl Links {
+    /// (operation, status, link name, target operation, its parameter,
+    /// the runtime expression giving it).
+    const LINKS: &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    )] = &[
+        (
+            "create_request",
+            "202",
+            "GetRun",
+            "get_run",
+            "id",
+            "$response.body#/run_id",
+        ),
+        (
+            "create_request",
+            "202",
+            "RunHistory",
+            "run_history",
+            "id",
+            "$response.body#/run_id",
+        ),
+        (
+            "create_request",
+            "202",
+            "CancelRun",
+            "cancel_run",
+            "id",
+            "$response.body#/run_id",
+        ),
+        (
+            "create_request",
+            "202",
+            "RetryRun",
+            "retry_run",
+            "id",
+            "$response.body#/run_id",
+        ),
+        (
+            "create_request",
+            "202",
+            "GetRequest",
+            "get_request",
+            "id",
+            "$response.body#/request_id",
+        ),
+        (
+            "create_request",
+            "202",
+            "ReconcileRequest",
+            "reconcile_request",
+            "id",
+            "$response.body#/request_id",
+        ),
+        (
+            "create_request",
+            "202",
+            "DeleteRequest",
+            "delete_request",
+            "id",
+            "$response.body#/request_id",
+        ),
+        (
+            "send_event",
+            "202",
+            "GetEvent",
+            "get_event",
+            "id",
+            "$response.body#/ledger_id",
+        ),
+        (
+            "apply_promise",
+            "201",
+            "GetPromise",
+            "get_promise",
+            "name",
+            "$request.path.name",
+        ),
+        (
+            "apply_promise",
+            "201",
+            "CreateRequest",
+            "create_request",
+            "name",
+            "$request.path.name",
+        ),
+        (
+            "apply_schedule",
+            "201",
+            "GetSchedule",
+            "get_schedule",
+            "name",
+            "$request.path.name",
+        ),
+        (
+            "apply_schedule",
+            "201",
+            "PauseSchedule",
+            "pause_schedule",
+            "name",
+            "$request.path.name",
+        ),
+        (
+            "apply_schedule",
+            "201",
+            "ResumeSchedule",
+            "resume_schedule",
+            "name",
+            "$request.path.name",
+        ),
+        (
+            "apply_schedule",
+            "201",
+            "ListTicks",
+            "list_ticks",
+            "name",
+            "$request.path.name",
+        ),
+        (
+            "apply_schedule",
+            "201",
+            "DeleteSchedule",
+            "delete_schedule",
+            "name",
+            "$request.path.name",
+        ),
+    ];
+}
+
+impl Modify for Links {
+    fn modify(&self, openapi: &mut Document) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let Some(id) = operation.operation_id.clone() else {
+                    continue;
+                };
+                for (from, status, name, to, parameter, expression) in Self::LINKS {
+                    if *from != id {
+                        continue;
+                    }
+                    if let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status)
+                    {
+                        response.links.insert(
+                            (*name).to_string(),
+                            RefOr::T(
+                                utoipa::openapi::link::LinkBuilder::new()
+                                    .operation_id(*to)
+                                    .parameter(*parameter, *expression)
+                                    .build(),
+                            ),
+                        );
+                    }
+                }
             }
         }
     }
@@ -502,5 +683,42 @@ mod tests {
             }
         }
         assert!(operations >= 30, "{operations} operations");
+    }
+
+    /// Operation ids are unique (generated clients name methods after
+    /// them) and every link names one that exists, from the status it is on.
+    #[test]
+    fn operation_ids_are_unique_and_links_resolve() {
+        let doc = json();
+        let mut ids = Vec::new();
+        let mut targets = Vec::new();
+        for item in doc["paths"].as_object().into_iter().flatten().map(|p| p.1) {
+            for operation in item.as_object().into_iter().flatten().map(|o| o.1) {
+                ids.push(
+                    operation["operationId"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                for response in operation["responses"].as_object().into_iter().flatten() {
+                    for link in response.1["links"].as_object().into_iter().flatten() {
+                        targets.push(
+                            link.1["operationId"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                        );
+                    }
+                }
+            }
+        }
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        assert_eq!(targets.len(), Links::LINKS.len());
+        for target in targets {
+            assert!(ids.contains(&target), "link to unknown {target}");
+        }
     }
 }

@@ -30,6 +30,7 @@ use crate::{ApiState, Problem, ProblemCode, model};
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/steps/{step}/approve",
+    operation_id = "approve_step",
     tag = "runs",
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),
@@ -59,6 +60,7 @@ pub async fn approve(
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/steps/{step}/reject",
+    operation_id = "reject_step",
     tag = "runs",
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),

@@ -35,6 +35,7 @@ fn receive_error(e: &ReceiveError) -> Problem {
 #[utoipa::path(
     post,
     path = "/v1/events",
+    operation_id = "send_event",
     tag = "events",
     request_body(
         description = "A CloudEvent 1.0: structured (`application/cloudevents+json`), or binary (the data as the body, attributes as `ce-*` headers)",
@@ -105,6 +106,7 @@ pub struct ListQuery {
 #[utoipa::path(
     get,
     path = "/v1/events",
+    operation_id = "list_events",
     tag = "events",
     params(ListQuery),
     responses((status = 200, description = "A page of the event ledger", body = model::Page<crate::openapi::views::LedgerEntry>))
@@ -145,6 +147,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/v1/events/{id}",
+    operation_id = "get_event",
     tag = "events",
     params(("id" = uuid::Uuid, Path, description = "The ledger entry (`ledger_id`)")),
     responses(
@@ -191,6 +194,7 @@ pub struct DeadLetters {
 #[utoipa::path(
     get,
     path = "/v1/dead-letters",
+    operation_id = "list_dead_letters",
     tag = "events",
     params(DeadLetterQuery),
     responses((status = 200, description = "A page of inbound dead letters, and the bus's dead-letter counts under `bus`", body = DeadLetters))
@@ -215,6 +219,7 @@ pub async fn dead_letters(
 #[utoipa::path(
     post,
     path = "/v1/dead-letters/{id}/replay",
+    operation_id = "replay_dead_letter",
     tag = "events",
     params(("id" = uuid::Uuid, Path, description = "The dead letter")),
     responses(

@@ -11,6 +11,7 @@ use crate::ApiState;
 #[utoipa::path(
     get,
     path = "/healthz",
+    operation_id = "healthz",
     tag = "operations",
     responses((status = 200, description = "The process is up", body = crate::openapi::views::Health))
 )]
@@ -23,6 +24,7 @@ pub async fn healthz() -> Json<Value> {
 #[utoipa::path(
     get,
     path = "/readyz",
+    operation_id = "readyz",
     tag = "operations",
     responses(
         (status = 200, description = "Ready: Postgres, NATS and every role are up", body = crate::openapi::views::Readiness),

@@ -79,6 +79,7 @@ async fn capture_trigger_subjects(state: &ApiState, promise: &Promise) -> Result
 #[utoipa::path(
     put,
     path = "/v1/promises/{name}",
+    operation_id = "apply_promise",
     tag = "promises",
     params(("name" = String, Path, description = "The Promise's `metadata.name`")),
     request_body(
@@ -180,6 +181,7 @@ pub struct ListQuery {
 #[utoipa::path(
     get,
     path = "/v1/promises",
+    operation_id = "list_promises",
     tag = "promises",
     params(ListQuery),
     responses((status = 200, description = "A page of Promises (head versions), by name", body = model::Page<model::PromiseSummary>))
@@ -227,8 +229,9 @@ pub struct VersionQuery {
 #[utoipa::path(
     get,
     path = "/v1/promises/{name}",
+    operation_id = "get_promise",
     tag = "promises",
-    params(("name" = String, Path, description = "The Promise"), VersionQuery),
+    params(("name" = String, Path, description = "The Promise", example = "postgres-database"), VersionQuery),
     responses(
         (status = 200, description = "The Promise version with its document under `promise`", body = model::PromiseSummary),
         (status = 404, description = "No such Promise or version", body = crate::Problem, content_type = "application/problem+json"),

@@ -73,9 +73,10 @@ fn request_error(e: RequestError) -> Problem {
 #[utoipa::path(
     post,
     path = "/v1/promises/{name}/requests",
+    operation_id = "create_request",
     tag = "promises",
     params(
-        ("name" = String, Path, description = "The Promise to file a request for"),
+        ("name" = String, Path, description = "The Promise to file a request for", example = "postgres-database"),
         ("Idempotency-Key" = Option<String>, Header, description = "Same as `idempotency_key` in the body"),
         ("Fulfil-Actor" = Option<String>, Header, description = "Who files it (`user:alice`), recorded as `created_by`"),
     ),
@@ -150,6 +151,7 @@ pub async fn create(
 #[utoipa::path(
     get,
     path = "/v1/requests/{id}",
+    operation_id = "get_request",
     tag = "requests",
     params(("id" = uuid::Uuid, Path, description = "The request")),
     responses(
@@ -183,6 +185,7 @@ pub struct DeleteQuery {
 #[utoipa::path(
     delete,
     path = "/v1/requests/{id}",
+    operation_id = "delete_request",
     tag = "requests",
     params(
         ("id" = uuid::Uuid, Path, description = "The request"),
@@ -228,6 +231,7 @@ pub async fn delete(
 #[utoipa::path(
     post,
     path = "/v1/requests/{id}/reconcile",
+    operation_id = "reconcile_request",
     tag = "requests",
     params(
         ("id" = uuid::Uuid, Path, description = "The request"),
@@ -289,6 +293,7 @@ pub struct ListQuery {
 #[utoipa::path(
     get,
     path = "/v1/requests",
+    operation_id = "list_requests",
     tag = "requests",
     params(ListQuery),
     responses((status = 200, description = "A page of requests", body = model::Page<model::Request>))

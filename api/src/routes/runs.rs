@@ -39,6 +39,7 @@ pub struct ListQuery {
 #[utoipa::path(
     get,
     path = "/v1/runs",
+    operation_id = "list_runs",
     tag = "runs",
     params(ListQuery),
     responses((status = 200, description = "A page of runs (without `steps`)", body = model::Page<model::Run>))
@@ -85,6 +86,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}",
+    operation_id = "get_run",
     tag = "runs",
     params(("id" = uuid::Uuid, Path, description = "The run")),
     responses(
@@ -118,6 +120,7 @@ pub struct HistoryQuery {
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}/history",
+    operation_id = "run_history",
     tag = "runs",
     params(("id" = uuid::Uuid, Path, description = "The run"), HistoryQuery),
     responses(
@@ -174,6 +177,7 @@ fn operator_error(e: OperatorError) -> Problem {
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/cancel",
+    operation_id = "cancel_run",
     tag = "runs",
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),
@@ -216,6 +220,7 @@ pub async fn cancel(
 #[utoipa::path(
     post,
     path = "/v1/runs/{id}/retry",
+    operation_id = "retry_run",
     tag = "runs",
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),

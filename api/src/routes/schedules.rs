@@ -67,6 +67,7 @@ fn check_limit(limit: Option<i64>) -> Result<Option<i64>, Problem> {
 #[utoipa::path(
     put,
     path = "/v1/schedules/{name}",
+    operation_id = "apply_schedule",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
     request_body(
@@ -186,6 +187,7 @@ pub struct ListQuery {
 #[utoipa::path(
     get,
     path = "/v1/schedules",
+    operation_id = "list_schedules",
     tag = "schedules",
     params(ListQuery),
     responses((status = 200, description = "A page of Schedules, by name", body = model::Page<model::Schedule>))
@@ -205,6 +207,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/v1/schedules/{name}",
+    operation_id = "get_schedule",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule")),
     responses((status = 200, description = "The Schedule", body = model::Schedule), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
@@ -224,6 +227,7 @@ pub async fn get(
 #[utoipa::path(
     delete,
     path = "/v1/schedules/{name}",
+    operation_id = "delete_schedule",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
@@ -247,6 +251,7 @@ pub async fn delete(
 #[utoipa::path(
     post,
     path = "/v1/schedules/{name}/pause",
+    operation_id = "pause_schedule",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
     responses((status = 200, description = "The paused Schedule", body = model::Schedule), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
@@ -267,6 +272,7 @@ pub async fn pause(
 #[utoipa::path(
     post,
     path = "/v1/schedules/{name}/resume",
+    operation_id = "resume_schedule",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
     responses((status = 200, description = "The resumed Schedule", body = model::Schedule), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
@@ -299,6 +305,7 @@ pub struct TickQuery {
 #[utoipa::path(
     get,
     path = "/v1/schedules/{name}/ticks",
+    operation_id = "list_ticks",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule"), TickQuery),
     responses((status = 200, description = "A page of the tick ledger", body = model::Page<model::Tick>), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
