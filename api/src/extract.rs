@@ -30,7 +30,8 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// free of NUL characters, deserialized into `T`.
 ///
 /// As `Option<Json<T>>`, an empty body is `None`, whatever its content
-/// type, so `POST .../cancel` with no body takes the defaults.
+/// type, and so is a JSON `null`, so `POST .../cancel` with no body takes
+/// the defaults.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -62,6 +63,11 @@ where
             return Ok(None);
         }
         require_json(&headers)?;
+        // A JSON `null` is how generated clients send an optional body they
+        // were given none for: the same as no body.
+        if bytes.trim_ascii() == b"null" {
+            return Ok(None);
+        }
         decode_json(&bytes).map(|v| Some(Json(v)))
     }
 }

@@ -44,6 +44,7 @@ pub struct CreateRequest {
     pub params: Value,
     /// Also accepted as the `Idempotency-Key` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: Option<String>,
 }
 

@@ -255,6 +255,17 @@ async fn real_answers_match_their_schemas() -> anyhow::Result<()> {
         .await?;
     assert_eq!((status, &body["code"]), (404, &json!("not-found")));
     schemas.check("get", "/v1/runs/{id}", status, PROBLEM, &body);
+    // Filters the document bounds are refused, not answered as empty pages.
+    for url in ["/v1/requests?status=finished", "/v1/promises?limit=0"] {
+        let (status, body) = stack.get(url).await?;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("bad-request")),
+            "{url}"
+        );
+        let path = url.split('?').next().unwrap_or_default();
+        schemas.check("get", path, status, PROBLEM, &body);
+    }
     let (status, body) = stack.get("/v1/runs?colour=blue").await?;
     assert_eq!((status, &body["code"]), (400, &json!("invalid-query")));
     schemas.check("get", "/v1/runs", status, PROBLEM, &body);
@@ -289,6 +300,18 @@ async fn real_answers_match_their_schemas() -> anyhow::Result<()> {
     let body: Value = response.json().await?;
     assert_eq!((status, &body["code"]), (409, &json!("run-state-conflict")));
     schemas.check("post", "/v1/runs/{id}/retry", status, PROBLEM, &body);
+
+    // A JSON null is no body: the defaults, as a generated client sends
+    // an optional body it was given none for.
+    let response = http
+        .post(format!("{api}/v1/runs/{run_id}/cancel"))
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await?;
+    assert_eq!((status, &body["code"]), (409, &json!("run-state-conflict")));
 
     // Events: a CloudEvent no trigger wants, the ledger, the dead letters.
     let event = json!({

@@ -18,7 +18,7 @@ use serde_json::json;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::{inspect_error, parse_id};
+use super::{check_limit, inspect_error, parse_id};
 use crate::extract::{Body, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
 
@@ -69,19 +69,6 @@ pub async fn send(
     }
 }
 
-/// Refuses a page size below one: clamping `-1` to a page of one would
-/// answer something the caller did not ask for.
-fn check_limit(limit: Option<i64>) -> Result<Option<i64>, Problem> {
-    match limit {
-        Some(n) if n < 1 => Err(Problem::bad_request(format!(
-            "limit: {n} is not a page size; pass a number from 1 to {}",
-            fulfil_engine::inspect::MAX_PAGE
-        ))
-        .with("parameter", json!("limit"))),
-        other => Ok(other),
-    }
-}
-
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -93,12 +80,15 @@ pub struct ListQuery {
     source: Option<String>,
     /// Only events a trigger gave this outcome: `filed`, `duplicate`,
     /// `filtered` or `invalid`.
+    #[param(schema_with = crate::openapi::schemas::event_outcome)]
     outcome: Option<String>,
     /// Only events received at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Page size, at least 1.
+    #[param(minimum = 1)]
     limit: Option<i64>,
 }
 
@@ -172,8 +162,10 @@ pub async fn get(
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Page size, at least 1.
+    #[param(minimum = 1)]
     limit: Option<i64>,
 }
 

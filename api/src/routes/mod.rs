@@ -61,3 +61,16 @@ pub(crate) fn inspect_error(e: fulfil_engine::inspect::InspectError) -> Problem 
         fulfil_engine::inspect::InspectError::Db(e) => crate::problem::from_db(&e),
     }
 }
+
+/// Refuses a page size below one: clamping `-1` to a page of one would
+/// answer something the caller did not ask for.
+pub(crate) fn check_limit(limit: Option<i64>) -> Result<Option<i64>, Problem> {
+    match limit {
+        Some(n) if n < 1 => Err(Problem::bad_request(format!(
+            "limit: {n} is not a page size; pass a number from 1 to {}",
+            fulfil_engine::inspect::MAX_PAGE
+        ))
+        .with("parameter", serde_json::json!("limit"))),
+        other => Ok(other),
+    }
+}

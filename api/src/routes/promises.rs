@@ -172,8 +172,10 @@ const DEFAULT_PAGE: i64 = 100;
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, clamped to 1..=500; default 100.
+    #[param(minimum = 1)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -203,8 +205,7 @@ pub async fn list(
             "invalid cursor {cursor:?}: pass next_cursor from the previous page"
         )));
     }
-    let limit = query
-        .limit
+    let limit = super::check_limit(query.limit)?
         .unwrap_or(DEFAULT_PAGE)
         .clamp(1, i64::from(promises::MAX_PAGE));
     let limit = u32::try_from(limit).unwrap_or(promises::MAX_PAGE);

@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use utoipa::IntoParams;
 
 use fulfil_core::ids::RequestId;
+use fulfil_core::status::RequestStatus;
 
-use super::{inspect_error, parse_id};
+use super::{check_limit, inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
 
@@ -77,7 +78,7 @@ fn request_error(e: RequestError) -> Problem {
     tag = "promises",
     params(
         ("name" = String, Path, description = "The Promise to file a request for", example = "postgres-database"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same as `idempotency_key` in the body"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same as `idempotency_key` in the body", min_length = 1, max_length = 255),
         ("Fulfil-Actor" = Option<String>, Header, description = "Who files it (`user:alice`), recorded as `created_by`"),
     ),
     request_body = model::CreateRequest,
@@ -282,10 +283,13 @@ pub struct ListQuery {
     /// Only requests for this Promise.
     promise: Option<String>,
     /// Only requests in this status.
+    #[param(schema_with = crate::openapi::schemas::request_status)]
     status: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Page size.
+    #[param(minimum = 1)]
     limit: Option<i64>,
 }
 
@@ -302,13 +306,24 @@ pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<model::Page<model::Request>>, Problem> {
+    // A misspelt status would match nothing and look like "no requests".
+    if let Some(status) = &q.status
+        && RequestStatus::parse(status).is_err()
+    {
+        let known: Vec<&str> = RequestStatus::ALL.iter().map(|s| s.as_str()).collect();
+        return Err(Problem::bad_request(format!(
+            "unknown request status {status:?}; one of: {}",
+            known.join(", ")
+        ))
+        .with("parameter", json!("status")));
+    }
     let page = inspect::list_requests(
         state.engine.pool(),
         &RequestFilter {
             promise: q.promise,
             status: q.status,
             cursor: q.cursor,
-            limit: q.limit,
+            limit: check_limit(q.limit)?,
         },
     )
     .await

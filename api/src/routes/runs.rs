@@ -22,16 +22,20 @@ use crate::{ApiState, Problem, ProblemCode, model};
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only runs in this status.
+    #[param(schema_with = crate::openapi::schemas::run_status)]
     status: Option<String>,
     /// Only runs of this Promise.
     promise: Option<String>,
     /// Only runs of this kind: `configure`, `delete` or `reconcile`.
+    #[param(schema_with = crate::openapi::schemas::run_kind)]
     kind: Option<String>,
     /// Only runs created at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Page size.
+    #[param(minimum = 1)]
     limit: Option<i64>,
 }
 
@@ -111,8 +115,10 @@ pub async fn get(
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Page size.
+    #[param(minimum = 1)]
     limit: Option<i64>,
 }
 

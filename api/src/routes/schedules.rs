@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
 
+use super::check_limit;
 use super::runs::actor;
 use crate::extract::{Path, Query, Text};
 use crate::{ApiState, Problem, ProblemCode, model};
@@ -46,19 +47,6 @@ fn schedule_error(e: ScheduleError) -> Problem {
         ScheduleError::Db(e) => crate::problem::from_db(&e),
         e if e.is_transient() => Problem::unavailable(&e),
         e => Problem::internal(&e),
-    }
-}
-
-/// Refuses a page size below one rather than answering a page nobody
-/// asked for.
-fn check_limit(limit: Option<i64>) -> Result<Option<i64>, Problem> {
-    match limit {
-        Some(n) if n < 1 => Err(Problem::bad_request(format!(
-            "limit: {n} is not a page size; pass a number from 1 to {}",
-            fulfil_engine::inspect::MAX_PAGE
-        ))
-        .with("parameter", json!("limit"))),
-        other => Ok(other),
     }
 }
 
@@ -178,8 +166,10 @@ async fn check_params(state: &ApiState, schedule: &Schedule) -> Result<(), Probl
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, at least 1.
+    #[param(minimum = 1)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -294,10 +284,13 @@ pub async fn resume(
 #[into_params(parameter_in = Query)]
 pub struct TickQuery {
     /// Only ticks with this outcome.
+    #[param(schema_with = crate::openapi::schemas::tick_outcome)]
     outcome: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Page size, at least 1.
+    #[param(minimum = 1)]
     limit: Option<i64>,
 }
 
