@@ -12,7 +12,9 @@
 pub mod extract;
 pub mod model;
 pub mod problem;
-mod routes;
+pub(crate) mod routes;
+pub mod sse;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -30,6 +32,9 @@ pub struct ApiState {
     pub engine: Engine,
     /// Checked by `/readyz`; `None` when this process has no NATS connection.
     pub nats: Option<async_nats::Client>,
+    /// Live run history for SSE and gRPC watchers; `Default` is a hub that
+    /// starts on first use.
+    pub watch: watch::WatchHub,
 }
 
 /// The whole API.

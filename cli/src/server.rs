@@ -125,6 +125,7 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
         let state = fulfil_api::ApiState {
             engine: engine.clone(),
             nats: Some(nats.clone()),
+            watch: Default::default(),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {

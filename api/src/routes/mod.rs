@@ -7,6 +7,7 @@ mod promises;
 mod requests;
 mod runs;
 mod schedules;
+mod watch;
 
 use axum::Router;
 use axum::routing::{get, post, put};
@@ -32,6 +33,7 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/history", get(runs::history))
+        .route("/v1/runs/{id}/events", get(watch::events))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/retry", post(runs::retry))
         .route(
