@@ -106,6 +106,9 @@ pub struct ServerArgs {
     nats_prefix: String,
     #[arg(long, env = "FULFIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: String,
+    /// Where the api role serves gRPC (`fulfil.v1.Fulfil`, with reflection).
+    #[arg(long, env = "FULFIL_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    grpc_addr: String,
     /// Directory of Promise files applied at start (`dev` defaults to ./workflows).
     #[arg(long, env = "FULFIL_WORKFLOWS")]
     workflows: Option<PathBuf>,
