@@ -11,6 +11,7 @@ mod output;
 mod report;
 mod schedules;
 mod server;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -326,6 +327,14 @@ enum RunCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow a run live: each step's status and a bar of finished steps,
+    /// then the run's result (exit code 0 only if it succeeded). With
+    /// `-o json`, every history event as a JSON line instead.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Stop a run: nothing new starts, in-flight steps finish, and succeeded
     /// steps are compensated (unless --no-compensate) before it ends `cancelled`.
     Cancel {
@@ -517,6 +526,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client,
             } => client::run_list(&client, status, promise, kind, limit).await,
             RunCommand::History { id, client } => client::run_history(&client, &id).await,
+            RunCommand::Watch { id, client } => watch::run_watch(&client, &id).await,
             RunCommand::Cancel {
                 id,
                 no_compensate,
