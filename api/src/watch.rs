@@ -85,6 +85,9 @@ pub struct WatchStats {
     pub feed_reads: u64,
     /// Reads made for one watcher (existence check, old history).
     pub replay_reads: u64,
+    /// Times a watcher fell behind the broadcast and started again from
+    /// its last seq.
+    pub lagged: u64,
 }
 
 /// The hub. Cheap to clone; clones share it. Starts on first use.
@@ -101,6 +104,7 @@ struct Hub {
     notifications: AtomicU64,
     feed_reads: AtomicU64,
     replay_reads: AtomicU64,
+    lagged: AtomicU64,
 }
 
 /// One watched run.
@@ -157,6 +161,7 @@ impl WatchHub {
             notifications: self.inner.notifications.load(Ordering::Relaxed),
             feed_reads: self.inner.feed_reads.load(Ordering::Relaxed),
             replay_reads: self.inner.replay_reads.load(Ordering::Relaxed),
+            lagged: self.inner.lagged.load(Ordering::Relaxed),
         }
     }
 
@@ -466,6 +471,7 @@ impl Watcher {
                 }
                 // Lagged: start again from `sent`, on the run's feed.
                 Ok(()) => {
+                    self.hub.inner.lagged.fetch_add(1, Ordering::Relaxed);
                     let (feed, next) = self.hub.join(&self.pool, self.feed.run_id, self.sent);
                     self.feed = feed;
                     snapshot = next;

@@ -11,6 +11,7 @@ use fulfil_core::ids::RunId;
 use fulfil_core::status::StatusEventKind;
 use fulfil_integration_tests::{StackOptions, TestStack};
 use fulfil_worker::{Handler, StepError, TaskContext};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -315,5 +316,57 @@ async fn two_hundred_watchers_get_every_event_for_one_read_per_notification() ->
     assert_eq!(hub.watched_runs(), 0, "a finished run's feed is gone");
 
     server.abort();
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watcher_that_falls_behind_catches_up_without_gap_or_duplicate() -> anyhow::Result<()> {
+    const STEPS: usize = 200;
+    let stack = stack().await?;
+    let mut yaml = String::from(
+        "apiVersion: fulfil.dev/v1\nkind: Promise\nmetadata: { name: long, version: 1.0.0 }\nspec:\n  workflow:\n    steps:\n      - { id: s0, uses: noop }\n",
+    );
+    for i in 1..STEPS {
+        yaml.push_str(&format!(
+            "      - {{ id: s{i}, uses: noop, needs: [s{}] }}\n",
+            i - 1
+        ));
+    }
+    stack.apply(&yaml).await?;
+    let hub = fulfil_api::watch::WatchHub::default();
+    let run = stack.request("long", json!({})).await?;
+    // Opened at once and not read until the run is over: its queue fills,
+    // the run's broadcast moves past it, and it starts again from its last
+    // seq instead of buffering.
+    let slow = hub.watch(&stack.engine, Some(&stack.nats), run, 0).await?;
+    let fast = hub.watch(&stack.engine, Some(&stack.nats), run, 0).await?;
+    let fast: Vec<i64> = tokio::time::timeout(WAIT, fast.collect::<Vec<_>>())
+        .await?
+        .into_iter()
+        .filter_map(|item| match item {
+            fulfil_api::watch::WatchItem::Event(e) => Some(e.seq),
+            fulfil_api::watch::WatchItem::Failed(_) => None,
+        })
+        .collect();
+    let slow: Vec<i64> = tokio::time::timeout(WAIT, slow.collect::<Vec<_>>())
+        .await?
+        .into_iter()
+        .filter_map(|item| match item {
+            fulfil_api::watch::WatchItem::Event(e) => Some(e.seq),
+            fulfil_api::watch::WatchItem::Failed(_) => None,
+        })
+        .collect();
+    let history = stack.history(run).await?;
+    let expected: Vec<i64> = history.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert!(
+        expected.len() > 300,
+        "long enough to lag: {}",
+        expected.len()
+    );
+    assert_eq!(fast, expected);
+    assert_eq!(
+        slow, expected,
+        "the slow watcher got everything once, in order"
+    );
     stack.stop().await
 }
