@@ -105,6 +105,9 @@ struct Hub {
     feed_reads: AtomicU64,
     replay_reads: AtomicU64,
     lagged: AtomicU64,
+    /// Set by [`WatchHub::close`]: every watch ends.
+    closed: std::sync::atomic::AtomicBool,
+    closing: Notify,
 }
 
 /// One watched run.
@@ -165,6 +168,26 @@ impl WatchHub {
         }
     }
 
+    /// Ends every watch (now and to come): the streams end as if the runs
+    /// had, and their clients resume elsewhere with their last seq. Called
+    /// at shutdown, which would otherwise wait for every watched run to
+    /// finish.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.closing.notify_waiters();
+    }
+
+    async fn closed(&self) {
+        loop {
+            // Registered before the check, so a close between the two is seen.
+            let notified = self.inner.closing.notified();
+            if self.inner.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Runs watched now.
     pub fn watched_runs(&self) -> usize {
         lock(&self.inner.feeds).len()
@@ -199,7 +222,13 @@ impl WatchHub {
             sent: after,
             out: tx,
         };
-        tokio::spawn(watcher.run(snapshot));
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watcher.run(snapshot) => {}
+                () = hub.closed() => {}
+            }
+        });
         Ok(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }))

@@ -50,6 +50,12 @@ pub async fn serve(
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let hub = state.watch.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Open WatchRun streams would hold the shutdown until their runs end.
+        hub.close();
+    };
     tonic::transport::Server::builder()
         .add_service(proto::fulfil_server::FulfilServer::new(FulfilService::new(
             state,
