@@ -115,16 +115,15 @@ impl View {
         let multi = MultiProgress::new();
         let step_style = ProgressStyle::with_template("{prefix:>20} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        // The watch replays the history from its start, so each step
+        // begins pending and the events bring it to where it is.
         let mut steps = BTreeMap::new();
-        let mut done = 0;
         for step in run.steps() {
             let bar = multi.add(ProgressBar::new_spinner());
             bar.set_style(step_style.clone());
             bar.set_prefix(step.id.clone());
-            bar.set_message(step.status.clone());
-            let finished = step_finished(&step.status);
-            done += u64::from(finished);
-            steps.insert(step.id.clone(), (bar, finished));
+            bar.set_message("pending");
+            steps.insert(step.id.clone(), (bar, false));
         }
         let overall = multi.add(ProgressBar::new(steps.len() as u64));
         overall.set_style(
@@ -133,8 +132,7 @@ impl View {
                 .progress_chars("=> "),
         );
         overall.set_prefix(format!("run {}", short(&run.id.to_string())));
-        overall.set_position(done);
-        overall.set_message(run.status.clone());
+        overall.set_message("pending");
         View::Bars {
             _multi: multi,
             overall,
