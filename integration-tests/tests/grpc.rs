@@ -354,11 +354,39 @@ async fn every_family_answers_what_rest_answers() -> anyhow::Result<()> {
         .err()
         .ok_or_else(|| anyhow::anyhow!("unknown schedule found"))?;
     assert_eq!(schedule.code(), Code::NotFound);
+    let sent = client
+        .send_event(proto::SendEventRequest {
+            event: params(
+                json!({"specversion": "1.0", "id": "grpc-1", "source": "/test",
+                                 "type": "dev.test.nothing", "data": {"k": 1}}),
+            ),
+        })
+        .await?
+        .into_inner();
+    let sent = sent
+        .body
+        .map(fulfil_grpc::json::from_proto)
+        .unwrap_or_default();
+    assert_eq!(sent["id"], "grpc-1", "{sent}");
     let events = client
         .list_events(proto::ListRequest::default())
         .await?
         .into_inner();
-    assert!(events.body.is_some());
+    let events = events
+        .body
+        .map(fulfil_grpc::json::from_proto)
+        .unwrap_or_default();
+    let (_, rest_events) = stack.get("/v1/events").await?;
+    assert_eq!(events, rest_events);
+    let not_an_event = client
+        .send_event(proto::SendEventRequest {
+            event: params(json!({"id": "x"})),
+        })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a non-CloudEvent accepted"))?;
+    assert_eq!(not_an_event.code(), Code::InvalidArgument);
+    assert_eq!(code_of(&not_an_event), "invalid-event");
 
     server.abort();
     stack.stop().await
