@@ -92,3 +92,38 @@ async fn run_watch_follows_a_run_to_its_result_and_exits_by_it() -> anyhow::Resu
     .await??;
     stack.stop().await
 }
+
+/// `fulfil bench --scenario watch` at a small size: every watcher gets the
+/// whole run, and the hub reads far fewer times than it delivers.
+#[test]
+fn bench_watch_reports_deliveries_and_hub_reads() -> anyhow::Result<()> {
+    let json = std::env::temp_dir().join(format!("fulfil-bench-watch-{}.json", std::process::id()));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fulfil"))
+        .args([
+            "bench",
+            "--scenario",
+            "watch",
+            "--watchers",
+            "50",
+            "--steps",
+            "4",
+            "--json",
+        ])
+        .arg(&json)
+        .env("DATABASE_URL", fulfil_integration_tests::database_url())
+        .env("NATS_URL", fulfil_integration_tests::nats_url())
+        .output()?;
+    assert!(output.status.success(), "{}", text(&output));
+    let report: Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    std::fs::remove_file(&json)?;
+    assert_eq!(report["scenario"], "watch");
+    assert_eq!(report["watchers"], 50);
+    assert_eq!(report["complete_watchers"], 50, "{report:#}");
+    let delivered = report["delivered"].as_u64().unwrap_or_default();
+    let live = report["live_events"].as_u64().unwrap_or_default();
+    assert_eq!(delivered, live * 50, "{report:#}");
+    let reads = report["feed_reads_live"].as_u64().unwrap_or(u64::MAX);
+    assert!(live > 0 && reads <= live + 3, "{report:#}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("hub reads per event"));
+    Ok(())
+}
