@@ -302,6 +302,10 @@ impl Fulfil for FulfilService {
         r: Request<proto::WatchRunRequest>,
     ) -> Result<Response<WatchStream>, Status> {
         let m = r.get_ref();
+        // Through the REST router first, so whatever guards the run's
+        // routes (and its 404) guards its stream too.
+        let call = get(format!("/v1/runs/{}", segment(&m.run_id)));
+        self.call(&r, call).await?;
         let stream = watch_run(&self.state, &m.run_id, m.after)
             .await
             .map_err(|p| from_problem(&p))?;
