@@ -95,7 +95,33 @@ impl SseParser {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Whatever the peer sends, however it is split: no panic, and the
+        /// same events as when it arrives whole.
+        #[test]
+        fn arbitrary_bytes_parse_the_same_however_split(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(b':'), Just(b' '), any::<u8>()], 0..400),
+            split in 0usize..400,
+        ) {
+            let split = split.min(bytes.len());
+            let mut whole = SseParser::default();
+            let expected = whole.push(&bytes).ok();
+            let mut parts = SseParser::default();
+            let mut got = parts.push(&bytes[..split]).ok().unwrap_or_default();
+            got.extend(parts.push(&bytes[split..]).ok().unwrap_or_default());
+            // A `\r` last in the input waits for a possible `\n`: compare
+            // after both have seen the same end.
+            let mut expected = expected.unwrap_or_default();
+            expected.extend(whole.push(b"\n\n").ok().unwrap_or_default());
+            got.extend(parts.push(b"\n\n").ok().unwrap_or_default());
+            prop_assert_eq!(got, expected);
+        }
+    }
 
     #[test]
     fn events_split_anywhere_parse_whole_and_comments_are_skipped() {
