@@ -13,7 +13,9 @@ pub mod extract;
 pub mod model;
 pub mod openapi;
 pub mod problem;
-mod routes;
+pub(crate) mod routes;
+pub mod sse;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -31,6 +33,9 @@ pub struct ApiState {
     pub engine: Engine,
     /// Checked by `/readyz`; `None` when this process has no NATS connection.
     pub nats: Option<async_nats::Client>,
+    /// Live run history for SSE and gRPC watchers; `Default` is a hub that
+    /// starts on first use.
+    pub watch: watch::WatchHub,
 }
 
 /// The whole API.
@@ -83,8 +88,13 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let hub = state.watch.clone();
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Open event streams would hold the shutdown until their runs end.
+            hub.close();
+        })
         .await
 }
 

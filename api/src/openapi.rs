@@ -35,7 +35,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
                        `application/problem+json` (RFC 9457) with a stable `code`.",
         license(name = "Apache-2.0")
     ),
-    paths(run_events, metrics),
+    paths(metrics),
     components(schemas(crate::Problem, crate::ProblemCode)),
     tags(
         (name = "promises", description = "Promises and filing requests for them"),
@@ -72,27 +72,6 @@ pub async fn serve() -> Json<&'static Document> {
     Json(document())
 }
 
-/// `GET /v1/runs/{id}/events`, served by `routes::watch::events`: declared
-/// here until that handler carries its own annotation.
-#[utoipa::path(
-    get,
-    path = "/v1/runs/{id}/events",
-    operation_id = "watch_run",
-    tag = "runs",
-    params(
-        ("id" = uuid::Uuid, Path, description = "The run"),
-        ("after" = Option<i64>, Query, description = "Only events after this history `seq`"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this `seq` (sent by EventSource on reconnect)"),
-    ),
-    responses(
-        (status = 200, content_type = "text/event-stream", body = String,
-         description = "History events as Server-Sent Events, `id:` = seq, `data:` = the history event as JSON; the stream closes after the run's terminal event"),
-        (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
-    )
-)]
-#[allow(dead_code)] // Only its description is used.
-fn run_events() {}
-
 /// `GET /metrics`, served by the metrics exporter: declared here because
 /// its handler is not one of this crate's routes.
 #[utoipa::path(
@@ -111,8 +90,7 @@ fn metrics() {}
 /// Routes of the document not served by this crate's router yet: the
 /// completeness test expects exactly these to answer "no such route", so
 /// wiring one makes the test ask for its removal from this list.
-pub const NOT_SERVED_HERE: &[(&str, &str)] =
-    &[("get", "/v1/runs/{id}/events"), ("get", "/metrics")];
+pub const NOT_SERVED_HERE: &[(&str, &str)] = &[("get", "/metrics")];
 
 /// Adds the answers the edge layers can give to every operation: 400 (a
 /// query, path or NUL the extractors refuse), 413 and 415 (bodies), 500,

@@ -11,6 +11,7 @@ mod output;
 mod report;
 mod schedules;
 mod server;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +107,9 @@ pub struct ServerArgs {
     nats_prefix: String,
     #[arg(long, env = "FULFIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: String,
+    /// Where the api role serves gRPC (`fulfil.v1.Fulfil`, with reflection).
+    #[arg(long, env = "FULFIL_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    grpc_addr: String,
     /// Directory of Promise files applied at start (`dev` defaults to ./workflows).
     #[arg(long, env = "FULFIL_WORKFLOWS")]
     workflows: Option<PathBuf>,
@@ -323,6 +327,14 @@ enum RunCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow a run live: each step's status and a bar of finished steps,
+    /// then the run's result (exit code 0 only if it succeeded). With
+    /// `-o json`, every history event as a JSON line instead.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Stop a run: nothing new starts, in-flight steps finish, and succeeded
     /// steps are compensated (unless --no-compensate) before it ends `cancelled`.
     Cancel {
@@ -514,6 +526,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 client,
             } => client::run_list(&client, status, promise, kind, limit).await,
             RunCommand::History { id, client } => client::run_history(&client, &id).await,
+            RunCommand::Watch { id, client } => watch::run_watch(&client, &id).await,
             RunCommand::Cancel {
                 id,
                 no_compensate,

@@ -125,7 +125,22 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
         let state = fulfil_api::ApiState {
             engine: engine.clone(),
             nats: Some(nats.clone()),
+            watch: Default::default(),
         };
+        let grpc_listener = tokio::net::TcpListener::bind(&args.grpc_addr)
+            .await
+            .with_context(|| format!("binding the gRPC API to {}", args.grpc_addr))?;
+        info!(addr = %args.grpc_addr, "gRPC API listening");
+        let (grpc_state, stop) = (state.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            fulfil_grpc::serve(
+                grpc_listener,
+                grpc_state,
+                async move { stop.cancelled().await },
+            )
+            .await
+            .context("gRPC API")
+        });
         let stop = shutdown.clone();
         tasks.spawn(async move {
             fulfil_api::serve(listener, state, async move { stop.cancelled().await })

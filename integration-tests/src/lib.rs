@@ -261,6 +261,7 @@ impl TestStack {
         let state = fulfil_api::ApiState {
             engine: engine.clone(),
             nats: Some(nats.clone()),
+            watch: Default::default(),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {

@@ -999,6 +999,7 @@ fn arbitrary_bus_messages_and_http_events_are_each_decided_once_and_never_a_serv
     let router = fulfil_api::router(fulfil_api::ApiState {
         engine: stack.engine.clone(),
         nats: Some(stack.nats.clone()),
+        watch: Default::default(),
     });
     let config = ProptestConfig {
         cases: 128,

@@ -560,6 +560,7 @@ fn arbitrary_bodies_paths_and_queries_never_get_a_server_error() -> anyhow::Resu
     let router = fulfil_api::router(fulfil_api::ApiState {
         engine: stack.engine.clone(),
         nats: Some(stack.nats.clone()),
+        watch: Default::default(),
     });
     let cancel = format!("/v1/runs/{RUN}/cancel");
     let retry = format!("/v1/runs/{RUN}/retry");

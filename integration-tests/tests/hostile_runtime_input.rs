@@ -483,6 +483,7 @@ async fn readyz_names_the_roles_that_stopped() -> anyhow::Result<()> {
         let state = fulfil_api::ApiState {
             engine: engine.clone(),
             nats: Some(stack.nats.clone()),
+            watch: Default::default(),
         };
         let stop = stop_api.clone();
         async move { fulfil_api::serve(listener, state, async move { stop.cancelled().await }).await }

@@ -642,6 +642,7 @@ fn arbitrary_schedule_input_never_gets_a_server_error() -> anyhow::Result<()> {
     let router = fulfil_api::router(fulfil_api::ApiState {
         engine: stack.engine.clone(),
         nats: Some(stack.nats.clone()),
+        watch: Default::default(),
     });
     let send = |method: &str, uri: &str, body: Vec<u8>| -> Result<u16, TestCaseError> {
         let request = axum::http::Request::builder()

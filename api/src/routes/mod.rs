@@ -7,6 +7,7 @@ mod promises;
 mod requests;
 mod runs;
 mod schedules;
+mod watch;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -32,6 +33,7 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(runs::history))
+        .routes(routes!(watch::events))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::retry))
         .routes(routes!(approvals::approve))

@@ -17,6 +17,7 @@ mod procs;
 mod report;
 mod schedules;
 mod waits;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +44,10 @@ pub enum Scenario {
     /// --schedules Schedules (default 10,000) due in the same minute,
     /// spread over --spread seconds, decided by two engine processes
     Schedules,
+    /// --watchers SSE watchers (default 1000) of one run of --steps noop
+    /// steps (default 20) after a 3 s sleep (they join during it): events
+    /// delivered, the watch hub's reads per event, latency
+    Watch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -118,6 +123,9 @@ pub struct BenchArgs {
     /// makes them all due at the same second.
     #[arg(long, default_value_t = 60)]
     pub spread: u32,
+    /// SSE watchers of one run (`watch` scenario).
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
 }
 
 impl BenchArgs {
@@ -126,6 +134,10 @@ impl BenchArgs {
         match self.scenario {
             Scenario::ThreeStep | Scenario::Events => (3, 3),
             Scenario::Waits | Scenario::Schedules => (1, 1),
+            Scenario::Watch => {
+                let n = self.steps.unwrap_or(20).max(1) + 1;
+                (n, n)
+            }
             Scenario::Chain => {
                 let n = self.steps.unwrap_or(40).max(1);
                 (n, n)
@@ -153,6 +165,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--resend must be a share from 0 to below 1"
     );
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.scenario == Scenario::Watch {
+        let report = watch::run(&args).await?;
+        println!("{}", report.table());
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        anyhow::ensure!(
+            report.complete_watchers == report.watchers,
+            "{} of {} watchers missed events",
+            report.watchers - report.complete_watchers,
+            report.watchers
+        );
+        return Ok(());
+    }
     if args.scenario == Scenario::Schedules {
         let report = schedules::run(&args).await?;
         println!("{}", report.table());

@@ -37,6 +37,8 @@ pub fn spawn(name: &str, roles: &str, env: &Env<'_>) -> anyhow::Result<Role> {
         .env("NATS_URL", env.nats_url)
         .env("FULFIL_NATS_PREFIX", env.prefix)
         .env("FULFIL_HTTP_ADDR", env.http_addr)
+        // Any free port: benches start several API processes at once.
+        .env("FULFIL_GRPC_ADDR", "127.0.0.1:0")
         .env(
             "FULFIL_WORKER_CONCURRENCY",
             env.worker_concurrency.to_string(),
