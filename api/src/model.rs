@@ -157,6 +157,9 @@ pub struct Run {
     /// `configure`, `delete` or `reconcile`.
     pub kind: String,
     pub status: String,
+    /// The team owning the run's Promise (`metadata.owner`) when it was created.
+    #[serde(default)]
+    pub owner: Option<String>,
     pub outputs: Option<Value>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -190,8 +193,15 @@ pub struct Step {
     pub attempts: Vec<Attempt>,
     pub outputs: Option<Value>,
     pub error: Option<String>,
-    /// What a `waiting` step waits for: `{kind: "event" | "approval" |
-    /// "sleep", ..., until}` (DESIGN.md "Waits"); null otherwise.
+    /// From the first attempt's dispatch to the last one's end (to now while
+    /// one is open); null before the first attempt.
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
+    /// What an unfinished step waits for: `{kind: "event" | "approval" |
+    /// "sleep", ..., until}` for a waiting step (DESIGN.md "Waits"),
+    /// `{kind: "retry", attempt, next_attempt_at}` for a retrying one,
+    /// `{kind: "worker", queue, worker, since}` for one on a worker; null
+    /// otherwise.
     #[serde(default)]
     pub waiting_for: Option<Value>,
 }
@@ -200,6 +210,9 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     pub attempt: i32,
+    /// `action` or `compensation`.
+    #[serde(default)]
+    pub kind: String,
     pub status: String,
     pub task_id: TaskId,
     pub handler: String,
@@ -211,6 +224,9 @@ pub struct Attempt {
     pub finished_at: Option<DateTime<Utc>>,
     pub worker: Option<String>,
     pub error: Option<Value>,
+    /// From start (or dispatch, if never started) to end; null while open.
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
 }
 
 /// One entry of `GET /v1/runs/{id}/history`.
@@ -342,6 +358,7 @@ impl From<inspect::RunSummary> for Run {
             promise_version: r.promise_version,
             kind: r.kind,
             status: r.status,
+            owner: r.owner,
             outputs: r.outputs,
             error: r.error,
             created_at: r.created_at,
@@ -369,6 +386,7 @@ impl From<inspect::StepView> for Step {
             attempts: s.attempts.into_iter().map(Attempt::from).collect(),
             outputs: s.outputs,
             error: s.error,
+            duration_ms: s.duration_ms,
             waiting_for: s.waiting_for,
         }
     }
@@ -378,6 +396,7 @@ impl From<inspect::AttemptView> for Attempt {
     fn from(a: inspect::AttemptView) -> Self {
         Self {
             attempt: a.attempt,
+            kind: a.kind,
             status: a.status,
             task_id: a.task_id,
             handler: a.handler,
@@ -389,6 +408,7 @@ impl From<inspect::AttemptView> for Attempt {
             finished_at: a.finished_at,
             worker: a.worker,
             error: a.error,
+            duration_ms: a.duration_ms,
         }
     }
 }
@@ -532,6 +552,7 @@ mod tests {
             promise_version: "1".into(),
             kind: "configure".into(),
             status: "running".into(),
+            owner: Some("team-data".into()),
             outputs: None,
             error: Some("boom".into()),
             created_at: at,
@@ -543,9 +564,11 @@ mod tests {
                 id: "provision".into(),
                 status: "running".into(),
                 attempt: 1,
+                duration_ms: None,
                 waiting_for: None,
                 attempts: vec![inspect::AttemptView {
                     attempt: 1,
+                    kind: "action".into(),
                     status: "running".into(),
                     task_id,
                     handler: "noop".into(),
@@ -557,6 +580,7 @@ mod tests {
                     finished_at: None,
                     worker: Some("w".into()),
                     error: None,
+                    duration_ms: None,
                 }],
                 outputs: None,
                 error: None,

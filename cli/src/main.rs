@@ -156,6 +156,15 @@ pub struct ServerArgs {
         value_parser = humantime_duration
     )]
     schedule_grace: std::time::Duration,
+    /// How long finished runs are kept with their steps and history (engine
+    /// role), e.g. `30d`, `12h`; `0` or `off` keeps them for ever.
+    #[arg(
+        long,
+        env = "FULFIL_RETENTION",
+        default_value = "30d",
+        value_parser = retention_duration
+    )]
+    retention: Retention,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FULFIL_LOG_JSON")]
     log_json: bool,
@@ -386,6 +395,16 @@ struct DecideArgs {
 
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
     fulfil_core::promise::parse_duration(s)
+}
+
+/// `--retention`: how long finished runs are kept; `None` for ever.
+type Retention = Option<std::time::Duration>;
+
+fn retention_duration(s: &str) -> Result<Retention, String> {
+    match s.trim() {
+        "0" | "off" => Ok(None),
+        other => humantime_duration(other).map(Some),
+    }
 }
 
 /// DESIGN: "An empty value is unset", for every environment fallback. clap

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use fulfil_core::ids::RequestId;
+use fulfil_core::status::RequestStatus;
 
 use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
@@ -215,7 +216,7 @@ pub async fn reconcile(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     promise: Option<String>,
-    status: Option<String>,
+    status: Option<RequestStatus>,
     cursor: Option<String>,
     limit: Option<i64>,
 }

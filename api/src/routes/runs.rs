@@ -6,23 +6,29 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fulfil_core::RunStatus;
 use fulfil_core::status::RunKind;
-use fulfil_engine::inspect::{self, RunFilter};
+use fulfil_engine::inspect::{self, RunFilter, WaitingFor};
 use fulfil_engine::run::{OperatorError, cancel_run, retry_run};
 use serde::Deserialize;
 
-use fulfil_core::ids::RunId;
+use fulfil_core::ids::{RequestId, RunId};
 
 use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
 
+/// `GET /v1/runs` filters. Closed vocabularies deserialize into their enums,
+/// so an unknown value answers 400 naming it and the accepted ones.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    status: Option<String>,
+    status: Option<RunStatus>,
     promise: Option<String>,
-    kind: Option<String>,
+    request: Option<String>,
+    kind: Option<RunKind>,
+    owner: Option<String>,
+    waiting_for: Option<WaitingFor>,
     since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
     cursor: Option<String>,
     limit: Option<i64>,
 }
@@ -31,31 +37,29 @@ pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<model::Page<model::Run>>, Problem> {
-    if let Some(status) = &q.status
-        && RunStatus::parse(status).is_err()
+    let request = q
+        .request
+        .as_deref()
+        .map(|id| parse_id::<RequestId>("request", id))
+        .transpose()?;
+    if let (Some(since), Some(until)) = (q.since, q.until)
+        && since > until
     {
-        let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
         return Err(Problem::bad_request(format!(
-            "unknown run status {status:?}; one of: {}",
-            known.join(", ")
-        )));
-    }
-    if let Some(kind) = &q.kind
-        && RunKind::parse(kind).is_err()
-    {
-        let known: Vec<&str> = RunKind::ALL.iter().map(|k| k.as_str()).collect();
-        return Err(Problem::bad_request(format!(
-            "unknown run kind {kind:?}; one of: {}",
-            known.join(", ")
+            "since ({since}) is after until ({until}); nothing could match"
         )));
     }
     let page = inspect::list_runs(
         state.engine.pool(),
         &RunFilter {
-            promise: q.promise,
             status: q.status,
+            promise: q.promise,
+            request,
             kind: q.kind,
+            owner: q.owner,
+            waiting_for: q.waiting_for,
             since: q.since,
+            until: q.until,
             cursor: q.cursor,
             limit: q.limit,
         },
