@@ -40,7 +40,11 @@ fn promise_yaml(args: &BenchArgs) -> String {
     };
     let mut steps = String::new();
     match args.scenario {
-        Scenario::ThreeStep | Scenario::Events | Scenario::Waits | Scenario::Schedules => {
+        Scenario::ThreeStep
+        | Scenario::Events
+        | Scenario::Waits
+        | Scenario::Schedules
+        | Scenario::Queries => {
             steps.push_str(&step("provision", &[]));
             steps.push_str(&step("configure", &["provision".into()]));
             steps.push_str(&step("alert", &["configure".into()]));

@@ -14,6 +14,7 @@
 mod drive;
 mod events;
 mod procs;
+mod queries;
 mod report;
 mod schedules;
 mod waits;
@@ -43,6 +44,8 @@ pub enum Scenario {
     /// --schedules Schedules (default 10,000) due in the same minute,
     /// spread over --spread seconds, decided by two engine processes
     Schedules,
+    /// Operator queries over `--runs` seeded runs (see `queries.rs`).
+    Queries,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -118,6 +121,12 @@ pub struct BenchArgs {
     /// makes them all due at the same second.
     #[arg(long, default_value_t = 60)]
     pub spread: u32,
+    /// `--scenario queries`: runs seeded before the queries are timed.
+    #[arg(long, default_value_t = 100_000)]
+    pub runs: usize,
+    /// `--scenario queries`: times each query shape is measured.
+    #[arg(long, default_value_t = 50)]
+    pub samples: usize,
 }
 
 impl BenchArgs {
@@ -125,7 +134,7 @@ impl BenchArgs {
     pub fn shape(&self) -> (usize, usize) {
         match self.scenario {
             Scenario::ThreeStep | Scenario::Events => (3, 3),
-            Scenario::Waits | Scenario::Schedules => (1, 1),
+            Scenario::Waits | Scenario::Schedules | Scenario::Queries => (1, 1),
             Scenario::Chain => {
                 let n = self.steps.unwrap_or(40).max(1);
                 (n, n)
@@ -153,6 +162,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--resend must be a share from 0 to below 1"
     );
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.scenario == Scenario::Queries {
+        let report = queries::run(&args).await?;
+        println!("{}", report.table());
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let (list, run) = report.worst();
+        eprintln!(
+            "slowest list p99 {list:.1} ms (target 50), run read p99 {run:.1} ms (target 100)"
+        );
+        return Ok(());
+    }
     if args.scenario == Scenario::Schedules {
         let report = schedules::run(&args).await?;
         println!("{}", report.table());

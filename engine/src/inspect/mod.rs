@@ -11,7 +11,7 @@
 mod run_list;
 mod run_view;
 
-pub use run_list::{RunFilter, RunSummary, WaitingFor, list_runs};
+pub use run_list::{RunFilter, RunSummary, WaitingFor, explain_list_runs, list_runs};
 pub use run_view::{AttemptView, RunView, StepView, get_run};
 
 use chrono::{DateTime, Utc};

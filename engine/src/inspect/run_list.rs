@@ -143,16 +143,30 @@ pub async fn list_runs(
     filter: &RunFilter,
 ) -> Result<Page<RunSummary>, InspectError> {
     let limit = page_size(filter.limit);
-    let mut query = list_query(filter)?;
-    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
+    let mut query = list_query("", filter, limit)?;
     let items: Vec<RunSummary> = query.build_query_as().fetch_all(pool).await?;
     Ok(paged(items, limit, |r| r.id.to_string()))
 }
 
-/// The SQL of a list (without order and limit), for [`list_runs`] and for
-/// `EXPLAIN` in the queries benchmark.
-pub fn list_query(filter: &RunFilter) -> Result<QueryBuilder<Postgres>, InspectError> {
-    let mut query = QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM fulfil.runs WHERE true"));
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of the page [`list_runs`] reads for
+/// `filter`: how operators (and `fulfil bench --scenario queries`) check
+/// that a filter is served by an index.
+pub async fn explain_list_runs(pool: &PgPool, filter: &RunFilter) -> Result<Value, InspectError> {
+    let limit = page_size(filter.limit);
+    let mut query = list_query("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ", filter, limit)?;
+    let (plan,): (Value,) = query.build_query_as().fetch_one(pool).await?;
+    Ok(plan)
+}
+
+/// The SQL of one page (`limit` + 1 rows, to know whether another follows).
+fn list_query(
+    prefix: &str,
+    filter: &RunFilter,
+    limit: i64,
+) -> Result<QueryBuilder<Postgres>, InspectError> {
+    let mut query = QueryBuilder::new(format!(
+        "{prefix}SELECT {RUN_COLUMNS} FROM fulfil.runs WHERE true"
+    ));
     if let Some(status) = filter.status {
         query.push(format_args!(" AND status = '{}'", status.as_str()));
     }
@@ -210,6 +224,7 @@ pub fn list_query(filter: &RunFilter) -> Result<QueryBuilder<Postgres>, InspectE
     if let Some(cursor) = uuid_cursor(filter.cursor.as_deref())? {
         query.push(" AND id < ").push_bind(cursor);
     }
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
     Ok(query)
 }
 
