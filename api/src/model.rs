@@ -164,6 +164,10 @@ pub struct Run {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// List items only: what the run's unfinished steps wait for (`retry`,
+    /// `event`, `approval`, `sleep`, `worker`), one entry per step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Step>>,
 }
@@ -363,6 +367,7 @@ impl From<inspect::RunSummary> for Run {
             error: r.error,
             created_at: r.created_at,
             finished_at: r.finished_at,
+            waiting_for: r.waiting_for.iter().map(|w| w.to_string()).collect(),
             steps: None,
         }
     }
@@ -557,6 +562,7 @@ mod tests {
             error: Some("boom".into()),
             created_at: at,
             finished_at: None,
+            waiting_for: Vec::new(),
         };
         let view = inspect::RunView {
             run: summary.clone(),

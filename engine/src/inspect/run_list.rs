@@ -48,6 +48,11 @@ pub struct RunSummary {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What the run's unfinished steps wait for, one entry per step (lists
+    /// only; a run's detail says it per step).
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<WaitingFor>,
 }
 
 pub(super) const RUN_COLUMNS: &str = "id, request_id, promise, promise_version, kind, status, owner, outputs, error, created_at, finished_at";
@@ -144,8 +149,46 @@ pub async fn list_runs(
 ) -> Result<Page<RunSummary>, InspectError> {
     let limit = page_size(filter.limit);
     let mut query = list_query("", filter, limit)?;
-    let items: Vec<RunSummary> = query.build_query_as().fetch_all(pool).await?;
+    let mut items: Vec<RunSummary> = query.build_query_as().fetch_all(pool).await?;
+    add_waits(pool, &mut items).await?;
     Ok(paged(items, limit, |r| r.id.to_string()))
+}
+
+/// Fills `waiting_for` of the live runs of a page: one statement over the
+/// small live tables (retry timers, waits, open attempts), by run id.
+async fn add_waits(pool: &PgPool, items: &mut [RunSummary]) -> Result<(), InspectError> {
+    let live: Vec<Uuid> = items
+        .iter()
+        .filter(|r| RunStatus::parse(&r.status).is_ok_and(|s| !s.is_terminal()))
+        .map(|r| r.id.as_uuid())
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT run_id, 'retry' FROM fulfil.timers
+         WHERE run_id = ANY($1) AND kind IN ('retry', 'compensation_retry')
+         UNION ALL
+         SELECT run_id, kind FROM fulfil.waits WHERE run_id = ANY($1)
+         UNION ALL
+         SELECT a.run_id, 'worker' FROM fulfil.attempts a
+         WHERE a.run_id = ANY($1) AND a.status IN ('dispatched', 'running')
+           AND NOT EXISTS (SELECT 1 FROM fulfil.waits w WHERE w.task_id = a.task_id)",
+    )
+    .bind(&live)
+    .fetch_all(pool)
+    .await?;
+    for (run, kind) in rows {
+        // Spellings come from the CHECK-constrained columns and the literals
+        // above, all in the vocabulary.
+        let Ok(kind) = kind.parse::<WaitingFor>() else {
+            continue;
+        };
+        if let Some(item) = items.iter_mut().find(|r| r.id.as_uuid() == run) {
+            item.waiting_for.push(kind);
+        }
+    }
+    Ok(())
 }
 
 /// `EXPLAIN (ANALYZE, FORMAT JSON)` of the page [`list_runs`] reads for
