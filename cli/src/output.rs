@@ -215,8 +215,15 @@ pub fn print_history(events: &[HistoryEvent]) {
 fn detail(event: &HistoryEvent) -> String {
     let data = &event.data;
     let mut parts = Vec::new();
-    if event.actor != "engine" && !event.actor.is_empty() {
+    // The engine's own actors say nothing a reader needs; a person or a
+    // tool acting on the run does.
+    let routine =
+        matches!(event.actor.as_str(), "" | "api" | "engine") || event.actor.starts_with("worker:");
+    if !routine {
         parts.push(format!("by {}", event.actor));
+    }
+    if let Value::String(text) = data {
+        parts.push(text.clone());
     }
     for key in [
         "worker",
@@ -234,9 +241,10 @@ fn detail(event: &HistoryEvent) -> String {
     if let Some(error) = data.get("error").filter(|e| !e.is_null()) {
         let code = error["code"].as_str();
         let message = error["message"].as_str();
-        match (code, message) {
-            (Some(c), Some(m)) => parts.push(format!("{c}: {m}")),
-            (None, Some(m)) => parts.push(m.to_string()),
+        match (code, message, error.as_str()) {
+            (_, _, Some(text)) => parts.push(text.to_string()),
+            (Some(c), Some(m), _) => parts.push(format!("{c}: {m}")),
+            (None, Some(m), _) => parts.push(m.to_string()),
             _ => parts.push(compact(error)),
         }
     }

@@ -159,9 +159,11 @@ async fn operator_reads_list_explain_and_print_timelines() -> anyhow::Result<()>
             ),
             "{got}"
         );
+        let waiting_get = got;
         let got = ok(&stack, &["run", "get", &failed])?;
         assert!(got.contains("compensated") && got.contains("DURATION"), "{got}");
         assert!(!got.contains("waiting:"), "{got}");
+        eprintln!("$ fulfil run get {waiting}\n{waiting_get}");
 
         // `run history` is a timeline from the run's start.
         let history = ok(&stack, &["run", "history", &failed])?;
@@ -173,6 +175,10 @@ async fn operator_reads_list_explain_and_print_timelines() -> anyhow::Result<()>
         assert!(history.contains("+0ms"), "{history}");
         assert!(history.contains("unknown_handler"), "{history}");
         assert!(history.contains("run.compensated"), "{history}");
+        // Shown with --nocapture: what an operator sees for a failed,
+        // compensated run.
+        let list = ok(&stack, &["run", "list", "--promise", "op-fail"])?;
+        eprintln!("$ fulfil run list --promise op-fail\n{list}\n$ fulfil run get {failed}\n{got}\n$ fulfil run history {failed}\n{history}");
 
         // Every read command honours --output json and yaml.
         for args in [
