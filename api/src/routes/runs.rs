@@ -42,6 +42,16 @@ pub async fn list(
         .as_deref()
         .map(|id| parse_id::<RequestId>("request", id))
         .transpose()?;
+    // Postgres stores years 4713 BC to 294276 AD; chrono reads wider.
+    for (name, time) in [("since", q.since), ("until", q.until)] {
+        if let Some(time) = time
+            && !(1..=9999).contains(&chrono::Datelike::year(&time))
+        {
+            return Err(Problem::bad_request(format!(
+                "{name} {time} is out of range: give a time in the years 1 to 9999"
+            )));
+        }
+    }
     if let (Some(since), Some(until)) = (q.since, q.until)
         && since > until
     {

@@ -64,14 +64,17 @@ pub struct Shape {
 impl QueriesReport {
     pub fn table(&self) -> String {
         let mut out = format!(
-            "queries over {} runs (seeded in {:.1} s), {} samples per shape, ms\n{:<34} {:>5} {:>7} {:>7}  plan\n",
-            self.runs, self.seed_s, self.samples, "shape", "rows", "p50", "p99"
+            "queries over {} runs (seeded in {:.1} s), {} samples per shape, ms (HTTP round trip; pg: Postgres execution of the page)\n{:<38} {:>5} {:>7} {:>7} {:>6}  plan\n",
+            self.runs, self.seed_s, self.samples, "shape", "rows", "p50", "p99", "pg"
         );
         for s in &self.shapes {
+            let pg = s
+                .plan_ms
+                .map_or_else(|| "-".to_string(), |ms| format!("{ms:.2}"));
             let _ = writeln!(
                 out,
-                "{:<34} {:>5} {:>7.2} {:>7.2}  {}",
-                s.name, s.rows, s.ms.p50, s.ms.p99, s.plan
+                "{:<38} {:>5} {:>7.2} {:>7.2} {:>6}  {}",
+                s.name, s.rows, s.ms.p50, s.ms.p99, pg, s.plan
             );
         }
         out

@@ -227,17 +227,20 @@ fn list_query(
     if let Some(owner) = &filter.owner {
         query.push(" AND owner = ").push_bind(owner.clone());
     }
+    // The runs waiting for something are a few thousand at most: read them
+    // once from their small index into an array, then walk the runs' primary
+    // key in id order over it (a semi-join would walk the runs and probe).
     match filter.waiting_for {
         None => {}
         Some(WaitingFor::Retry) => {
             query.push(
-                " AND id IN (SELECT run_id FROM fulfil.timers
-                             WHERE kind IN ('retry', 'compensation_retry'))",
+                " AND id = ANY(ARRAY(SELECT run_id FROM fulfil.timers
+                                     WHERE kind IN ('retry', 'compensation_retry')))",
             );
         }
         Some(WaitingFor::Wait(kind)) => {
             query.push(format_args!(
-                " AND id IN (SELECT run_id FROM fulfil.waits WHERE kind = '{}')",
+                " AND id = ANY(ARRAY(SELECT run_id FROM fulfil.waits WHERE kind = '{}'))",
                 kind.as_str()
             ));
         }
@@ -245,24 +248,24 @@ fn list_query(
             // An engine-run step's attempt is open too while it waits; its
             // wait row says it is not on a worker.
             query.push(
-                " AND id IN (SELECT a.run_id FROM fulfil.attempts a
-                             WHERE a.status IN ('dispatched', 'running')
-                               AND NOT EXISTS (SELECT 1 FROM fulfil.waits w
-                                               WHERE w.task_id = a.task_id))",
+                " AND id = ANY(ARRAY(SELECT a.run_id FROM fulfil.attempts a
+                                     WHERE a.status IN ('dispatched', 'running')
+                                       AND NOT EXISTS (SELECT 1 FROM fulfil.waits w
+                                                       WHERE w.task_id = a.task_id)))",
             );
         }
     }
     if let Some(since) = filter.since {
         query.push(" AND created_at >= ").push_bind(since);
-        query
-            .push(" AND id >= ")
-            .push_bind(id_floor(since - CLOCK_SLACK));
+        query.push(" AND id >= ").push_bind(id_floor(
+            since.checked_sub_signed(CLOCK_SLACK).unwrap_or(since),
+        ));
     }
     if let Some(until) = filter.until {
         query.push(" AND created_at < ").push_bind(until);
-        query
-            .push(" AND id < ")
-            .push_bind(id_floor(until + CLOCK_SLACK));
+        query.push(" AND id < ").push_bind(id_floor(
+            until.checked_add_signed(CLOCK_SLACK).unwrap_or(until),
+        ));
     }
     if let Some(cursor) = uuid_cursor(filter.cursor.as_deref())? {
         query.push(" AND id < ").push_bind(cursor);
@@ -271,9 +274,12 @@ fn list_query(
     Ok(query)
 }
 
-/// The smallest UUIDv7 of the millisecond `at` (before 1970: the nil id).
+/// The smallest UUIDv7 of the millisecond `at` (before 1970: the nil id's
+/// neighbour; past the 48-bit clock: the largest).
 pub fn id_floor(at: DateTime<Utc>) -> Uuid {
-    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let millis = u64::try_from(at.timestamp_millis())
+        .unwrap_or(0)
+        .min((1 << 48) - 1);
     let mut bytes = [0u8; 16];
     // 48-bit big-endian milliseconds, then version 7 and the RFC 4122 variant.
     bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
@@ -303,5 +309,8 @@ mod tests {
         assert!(id_floor(at - TimeDelta::milliseconds(1)) < id);
         assert!(id_floor(at + TimeDelta::seconds(1)) > id);
         assert_eq!(id_floor(at).get_version_num(), 7);
+        // Extreme times clamp instead of overflowing.
+        assert!(id_floor(DateTime::<Utc>::MIN_UTC) < id);
+        assert!(id_floor(DateTime::<Utc>::MAX_UTC) > id);
     }
 }
