@@ -616,7 +616,18 @@ fn describe(explain: &Value) -> (String, Option<f64>) {
     let mut node = &root["Plan"];
     while let Some(kind) = node["Node Type"].as_str() {
         chain.push(kind.to_string());
-        node = &node["Plans"][0];
+        // Follow the rows, not an InitPlan (the array a waiting_for filter
+        // reads first), which Postgres lists among the children too.
+        let children = node["Plans"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        node = children
+            .iter()
+            .find(|c| {
+                c["Parent Relationship"] != "InitPlan" && c["Parent Relationship"] != "SubPlan"
+            })
+            .unwrap_or(&Value::Null);
     }
     let mut indexes = Vec::new();
     collect_indexes(&root["Plan"], &mut indexes);
