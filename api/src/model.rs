@@ -180,10 +180,17 @@ pub struct Run {
     pub kind: String,
     #[schema(schema_with = schemas::run_status)]
     pub status: String,
+    /// The team owning the run's Promise (`metadata.owner`) when it was created.
+    #[serde(default)]
+    pub owner: Option<String>,
     pub outputs: Option<Value>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// List items only: what the run's unfinished steps wait for (`retry`,
+    /// `event`, `approval`, `sleep`, `worker`), one entry per step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Step>>,
 }
@@ -214,8 +221,15 @@ pub struct Step {
     pub attempts: Vec<Attempt>,
     pub outputs: Option<Value>,
     pub error: Option<String>,
-    /// What a `waiting` step waits for: `{kind: "event" | "approval" |
-    /// "sleep", ..., until}` (DESIGN.md "Waits"); null otherwise.
+    /// From the first attempt's dispatch to the last one's end (to now while
+    /// one is open); null before the first attempt.
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
+    /// What an unfinished step waits for: `{kind: "event" | "approval" |
+    /// "sleep", ..., until}` for a waiting step (DESIGN.md "Waits"),
+    /// `{kind: "retry", attempt, next_attempt_at}` for a retrying one,
+    /// `{kind: "worker", queue, worker, since}` for one on a worker; null
+    /// otherwise.
     #[serde(default)]
     pub waiting_for: Option<Value>,
 }
@@ -224,6 +238,10 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     pub attempt: i32,
+    /// `action` or `compensation`.
+    #[serde(default)]
+    #[schema(schema_with = schemas::attempt_kind)]
+    pub kind: String,
     #[schema(schema_with = schemas::attempt_status)]
     pub status: String,
     #[schema(value_type = uuid::Uuid)]
@@ -237,6 +255,9 @@ pub struct Attempt {
     pub finished_at: Option<DateTime<Utc>>,
     pub worker: Option<String>,
     pub error: Option<Value>,
+    /// From start (or dispatch, if never started) to end; null while open.
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
 }
 
 /// One entry of `GET /v1/runs/{id}/history`.
@@ -375,10 +396,12 @@ impl From<inspect::RunSummary> for Run {
             promise_version: r.promise_version,
             kind: r.kind,
             status: r.status,
+            owner: r.owner,
             outputs: r.outputs,
             error: r.error,
             created_at: r.created_at,
             finished_at: r.finished_at,
+            waiting_for: r.waiting_for.iter().map(|w| w.to_string()).collect(),
             steps: None,
         }
     }
@@ -402,6 +425,7 @@ impl From<inspect::StepView> for Step {
             attempts: s.attempts.into_iter().map(Attempt::from).collect(),
             outputs: s.outputs,
             error: s.error,
+            duration_ms: s.duration_ms,
             waiting_for: s.waiting_for,
         }
     }
@@ -411,6 +435,7 @@ impl From<inspect::AttemptView> for Attempt {
     fn from(a: inspect::AttemptView) -> Self {
         Self {
             attempt: a.attempt,
+            kind: a.kind,
             status: a.status,
             task_id: a.task_id,
             handler: a.handler,
@@ -422,6 +447,7 @@ impl From<inspect::AttemptView> for Attempt {
             finished_at: a.finished_at,
             worker: a.worker,
             error: a.error,
+            duration_ms: a.duration_ms,
         }
     }
 }
@@ -602,10 +628,12 @@ mod tests {
             promise_version: "1".into(),
             kind: "configure".into(),
             status: "running".into(),
+            owner: Some("team-data".into()),
             outputs: None,
             error: Some("boom".into()),
             created_at: at,
             finished_at: None,
+            waiting_for: Vec::new(),
         };
         let view = inspect::RunView {
             run: summary.clone(),
@@ -613,9 +641,11 @@ mod tests {
                 id: "provision".into(),
                 status: "running".into(),
                 attempt: 1,
+                duration_ms: None,
                 waiting_for: None,
                 attempts: vec![inspect::AttemptView {
                     attempt: 1,
+                    kind: "action".into(),
                     status: "running".into(),
                     task_id,
                     handler: "noop".into(),
@@ -627,6 +657,7 @@ mod tests {
                     finished_at: None,
                     worker: Some("w".into()),
                     error: None,
+                    duration_ms: None,
                 }],
                 outputs: None,
                 error: None,

@@ -384,7 +384,7 @@ pub(crate) mod schemas {
     use fulfil_core::RunStatus;
     use fulfil_core::status::{
         AttemptStatus, Decision, EventOutcome, EventVia, OverlapPolicy, RequestStatus, RunKind,
-        StepStatus, TickOutcome,
+        StepStatus, TaskKind, TickOutcome,
     };
     use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, Type};
 
@@ -409,6 +409,18 @@ pub(crate) mod schemas {
 
     pub fn step_status() -> Object {
         one_of(StepStatus::ALL.iter().map(|s| s.as_str()))
+    }
+
+    pub fn attempt_kind() -> Object {
+        one_of(TaskKind::ALL.iter().map(|s| s.as_str()))
+    }
+
+    pub fn waiting_for() -> Object {
+        one_of(
+            fulfil_engine::inspect::WaitingFor::ALL
+                .iter()
+                .map(|s| s.as_str()),
+        )
     }
 
     pub fn attempt_status() -> Object {

@@ -650,35 +650,29 @@ pub async fn run_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn run_list(
-    args: &ClientArgs,
-    status: Option<String>,
-    promise: Option<String>,
-    kind: Option<String>,
-    limit: u32,
-) -> anyhow::Result<ExitCode> {
+pub async fn run_list(args: &ClientArgs, f: &crate::RunListArgs) -> anyhow::Result<ExitCode> {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    };
     let q = query(&[
-        ("status", status),
-        ("promise", promise),
-        ("kind", kind),
-        ("limit", Some(limit.to_string())),
+        ("status", f.status.map(|v| v.to_string())),
+        ("promise", f.promise.clone()),
+        ("request", f.request.map(|v| v.to_string())),
+        ("kind", f.kind.map(|v| v.to_string())),
+        ("owner", f.owner.clone()),
+        ("waiting_for", f.waiting_for.map(|v| v.to_string())),
+        ("since", time(f.since)),
+        ("until", time(f.until)),
+        ("cursor", f.cursor.clone()),
+        ("limit", Some(f.limit.to_string())),
     ]);
-    print_list(
-        args,
-        &format!("/v1/runs{q}"),
-        &["ID", "PROMISE", "KIND", "STATUS", "CREATED", "FINISHED"],
-        |r: &model::Run| {
-            vec![
-                r.id.to_string(),
-                r.promise.clone(),
-                r.kind.clone(),
-                r.status.clone(),
-                at(Some(r.created_at)),
-                at(r.finished_at),
-            ]
-        },
-    )
-    .await
+    let body = Api::new(args)?.get(&format!("/v1/runs{q}")).await?;
+    if args.output != Format::Table {
+        return print_structured(args.output, &body);
+    }
+    let page: model::Page<model::Run> = model(&body, "list")?;
+    crate::output::print_run_list(&page, chrono::Utc::now());
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run_history(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {

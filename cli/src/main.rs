@@ -160,6 +160,15 @@ pub struct ServerArgs {
         value_parser = humantime_duration
     )]
     schedule_grace: std::time::Duration,
+    /// How long finished runs are kept with their steps and history (engine
+    /// role), e.g. `30d`, `12h`; `0` or `off` keeps them for ever.
+    #[arg(
+        long,
+        env = "FULFIL_RETENTION",
+        default_value = "30d",
+        value_parser = retention_duration
+    )]
+    retention: Retention,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FULFIL_LOG_JSON")]
     log_json: bool,
@@ -307,17 +316,13 @@ enum RunCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// List runs, newest first.
+    /// List runs, newest first; filters combine.
+    #[command(
+        after_help = "Examples:\n  fulfil run list --status failed --since 24h\n  fulfil run list --owner team-data --waiting-for approval\n  fulfil run list --promise postgres-database --kind delete -o json"
+    )]
     List {
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long)]
-        promise: Option<String>,
-        /// Only runs of this kind: configure, delete or reconcile.
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
+        #[command(flatten)]
+        filters: RunListArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -375,6 +380,54 @@ enum RunCommand {
     Reject(DecideArgs),
 }
 
+/// Filters of `fulfil run list` (the query of `GET /v1/runs`).
+#[derive(Args)]
+struct RunListArgs {
+    /// pending, running, succeeded, failed, compensating, compensated or cancelled.
+    #[arg(long)]
+    status: Option<fulfil_core::RunStatus>,
+    /// Runs of this Promise.
+    #[arg(long)]
+    promise: Option<String>,
+    /// Runs of this request (its id).
+    #[arg(long)]
+    request: Option<uuid::Uuid>,
+    /// configure, delete or reconcile.
+    #[arg(long)]
+    kind: Option<fulfil_core::status::RunKind>,
+    /// Runs of Promises this team owns (`metadata.owner`).
+    #[arg(long)]
+    owner: Option<String>,
+    /// Runs with a step waiting for: retry, event, approval, sleep or worker.
+    #[arg(long)]
+    waiting_for: Option<fulfil_engine::inspect::WaitingFor>,
+    /// Created at or after: an RFC 3339 time or an age (`2h`, `7d`).
+    #[arg(long, value_parser = time_or_age)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Created before: an RFC 3339 time or an age (`2h`, `7d`).
+    #[arg(long, value_parser = time_or_age)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where to continue: the `next` cursor a previous page printed.
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Runs per page (at most 500).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+/// An RFC 3339 time, or an age such as `2h` meaning that long ago.
+fn time_or_age(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let age = humantime_duration(s)
+        .map_err(|e| format!("{s:?} is neither an RFC 3339 time nor an age like 2h: {e}"))?;
+    let age = chrono::Duration::from_std(age).map_err(|e| e.to_string())?;
+    chrono::Utc::now()
+        .checked_sub_signed(age)
+        .ok_or_else(|| format!("{s:?} reaches before any time"))
+}
+
 /// A decision on an approval step: `fulfil run approve|reject`.
 #[derive(Args)]
 struct DecideArgs {
@@ -398,6 +451,16 @@ struct DecideArgs {
 
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
     fulfil_core::promise::parse_duration(s)
+}
+
+/// `--retention`: how long finished runs are kept; `None` for ever.
+type Retention = Option<std::time::Duration>;
+
+fn retention_duration(s: &str) -> Result<Retention, String> {
+    match s.trim() {
+        "0" | "off" => Ok(None),
+        other => humantime_duration(other).map(Some),
+    }
 }
 
 /// DESIGN: "An empty value is unset", for every environment fallback. clap
@@ -518,13 +581,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Run(cmd) => match cmd {
             RunCommand::Get { id, client } => client::run_get(&client, &id).await,
-            RunCommand::List {
-                status,
-                promise,
-                kind,
-                limit,
-                client,
-            } => client::run_list(&client, status, promise, kind, limit).await,
+            RunCommand::List { filters, client } => client::run_list(&client, &filters).await,
             RunCommand::History { id, client } => client::run_history(&client, &id).await,
             RunCommand::Watch { id, client } => watch::run_watch(&client, &id).await,
             RunCommand::Cancel {

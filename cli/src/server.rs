@@ -152,6 +152,7 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
         let (engine, js, stop) = (engine.clone(), js.clone(), shutdown.clone());
         let event_retention = args.event_retention;
         let schedule_grace = args.schedule_grace;
+        let run_retention = args.retention;
         tasks.spawn(async move {
             engine
                 .run(
@@ -159,6 +160,7 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
                     EngineConfig {
                         event_retention,
                         schedule_grace,
+                        run_retention,
                         ..EngineConfig::default()
                     },
                     stop,

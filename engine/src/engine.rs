@@ -32,6 +32,9 @@ pub struct EngineConfig {
     /// How late a schedule's tick may be decided and still fire when its
     /// `catch_up` is shorter (see [`crate::schedules`]).
     pub schedule_grace: Duration,
+    /// How long finished runs are kept (see [`crate::retention`]); `None`
+    /// keeps them for ever.
+    pub run_retention: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +46,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(500),
             event_retention: crate::events::DEFAULT_RETENTION,
             schedule_grace: Duration::from_secs(30),
+            run_retention: Some(crate::retention::DEFAULT_KEEP),
         }
     }
 }
@@ -262,6 +266,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<(), fulfil_bus::streams::StreamError> {
         fulfil_bus::streams::ensure_streams(&js, self.names()).await?;
+        let run_retention = config.run_retention;
         // Each loop is supervised: a panic restarts it after a backoff and
         // `/readyz` shows it down meanwhile (see `crate::roles`).
         use crate::roles::supervise;
@@ -371,8 +376,35 @@ impl Engine {
                 move || crate::reconcile::run_loop(engine.clone(), stop.clone()),
             )
         };
+        let run_retention = async move {
+            let Some(keep) = run_retention else {
+                return;
+            };
+            let (pool, stop) = (self.pool().clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "run retention".into(),
+                shutdown.clone(),
+                move || {
+                    crate::retention::keep_runs(
+                        pool.clone(),
+                        crate::retention::RetentionConfig::keeping(keep),
+                        stop.clone(),
+                    )
+                },
+            )
+            .await
+        };
         tokio::join!(
-            relay, status, results, inbound, retention, timers, reconcile, schedules
+            relay,
+            status,
+            results,
+            inbound,
+            retention,
+            timers,
+            reconcile,
+            schedules,
+            run_retention
         );
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod promises;
 pub mod reconcile;
 pub mod requests;
 pub mod results;
+pub mod retention;
 pub mod roles;
 pub mod run;
 pub mod schedules;

@@ -284,7 +284,7 @@ pub struct ListQuery {
     promise: Option<String>,
     /// Only requests in this status.
     #[param(schema_with = crate::openapi::schemas::request_status)]
-    status: Option<String>,
+    status: Option<RequestStatus>,
     /// `next_cursor` of the previous page.
     #[param(min_length = 1)]
     cursor: Option<String>,
@@ -306,17 +306,6 @@ pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<model::Page<model::Request>>, Problem> {
-    // A misspelt status would match nothing and look like "no requests".
-    if let Some(status) = &q.status
-        && RequestStatus::parse(status).is_err()
-    {
-        let known: Vec<&str> = RequestStatus::ALL.iter().map(|s| s.as_str()).collect();
-        return Err(Problem::bad_request(format!(
-            "unknown request status {status:?}; one of: {}",
-            known.join(", ")
-        ))
-        .with("parameter", json!("status")));
-    }
     let page = inspect::list_requests(
         state.engine.pool(),
         &RequestFilter {

@@ -6,31 +6,44 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fulfil_core::RunStatus;
 use fulfil_core::status::RunKind;
-use fulfil_engine::inspect::{self, RunFilter};
+use fulfil_engine::inspect::{self, RunFilter, WaitingFor};
 use fulfil_engine::run::{OperatorError, cancel_run, retry_run};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use fulfil_core::ids::RunId;
+use fulfil_core::ids::{RequestId, RunId};
 
 use super::{inspect_error, parse_id};
 use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
 
+/// `GET /v1/runs` filters. Closed vocabularies deserialize into their enums,
+/// so an unknown value answers 400 naming it and the accepted ones.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only runs in this status.
     #[param(schema_with = crate::openapi::schemas::run_status)]
-    status: Option<String>,
+    status: Option<RunStatus>,
     /// Only runs of this Promise.
     promise: Option<String>,
+    /// Only runs of this request.
+    #[param(value_type = Option<uuid::Uuid>)]
+    request: Option<String>,
     /// Only runs of this kind: `configure`, `delete` or `reconcile`.
     #[param(schema_with = crate::openapi::schemas::run_kind)]
-    kind: Option<String>,
+    kind: Option<RunKind>,
+    /// Only runs of Promises owned by this team (`metadata.owner`).
+    owner: Option<String>,
+    /// Only live runs with a step waiting for this: a `retry`, an `event`,
+    /// an `approval`, a `sleep`, or a `worker` (dispatched or running).
+    #[param(schema_with = crate::openapi::schemas::waiting_for)]
+    waiting_for: Option<WaitingFor>,
     /// Only runs created at or after this time (RFC 3339).
     since: Option<DateTime<Utc>>,
+    /// Only runs created before this time (RFC 3339).
+    until: Option<DateTime<Utc>>,
     /// `next_cursor` of the previous page.
     #[param(min_length = 1)]
     cursor: Option<String>,
@@ -52,33 +65,41 @@ pub async fn list(
     State(state): State<ApiState>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<model::Page<model::Run>>, Problem> {
-    if let Some(status) = &q.status
-        && RunStatus::parse(status).is_err()
-    {
-        let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
-        return Err(Problem::bad_request(format!(
-            "unknown run status {status:?}; one of: {}",
-            known.join(", ")
-        )));
+    let request = q
+        .request
+        .as_deref()
+        .map(|id| parse_id::<RequestId>("request", id))
+        .transpose()?;
+    // Postgres stores years 4713 BC to 294276 AD; chrono reads wider.
+    for (name, time) in [("since", q.since), ("until", q.until)] {
+        if let Some(time) = time
+            && !(1..=9999).contains(&chrono::Datelike::year(&time))
+        {
+            return Err(Problem::bad_request(format!(
+                "{name} {time} is out of range: give a time in the years 1 to 9999"
+            )));
+        }
     }
-    if let Some(kind) = &q.kind
-        && RunKind::parse(kind).is_err()
+    if let (Some(since), Some(until)) = (q.since, q.until)
+        && since > until
     {
-        let known: Vec<&str> = RunKind::ALL.iter().map(|k| k.as_str()).collect();
         return Err(Problem::bad_request(format!(
-            "unknown run kind {kind:?}; one of: {}",
-            known.join(", ")
+            "since ({since}) is after until ({until}); nothing could match"
         )));
     }
     let page = inspect::list_runs(
         state.engine.pool(),
         &RunFilter {
-            promise: q.promise,
             status: q.status,
+            promise: q.promise,
+            request,
             kind: q.kind,
+            owner: q.owner,
+            waiting_for: q.waiting_for,
             since: q.since,
+            until: q.until,
             cursor: q.cursor,
-            limit: q.limit,
+            limit: super::check_limit(q.limit)?,
         },
     )
     .await

@@ -44,7 +44,8 @@ fn promise_yaml(args: &BenchArgs) -> String {
         | Scenario::Events
         | Scenario::Waits
         | Scenario::Schedules
-        | Scenario::Watch => {
+        | Scenario::Watch
+        | Scenario::Queries => {
             steps.push_str(&step("provision", &[]));
             steps.push_str(&step("configure", &["provision".into()]));
             steps.push_str(&step("alert", &["configure".into()]));

@@ -14,6 +14,7 @@
 mod drive;
 mod events;
 mod procs;
+mod queries;
 mod report;
 mod schedules;
 mod waits;
@@ -48,6 +49,8 @@ pub enum Scenario {
     /// steps (default 20) after a 3 s sleep (they join during it): events
     /// delivered, the watch hub's reads per event, latency
     Watch,
+    /// Operator queries over `--runs` seeded runs (see `queries.rs`).
+    Queries,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -126,6 +129,12 @@ pub struct BenchArgs {
     /// SSE watchers of one run (`watch` scenario).
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
+    /// `--scenario queries`: runs seeded before the queries are timed.
+    #[arg(long, default_value_t = 100_000)]
+    pub runs: usize,
+    /// `--scenario queries`: times each query shape is measured.
+    #[arg(long, default_value_t = 50)]
+    pub samples: usize,
 }
 
 impl BenchArgs {
@@ -133,7 +142,7 @@ impl BenchArgs {
     pub fn shape(&self) -> (usize, usize) {
         match self.scenario {
             Scenario::ThreeStep | Scenario::Events => (3, 3),
-            Scenario::Waits | Scenario::Schedules => (1, 1),
+            Scenario::Waits | Scenario::Schedules | Scenario::Queries => (1, 1),
             Scenario::Watch => {
                 let n = self.steps.unwrap_or(20).max(1) + 1;
                 (n, n)
@@ -167,11 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if args.scenario == Scenario::Watch {
         let report = watch::run(&args).await?;
-        println!("{}", report.table());
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
+        print_report(&args, &report.table(), &report)?;
         anyhow::ensure!(
             report.complete_watchers == report.watchers,
             "{} of {} watchers missed events",
@@ -180,13 +185,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if args.scenario == Scenario::Queries {
+        let report = queries::run(&args).await?;
+        print_report(&args, &report.table(), &report)?;
+        let (list, run) = report.worst();
+        eprintln!(
+            "slowest list p99 {list:.1} ms (target 50), run read p99 {run:.1} ms (target 100)"
+        );
+        return Ok(());
+    }
     if args.scenario == Scenario::Schedules {
         let report = schedules::run(&args).await?;
-        println!("{}", report.table());
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
+        print_report(&args, &report.table(), &report)?;
         anyhow::ensure!(report.missing == 0, "{} ticks are missing", report.missing);
         anyhow::ensure!(
             report.duplicates == 0,
@@ -229,5 +239,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         duplicates == 0,
         "{duplicates} duplicate requests were filed"
     );
+    Ok(())
+}
+
+/// Prints a scenario's table and writes its JSON where `--json` asks.
+fn print_report(
+    args: &BenchArgs,
+    table: &str,
+    report: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    println!("{table}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }

@@ -331,9 +331,11 @@ impl Columns {
             statement.part(
                 "created_runs",
                 "INSERT INTO fulfil.runs (id, request_id, promise, promise_version, kind, status,
-                                          context, history_seq, outputs, error, finished_at)
+                                          context, history_seq, outputs, error, finished_at, owner)
                  SELECT id, request_id, promise, version, kind, status, context, seq,
-                        outputs, error, CASE WHEN finished THEN now() END
+                        outputs, error, CASE WHEN finished THEN now() END,
+                        (SELECT p.owner FROM fulfil.promises p
+                         WHERE p.name = u.promise AND p.version = u.version)
                  FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                              $6::jsonb[], $7::bigint[], $8::jsonb[], $9::text[], $10::bool[],
                              $11::text[])
