@@ -102,8 +102,31 @@ fn run(r: model::Run) -> proto::Run {
                 outputs: s.outputs.map(to_proto),
                 error: s.error.unwrap_or_default(),
                 waiting_for: s.waiting_for.map(to_proto),
+                attempts: s.attempts.into_iter().map(attempt).collect(),
+                duration_ms: s.duration_ms,
             })
             .collect(),
+        owner: r.owner.unwrap_or_default(),
+        waiting_for: r.waiting_for,
+    }
+}
+
+fn attempt(a: model::Attempt) -> proto::Attempt {
+    proto::Attempt {
+        attempt: a.attempt,
+        kind: a.kind,
+        status: a.status,
+        task_id: a.task_id.to_string(),
+        handler: a.handler,
+        queue: a.queue,
+        input: Some(to_proto(a.input)),
+        dispatched_at: a.dispatched_at.to_rfc3339(),
+        deadline: a.deadline.to_rfc3339(),
+        started_at: opt(a.started_at.map(|t| t.to_rfc3339())),
+        finished_at: opt(a.finished_at.map(|t| t.to_rfc3339())),
+        worker: a.worker.unwrap_or_default(),
+        error: a.error.map(to_proto),
+        duration_ms: a.duration_ms,
     }
 }
 

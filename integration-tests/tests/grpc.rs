@@ -187,6 +187,27 @@ async fn every_family_answers_what_rest_answers() -> anyhow::Result<()> {
         run.outputs.map(fulfil_grpc::json::from_proto),
         Some(rest_run["outputs"].clone())
     );
+    // Each step's attempts as REST shows them: same tasks, workers, statuses.
+    assert!(run.steps.iter().any(|s| !s.attempts.is_empty()));
+    for (step, rest_step) in run
+        .steps
+        .iter()
+        .zip(rest_run["steps"].as_array().into_iter().flatten())
+    {
+        assert_eq!(step.id, rest_step["id"].as_str().unwrap_or_default());
+        let rest_attempts = rest_step["attempts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(step.attempts.len(), rest_attempts.len(), "step {}", step.id);
+        for (a, rest) in step.attempts.iter().zip(&rest_attempts) {
+            assert_eq!(a.task_id, rest["task_id"].as_str().unwrap_or_default());
+            assert_eq!(a.status, rest["status"].as_str().unwrap_or_default());
+            assert_eq!(a.worker, rest["worker"].as_str().unwrap_or_default());
+            assert_eq!(a.duration_ms, rest["duration_ms"].as_i64());
+        }
+        assert_eq!(step.duration_ms, rest_step["duration_ms"].as_i64());
+    }
     let history = client
         .get_run_history(proto::ListRequest {
             id: accepted.run_id.clone(),
