@@ -371,8 +371,23 @@ impl Engine {
                 move || crate::reconcile::run_loop(engine.clone(), stop.clone()),
             )
         };
+        let gauges = {
+            let (pool, stop) = (self.pool().clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "metric gauges".into(),
+                shutdown.clone(),
+                move || {
+                    crate::metrics::count_periodically(
+                        pool.clone(),
+                        crate::metrics::GAUGE_INTERVAL,
+                        stop.clone(),
+                    )
+                },
+            )
+        };
         tokio::join!(
-            relay, status, results, inbound, retention, timers, reconcile, schedules
+            relay, status, results, inbound, retention, timers, reconcile, schedules, gauges
         );
         Ok(())
     }

@@ -17,6 +17,7 @@ pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::render))
         .route("/v1/promises", get(promises::list))
         .route(
             "/v1/promises/{name}",
