@@ -151,16 +151,9 @@ pub async fn count_periodically(
     every: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut seen = std::collections::BTreeSet::new();
     loop {
         match count(&pool).await {
-            Ok((in_flight, outbox)) => {
-                let now: std::collections::BTreeSet<String> =
-                    in_flight.iter().map(|(p, _)| p.clone()).collect();
-                let finished: Vec<String> = seen.difference(&now).cloned().collect();
-                set_counted(&in_flight, &finished, outbox);
-                seen = now;
-            }
+            Ok((in_flight, idle, outbox)) => set_counted(&in_flight, &idle, outbox),
             Err(e) => tracing::debug!(error = %e, "counting runs in flight failed; trying later"),
         }
         tokio::select! {
@@ -170,27 +163,36 @@ pub async fn count_periodically(
     }
 }
 
-async fn count(pool: &sqlx::PgPool) -> Result<(Vec<(String, i64)>, i64), sqlx::Error> {
+/// Runs in flight by Promise, the applied Promises with none, and the
+/// outbox depth.
+async fn count(pool: &sqlx::PgPool) -> Result<(Vec<(String, i64)>, Vec<String>, i64), sqlx::Error> {
     let in_flight: Vec<(String, i64)> = sqlx::query_as(
         "SELECT promise, count(*) FROM fulfil.runs
          WHERE status IN ('pending', 'running', 'compensating') GROUP BY promise",
     )
     .fetch_all(pool)
     .await?;
+    let applied: Vec<String> = sqlx::query_scalar("SELECT name FROM fulfil.promise_heads")
+        .fetch_all(pool)
+        .await?;
+    let idle = applied
+        .into_iter()
+        .filter(|name| !in_flight.iter().any(|(p, _)| p == name))
+        .collect();
     let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM fulfil.outbox")
         .fetch_one(pool)
         .await?;
-    Ok((in_flight, outbox))
+    Ok((in_flight, idle, outbox))
 }
 
 /// Sets the gauges counted in Postgres: runs in flight by Promise, and
-/// the outbox depth. Promises whose runs all finished are set to 0, so a
-/// gauge never sticks at its last non-zero value.
-fn set_counted(in_flight: &[(String, i64)], finished: &[String], outbox: i64) {
+/// the outbox depth. Every applied Promise without runs in flight reads 0,
+/// so a gauge never sticks at its last non-zero value.
+fn set_counted(in_flight: &[(String, i64)], idle: &[String], outbox: i64) {
     for (promise, n) in in_flight {
         gauge!(RUNS_IN_FLIGHT, "promise" => promise.clone()).set(*n as f64);
     }
-    for promise in finished {
+    for promise in idle {
         gauge!(RUNS_IN_FLIGHT, "promise" => promise.clone()).set(0.0);
     }
     gauge!(OUTBOX_DEPTH).set(outbox as f64);
