@@ -27,6 +27,11 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// How often the metrics recorder's histogram buffers are drained.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Spans exported over OTLP: Fulfil's own at `info` (accept, plan,
+/// dispatch, execute, apply), not the libraries' internals.
+const SPAN_FILTER: &str =
+    "info,sqlx=warn,async_nats=warn,h2=warn,hyper=warn,hyper_util=warn,tower=warn,reqwest=warn";
+
 /// What must be flushed when the process ends.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -52,15 +57,21 @@ pub fn init(json: bool) -> Telemetry {
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if json {
-        fmt.json().boxed()
+        fmt.json().with_filter(filter).boxed()
     } else {
-        fmt.boxed()
+        fmt.with_filter(filter).boxed()
     };
     let (otel, provider, problem) = match otlp_provider() {
         Ok(Some(provider)) => {
             let tracer = provider.tracer("fulfil");
+            // Its own filter: `RUST_LOG=warn` quiets the log, not the trace.
+            let spans = EnvFilter::new(SPAN_FILTER);
             (
-                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(spans),
+                ),
                 Some(provider),
                 None,
             )
@@ -70,7 +81,6 @@ pub fn init(json: bool) -> Telemetry {
     };
     let exporting = otel.is_some();
     let _ = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init();
