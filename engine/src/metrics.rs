@@ -12,7 +12,7 @@
 //!
 //! Step observations are recorded only once what they describe committed:
 //! the state machine buffers them with the run's writes
-//! ([`Observed`]) and the flush records them after its statement
+//! (`Observed`) and the flush records them after its statement
 //! succeeded, so a decision taken again after a stale read counts once.
 
 use fulfil_core::RunStatus;
