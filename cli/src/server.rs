@@ -24,6 +24,7 @@ pub enum Role {
 }
 
 pub async fn migrate(database_url: &str, create: bool) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let telemetry = crate::telemetry::init(false);
     let migrated = migrate_database(database_url, create).await;
     telemetry.shutdown().await;
@@ -63,6 +64,8 @@ pub async fn serve(args: ServerArgs, roles: &[Role]) -> anyhow::Result<()> {
 }
 
 async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyhow::Result<()> {
+    // Before telemetry: the OTLP exporter's HTTP client needs the provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let telemetry = crate::telemetry::init(args.log_json);
     let outcome = start_roles(args, roles, create_database).await;
     // Spans of the last moments (a failed start included) reach the collector.
@@ -75,7 +78,6 @@ async fn start_roles(
     roles: &[Role],
     create_database: bool,
 ) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let names = NatsNames::new(args.nats_prefix.clone())?;
     for queue in &args.queues {
         if !fulfil_core::wire::is_valid_queue_name(queue) {
