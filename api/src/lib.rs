@@ -10,6 +10,7 @@
 //! committed (see `fulfil_engine::requests`).
 
 pub mod extract;
+pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod problem;

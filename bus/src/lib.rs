@@ -6,11 +6,14 @@
 //! The messages themselves are in `fulfil_core::wire`; this crate is the
 //! plumbing they travel through.
 
+pub mod metrics;
 pub mod names;
 pub mod publish;
 pub mod pull;
 pub mod streams;
+pub mod trace;
 
+pub use metrics::DeadLetterReason;
 pub use names::{DEAD_LETTER_REASON_HEADER, InvalidPrefix, NatsNames, header_text};
 pub use publish::{
     Backoff, DEAD_LETTER_SUBJECT_HEADER, MAX_MESSAGE_BYTES, PublishError, dead_letter,

@@ -91,7 +91,7 @@ pub async fn publish_with_retry(
 }
 
 /// Copies `message` to `<prefix>.deadletter.<what>` with `reason` and the
-/// subject it arrived on, then terminates it. If the dead letter cannot be
+/// subject it arrived on, then terminates it; counts it under `kind`. If the dead letter cannot be
 /// stored, the message is nak'ed with a delay to be tried again. Returns
 /// whether the dead letter was stored.
 pub async fn dead_letter(
@@ -99,6 +99,7 @@ pub async fn dead_letter(
     names: &NatsNames,
     what: &str,
     message: &jetstream::Message,
+    kind: crate::DeadLetterReason,
     reason: &str,
 ) -> bool {
     let subject = names.dead_letter_subject(what);
@@ -126,6 +127,9 @@ pub async fn dead_letter(
     .await;
     match stored {
         Ok(()) => {
+            metrics::counter!(crate::metrics::DEAD_LETTERS, "source" => what.to_owned(),
+                              "reason" => kind.as_str())
+            .increment(1);
             if let Err(err) = message.ack_with(AckKind::Term).await {
                 // Redelivered later and dead-lettered again under the same
                 // message id, which the stream deduplicates.

@@ -11,6 +11,7 @@ mod output;
 mod report;
 mod schedules;
 mod server;
+mod telemetry;
 mod watch;
 
 use std::path::PathBuf;
@@ -169,9 +170,14 @@ pub struct ServerArgs {
         value_parser = retention_duration
     )]
     retention: Retention,
-    /// Log as JSON lines instead of text.
+    /// Log as JSON lines instead of text: one object per line, with the
+    /// fields of the spans it happened in (run_id, step_id, attempt).
     #[arg(long, env = "FULFIL_LOG_JSON")]
     log_json: bool,
+    /// Also serve Prometheus metrics at http://ADDR/metrics (the API role
+    /// serves them on its own port); for engine- or worker-only processes.
+    #[arg(long, env = "FULFIL_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Where the operator commands find the API.

@@ -23,21 +23,15 @@ pub enum Role {
     Worker,
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,async_nats=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+pub async fn migrate(database_url: &str, create: bool) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let telemetry = crate::telemetry::init(false);
+    let migrated = migrate_database(database_url, create).await;
+    telemetry.shutdown().await;
+    migrated
 }
 
-pub async fn migrate(database_url: &str, create: bool) -> anyhow::Result<()> {
-    init_tracing(false);
+async fn migrate_database(database_url: &str, create: bool) -> anyhow::Result<()> {
     let reaching = || Reaching::Postgres(redact(database_url));
     if create {
         if db::ensure_database(database_url)
@@ -70,8 +64,20 @@ pub async fn serve(args: ServerArgs, roles: &[Role]) -> anyhow::Result<()> {
 }
 
 async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyhow::Result<()> {
-    init_tracing(args.log_json);
+    // Before telemetry: the OTLP exporter's HTTP client needs the provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let telemetry = crate::telemetry::init(args.log_json);
+    let outcome = start_roles(args, roles, create_database).await;
+    // Spans of the last moments (a failed start included) reach the collector.
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn start_roles(
+    args: ServerArgs,
+    roles: &[Role],
+    create_database: bool,
+) -> anyhow::Result<()> {
     let names = NatsNames::new(args.nats_prefix.clone())?;
     for queue in &args.queues {
         if !fulfil_core::wire::is_valid_queue_name(queue) {
@@ -116,6 +122,8 @@ async fn start(args: ServerArgs, roles: &[Role], create_database: bool) -> anyho
 
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    // Served on the API port by the API role; elsewhere only if asked.
+    crate::telemetry::start_metrics(args.metrics_addr, shutdown.clone()).await?;
     let mut tasks = tokio::task::JoinSet::new();
     if roles.contains(&Role::Api) {
         let listener = tokio::net::TcpListener::bind(&args.http_addr)

@@ -376,24 +376,37 @@ impl Engine {
                 move || crate::reconcile::run_loop(engine.clone(), stop.clone()),
             )
         };
-        let run_retention = async move {
-            let Some(keep) = run_retention else {
-                return;
-            };
+        let run_retention = {
             let (pool, stop) = (self.pool().clone(), shutdown.clone());
-            supervise(
-                roles.clone(),
-                "run retention".into(),
-                shutdown.clone(),
-                move || {
+            let (roles, shutdown) = (roles.clone(), shutdown.clone());
+            async move {
+                let Some(keep) = run_retention else {
+                    return;
+                };
+                supervise(roles, "run retention".into(), shutdown, move || {
                     crate::retention::keep_runs(
                         pool.clone(),
                         crate::retention::RetentionConfig::keeping(keep),
                         stop.clone(),
                     )
+                })
+                .await
+            }
+        };
+        let gauges = {
+            let (pool, stop) = (self.pool().clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "metric gauges".into(),
+                shutdown.clone(),
+                move || {
+                    crate::metrics::count_periodically(
+                        pool.clone(),
+                        crate::metrics::GAUGE_INTERVAL,
+                        stop.clone(),
+                    )
                 },
             )
-            .await
         };
         tokio::join!(
             relay,
@@ -404,7 +417,8 @@ impl Engine {
             timers,
             reconcile,
             schedules,
-            run_retention
+            run_retention,
+            gauges
         );
         Ok(())
     }

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod events;
 pub mod inspect;
 mod intake;
+pub mod metrics;
 pub mod outbox;
 pub mod promises;
 pub mod reconcile;

@@ -25,10 +25,11 @@
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
+use fulfil_bus::trace::{TRACEPARENT_HEADER, TraceParent};
 use futures::future::try_join_all;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info_span, warn};
 
 use crate::{Engine, EngineConfig};
 
@@ -153,6 +154,9 @@ async fn delete_published(
                 .await
         }
         .await;
+        if deleted.is_ok() {
+            crate::metrics::transaction("outbox_delete");
+        }
         if let Err(e) = deleted {
             // Published but not deleted: the relay republishes them later
             // and the stream drops the duplicates. The connection may be
@@ -176,14 +180,13 @@ async fn publish_all(
     for (index, row) in rows.iter().enumerate() {
         let body = Bytes::from(row.payload.to_string());
         let size = body.len();
-        let sent = js
-            .send_publish(
-                row.subject.clone(),
-                PublishMessage::build()
-                    .payload(body)
-                    .message_id(row.msg_id.as_str()),
-            )
-            .await;
+        let mut message = PublishMessage::build()
+            .payload(body)
+            .message_id(row.msg_id.as_str());
+        if let Some(traceparent) = dispatch_trace(row) {
+            message = message.header(TRACEPARENT_HEADER, traceparent.to_string().as_str());
+        }
+        let sent = js.send_publish(row.subject.clone(), message).await;
         let ack = match sent {
             Ok(ack) => ack,
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
@@ -209,7 +212,26 @@ async fn publish_all(
         });
     }
     try_join_all(acks).await?;
+    crate::metrics::tasks_dispatched(rows.len() - refused.len());
     Ok(refused)
+}
+
+/// The trace context a task message carries: its run's (stored in the
+/// task's `traceparent` field when it was planned), or, when spans are
+/// exported, that of a `dispatch` span joined to the run's trace, so the
+/// worker's span hangs under it. `None` for rows that are not tasks.
+fn dispatch_trace(row: &OutboxRow) -> Option<TraceParent> {
+    let run = row
+        .payload
+        .get("traceparent")
+        .and_then(serde_json::Value::as_str)
+        .and_then(TraceParent::parse)?;
+    let field = |name: &str| row.payload.get(name).and_then(serde_json::Value::as_str);
+    let span = info_span!("dispatch", run_id = field("run_id"), step_id = field("step_id"),
+                          attempt = row.payload.get("attempt").and_then(serde_json::Value::as_u64),
+                          subject = %row.subject);
+    run.adopt(&span);
+    Some(TraceParent::of_span(&span).unwrap_or(run))
 }
 
 pub(crate) async fn run_relay(
@@ -321,5 +343,6 @@ pub async fn relay_batch(
         .await?;
     }
     tx.commit().await?;
+    crate::metrics::transaction("relay");
     Ok(rows.len())
 }

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use fulfil_bus::trace::TraceParent;
 use fulfil_core::Promise;
 use fulfil_core::ids::{RequestId, RunId};
 use fulfil_core::params::{ParamsError, Violation};
@@ -28,6 +29,7 @@ use fulfil_core::status::{RunKind, TimerKind};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::Arguments;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Engine;
@@ -144,16 +146,25 @@ pub async fn create_request(
     // The head is a cached guess; the storing transaction checks it, and a
     // request validated against a version that lost the head is validated
     // again against the new head.
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match validate_and_store(engine, &request).await {
-            Err(RequestError::HeadMoved(name)) if tries < 3 => {
-                engine.promises().forget_head(&name);
+    let span = tracing::info_span!("accept", promise = %request.promise);
+    if let Some(parent) = request.traceparent.as_deref().and_then(TraceParent::parse) {
+        // An inbound event's context: the run joins the event's trace.
+        parent.adopt(&span);
+    }
+    async {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match validate_and_store(engine, &request).await {
+                Err(RequestError::HeadMoved(name)) if tries < 3 => {
+                    engine.promises().forget_head(&name);
+                }
+                outcome => return outcome,
             }
-            outcome => return outcome,
         }
     }
+    .instrument(span)
+    .await
 }
 
 async fn validate_and_store(
@@ -219,6 +230,10 @@ pub(crate) fn prepare(
         },
         "vars": engine.vars().capture(promise.var_references().iter().map(String::as_str)),
     });
+    // Without a context of its own, a request exported by an OpenTelemetry
+    // layer keeps its accept span's: the run's spans join that trace.
+    let accepting = || TraceParent::of_span(&tracing::Span::current()).map(|t| t.to_string());
+    let traceparent = traceparent.map(str::to_string).or_else(accepting);
     if let (Some(traceparent), Some(about)) = (traceparent, context.get_mut("request")) {
         about["traceparent"] = json!(traceparent);
     }
@@ -275,6 +290,7 @@ pub(crate) async fn store_requests(
     let mut tx = engine.pool().begin().await?;
     let staged = stage_requests(engine, &mut tx, requests).await?;
     tx.commit().await?;
+    crate::metrics::transaction("intake");
     Ok(staged.committed(engine))
 }
 
@@ -428,6 +444,7 @@ async fn store_in_one_statement(
     let notes: Vec<_> = runs.iter().map(crate::run::Stored::note).collect();
     let mut conn = engine.pool().acquire().await?;
     let rows = crate::run::flush_with(&mut conn, &mut runs, Some(leading)).await?;
+    crate::metrics::transaction("intake");
     engine.after_commit(rows);
     // The first results of these runs are decided without reading them.
     engine.run_cache().keep_stored(runs, notes, HashMap::new());
@@ -509,6 +526,7 @@ fn start_run(engine: &Engine, request: &ValidRequest) -> Result<Run, RunError> {
         None,
         json!({ "kind": run.kind() }),
     );
+    run.observe(crate::metrics::Observed::Accepted);
     if let Some(limit) = promise.run_timeout() {
         // Saturates: a stored Promise may state a timeout no bound checked.
         let fire_at = fulfil_core::time::deadline_after(chrono::Utc::now(), limit);

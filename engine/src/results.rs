@@ -107,7 +107,9 @@ async fn apply_batch(engine: &Engine, js: &jetstream::Context, batch: Vec<jetstr
                     "result"
                 };
                 let reason = format!("unparseable {what}: {e}");
-                fulfil_bus::dead_letter(js, engine.names(), "results", &message, &reason).await;
+                let kind = fulfil_bus::DeadLetterReason::Unparseable;
+                fulfil_bus::dead_letter(js, engine.names(), "results", &message, kind, &reason)
+                    .await;
             }
         }
     }
@@ -174,7 +176,9 @@ async fn settle(
             }
             Err(ApplyError::UnknownTask(task_id)) => {
                 let reason = format!("no attempt with task id {task_id}");
-                fulfil_bus::dead_letter(js, engine.names(), "results", &message, &reason).await;
+                let kind = fulfil_bus::DeadLetterReason::UnknownTask;
+                fulfil_bus::dead_letter(js, engine.names(), "results", &message, kind, &reason)
+                    .await;
             }
             Err(ApplyError::Run(e)) if e.is_transient() => {
                 retry_later(js, engine, message, &e).await
@@ -182,7 +186,9 @@ async fn settle(
             Err(ApplyError::Run(e)) => {
                 let Report::Result(result) = report else {
                     let reason = format!("progress report cannot be applied: {e}");
-                    fulfil_bus::dead_letter(js, engine.names(), "results", &message, &reason).await;
+                    let kind = fulfil_bus::DeadLetterReason::Unappliable;
+                    fulfil_bus::dead_letter(js, engine.names(), "results", &message, kind, &reason)
+                        .await;
                     return;
                 };
                 warn!(error = %e, "a result cannot be applied; failing its attempt instead");
@@ -203,8 +209,16 @@ async fn settle(
                     Err(again) => {
                         let reason =
                             format!("result cannot be applied: {e}; nor its failure: {again}");
-                        fulfil_bus::dead_letter(js, engine.names(), "results", &message, &reason)
-                            .await;
+                        let kind = fulfil_bus::DeadLetterReason::Unappliable;
+                        fulfil_bus::dead_letter(
+                            js,
+                            engine.names(),
+                            "results",
+                            &message,
+                            kind,
+                            &reason,
+                        )
+                        .await;
                     }
                 }
             }
@@ -238,7 +252,8 @@ async fn retry_later(
     let delivered = message.info().map_or(1, |info| info.delivered);
     if delivered >= MAX_DELIVER {
         let reason = format!("still failing after {delivered} deliveries: {e}");
-        fulfil_bus::dead_letter(js, engine.names(), "results", &message, &reason).await;
+        let kind = fulfil_bus::DeadLetterReason::TooManyDeliveries;
+        fulfil_bus::dead_letter(js, engine.names(), "results", &message, kind, &reason).await;
         return;
     }
     warn!(error = %e, delivered, "applying a worker report failed; it will be redelivered");

@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(<crate::openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(crate::metrics::render))
         .routes(routes!(crate::openapi::serve))
         .routes(routes!(promises::list))
         .routes(routes!(promises::apply, promises::get))

@@ -347,7 +347,16 @@ async fn retry_later(
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     if delivered >= MAX_DELIVER {
         let reason = format!("not decided after {delivered} deliveries: {reason}");
-        if fulfil_bus::dead_letter(js, engine.names(), "inbound", message, &reason).await {
+        if fulfil_bus::dead_letter(
+            js,
+            engine.names(),
+            "inbound",
+            message,
+            fulfil_bus::DeadLetterReason::TooManyDeliveries,
+            &reason,
+        )
+        .await
+        {
             ack(message).await;
         }
         return;

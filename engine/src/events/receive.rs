@@ -268,6 +268,7 @@ async fn receive_once(
     ledger.insert(&mut tx).await?;
     dead.insert(&mut tx).await?;
     tx.commit().await?;
+    count_received(&received);
     if let Some(staged) = staged {
         staged.committed(engine);
     }
@@ -275,6 +276,28 @@ async fn receive_once(
         engine.wake_timers();
     }
     Ok(received)
+}
+
+/// Counts committed arrivals by outcome (see
+/// [`crate::metrics::EVENTS_RECEIVED`]).
+fn count_received(received: &[Received]) {
+    for r in received {
+        match r {
+            Received::NotAnEvent { .. } => crate::metrics::event_received("not_an_event"),
+            Received::Event(receipt) if receipt.outcomes.is_empty() => {
+                crate::metrics::event_received(if receipt.waits_completed.is_empty() {
+                    "unmatched"
+                } else {
+                    "wait"
+                });
+            }
+            Received::Event(receipt) => {
+                for o in &receipt.outcomes {
+                    crate::metrics::event_received(o.outcome.as_str());
+                }
+            }
+        }
+    }
 }
 
 /// The head of every Promise that has triggers or listens on a subject. The list of heads is read

@@ -81,6 +81,8 @@ pub(super) enum Next {
 
 /// Drives the run as far as it can go now; see the module docs.
 pub fn advance(run: &mut Run) -> Result<(), RunError> {
+    // Under the span of whatever changed the run (accept, apply, a timer).
+    let _span = tracing::info_span!("plan", run_id = %run.run_id).entered();
     let promise = run.promise.clone();
     let graph = Graph::from_workflow(&promise.spec.workflow);
     loop {
@@ -285,7 +287,7 @@ pub(super) fn dispatch(
         input,
         deadline,
         idempotency_key,
-        traceparent: None,
+        traceparent: Some(run.trace_parent().to_string()),
         kind: spec.kind,
         timeout_ms: Some(time::as_millis_u64(time::clamp(spec.timeout))),
         heartbeat_timeout_ms: spec
@@ -356,6 +358,9 @@ pub fn attempt_failed(
                 )?;
             }
         }
+        run.observe(crate::metrics::Observed::Retry {
+            step: step_id.to_string(),
+        });
         run.record(
             attempt_event(kind, AttemptEvent::RetryScheduled),
             Some(step_id),

@@ -171,9 +171,10 @@ fn apply_one(
     let run = runs
         .get_mut(&attempt.run_id)
         .ok_or(ApplyError::UnknownTask(task_id))?;
-    let _span = info_span!("apply_report", run_id = %run.run_id, step_id = %attempt.step_id,
-                           attempt = attempt.attempt, %task_id)
-    .entered();
+    let span = info_span!("apply", run_id = %run.run_id, step_id = %attempt.step_id,
+                          attempt = attempt.attempt, %task_id);
+    run.trace_parent().adopt(&span);
+    let _span = span.entered();
     run.set_actor(format!("worker:{}", report.worker_id()));
     let run_before = run.clone();
     let attempt_before = attempt.clone();
@@ -287,6 +288,7 @@ async fn apply_optimistically(
         tx.commit().await?;
         rows
     };
+    crate::metrics::transaction("apply");
     engine.run_cache().keep_stored(runs, notes, attempts);
     debug!(
         reports = reports.len(),
@@ -343,6 +345,7 @@ async fn apply_locked(
     let done = ReportBatch { reports }.apply(engine, &mut tx).await?;
     let applied = started.elapsed();
     tx.commit().await?;
+    crate::metrics::transaction("apply");
     // Where a batch's time goes, for profiling the result path.
     debug!(
         reports = reports.len(),
@@ -354,6 +357,29 @@ async fn apply_locked(
     );
     engine.after_commit(done.outbox_rows);
     Ok(done.outcomes)
+}
+
+/// Buffers the metrics of an applied result: the step's duration by the
+/// worker's clock, and its wait from dispatch (the instant its UUIDv7 task
+/// id was minted) to the worker's start.
+fn observe_result(run: &mut Run, step_id: &str, result: &ResultMessage) {
+    let queue = run
+        .promise
+        .step(step_id)
+        .map_or("", |step| run.promise.queue_of(step))
+        .to_string();
+    let dispatched_at = result.task_id.as_uuid().get_timestamp().and_then(|t| {
+        let (secs, nanos) = t.to_unix();
+        chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+    });
+    run.observe(crate::metrics::Observed::StepFinished {
+        step: step_id.to_string(),
+        queue,
+        ok: matches!(result.outcome, Outcome::Ok { .. }),
+        duration_secs: crate::metrics::seconds_between(result.started_at, result.finished_at),
+        schedule_to_start_secs: dispatched_at
+            .and_then(|at| crate::metrics::seconds_between(at, result.started_at)),
+    });
 }
 
 /// Why a report about `attempt` must not change the run, if it must not.
@@ -432,6 +458,7 @@ pub(super) fn apply_result_to(
         },
     );
     attempt.status = status;
+    observe_result(run, &step_id, result);
 
     match &result.outcome {
         Outcome::Ok { output } => {

@@ -522,6 +522,25 @@ impl Run {
         });
     }
 
+    /// The run's durable trace context: the `traceparent` its request was
+    /// filed with, else one derived from the run id (see
+    /// [`fulfil_bus::trace`]).
+    pub fn trace_parent(&self) -> fulfil_bus::trace::TraceParent {
+        self.context
+            .get("request")
+            .and_then(|r| r.get("traceparent"))
+            .and_then(Value::as_str)
+            .and_then(fulfil_bus::trace::TraceParent::parse)
+            .unwrap_or_else(|| {
+                fulfil_bus::trace::TraceParent::for_run(self.run_id.as_uuid().as_u128())
+            })
+    }
+
+    /// Buffers a metric observation, recorded once this change committed.
+    pub(crate) fn observe(&mut self, observed: crate::metrics::Observed) {
+        self.writes.observed.push(observed);
+    }
+
     pub fn publish(&mut self, subject: String, msg_id: String, payload: Value) {
         self.writes.outbox.push(OutboxMessage {
             subject,

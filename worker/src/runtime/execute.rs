@@ -58,6 +58,7 @@ async fn handle_message(shared: &Shared, message: &jetstream::Message, ack_wait:
                 &shared.names,
                 "tasks",
                 message,
+                fulfil_bus::DeadLetterReason::Unparseable,
                 &format!("not a valid task message: {err}"),
             )
             .await;
@@ -65,13 +66,19 @@ async fn handle_message(shared: &Shared, message: &jetstream::Message, ack_wait:
         }
     };
     let span = info_span!(
-        "task",
+        "execute",
         run_id = %task.run_id,
         step_id = %task.step_id,
         attempt = task.attempt,
         task_id = %task.task_id,
         handler = %task.handler,
     );
+    // The run's trace, from the engine's dispatch (docs/wire.md).
+    if let Some(parent) =
+        fulfil_bus::trace::of_message(message.headers.as_ref(), task.traceparent.as_deref())
+    {
+        parent.adopt(&span);
+    }
     async {
         let delivered = message.info().map(|info| info.delivered).ok();
         debug!(?delivered, "task received");

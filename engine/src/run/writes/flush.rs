@@ -64,6 +64,7 @@ pub(crate) async fn flush_with(
     let mut cancels = Vec::new();
     let mut waits = crate::waits::WaitWrites::default();
     let mut slow_outbox = false;
+    let mut observed = Vec::new();
     for run in runs.iter_mut() {
         // A run this change created (a delete run a handed-off run starts
         // as it ends) is stored by the same statement, so neither commits
@@ -73,6 +74,18 @@ pub(crate) async fn flush_with(
             let mut writes = std::mem::take(&mut run.writes);
             if writes.is_empty() {
                 continue;
+            }
+            let finished = writes
+                .ending
+                .as_ref()
+                .is_some_and(|e| e.finished)
+                .then(|| run.status());
+            if finished.is_some() || !writes.observed.is_empty() {
+                observed.push((
+                    run.promise().metadata.name.clone(),
+                    finished,
+                    std::mem::take(&mut writes.observed),
+                ));
             }
             waits.add(
                 run.run_id(),
@@ -106,6 +119,11 @@ pub(crate) async fn flush_with(
             .bind(crate::outbox::CHANNEL)
             .execute(&mut *conn)
             .await?;
+    }
+    // Written (committed, outside a transaction); a rollback of the
+    // caller's transaction after this point is rare enough to miscount.
+    for (promise, finished, observed) in observed {
+        crate::metrics::record_committed(&promise, finished, observed);
     }
     Ok(columns.into_fast_outbox_rows(&inserted))
 }

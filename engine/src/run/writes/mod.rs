@@ -196,6 +196,9 @@ pub(crate) struct Writes {
     pub ended_waits: Vec<String>,
     /// The run ended: every wait it still has is over.
     pub cleared_run_waits: bool,
+    /// Metrics of this change, recorded once it committed; nothing to
+    /// store, so [`Writes::is_empty`] ignores them.
+    pub observed: Vec<crate::metrics::Observed>,
 }
 
 impl Writes {
