@@ -81,8 +81,17 @@ pub enum WatchItem {
 pub struct WatchStats {
     /// Status events received on the subscription.
     pub notifications: u64,
-    /// History reads of the feeds, shared by all watchers of a run.
+    /// Feeds started: each starts with one read, shared by the watchers
+    /// that join it (a run's feed starts again after all its watchers left).
+    pub feed_starts: u64,
+    /// Further history reads of the feeds, shared by all watchers of a
+    /// run: at most one per notification, plus the next page of a long
+    /// history.
     pub feed_reads: u64,
+    /// Shared reads made because [`SAFETY_POLL`] passed with no
+    /// notification: one per watched run per interval, so they grow with
+    /// time, never with watchers or events.
+    pub poll_reads: u64,
     /// Reads made for one watcher (existence check, old history).
     pub replay_reads: u64,
     /// Times a watcher fell behind the broadcast and started again from
@@ -102,7 +111,9 @@ struct Hub {
     /// Set once the NATS subscription is started (or found impossible).
     listening: OnceLock<()>,
     notifications: AtomicU64,
+    feed_starts: AtomicU64,
     feed_reads: AtomicU64,
+    poll_reads: AtomicU64,
     replay_reads: AtomicU64,
     lagged: AtomicU64,
     /// Set by [`WatchHub::close`]: every watch ends.
@@ -162,7 +173,9 @@ impl WatchHub {
     pub fn stats(&self) -> WatchStats {
         WatchStats {
             notifications: self.inner.notifications.load(Ordering::Relaxed),
+            feed_starts: self.inner.feed_starts.load(Ordering::Relaxed),
             feed_reads: self.inner.feed_reads.load(Ordering::Relaxed),
+            poll_reads: self.inner.poll_reads.load(Ordering::Relaxed),
             replay_reads: self.inner.replay_reads.load(Ordering::Relaxed),
             lagged: self.inner.lagged.load(Ordering::Relaxed),
         }
@@ -347,10 +360,18 @@ fn announced(payload: &[u8]) -> Option<(Uuid, i64)> {
 /// watches it any more.
 async fn run_feed(hub: Weak<Hub>, pool: PgPool, feed: Arc<Feed>) {
     let mut failures = 0u32;
+    let mut started = false;
+    let mut polled = false;
     loop {
         let Some(strong) = hub.upgrade() else { return };
         let last = lock(&feed.state).last;
-        strong.feed_reads.fetch_add(1, Ordering::Relaxed);
+        let counter = match (started, polled) {
+            (false, _) => &strong.feed_starts,
+            (true, true) => &strong.poll_reads,
+            (true, false) => &strong.feed_reads,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        started = true;
         let outcome = read(&pool, feed.run_id, last, PAGE).await;
         let more = match outcome {
             Ok(Some((status, events))) => {
@@ -386,10 +407,11 @@ async fn run_feed(hub: Weak<Hub>, pool: PgPool, feed: Arc<Feed>) {
             return;
         }
         drop(strong);
+        polled = false;
         if !more {
             tokio::select! {
                 () = feed.wake.notified() => {}
-                () = tokio::time::sleep(SAFETY_POLL) => {}
+                () = tokio::time::sleep(SAFETY_POLL) => polled = true,
             }
         }
     }

@@ -14,7 +14,10 @@ use fulfil_worker::{Handler, StepError, TaskContext};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
+/// How long a watch may take to end. Generous: a watcher that lagged and
+/// catches up after its run ended has been seen taking 2-9 s past the run's
+/// end on a loaded 2-core host (an open question in docs/watch.md).
+const WAIT: Duration = Duration::from_secs(90);
 
 /// Echoes its input after 300ms, so a watcher joins a run in flight.
 struct SlowEcho;
@@ -302,15 +305,20 @@ async fn two_hundred_watchers_get_every_event_for_one_read_per_notification() ->
                 .is_some()
         })
         .count() as u64;
-    // One read when the feed starts, at most one per notification, one per
-    // safety poll (the run takes about a second): never one per watcher.
+    // Past its first read, a feed reads at most once per notification;
+    // starts (a feed starts again if all its watchers left while the
+    // first ones joined) and safety polls (they grow with time) are
+    // counted apart. Never one read per watcher.
     // (The first status events may be published before the hub listens.)
     assert!(
         stats.notifications >= 1 && stats.notifications <= status_events,
         "{stats:?} for {status_events} status events"
     );
-    assert!(stats.feed_reads <= stats.notifications + 3, "{stats:?}");
-    assert!(stats.feed_reads < WATCHERS as u64 / 10, "{stats:?}");
+    assert!(stats.feed_reads <= stats.notifications, "{stats:?}");
+    assert!(
+        stats.feed_starts + stats.feed_reads + stats.poll_reads < WATCHERS as u64 / 10,
+        "{stats:?}"
+    );
     // A watcher reads alone only when the feed had not read yet.
     assert!(stats.replay_reads <= WATCHERS as u64, "{stats:?}");
     assert_eq!(hub.watched_runs(), 0, "a finished run's feed is gone");

@@ -42,10 +42,12 @@ pub struct WatchReport {
     pub live_status_events: usize,
     /// Events delivered to watchers after every watcher joined.
     pub delivered: usize,
-    /// The hub's shared history reads while live.
+    /// The hub's shared history reads while live, on notifications.
     pub feed_reads_live: u64,
-    /// Reads per live event (the claim: about 1 per status event, never
-    /// per watcher).
+    /// The hub's safety-poll reads while live (per run and interval).
+    pub poll_reads_live: u64,
+    /// Shared reads (notification and poll) per live event (the claim:
+    /// about 1 per status event, never per watcher).
     pub reads_per_event: f64,
     /// Reads watchers made alone when joining (before the feed had read).
     pub join_reads: u64,
@@ -68,6 +70,10 @@ impl WatchReport {
             ),
             ("events delivered", self.delivered.to_string()),
             ("hub reads while live", self.feed_reads_live.to_string()),
+            (
+                "hub safety polls while live",
+                self.poll_reads_live.to_string(),
+            ),
             (
                 "hub reads per event",
                 format!("{:.2}", self.reads_per_event),
@@ -284,7 +290,9 @@ async fn drive(args: &BenchArgs, api: &str, hub: &WatchHub) -> anyhow::Result<Wa
             latency.push((*received - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
     }
-    let feed_reads_live = live_stats.feed_reads - at_join.feed_reads;
+    let feed_reads_live = (live_stats.feed_starts + live_stats.feed_reads)
+        - (at_join.feed_starts + at_join.feed_reads);
+    let poll_reads_live = live_stats.poll_reads - at_join.poll_reads;
     Ok(WatchReport {
         scenario: "watch",
         watchers: args.watchers,
@@ -293,7 +301,8 @@ async fn drive(args: &BenchArgs, api: &str, hub: &WatchHub) -> anyhow::Result<Wa
         live_status_events: live_status,
         delivered,
         feed_reads_live,
-        reads_per_event: feed_reads_live as f64 / live.len().max(1) as f64,
+        poll_reads_live,
+        reads_per_event: (feed_reads_live + poll_reads_live) as f64 / live.len().max(1) as f64,
         join_reads: at_join.replay_reads,
         latency_ms: Percentiles::of(&latency),
         wall_s: started.elapsed().as_secs_f64(),
