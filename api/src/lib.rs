@@ -9,6 +9,7 @@
 //! `POST .../requests` answers 202 only after the request's transaction
 //! committed (see `fulfil_engine::requests`).
 
+pub mod auth;
 pub mod extract;
 pub mod metrics;
 pub mod model;
@@ -37,11 +38,31 @@ pub struct ApiState {
     /// Live run history for SSE and gRPC watchers; `Default` is a hub that
     /// starts on first use.
     pub watch: watch::WatchHub,
+    /// How callers are authenticated; off unless set.
+    pub auth: auth::Auth,
+    /// The largest request body any route reads; over it, a 413.
+    pub max_body_bytes: usize,
+}
+
+impl ApiState {
+    /// The API over `engine`, with access control off and default limits.
+    pub fn new(engine: Engine, nats: Option<async_nats::Client>) -> ApiState {
+        ApiState {
+            engine,
+            nats,
+            watch: watch::WatchHub::default(),
+            auth: auth::Auth::default(),
+            max_body_bytes: extract::MAX_BODY_BYTES,
+        }
+    }
 }
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     let (routes, _) = routes::router().split_for_parts();
+    // A route layer, so a path that is no route answers 404 to anyone and
+    // the layer sees which route matched.
+    let routes = routes.route_layer(axum::middleware::from_fn(auth::authenticate));
     edge(routes.fallback(|| async { problem::not_a_route() })).with_state(state)
 }
 

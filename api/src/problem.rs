@@ -41,6 +41,10 @@
 //! | `not-an-approver` | 403 | the principal is none of the step's `approvers` (`principal`, `approvers`) |
 //! | `requester-cannot-approve` | 403 | the principal filed the request and the step does not `allow_requester` |
 //! | `already-decided` | 409 | the principal already decided this step; a second decision does not count |
+//! | `unauthenticated` | 401 | no bearer token, or one that is unknown, revoked or expired; `WWW-Authenticate: Bearer` |
+//! | `forbidden` | 403 | the caller lacks a role (`missing_role`) or acts outside its team (`team`, `owner`) |
+//! | `policy-denied` | 403 | admission policies refused the request; `violations[]` gives each rule's message |
+//! | `invalid-policy` | 422 | the Policy document is not valid; `errors[].path` |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -111,11 +115,19 @@ pub enum ProblemCode {
     RequesterCannotApprove,
     /// 409: the principal already decided this step.
     AlreadyDecided,
+    /// 401: no valid bearer token.
+    Unauthenticated,
+    /// 403: a missing role, or an action outside the caller's team.
+    Forbidden,
+    /// 403: admission policies refused the request.
+    PolicyDenied,
+    /// 422: the Policy document is not valid.
+    InvalidPolicy,
 }
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 30] = [
+    pub const ALL: [ProblemCode; 34] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -146,6 +158,10 @@ impl ProblemCode {
         Self::NotAnApprover,
         Self::RequesterCannotApprove,
         Self::AlreadyDecided,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::PolicyDenied,
+        Self::InvalidPolicy,
     ];
 
     /// The code as it appears on the wire, the last segment of `type`.
@@ -181,6 +197,10 @@ impl ProblemCode {
             Self::NotAnApprover => "not-an-approver",
             Self::RequesterCannotApprove => "requester-cannot-approve",
             Self::AlreadyDecided => "already-decided",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::PolicyDenied => "policy-denied",
+            Self::InvalidPolicy => "invalid-policy",
         }
     }
 
@@ -399,6 +419,44 @@ impl Problem {
             error.to_string(),
         )
         .retry_after(1)
+    }
+
+    /// 401: the caller did not prove who it is; `detail` says what was
+    /// wrong with what it sent (never the token itself).
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ProblemCode::Unauthenticated,
+            "Unauthenticated",
+            detail,
+        )
+    }
+
+    /// 403: the caller lacks `role` for what it asked.
+    pub fn missing_role(role: fulfil_core::access::Role, action: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ProblemCode::Forbidden,
+            "Forbidden",
+            format!("{action} needs the {role} role, which this caller does not hold"),
+        )
+        .with("missing_role", json!(role.as_str()))
+    }
+
+    /// 403: the caller holds the role but acts outside its team.
+    pub fn outside_team(
+        detail: impl Into<String>,
+        team: Option<&str>,
+        owner: Option<&str>,
+    ) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            ProblemCode::Forbidden,
+            "Forbidden",
+            detail,
+        )
+        .with("team", json!(team))
+        .with("owner", json!(owner))
     }
 
     pub fn retry_after(mut self, seconds: u32) -> Self {

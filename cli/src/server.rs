@@ -130,11 +130,7 @@ async fn start_roles(
             .await
             .with_context(|| format!("binding the HTTP API to {}", args.http_addr))?;
         info!(addr = %args.http_addr, "API listening");
-        let state = fulfil_api::ApiState {
-            engine: engine.clone(),
-            nats: Some(nats.clone()),
-            watch: Default::default(),
-        };
+        let state = fulfil_api::ApiState::new(engine.clone(), Some(nats.clone()));
         let grpc_listener = tokio::net::TcpListener::bind(&args.grpc_addr)
             .await
             .with_context(|| format!("binding the gRPC API to {}", args.grpc_addr))?;

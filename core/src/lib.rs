@@ -5,6 +5,7 @@
 //! A worker depends on this crate for [`wire`] and on `fulfil-bus` for the
 //! JetStream plumbing; it never links the engine or a database driver.
 
+pub mod access;
 pub mod compiled;
 pub mod dag;
 pub mod document;

@@ -263,31 +263,7 @@ pub fn sleep_until(sleep: &Sleep, now: DateTime<Utc>) -> Result<DateTime<Utc>, S
     }
 }
 
-/// Who decides an approval. Until access control lands it is the
-/// `Fulfil-Actor` header's value, which approver entries match literally
-/// (`user:alice` matches `user:alice`); an authenticated principal will
-/// carry its user, team and roles, and [`Principal::matches`] is the one
-/// place that changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// How the principal is recorded in history and compared for quorum and
-    /// `allow_requester`: `user:alice`.
-    pub id: String,
-}
-
-impl Principal {
-    /// A principal named by a `Fulfil-Actor` header value.
-    pub fn from_actor(actor: &str) -> Principal {
-        Principal {
-            id: actor.trim().to_string(),
-        }
-    }
-
-    /// Whether this principal is one of `approvers`.
-    pub fn matches(&self, approvers: &[String]) -> bool {
-        approvers.iter().any(|a| a.trim() == self.id)
-    }
-}
+pub use crate::access::Principal;
 
 /// One decision on an approval, as kept and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

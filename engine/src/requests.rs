@@ -44,6 +44,10 @@ pub struct NewRequest {
     pub idempotency_key: Option<String>,
     /// Who asked, recorded in history (`api`, `cli:alice`, `event:<source>`).
     pub actor: String,
+    /// The authenticated caller who files it; `None` for the engine's own
+    /// callers (triggers, schedules), which admission policies see by their
+    /// `actor` and the Promise's owner team.
+    pub principal: Option<fulfil_core::access::Principal>,
     /// W3C `traceparent` of what caused the request (an inbound event's
     /// extension): kept in the run's `request.traceparent` and carried onto
     /// the run's status events.

@@ -258,11 +258,7 @@ impl TestStack {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = format!("http://{}", listener.local_addr()?);
-        let state = fulfil_api::ApiState {
-            engine: engine.clone(),
-            nats: Some(nats.clone()),
-            watch: Default::default(),
-        };
+        let state = fulfil_api::ApiState::new(engine.clone(), Some(nats.clone()));
         let stop = shutdown.clone();
         tasks.spawn(async move {
             fulfil_api::serve(listener, state, async move { stop.cancelled().await }).await?;

@@ -54,11 +54,7 @@ async fn start() -> anyhow::Result<(TestStack, String, tokio::task::JoinHandle<(
         .apply(include_str!("../../workflows/postgres-database.yaml"))
         .await?;
     stack.apply(SLOW).await?;
-    let state = fulfil_api::ApiState {
-        engine: stack.engine.clone(),
-        nats: Some(stack.nats.clone()),
-        watch: Default::default(),
-    };
+    let state = fulfil_api::ApiState::new(stack.engine.clone(), Some(stack.nats.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move {

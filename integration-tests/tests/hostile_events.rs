@@ -996,11 +996,10 @@ fn arbitrary_bus_messages_and_http_events_are_each_decided_once_and_never_a_serv
         ready(&stack).await
     })?;
 
-    let router = fulfil_api::router(fulfil_api::ApiState {
-        engine: stack.engine.clone(),
-        nats: Some(stack.nats.clone()),
-        watch: Default::default(),
-    });
+    let router = fulfil_api::router(fulfil_api::ApiState::new(
+        stack.engine.clone(),
+        Some(stack.nats.clone()),
+    ));
     let config = ProptestConfig {
         cases: 128,
         failure_persistence: None,

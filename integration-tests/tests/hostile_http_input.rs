@@ -557,11 +557,10 @@ fn arbitrary_bodies_paths_and_queries_never_get_a_server_error() -> anyhow::Resu
         stack.apply(PROMISE).await?;
         anyhow::Ok(stack)
     })?;
-    let router = fulfil_api::router(fulfil_api::ApiState {
-        engine: stack.engine.clone(),
-        nats: Some(stack.nats.clone()),
-        watch: Default::default(),
-    });
+    let router = fulfil_api::router(fulfil_api::ApiState::new(
+        stack.engine.clone(),
+        Some(stack.nats.clone()),
+    ));
     let cancel = format!("/v1/runs/{RUN}/cancel");
     let retry = format!("/v1/runs/{RUN}/retry");
     let routes = [

@@ -480,11 +480,7 @@ async fn readyz_names_the_roles_that_stopped() -> anyhow::Result<()> {
     let api = format!("http://{}/readyz", listener.local_addr()?);
     let stop_api = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn({
-        let state = fulfil_api::ApiState {
-            engine: engine.clone(),
-            nats: Some(stack.nats.clone()),
-            watch: Default::default(),
-        };
+        let state = fulfil_api::ApiState::new(engine.clone(), Some(stack.nats.clone()));
         let stop = stop_api.clone();
         async move { fulfil_api::serve(listener, state, async move { stop.cancelled().await }).await }
     });

@@ -639,11 +639,10 @@ fn arbitrary_schedule_input_never_gets_a_server_error() -> anyhow::Result<()> {
         stack.apply(BEAT).await?;
         anyhow::Ok(stack)
     })?;
-    let router = fulfil_api::router(fulfil_api::ApiState {
-        engine: stack.engine.clone(),
-        nats: Some(stack.nats.clone()),
-        watch: Default::default(),
-    });
+    let router = fulfil_api::router(fulfil_api::ApiState::new(
+        stack.engine.clone(),
+        Some(stack.nats.clone()),
+    ));
     let send = |method: &str, uri: &str, body: Vec<u8>| -> Result<u16, TestCaseError> {
         let request = axum::http::Request::builder()
             .method(method)

@@ -260,9 +260,8 @@ async fn two_hundred_watchers_get_every_event_for_one_read_per_notification() ->
     // An API of our own over the stack's engine, to read its hub's counts.
     let hub = fulfil_api::watch::WatchHub::default();
     let state = fulfil_api::ApiState {
-        engine: stack.engine.clone(),
-        nats: Some(stack.nats.clone()),
         watch: hub.clone(),
+        ..fulfil_api::ApiState::new(stack.engine.clone(), Some(stack.nats.clone()))
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = format!("http://{}", listener.local_addr()?);

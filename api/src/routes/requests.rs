@@ -129,6 +129,7 @@ pub async fn create(
             // Whoever filed it, as `allow_requester: false` compares it
             // with an approval's principal (DESIGN.md "Waits").
             actor: super::runs::actor(&headers),
+            principal: None,
             traceparent: None,
         },
     )

@@ -120,11 +120,10 @@ async fn measure(args: &BenchArgs, database_url: &str) -> anyhow::Result<Queries
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = format!("http://{}", listener.local_addr()?);
     let names = fulfil_bus::NatsNames::new("benchqueries")?;
-    let state = fulfil_api::ApiState {
-        engine: fulfil_engine::engine::Engine::new(pool.clone(), names, "bench-queries"),
-        nats: None,
-        watch: Default::default(),
-    };
+    let state = fulfil_api::ApiState::new(
+        fulfil_engine::engine::Engine::new(pool.clone(), names, "bench-queries"),
+        None,
+    );
     let stop = tokio_util::sync::CancellationToken::new();
     let server = {
         let stop = stop.clone();

@@ -176,9 +176,8 @@ async fn measure(
     }
     let hub = WatchHub::default();
     let state = fulfil_api::ApiState {
-        engine: engine.clone(),
-        nats: Some(nats.clone()),
         watch: hub.clone(),
+        ..fulfil_api::ApiState::new(engine.clone(), Some(nats.clone()))
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = format!("http://{}", listener.local_addr()?);
