@@ -497,7 +497,8 @@ impl IntoResponse for Problem {
 /// `text/plain` or empty. Their body is dropped, so no text of unknown
 /// origin reaches the caller. JSON answers were written by a handler on
 /// purpose and pass: problems, and `/readyz`'s 503 listing what is down.
-pub async fn every_error_a_problem(response: Response) -> Response {
+/// A 413 names `max_body_bytes`, the router's body limit.
+pub async fn every_error_a_problem(response: Response, max_body_bytes: usize) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -526,7 +527,7 @@ pub async fn every_error_a_problem(response: Response) -> Response {
             .with("allowed", json!(allowed))
         }
         StatusCode::NOT_FOUND => not_a_route(),
-        StatusCode::PAYLOAD_TOO_LARGE => crate::extract::too_large(),
+        StatusCode::PAYLOAD_TOO_LARGE => crate::extract::too_large(max_body_bytes),
         StatusCode::GATEWAY_TIMEOUT => Problem::new(
             status,
             ProblemCode::Timeout,
@@ -675,7 +676,7 @@ mod tests {
         let mut bare = (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response();
         bare.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
-        let answer = every_error_a_problem(bare).await;
+        let answer = every_error_a_problem(bare, crate::extract::MAX_BODY_BYTES).await;
         assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(
             answer.headers().get(header::CONTENT_TYPE),
@@ -691,7 +692,7 @@ mod tests {
             axum::Json(json!({ "status": "not ready" })),
         )
             .into_response();
-        let answer = every_error_a_problem(not_ready).await;
+        let answer = every_error_a_problem(not_ready, crate::extract::MAX_BODY_BYTES).await;
         assert_eq!(
             answer.headers().get(header::CONTENT_TYPE),
             Some(&HeaderValue::from_static("application/json"))

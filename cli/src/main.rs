@@ -7,6 +7,7 @@
 mod bench;
 mod client;
 mod events;
+mod oidc_args;
 mod output;
 mod report;
 mod schedules;
@@ -178,6 +179,15 @@ pub struct ServerArgs {
     /// serves them on its own port); for engine- or worker-only processes.
     #[arg(long, env = "FULFIL_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// The largest request body the API reads, e.g. `1MiB`, `512KiB`,
+    /// `2000000`; larger bodies answer 413.
+    #[arg(
+        long,
+        env = "FULFIL_MAX_BODY",
+        default_value = "1MiB",
+        value_parser = byte_size
+    )]
+    max_body: usize,
 }
 
 /// Where the operator commands find the API.
@@ -459,6 +469,36 @@ fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
     fulfil_core::promise::parse_duration(s)
 }
 
+/// A size as an operator writes it: bytes, or a number with `KiB`, `MiB`,
+/// `GiB` (powers of 1024) or `kB`, `MB`, `GB` (powers of 1000); between
+/// 1 KiB and 1 GiB, since a smaller limit refuses every Promise and a
+/// larger one is memory for the taking.
+fn byte_size(s: &str) -> Result<usize, String> {
+    const UNITS: [(&str, u64); 7] = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("kB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("B", 1),
+    ];
+    let text = s.trim();
+    let (number, unit) = UNITS
+        .iter()
+        .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n.trim(), *unit)))
+        .unwrap_or((text, 1));
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s:?} is not a size like 1MiB, 512KiB or 1048576"))?;
+    if !(1 << 10..=1 << 30).contains(&bytes) {
+        return Err(format!("{s:?} is outside 1KiB..1GiB"));
+    }
+    usize::try_from(bytes).map_err(|_| format!("{s:?} is too large for this machine"))
+}
+
 /// `--retention`: how long finished runs are kept; `None` for ever.
 type Retention = Option<std::time::Duration>;
 
@@ -629,5 +669,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,
         Command::Apply { file, client } => schedules::apply(&client, &file).await,
         Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_size;
+
+    #[test]
+    fn sizes_read_as_operators_write_them() {
+        assert_eq!(byte_size("1MiB"), Ok(1 << 20));
+        assert_eq!(byte_size("512KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("2 MB"), Ok(2_000_000));
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(byte_size("4096B"), Ok(4096));
+    }
+
+    #[test]
+    fn nonsense_and_extreme_sizes_are_refused() {
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "1TiB",
+            "12",
+            "2GiB",
+            "99999999999999999999GiB",
+        ] {
+            assert!(byte_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -130,7 +130,8 @@ async fn start_roles(
             .await
             .with_context(|| format!("binding the HTTP API to {}", args.http_addr))?;
         info!(addr = %args.http_addr, "API listening");
-        let state = fulfil_api::ApiState::new(engine.clone(), Some(nats.clone()));
+        let mut state = fulfil_api::ApiState::new(engine.clone(), Some(nats.clone()));
+        state.max_body_bytes = args.max_body;
         let grpc_listener = tokio::net::TcpListener::bind(&args.grpc_addr)
             .await
             .with_context(|| format!("binding the gRPC API to {}", args.grpc_addr))?;
