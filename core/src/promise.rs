@@ -330,6 +330,7 @@ impl Promise {
         context: &ValidationContext,
     ) -> Result<Promise, SpecErrors> {
         crate::document::check_depth(&value).map_err(SpecErrors::one)?;
+        crate::document::check_strings(&value).map_err(SpecErrors::one)?;
         let document: PromiseDocument = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::dag::{Graph, Reachability};
-use crate::document::MAX_STEPS;
+use crate::document::{MAX_NEEDS, MAX_STEPS};
 use crate::expr::{MATCH_ROOTS, ParsedExpression, ROOTS, Template, condition_source};
 use crate::promise::{API_VERSION, KIND, Promise, ReconcileSpec, RetrySpec, Step};
 use crate::status::WaitKind;
@@ -491,6 +491,18 @@ fn check_workflow(
         }
     }
     for (i, step) in steps.iter().enumerate() {
+        if step.needs.len() > MAX_NEEDS {
+            structure_ok = false;
+            err(
+                format!("{path}.steps[{i}].needs"),
+                "too_large",
+                format!(
+                    "{} needs; a step may need at most {MAX_NEEDS} steps",
+                    step.needs.len()
+                ),
+            );
+            continue;
+        }
         let mut seen = BTreeSet::new();
         for (j, need) in step.needs.iter().enumerate() {
             let at = format!("{path}.steps[{i}].needs[{j}]");
