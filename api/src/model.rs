@@ -15,6 +15,8 @@ use utoipa::ToSchema;
 
 use crate::openapi::schemas;
 
+pub mod tokens;
+
 /// A page of a list: `{items, next_cursor}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {

@@ -12,6 +12,7 @@ mod report;
 mod schedules;
 mod server;
 mod telemetry;
+mod tokens;
 mod watch;
 
 use std::path::PathBuf;
@@ -94,6 +95,10 @@ enum Command {
     /// Inspect, pause and resume Schedules and read their tick ledger.
     #[command(subcommand)]
     Schedule(schedules::ScheduleCommand),
+    /// Create, list and revoke API tokens (admin); `create --bootstrap`
+    /// writes a first admin token straight into the database.
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
 }
 
 /// Connection and tuning flags of the server roles.
@@ -178,6 +183,15 @@ pub struct ServerArgs {
     /// serves them on its own port); for engine- or worker-only processes.
     #[arg(long, env = "FULFIL_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Whether callers need a bearer token: `tokens` (API tokens, and OIDC
+    /// JWTs where configured) or `none` (callers are who `Fulfil-Actor`
+    /// says). `serve` defaults to tokens, `dev` to none (and then binds
+    /// loopback only). A first admin token comes from the environment
+    /// variable FULFIL_BOOTSTRAP_TOKEN (never a flag) or `fulfil token create --bootstrap`.
+    #[arg(long, env = "FULFIL_AUTH", value_enum)]
+    auth: Option<server::AuthChoice>,
+    // OIDC hook: the `oidc` branch's `OidcArgs` (cli/src/oidc_args.rs) is
+    // flattened here when merged, and `server::api_auth` passes its verifier.
 }
 
 /// Where the operator commands find the API.
@@ -190,6 +204,10 @@ pub struct ClientArgs {
         global = true
     )]
     api_url: String,
+    /// Bearer token sent as `Authorization: Bearer <token>` on every call
+    /// (`fulfil token create` makes one).
+    #[arg(long, env = "FULFIL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
@@ -629,5 +647,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,
         Command::Apply { file, client } => schedules::apply(&client, &file).await,
         Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
+        Command::Token(cmd) => tokens::run_token(cmd).await,
     }
 }

@@ -32,6 +32,7 @@ pub mod run;
 pub mod schedules;
 pub mod status_events;
 pub mod timers;
+pub mod tokens;
 pub mod waits;
 
 pub use engine::{Engine, EngineConfig};
