@@ -7,6 +7,7 @@ mod promises;
 mod requests;
 mod runs;
 mod schedules;
+mod scope;
 mod watch;
 
 use utoipa_axum::router::OpenApiRouter;
