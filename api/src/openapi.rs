@@ -632,6 +632,9 @@ pub(crate) mod views {
         pub outcomes: Vec<TriggerOutcome>,
         pub waits_completed: Vec<WaitCompleted>,
         pub dead_letter_id: Option<Uuid>,
+        /// Who posted it over HTTP (a principal id, `user:alice`); null for
+        /// bus events and replays.
+        pub received_by: Option<String>,
     }
 
     /// An inbound message that could not be used.

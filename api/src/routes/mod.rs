@@ -7,6 +7,7 @@ mod promises;
 mod requests;
 mod runs;
 mod schedules;
+mod scope;
 mod tokens;
 mod watch;
 
