@@ -51,7 +51,7 @@ impl ApiState {
             engine,
             nats,
             watch: watch::WatchHub::default(),
-            auth: auth::Auth::default(),
+            auth: auth::Auth::off(),
             max_body_bytes: extract::MAX_BODY_BYTES,
         }
     }
@@ -62,7 +62,10 @@ pub fn router(state: ApiState) -> Router {
     let (routes, _) = routes::router().split_for_parts();
     // A route layer, so a path that is no route answers 404 to anyone and
     // the layer sees which route matched.
-    let routes = routes.route_layer(axum::middleware::from_fn(auth::authenticate));
+    let routes = routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
     let max_body_bytes = state.max_body_bytes;
     edge(
         routes.fallback(|| async { problem::not_a_route() }),

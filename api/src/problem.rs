@@ -45,6 +45,7 @@
 //! | `forbidden` | 403 | the caller lacks a role (`missing_role`) or acts outside its team (`team`, `owner`) |
 //! | `policy-denied` | 403 | admission policies refused the request; `violations[]` gives each rule's message |
 //! | `invalid-policy` | 422 | the Policy document is not valid; `errors[].path` |
+//! | `token-name-taken` | 409 | a live API token already has this name |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -123,11 +124,13 @@ pub enum ProblemCode {
     PolicyDenied,
     /// 422: the Policy document is not valid.
     InvalidPolicy,
+    /// 409: a live API token already has this name.
+    TokenNameTaken,
 }
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 34] = [
+    pub const ALL: [ProblemCode; 35] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -162,6 +165,7 @@ impl ProblemCode {
         Self::Forbidden,
         Self::PolicyDenied,
         Self::InvalidPolicy,
+        Self::TokenNameTaken,
     ];
 
     /// The code as it appears on the wire, the last segment of `type`.
@@ -201,6 +205,7 @@ impl ProblemCode {
             Self::Forbidden => "forbidden",
             Self::PolicyDenied => "policy-denied",
             Self::InvalidPolicy => "invalid-policy",
+            Self::TokenNameTaken => "token-name-taken",
         }
     }
 
@@ -482,6 +487,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.code == ProblemCode::Unauthenticated {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(seconds) = self.retry_after_s {
             response
                 .headers_mut()
@@ -635,6 +645,11 @@ mod tests {
                 "not-an-approver",
                 "requester-cannot-approve",
                 "already-decided",
+                "unauthenticated",
+                "forbidden",
+                "policy-denied",
+                "invalid-policy",
+                "token-name-taken",
             ]
         );
         assert_eq!(

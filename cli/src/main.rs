@@ -13,6 +13,7 @@ mod report;
 mod schedules;
 mod server;
 mod telemetry;
+mod tokens;
 mod watch;
 
 use std::path::PathBuf;
@@ -95,6 +96,10 @@ enum Command {
     /// Inspect, pause and resume Schedules and read their tick ledger.
     #[command(subcommand)]
     Schedule(schedules::ScheduleCommand),
+    /// Create, list and revoke API tokens (admin); `create --bootstrap`
+    /// writes a first admin token straight into the database.
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
 }
 
 /// Connection and tuning flags of the server roles.
@@ -188,6 +193,16 @@ pub struct ServerArgs {
         value_parser = byte_size
     )]
     max_body: usize,
+    /// Whether callers need a bearer token: `tokens` (API tokens, and OIDC
+    /// JWTs where configured) or `none` (callers are who `Fulfil-Actor`
+    /// says). `serve` defaults to tokens, `dev` to none (and then binds
+    /// loopback only). A first admin token comes from the environment
+    /// variable FULFIL_BOOTSTRAP_TOKEN (never a flag) or `fulfil token create --bootstrap`.
+    #[arg(long, env = "FULFIL_AUTH", value_enum)]
+    auth: Option<server::AuthChoice>,
+    /// OIDC JWTs accepted alongside API tokens (with `--auth tokens`).
+    #[command(flatten)]
+    oidc: oidc_args::OidcArgs,
 }
 
 /// Where the operator commands find the API.
@@ -200,6 +215,10 @@ pub struct ClientArgs {
         global = true
     )]
     api_url: String,
+    /// Bearer token sent as `Authorization: Bearer <token>` on every call
+    /// (`fulfil token create` makes one).
+    #[arg(long, env = "FULFIL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
@@ -669,6 +688,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,
         Command::Apply { file, client } => schedules::apply(&client, &file).await,
         Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
+        Command::Token(cmd) => tokens::run_token(cmd).await,
     }
 }
 

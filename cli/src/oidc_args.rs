@@ -7,8 +7,6 @@ use anyhow::bail;
 use fulfil_api::auth::oidc::{JwksSource, OidcConfig};
 
 /// Where OIDC tokens come from and how their claims map to a principal.
-// Used once the `authn` branch flattens it into the server's arguments.
-#[allow(dead_code)]
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct OidcArgs {
     /// Accept JWTs from this issuer (their `iss` must equal it exactly).
@@ -34,7 +32,6 @@ pub struct OidcArgs {
     pub oidc_roles_claim: String,
 }
 
-#[allow(dead_code)]
 impl OidcArgs {
     /// The OIDC configuration, `None` when no OIDC flag is set; an error
     /// when some are set and others missing.

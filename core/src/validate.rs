@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::dag::{Graph, Reachability};
 use crate::document::{MAX_NEEDS, MAX_STEPS};
 use crate::expr::{MATCH_ROOTS, ParsedExpression, ROOTS, Template, condition_source};
-use crate::promise::{API_VERSION, KIND, Promise, ReconcileSpec, RetrySpec, Step};
+use crate::promise::{API_VERSION, AccessSpec, KIND, Promise, ReconcileSpec, RetrySpec, Step};
 use crate::status::WaitKind;
 use crate::time::parse_duration;
 
@@ -220,6 +220,9 @@ pub fn validate_with(promise: &Promise, context: &ValidationContext) -> Result<(
     if let Some(timeout) = &promise.spec.timeout {
         check_duration("spec.timeout", timeout, &mut err);
     }
+    if let Some(access) = &promise.spec.access {
+        check_access(access, &mut err);
+    }
     if let Some(reconcile) = &promise.spec.reconcile {
         check_reconcile(reconcile, &mut err);
     }
@@ -341,6 +344,29 @@ fn check_duration(path: &str, text: &str, err: &mut Report<'_>) {
         ),
         Ok(_) => {}
         Err(e) => err(path.into(), "invalid_duration", e.to_string()),
+    }
+}
+
+/// An empty list would close the Promise to every team but admins, which
+/// is almost surely a mistake: omit `access` to open it to all, or name the
+/// teams.
+fn check_access(access: &AccessSpec, err: &mut Report<'_>) {
+    if access.teams.is_empty() {
+        err(
+            "spec.access.teams".into(),
+            "invalid_value",
+            "teams must name at least one team; omit spec.access to let every team file requests"
+                .into(),
+        );
+    }
+    for (i, team) in access.teams.iter().enumerate() {
+        if team.trim().is_empty() {
+            err(
+                format!("spec.access.teams[{i}]"),
+                "invalid_value",
+                "a team name must not be empty".into(),
+            );
+        }
     }
 }
 
