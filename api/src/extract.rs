@@ -9,8 +9,10 @@
 //! mistake into a database error (a 500). Every string that reaches a
 //! handler through these extractors, object keys included, is free of NUL.
 //!
-//! Bodies are read within [`MAX_BODY_BYTES`] (set once, by the router's
-//! `DefaultBodyLimit`); a larger one is a 413 from every route alike.
+//! Bodies are read within the router's limit (`ApiState::max_body_bytes`,
+//! [`MAX_BODY_BYTES`] unless configured, set once by the router's
+//! `DefaultBodyLimit` and named to the extractors by [`BodyLimit`]); a
+//! larger one is a 413 from every route alike, naming the limit.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -23,8 +25,15 @@ use serde_json::{Value, json};
 
 use crate::{Problem, ProblemCode};
 
-/// The largest request body any route reads.
-pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// The largest request body any route reads unless configured otherwise
+/// (`--max-body`): 1 MiB holds any sane Promise, request or event, and
+/// keeps what one caller can make the server buffer small.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The router's body limit, in every request's extensions, so a 413 names
+/// the limit the router was built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit(pub usize);
 
 /// A JSON request body (`Content-Type: application/json` or `...+json`),
 /// free of NUL characters, deserialized into `T`.
@@ -254,26 +263,31 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
 
 /// The body, within the router's limit; over it, a 413.
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Problem> {
+    let limit = req
+        .extensions()
+        .get::<BodyLimit>()
+        .map_or(MAX_BODY_BYTES, |limit| limit.0);
     Bytes::from_request(req, state)
         .await
         .map_err(|e: BytesRejection| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large()
+                too_large(limit)
             } else {
                 Problem::bad_request(format!("could not read the body: {}", e.body_text()))
             }
         })
 }
 
-/// The one answer to a body over [`MAX_BODY_BYTES`], from every route.
-pub fn too_large() -> Problem {
+/// The one answer to a body over the limit (`limit` bytes), from every
+/// route.
+pub fn too_large(limit: usize) -> Problem {
     Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         ProblemCode::PayloadTooLarge,
         "Payload too large",
-        format!("the body is larger than the {MAX_BODY_BYTES} bytes a request may carry"),
+        format!("the body is larger than the {limit} bytes a request may carry"),
     )
-    .with("limit_bytes", json!(MAX_BODY_BYTES))
+    .with("limit_bytes", json!(limit))
 }
 
 /// Parses, refuses NUL characters, then shapes into `T`, naming the JSON

@@ -51,7 +51,7 @@ impl ApiState {
             engine,
             nats,
             watch: watch::WatchHub::default(),
-            auth: auth::Auth::default(),
+            auth: auth::Auth::off(),
             max_body_bytes: extract::MAX_BODY_BYTES,
         }
     }
@@ -62,19 +62,26 @@ pub fn router(state: ApiState) -> Router {
     let (routes, _) = routes::router().split_for_parts();
     // A route layer, so a path that is no route answers 404 to anyone and
     // the layer sees which route matched.
-    let routes = routes.route_layer(axum::middleware::from_fn(auth::authenticate));
-    edge(routes.fallback(|| async { problem::not_a_route() })).with_state(state)
+    let routes = routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
+    let max_body_bytes = state.max_body_bytes;
+    edge(
+        routes.fallback(|| async { problem::not_a_route() }),
+        max_body_bytes,
+    )
+    .with_state(state)
 }
 
 /// The layers every route sits behind, innermost first; apart from the
 /// routes so a test can put them around a handler of its own.
-fn edge<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+fn edge<S: Clone + Send + Sync + 'static>(routes: Router<S>, max_body_bytes: usize) -> Router<S> {
     routes
         // One limit for every route's body, read by the extractors of
-        // `extract`, which answer 413 over it.
-        .layer(axum::extract::DefaultBodyLimit::max(
-            extract::MAX_BODY_BYTES,
-        ))
+        // `extract`, which answer 413 over it and name it.
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::Extension(extract::BodyLimit(max_body_bytes)))
         // Inside the trace, so a panic's 500 is traced and logged as a
         // failure like any other.
         .layer(CatchPanicLayer::custom(problem::from_panic))
@@ -84,9 +91,9 @@ fn edge<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
             Duration::from_secs(30),
         ))
         // Outermost, so the timeout's answer passes through it too.
-        .layer(axum::middleware::map_response(
-            problem::every_error_a_problem,
-        ))
+        .layer(axum::middleware::map_response(move |response| {
+            problem::every_error_a_problem(response, max_body_bytes)
+        }))
 }
 
 /// Logs a 5xx answer. A 503 is the intake shedding load on purpose (the
@@ -202,7 +209,10 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_answers_a_500_problem_logged_under_its_id() {
         let logs = test_logs::installed();
-        let app = edge(Router::new().route("/boom", get(panics)));
+        let app = edge(
+            Router::new().route("/boom", get(panics)),
+            extract::MAX_BODY_BYTES,
+        );
         let request = Request::get("/boom")
             .body(Body::empty())
             .expect("a valid request");
@@ -231,5 +241,39 @@ mod tests {
             .unwrap_or_else(|| panic!("no log line names {error_id}: {logs}"));
         assert!(line.contains("ERROR"), "{line}");
         assert!(line.contains("boom: secret detail"), "{line}");
+    }
+
+    async fn echo(extract::Json(body): extract::Json<Value>) -> axum::Json<Value> {
+        axum::Json(body)
+    }
+
+    /// A JSON body of exactly `len` bytes: a string padded to fit.
+    fn body_of(len: usize) -> Vec<u8> {
+        format!("\"{}\"", "x".repeat(len - 2)).into_bytes()
+    }
+
+    #[tokio::test]
+    async fn the_configured_body_limit_is_enforced_and_named_in_the_413() {
+        let app = edge(
+            Router::new().route("/echo", axum::routing::post(echo)),
+            4096,
+        );
+        let post = |len: usize| {
+            Request::post("/echo")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body_of(len)))
+                .expect("a valid request")
+        };
+        let at_limit = app.clone().oneshot(post(4096)).await.expect("an answer");
+        assert_eq!(at_limit.status(), StatusCode::OK);
+
+        let over = app.oneshot(post(4097)).await.expect("an answer");
+        assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = axum::body::to_bytes(over.into_body(), 64 * 1024)
+            .await
+            .expect("the body");
+        let body: Value = serde_json::from_slice(&body).expect("a JSON body");
+        assert_eq!(body["code"], "payload-too-large", "{body}");
+        assert_eq!(body["limit_bytes"], 4096, "{body}");
     }
 }

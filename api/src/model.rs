@@ -15,6 +15,8 @@ use utoipa::ToSchema;
 
 use crate::openapi::schemas;
 
+pub mod tokens;
+
 /// A page of a list: `{items, next_cursor}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {
@@ -83,7 +85,14 @@ pub struct Request {
     pub reconcile_run_id: Option<RunId>,
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
+    /// Who filed it (a principal id, `user:alice`; `event:<source>` or
+    /// `schedule:<name>` where the engine filed it).
     pub created_by: Option<String>,
+    /// The filing principal's team, which (with the Promise's owner team)
+    /// may delete, reconcile, cancel and retry it; null where the engine
+    /// filed it or access control was off.
+    #[serde(default)]
+    pub team: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -381,6 +390,7 @@ impl From<inspect::RequestView> for Request {
             outputs: r.outputs,
             idempotency_key: r.idempotency_key,
             created_by: r.created_by,
+            team: r.team,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -684,6 +694,7 @@ mod tests {
             outputs: None,
             idempotency_key: None,
             created_by: Some("api".into()),
+            team: None,
             created_at: at,
             updated_at: at,
         };

@@ -43,6 +43,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "events", description = "Inbound CloudEvents, the event ledger and dead letters"),
         (name = "schedules", description = "Schedules and their tick ledgers"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
+        (name = "tokens", description = "API tokens (admin): create, list, revoke"),
     )
 )]
 pub struct ApiDoc;
@@ -54,6 +55,7 @@ pub fn document() -> &'static Document {
         let mut document = crate::routes::router().split_for_parts().1;
         // After the routes are in: a modifier of `ApiDoc` would run before.
         EdgeAnswers.modify(&mut document);
+        BearerAuth.modify(&mut document);
         Links.modify(&mut document);
         document
     })
@@ -151,20 +153,9 @@ impl Modify for EdgeAnswers {
     fn modify(&self, openapi: &mut Document) {
         let components = openapi.components.get_or_insert_with(Default::default);
         for (_, name, description) in Self::ANSWERS {
-            components.responses.insert(
-                name.to_string(),
-                RefOr::T(
-                    ResponseBuilder::new()
-                        .description(description)
-                        .content(
-                            "application/problem+json",
-                            utoipa::openapi::ContentBuilder::new()
-                                .schema(Some(Ref::from_schema_name(crate::Problem::name())))
-                                .build(),
-                        )
-                        .build(),
-                ),
-            );
+            components
+                .responses
+                .insert(name.to_string(), problem_response(description));
         }
         for (path, item) in openapi.paths.paths.iter_mut() {
             for operation in [
@@ -178,6 +169,87 @@ impl Modify for EdgeAnswers {
             .flatten()
             {
                 Self::add(operation, path);
+            }
+        }
+    }
+}
+
+/// A shared answer whose body is a [`crate::Problem`].
+fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name(crate::Problem::name())))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// The `bearer` security scheme, required by every `/v1` operation
+/// (`serve` without `--auth none`), with the 401 and 403 the role gate
+/// answers (see `auth::permissions`).
+pub struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut Document) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`fulfil token create`) or, where configured, an OIDC JWT",
+                    ))
+                    .build(),
+            ),
+        );
+        for (name, description) in [
+            (
+                "Unauthenticated",
+                "`unauthenticated`: no bearer token, or one that is malformed, unknown, revoked or expired; `WWW-Authenticate: Bearer`",
+            ),
+            (
+                "Forbidden",
+                "`forbidden`: the caller lacks the role the route needs (`missing_role`) or acts outside its team",
+            ),
+        ] {
+            components
+                .responses
+                .insert(name.to_string(), problem_response(description));
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                for (status, name) in [("401", "Unauthenticated"), ("403", "Forbidden")] {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
+                }
             }
         }
     }
@@ -560,6 +632,9 @@ pub(crate) mod views {
         pub outcomes: Vec<TriggerOutcome>,
         pub waits_completed: Vec<WaitCompleted>,
         pub dead_letter_id: Option<Uuid>,
+        /// Who posted it over HTTP (a principal id, `user:alice`); null for
+        /// bus events and replays.
+        pub received_by: Option<String>,
     }
 
     /// An inbound message that could not be used.

@@ -45,6 +45,7 @@
 //! | `forbidden` | 403 | the caller lacks a role (`missing_role`) or acts outside its team (`team`, `owner`) |
 //! | `policy-denied` | 403 | admission policies refused the request; `violations[]` gives each rule's message |
 //! | `invalid-policy` | 422 | the Policy document is not valid; `errors[].path` |
+//! | `token-name-taken` | 409 | a live API token already has this name |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -123,11 +124,13 @@ pub enum ProblemCode {
     PolicyDenied,
     /// 422: the Policy document is not valid.
     InvalidPolicy,
+    /// 409: a live API token already has this name.
+    TokenNameTaken,
 }
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 34] = [
+    pub const ALL: [ProblemCode; 35] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -162,6 +165,7 @@ impl ProblemCode {
         Self::Forbidden,
         Self::PolicyDenied,
         Self::InvalidPolicy,
+        Self::TokenNameTaken,
     ];
 
     /// The code as it appears on the wire, the last segment of `type`.
@@ -201,6 +205,7 @@ impl ProblemCode {
             Self::Forbidden => "forbidden",
             Self::PolicyDenied => "policy-denied",
             Self::InvalidPolicy => "invalid-policy",
+            Self::TokenNameTaken => "token-name-taken",
         }
     }
 
@@ -482,6 +487,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.code == ProblemCode::Unauthenticated {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(seconds) = self.retry_after_s {
             response
                 .headers_mut()
@@ -497,7 +507,8 @@ impl IntoResponse for Problem {
 /// `text/plain` or empty. Their body is dropped, so no text of unknown
 /// origin reaches the caller. JSON answers were written by a handler on
 /// purpose and pass: problems, and `/readyz`'s 503 listing what is down.
-pub async fn every_error_a_problem(response: Response) -> Response {
+/// A 413 names `max_body_bytes`, the router's body limit.
+pub async fn every_error_a_problem(response: Response, max_body_bytes: usize) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -526,7 +537,7 @@ pub async fn every_error_a_problem(response: Response) -> Response {
             .with("allowed", json!(allowed))
         }
         StatusCode::NOT_FOUND => not_a_route(),
-        StatusCode::PAYLOAD_TOO_LARGE => crate::extract::too_large(),
+        StatusCode::PAYLOAD_TOO_LARGE => crate::extract::too_large(max_body_bytes),
         StatusCode::GATEWAY_TIMEOUT => Problem::new(
             status,
             ProblemCode::Timeout,
@@ -634,6 +645,11 @@ mod tests {
                 "not-an-approver",
                 "requester-cannot-approve",
                 "already-decided",
+                "unauthenticated",
+                "forbidden",
+                "policy-denied",
+                "invalid-policy",
+                "token-name-taken",
             ]
         );
         assert_eq!(
@@ -675,7 +691,7 @@ mod tests {
         let mut bare = (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed").into_response();
         bare.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
-        let answer = every_error_a_problem(bare).await;
+        let answer = every_error_a_problem(bare, crate::extract::MAX_BODY_BYTES).await;
         assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(
             answer.headers().get(header::CONTENT_TYPE),
@@ -691,7 +707,7 @@ mod tests {
             axum::Json(json!({ "status": "not ready" })),
         )
             .into_response();
-        let answer = every_error_a_problem(not_ready).await;
+        let answer = every_error_a_problem(not_ready, crate::extract::MAX_BODY_BYTES).await;
         assert_eq!(
             answer.headers().get(header::CONTENT_TYPE),
             Some(&HeaderValue::from_static("application/json"))

@@ -23,6 +23,7 @@ impl Api {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(auth_headers(args)?)
             .build()
             .context("building the HTTP client")?;
         Ok(Self {
@@ -88,6 +89,24 @@ impl Api {
     }
 }
 
+/// `Authorization: Bearer <token>` when `--token`/`FULFIL_TOKEN` is set,
+/// for every client the CLI builds (the SSE stream's too).
+pub(crate) fn auth_headers(args: &ClientArgs) -> anyhow::Result<reqwest::header::HeaderMap> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = args
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| anyhow!("--token/FULFIL_TOKEN holds characters a header cannot carry"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
+}
+
 /// An API answer read as its model; the raw value stays for `--output json`,
 /// which prints fields this CLI does not know too.
 pub(crate) fn model<T: serde::de::DeserializeOwned>(body: &Value, what: &str) -> anyhow::Result<T> {
@@ -121,6 +140,11 @@ fn describe_problem(status: reqwest::StatusCode, body: &Value) -> String {
             .map(str::to_string)
             .unwrap_or_else(|| body.to_string())
     );
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        out.push_str(
+            "\n  (pass a token with --token or FULFIL_TOKEN; `fulfil token create` makes one)",
+        );
+    }
     if let Some(errors) = body["errors"].as_array() {
         for e in errors {
             let at = e["path"].as_str().or(e["pointer"].as_str()).unwrap_or("");
@@ -584,7 +608,7 @@ pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
     }
 }
 
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

@@ -7,11 +7,13 @@
 mod bench;
 mod client;
 mod events;
+mod oidc_args;
 mod output;
 mod report;
 mod schedules;
 mod server;
 mod telemetry;
+mod tokens;
 mod watch;
 
 use std::path::PathBuf;
@@ -94,6 +96,10 @@ enum Command {
     /// Inspect, pause and resume Schedules and read their tick ledger.
     #[command(subcommand)]
     Schedule(schedules::ScheduleCommand),
+    /// Create, list and revoke API tokens (admin); `create --bootstrap`
+    /// writes a first admin token straight into the database.
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
 }
 
 /// Connection and tuning flags of the server roles.
@@ -178,6 +184,25 @@ pub struct ServerArgs {
     /// serves them on its own port); for engine- or worker-only processes.
     #[arg(long, env = "FULFIL_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// The largest request body the API reads, e.g. `1MiB`, `512KiB`,
+    /// `2000000`; larger bodies answer 413.
+    #[arg(
+        long,
+        env = "FULFIL_MAX_BODY",
+        default_value = "1MiB",
+        value_parser = byte_size
+    )]
+    max_body: usize,
+    /// Whether callers need a bearer token: `tokens` (API tokens, and OIDC
+    /// JWTs where configured) or `none` (callers are who `Fulfil-Actor`
+    /// says). `serve` defaults to tokens, `dev` to none (and then binds
+    /// loopback only). A first admin token comes from the environment
+    /// variable FULFIL_BOOTSTRAP_TOKEN (never a flag) or `fulfil token create --bootstrap`.
+    #[arg(long, env = "FULFIL_AUTH", value_enum)]
+    auth: Option<server::AuthChoice>,
+    /// OIDC JWTs accepted alongside API tokens (with `--auth tokens`).
+    #[command(flatten)]
+    oidc: oidc_args::OidcArgs,
 }
 
 /// Where the operator commands find the API.
@@ -190,6 +215,10 @@ pub struct ClientArgs {
         global = true
     )]
     api_url: String,
+    /// Bearer token sent as `Authorization: Bearer <token>` on every call
+    /// (`fulfil token create` makes one).
+    #[arg(long, env = "FULFIL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
@@ -459,6 +488,36 @@ fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {
     fulfil_core::promise::parse_duration(s)
 }
 
+/// A size as an operator writes it: bytes, or a number with `KiB`, `MiB`,
+/// `GiB` (powers of 1024) or `kB`, `MB`, `GB` (powers of 1000); between
+/// 1 KiB and 1 GiB, since a smaller limit refuses every Promise and a
+/// larger one is memory for the taking.
+fn byte_size(s: &str) -> Result<usize, String> {
+    const UNITS: [(&str, u64); 7] = [
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("kB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("B", 1),
+    ];
+    let text = s.trim();
+    let (number, unit) = UNITS
+        .iter()
+        .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n.trim(), *unit)))
+        .unwrap_or((text, 1));
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s:?} is not a size like 1MiB, 512KiB or 1048576"))?;
+    if !(1 << 10..=1 << 30).contains(&bytes) {
+        return Err(format!("{s:?} is outside 1KiB..1GiB"));
+    }
+    usize::try_from(bytes).map_err(|_| format!("{s:?} is too large for this machine"))
+}
+
 /// `--retention`: how long finished runs are kept; `None` for ever.
 type Retention = Option<std::time::Duration>;
 
@@ -629,5 +688,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,
         Command::Apply { file, client } => schedules::apply(&client, &file).await,
         Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
+        Command::Token(cmd) => tokens::run_token(cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_size;
+
+    #[test]
+    fn sizes_read_as_operators_write_them() {
+        assert_eq!(byte_size("1MiB"), Ok(1 << 20));
+        assert_eq!(byte_size("512KiB"), Ok(512 << 10));
+        assert_eq!(byte_size("2 MB"), Ok(2_000_000));
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(byte_size("4096B"), Ok(4096));
+    }
+
+    #[test]
+    fn nonsense_and_extreme_sizes_are_refused() {
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "1TiB",
+            "12",
+            "2GiB",
+            "99999999999999999999GiB",
+        ] {
+            assert!(byte_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

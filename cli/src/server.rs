@@ -23,6 +23,78 @@ pub enum Role {
     Worker,
 }
 
+/// `--auth`: whether callers need a bearer token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthChoice {
+    /// API tokens (and OIDC JWTs where configured) on every `/v1` route.
+    Tokens,
+    /// No authentication: callers are who `Fulfil-Actor` says.
+    None,
+}
+
+/// Refuses to serve without authentication on an address other machines
+/// can reach: `dev` is for one machine.
+pub fn check_dev_binds(args: &ServerArgs) -> anyhow::Result<()> {
+    for (flag, addr) in [
+        ("--http-addr", &args.http_addr),
+        ("--grpc-addr", &args.grpc_addr),
+    ] {
+        let loopback = match addr.parse::<std::net::SocketAddr>() {
+            Ok(addr) => addr.ip().is_loopback(),
+            Err(_) => addr
+                .rsplit_once(':')
+                .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost")),
+        };
+        if !loopback {
+            bail!(
+                "{flag} {addr} is not a loopback address, and `dev` runs with --auth none: \
+                 anyone who can reach it could act as anyone. Bind 127.0.0.1, or pass --auth tokens"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The API's authentication, and the bootstrap admin token installed from
+/// `FULFIL_BOOTSTRAP_TOKEN` (read here, never logged).
+async fn api_auth(
+    choice: AuthChoice,
+    engine: &Engine,
+    oidc: &crate::oidc_args::OidcArgs,
+) -> anyhow::Result<fulfil_api::auth::Auth> {
+    // Checked whatever the mode, so half-given OIDC flags are an error,
+    // not silently nothing.
+    let oidc = oidc.config()?;
+    if let Ok(secret) = std::env::var("FULFIL_BOOTSTRAP_TOKEN") {
+        let info = fulfil_engine::tokens::bootstrap(engine.pool(), &secret)
+            .await
+            .context("installing FULFIL_BOOTSTRAP_TOKEN")?;
+        info!(name = %info.name, team = %info.team, "bootstrap admin token installed");
+    }
+    Ok(match choice {
+        AuthChoice::None => {
+            if oidc.is_some() {
+                tracing::warn!("--auth none: the OIDC flags are ignored, callers are not checked");
+            }
+            fulfil_api::auth::Auth::off()
+        }
+        AuthChoice::Tokens => {
+            let verifier = match oidc {
+                None => None,
+                Some(config) => {
+                    let (issuer, jwks) = (config.issuer.clone(), config.jwks.to_string());
+                    let verifier = fulfil_api::auth::oidc::OidcVerifier::new(config)
+                        .await
+                        .context("starting OIDC (--oidc-*)")?;
+                    info!(%issuer, %jwks, "OIDC JWTs accepted");
+                    Some(std::sync::Arc::new(verifier))
+                }
+            };
+            fulfil_api::auth::Auth::tokens(engine.pool().clone(), verifier)
+        }
+    })
+}
+
 pub async fn migrate(database_url: &str, create: bool) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let telemetry = crate::telemetry::init(false);
@@ -53,10 +125,17 @@ pub async fn dev(mut args: ServerArgs) -> anyhow::Result<()> {
     if args.workflows.is_none() && Path::new("workflows").is_dir() {
         args.workflows = Some("workflows".into());
     }
+    if args.auth.is_none() {
+        args.auth = Some(AuthChoice::None);
+    }
+    if args.auth == Some(AuthChoice::None) {
+        check_dev_binds(&args)?;
+    }
     start(args, &[Role::Api, Role::Engine, Role::Worker], true).await
 }
 
-pub async fn serve(args: ServerArgs, roles: &[Role]) -> anyhow::Result<()> {
+pub async fn serve(mut args: ServerArgs, roles: &[Role]) -> anyhow::Result<()> {
+    args.auth = args.auth.or(Some(AuthChoice::Tokens));
     if roles.is_empty() {
         bail!("--roles is empty; name at least one of api, engine, worker");
     }
@@ -79,6 +158,16 @@ async fn start_roles(
     create_database: bool,
 ) -> anyhow::Result<()> {
     let names = NatsNames::new(args.nats_prefix.clone())?;
+    let auth = args.auth.unwrap_or(AuthChoice::Tokens);
+    if auth == AuthChoice::None && roles.contains(&Role::Api) {
+        if create_database {
+            info!("authentication is off (dev): callers are who Fulfil-Actor says");
+        } else {
+            tracing::warn!(
+                "authentication is OFF (--auth none): anyone who reaches the API can act as anyone"
+            );
+        }
+    }
     for queue in &args.queues {
         if !fulfil_core::wire::is_valid_queue_name(queue) {
             bail!("invalid queue name {queue:?}: use letters, digits, '-' and '_'");
@@ -130,7 +219,11 @@ async fn start_roles(
             .await
             .with_context(|| format!("binding the HTTP API to {}", args.http_addr))?;
         info!(addr = %args.http_addr, "API listening");
-        let state = fulfil_api::ApiState::new(engine.clone(), Some(nats.clone()));
+        let state = fulfil_api::ApiState {
+            auth: api_auth(auth, &engine, &args.oidc).await?,
+            max_body_bytes: args.max_body,
+            ..fulfil_api::ApiState::new(engine.clone(), Some(nats.clone()))
+        };
         let grpc_listener = tokio::net::TcpListener::bind(&args.grpc_addr)
             .await
             .with_context(|| format!("binding the gRPC API to {}", args.grpc_addr))?;

@@ -34,6 +34,7 @@ pub async fn run_watch(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> 
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(SILENCE)
+        .default_headers(crate::client::auth_headers(args)?)
         .build()
         .context("building the HTTP client")?;
     let mut view = View::new(args.output, &run);

@@ -5,8 +5,10 @@
 //! document is deserialized: its size ([`MAX_DOCUMENT_BYTES`]), its nesting
 //! ([`MAX_DEPTH`]), its number of YAML nodes ([`MAX_NODES`]) and aliases
 //! ([`MAX_ALIASES`], which also stops "billion laughs" expansion). The
-//! workflow's step count ([`MAX_STEPS`]) is checked by validation, and each
-//! expression by [`crate::expr`]. Within these bounds, parsing and validating
+//! workflow's step count ([`MAX_STEPS`]) and each step's `needs`
+//! ([`MAX_NEEDS`]) are checked by validation, every string and key against
+//! [`MAX_STRING_BYTES`] by [`check_strings`], and each expression by
+//! [`crate::expr`]. Within these bounds, parsing and validating
 //! a Promise takes time roughly linear in its size.
 //!
 //! YAML is read with `serde-saphyr`, which refuses a key repeated in one
@@ -40,6 +42,16 @@ pub const MAX_REPLAYED_EVENTS: usize = 10_000;
 /// Most steps in one workflow (`spec.workflow` or `spec.delete`): room for
 /// fan-outs of 2,000 and more.
 pub const MAX_STEPS: usize = 5_000;
+
+/// Most entries in one step's `needs`: every other step of the largest
+/// workflow.
+pub const MAX_NEEDS: usize = MAX_STEPS;
+
+/// Longest string (or mapping key) anywhere in a Promise or Schedule, in
+/// bytes. Names, descriptions, expressions and `with` values are far
+/// shorter; a longer one is data that belongs in an artifact, and would be
+/// copied into every task and history entry that carries it.
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
 
 fn yaml_options() -> serde_saphyr::Options {
     // Budget and Options are non_exhaustive: start from the defaults.
@@ -153,6 +165,54 @@ pub fn check_depth(value: &Value) -> Result<(), SpecError> {
         stack.extend(children.map(|child| (child, depth + 1)));
     }
     Ok(())
+}
+
+/// Refuses a string or key longer than [`MAX_STRING_BYTES`], naming its
+/// path (`spec.workflow.steps[0].with.blob`). Recursive: call it after
+/// [`check_depth`], which bounds how deep it goes.
+pub fn check_strings(value: &Value) -> Result<(), SpecError> {
+    fn walk(value: &Value, path: &mut String) -> Result<(), SpecError> {
+        let too_long = |path: &str, what: &str, len: usize| {
+            SpecError::new(
+                path,
+                "too_large",
+                format!(
+                    "{what} is {len} bytes; strings in a document may be at most \
+                     {MAX_STRING_BYTES} bytes (64 KiB)"
+                ),
+            )
+        };
+        let len = path.len();
+        match value {
+            Value::String(text) if text.len() > MAX_STRING_BYTES => {
+                Err(too_long(path, "the string", text.len()))
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    if key.len() > MAX_STRING_BYTES {
+                        return Err(too_long(path, "a key", key.len()));
+                    }
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(key);
+                    walk(item, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    walk(value, &mut String::new())
 }
 
 #[cfg(test)]

@@ -109,6 +109,27 @@ pub struct PromiseSpec {
     /// (runs of kind `reconcile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<ReconcileSpec>,
+    /// Which teams may file requests; absent, every team may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessSpec>,
+}
+
+/// `spec.access`: the teams whose principals may file requests for the
+/// Promise (`access: { teams: [team-a, team-b] }`). It narrows who files,
+/// never who reads: reads stay global to every authenticated principal.
+/// Applies only where access control is on; admins file for any Promise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSpec {
+    /// At least one team name.
+    pub teams: Vec<String>,
+}
+
+impl AccessSpec {
+    /// Whether a principal of `team` may file requests.
+    pub fn admits(&self, team: &str) -> bool {
+        self.teams.iter().any(|t| t.trim() == team)
+    }
 }
 
 /// `spec.reconcile`: every live request of the Promise re-runs its
@@ -330,6 +351,7 @@ impl Promise {
         context: &ValidationContext,
     ) -> Result<Promise, SpecErrors> {
         crate::document::check_depth(&value).map_err(SpecErrors::one)?;
+        crate::document::check_strings(&value).map_err(SpecErrors::one)?;
         let document: PromiseDocument = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };

@@ -238,6 +238,7 @@ impl Schedule {
     /// reported at its path.
     pub fn from_value(value: Value) -> Result<Schedule, SpecErrors> {
         crate::document::check_depth(&value).map_err(SpecErrors::one)?;
+        crate::document::check_strings(&value).map_err(SpecErrors::one)?;
         let document: ScheduleDocument = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };

@@ -18,9 +18,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::dag::{Graph, Reachability};
-use crate::document::MAX_STEPS;
+use crate::document::{MAX_NEEDS, MAX_STEPS};
 use crate::expr::{MATCH_ROOTS, ParsedExpression, ROOTS, Template, condition_source};
-use crate::promise::{API_VERSION, KIND, Promise, ReconcileSpec, RetrySpec, Step};
+use crate::promise::{API_VERSION, AccessSpec, KIND, Promise, ReconcileSpec, RetrySpec, Step};
 use crate::status::WaitKind;
 use crate::time::parse_duration;
 
@@ -220,6 +220,9 @@ pub fn validate_with(promise: &Promise, context: &ValidationContext) -> Result<(
     if let Some(timeout) = &promise.spec.timeout {
         check_duration("spec.timeout", timeout, &mut err);
     }
+    if let Some(access) = &promise.spec.access {
+        check_access(access, &mut err);
+    }
     if let Some(reconcile) = &promise.spec.reconcile {
         check_reconcile(reconcile, &mut err);
     }
@@ -341,6 +344,29 @@ fn check_duration(path: &str, text: &str, err: &mut Report<'_>) {
         ),
         Ok(_) => {}
         Err(e) => err(path.into(), "invalid_duration", e.to_string()),
+    }
+}
+
+/// An empty list would close the Promise to every team but admins, which
+/// is almost surely a mistake: omit `access` to open it to all, or name the
+/// teams.
+fn check_access(access: &AccessSpec, err: &mut Report<'_>) {
+    if access.teams.is_empty() {
+        err(
+            "spec.access.teams".into(),
+            "invalid_value",
+            "teams must name at least one team; omit spec.access to let every team file requests"
+                .into(),
+        );
+    }
+    for (i, team) in access.teams.iter().enumerate() {
+        if team.trim().is_empty() {
+            err(
+                format!("spec.access.teams[{i}]"),
+                "invalid_value",
+                "a team name must not be empty".into(),
+            );
+        }
     }
 }
 
@@ -491,6 +517,18 @@ fn check_workflow(
         }
     }
     for (i, step) in steps.iter().enumerate() {
+        if step.needs.len() > MAX_NEEDS {
+            structure_ok = false;
+            err(
+                format!("{path}.steps[{i}].needs"),
+                "too_large",
+                format!(
+                    "{} needs; a step may need at most {MAX_NEEDS} steps",
+                    step.needs.len()
+                ),
+            );
+            continue;
+        }
         let mut seen = BTreeSet::new();
         for (j, need) in step.needs.iter().enumerate() {
             let at = format!("{path}.steps[{i}].needs[{j}]");

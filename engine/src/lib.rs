@@ -22,6 +22,7 @@ pub mod inspect;
 mod intake;
 pub mod metrics;
 pub mod outbox;
+pub mod ownership;
 pub mod promises;
 pub mod reconcile;
 pub mod requests;
@@ -32,6 +33,7 @@ pub mod run;
 pub mod schedules;
 pub mod status_events;
 pub mod timers;
+pub mod tokens;
 pub mod waits;
 
 pub use engine::{Engine, EngineConfig};

@@ -87,6 +87,10 @@ pub enum RequestError {
     /// The Promise could not be loaded.
     #[error(transparent)]
     Promise(PromiseError),
+    /// The filing principal's team may not file for this Promise
+    /// (`spec.access`).
+    #[error(transparent)]
+    Refused(crate::ownership::Refusal),
     /// This process is shutting down and stored nothing; try again.
     #[error("the engine is shutting down; the request was not stored")]
     IntakeStopped,
@@ -186,6 +190,9 @@ async fn validate_and_store(
         }
         Err(e) => return Err(RequestError::Promise(e)),
     };
+    if let Some(principal) = &request.principal {
+        crate::ownership::may_file(principal, &promise).map_err(RequestError::Refused)?;
+    }
     let params = engine
         .promises()
         .params_schema(&promise)
@@ -202,7 +209,7 @@ async fn validate_and_store(
             }),
         })?;
 
-    let request = prepare(
+    let mut prepared = prepare(
         engine,
         promise,
         params,
@@ -210,7 +217,8 @@ async fn validate_and_store(
         request.actor.clone(),
         request.traceparent.as_deref(),
     );
-    crate::intake::submit(engine, request).await
+    prepared.team = request.principal.as_ref().and_then(|p| p.team.clone());
+    crate::intake::submit(engine, prepared).await
 }
 
 /// A request for `promise` whose `params` passed its schema (defaults
@@ -249,6 +257,7 @@ pub(crate) fn prepare(
         context,
         idempotency_key,
         actor,
+        team: None,
     }
 }
 
@@ -264,6 +273,9 @@ pub(crate) struct ValidRequest {
     pub context: Value,
     pub idempotency_key: Option<String>,
     pub actor: String,
+    /// The filing principal's team, kept on the request row; `None` for
+    /// the engine's own callers and where access control is off.
+    pub team: Option<String>,
 }
 
 /// Stores `requests` in one transaction: each request row, then the run,
@@ -389,10 +401,11 @@ pub(crate) async fn stage_requests(
 /// is still its Promise's head.
 const INSERT_REQUESTS: &str =
     "INSERT INTO fulfil.requests (id, promise, promise_version, params, idempotency_key,
-                             status, run_id, created_by)
- SELECT id, promise, version, params, key, 'running', run_id, actor
- FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[], $7::text[])
-      AS u(id, promise, version, params, key, run_id, actor)
+                             status, run_id, created_by, team)
+ SELECT id, promise, version, params, key, 'running', run_id, actor, team
+ FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::uuid[], $7::text[],
+             $8::text[])
+      AS u(id, promise, version, params, key, run_id, actor, team)
  WHERE EXISTS (SELECT 1 FROM fulfil.promise_heads h
                WHERE h.name = u.promise AND h.version = u.version)";
 
@@ -422,8 +435,10 @@ fn bind_requests(
     arguments.add(versions)?;
     arguments.add(params)?;
     arguments.add(keys)?;
+    let teams: Vec<Option<&str>> = requests.iter().map(|r| r.team.as_deref()).collect();
     arguments.add(run_ids)?;
-    arguments.add(actors)
+    arguments.add(actors)?;
+    arguments.add(teams)
 }
 
 /// The common case in one round trip: requests without idempotency keys

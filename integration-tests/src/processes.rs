@@ -108,7 +108,17 @@ impl RoleSpawner {
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(&self.bin);
         command
-            .args(["serve", "--roles", roles, "--db-pool", "6"])
+            // Access control is what `auth_tokens` and `rbac_matrix` test,
+            // in process; these role processes serve without it.
+            .args([
+                "serve",
+                "--roles",
+                roles,
+                "--db-pool",
+                "6",
+                "--auth",
+                "none",
+            ])
             .args(extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

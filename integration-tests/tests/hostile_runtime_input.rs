@@ -203,7 +203,8 @@ spec:
         .await?;
 
     // Parameters no task could carry: refused with 413, nothing stored.
-    let huge = "x".repeat(1_100_000);
+    // Within the 1 MiB body limit, over the task input limit (1 MiB - 8 KiB).
+    let huge = "x".repeat(1_045_000);
     let (status, _, body) = stack
         .post_request("doubler", json!({ "params": { "x": huge } }), None)
         .await?;

@@ -1,12 +1,16 @@
 //! Deciding approval steps: `POST /v1/runs/{id}/steps/{step}/approve` and
 //! `.../reject`, body `{comment?}` (the body may be absent).
 //!
-//! The principal who decides is the `Fulfil-Actor` header's value as given
-//! (`user:alice`) until access control lands; then the authenticated
-//! principal takes its place and nothing else here changes (see
-//! `fulfil_core::wait::Principal`). Without one the answer is a 400: an
-//! approval by nobody in particular cannot count toward a quorum of
-//! distinct principals, nor be refused to the requester.
+//! The principal who decides is the caller ([`Caller`]): with access
+//! control on, the authenticated principal, whose id, team and roles the
+//! step's `approvers` entries (`user:`, `team:`, `role:`) match; with it
+//! off, the `Fulfil-Actor` header's value as given (`user:alice`), matched
+//! literally. Without that header (access control off) the answer is a
+//! 400: an approval by nobody in particular cannot count toward a quorum
+//! of distinct principals, nor be refused to the requester.
+//!
+//! Admins do not bypass the approvers list: it is the Promise author's
+//! four-eyes control, and an admin decides only where an entry names it.
 //!
 //! Everything else is the engine's (`fulfil_engine::waits::decide_approval`):
 //! it records the decision in history and, once the quorum is reached or on
@@ -23,6 +27,7 @@ use fulfil_engine::waits::{ApprovalError, ApprovalOutcome, ApprovalRequest, deci
 use serde_json::json;
 
 use super::parse_id;
+use crate::auth::Caller;
 use crate::extract::{self, Path};
 use crate::{ApiState, Problem, ProblemCode, model};
 
@@ -35,12 +40,12 @@ use crate::{ApiState, Problem, ProblemCode, model};
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),
         ("step" = String, Path, description = "The approval step"),
-        ("Fulfil-Actor" = String, Header, description = "The principal who approves (`user:alice`), as the step's approvers name them"),
+        ("Fulfil-Actor" = Option<String>, Header, description = "Where access control is off: the principal who approves (`user:alice`), as the step's approvers name them; with it on, the authenticated principal decides"),
     ),
     request_body(content = Option<model::DecideApproval>, description = "May be absent"),
     responses(
         (status = 200, description = "The decision recorded, and where the step stands", body = model::ApprovalOutcome),
-        (status = 400, description = "No `Fulfil-Actor`, or a malformed request", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `Fulfil-Actor` (access control off), or a malformed request", body = crate::Problem, content_type = "application/problem+json"),
         (status = 403, description = "`not-an-approver` or `requester-cannot-approve`", body = crate::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`step-not-waiting`, `not-an-approval` or `already-decided`", body = crate::Problem, content_type = "application/problem+json"),
@@ -50,10 +55,11 @@ use crate::{ApiState, Problem, ProblemCode, model};
 pub async fn approve(
     state: State<ApiState>,
     path: Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Option<extract::Json<model::DecideApproval>>,
 ) -> Result<Json<model::ApprovalOutcome>, Problem> {
-    decide(state, path, &headers, body, Decision::Approve).await
+    decide(state, path, caller, &headers, body, Decision::Approve).await
 }
 
 /// `POST /v1/runs/{id}/steps/{step}/reject`
@@ -65,12 +71,12 @@ pub async fn approve(
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),
         ("step" = String, Path, description = "The approval step"),
-        ("Fulfil-Actor" = String, Header, description = "The principal who rejects (`user:alice`), as the step's approvers name them"),
+        ("Fulfil-Actor" = Option<String>, Header, description = "Where access control is off: the principal who rejects (`user:alice`), as the step's approvers name them; with it on, the authenticated principal decides"),
     ),
     request_body(content = Option<model::DecideApproval>, description = "May be absent"),
     responses(
         (status = 200, description = "The decision recorded, and where the step stands", body = model::ApprovalOutcome),
-        (status = 400, description = "No `Fulfil-Actor`, or a malformed request", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `Fulfil-Actor` (access control off), or a malformed request", body = crate::Problem, content_type = "application/problem+json"),
         (status = 403, description = "`not-an-approver` or `requester-cannot-approve`", body = crate::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`step-not-waiting`, `not-an-approval` or `already-decided`", body = crate::Problem, content_type = "application/problem+json"),
@@ -80,21 +86,23 @@ pub async fn approve(
 pub async fn reject(
     state: State<ApiState>,
     path: Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Option<extract::Json<model::DecideApproval>>,
 ) -> Result<Json<model::ApprovalOutcome>, Problem> {
-    decide(state, path, &headers, body, Decision::Reject).await
+    decide(state, path, caller, &headers, body, Decision::Reject).await
 }
 
 async fn decide(
     State(state): State<ApiState>,
     Path((id, step)): Path<(String, String)>,
+    Caller(caller): Caller,
     headers: &HeaderMap,
     body: Option<extract::Json<model::DecideApproval>>,
     decision: Decision,
 ) -> Result<Json<model::ApprovalOutcome>, Problem> {
     let run_id: RunId = parse_id("run", &id)?;
-    let principal = principal(headers, decision)?;
+    let principal = principal(caller, headers, decision)?;
     let comment = body
         .and_then(|extract::Json(b)| b.comment)
         .filter(|c| !c.trim().is_empty());
@@ -113,9 +121,17 @@ async fn decide(
     Ok(Json(outcome_model(outcome)))
 }
 
-/// The principal deciding, from `Fulfil-Actor`; none is a 400 that says how
-/// to give one.
-fn principal(headers: &HeaderMap, decision: Decision) -> Result<Principal, Problem> {
+/// The principal deciding: the authenticated caller, or (access control
+/// off) the `Fulfil-Actor` header's word, where none is a 400 that says how
+/// to give one (the middleware's stand-in `api` names nobody).
+fn principal(
+    caller: Principal,
+    headers: &HeaderMap,
+    decision: Decision,
+) -> Result<Principal, Problem> {
+    if caller.authenticated {
+        return Ok(caller);
+    }
     let verb = match decision {
         Decision::Approve => "approve",
         Decision::Reject => "reject",
@@ -135,7 +151,7 @@ fn principal(headers: &HeaderMap, decision: Decision) -> Result<Principal, Probl
     if text.trim().is_empty() {
         return Err(missing());
     }
-    Ok(Principal::from_actor(&text))
+    Ok(caller)
 }
 
 fn approval_error(e: ApprovalError, run: &str) -> Problem {

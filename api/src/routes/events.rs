@@ -19,6 +19,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{check_limit, inspect_error, parse_id};
+use crate::auth::Caller;
 use crate::extract::{Body, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
 
@@ -51,10 +52,13 @@ fn receive_error(e: &ReceiveError) -> Problem {
 )]
 pub async fn send(
     State(state): State<ApiState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<EventReceipt>), Problem> {
-    match events::receive_http(&state.engine, &headers, &body).await {
+    // Not team-scoped: an event is a fact about the world offered to every
+    // Promise's triggers, which decide for themselves (docs/access.md).
+    match events::receive_http(&state.engine, &headers, &body, &caller.id).await {
         Ok(receipt) => Ok((StatusCode::ACCEPTED, Json(receipt))),
         Err(HttpEventError::NotACloudEvent(e)) => Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,

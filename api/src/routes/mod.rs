@@ -7,6 +7,8 @@ mod promises;
 mod requests;
 mod runs;
 mod schedules;
+mod scope;
+mod tokens;
 mod watch;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -48,6 +50,8 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(schedules::ticks))
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::revoke))
 }
 
 /// An id from the path; one that is not a UUID is a 400 naming it.

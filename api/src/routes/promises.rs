@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
 
+use crate::auth::Caller;
 use crate::extract::{Path, Query, Text};
 use crate::{ApiState, Problem, ProblemCode, model};
 
@@ -92,12 +93,14 @@ async fn capture_trigger_subjects(state: &ApiState, promise: &Promise) -> Result
     responses(
         (status = 201, description = "A new Promise or version, now the head", body = model::PromiseApplied),
         (status = 200, description = "This version was applied before with the same spec; it is the head again", body = model::PromiseApplied),
+        (status = 403, description = "`forbidden`: no `metadata.owner`, another team named as owner, or another team's Promise of that name", body = crate::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`version-conflict`: this version exists with other content", body = crate::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid-promise` (every problem under `errors[].path`) or `trigger-subject-refused`", body = crate::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn apply(
     State(state): State<ApiState>,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     Text(body): Text,
 ) -> Result<(StatusCode, Json<model::PromiseApplied>), Problem> {
@@ -124,6 +127,22 @@ pub async fn apply(
                 promise.metadata.name
             ),
         ))));
+    }
+    if caller.authenticated {
+        // Checked before anything is stored (the trigger subjects
+        // included); a Promise applied meanwhile by another team is the
+        // race this leaves, and its author would see the version conflict.
+        let stored = fulfil_engine::ownership::promise_owner(state.engine.pool(), &name)
+            .await
+            .map_err(|e| crate::problem::from_db(&e))?;
+        fulfil_engine::ownership::may_apply(
+            &caller,
+            fulfil_engine::ownership::DocumentKind::Promise,
+            &name,
+            promise.metadata.owner.as_deref(),
+            stored.as_ref().map(Option::as_deref),
+        )
+        .map_err(super::scope::refused)?;
     }
     capture_trigger_subjects(&state, &promise).await?;
     let outcome = promises::apply(state.engine.pool(), &promise)

@@ -12,10 +12,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::IntoParams;
 
+use fulfil_core::access::Role;
 use fulfil_core::ids::RequestId;
 use fulfil_core::status::RequestStatus;
 
 use super::{check_limit, inspect_error, parse_id};
+use crate::auth::Caller;
 use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
 
@@ -50,6 +52,7 @@ fn request_error(e: RequestError) -> Problem {
         .with("request_id", json!(request_id)),
         RequestError::InvalidIdempotencyKey(_) => Problem::bad_request(e.to_string()),
         RequestError::Promise(e) => super::promises::promise_error(e),
+        RequestError::Refused(refusal) => super::scope::refused(refusal),
         RequestError::IntakeStopped => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ProblemCode::Unavailable,
@@ -84,6 +87,7 @@ fn request_error(e: RequestError) -> Problem {
     request_body = model::CreateRequest,
     responses(
         (status = 202, description = "Stored and started (or, `replayed`, an earlier request with the same key and params); `Location` names the request", body = model::Accepted),
+        (status = 403, description = "`forbidden`: the Promise's `spec.access` does not list the caller's team; names `promise`, `allowed_teams` and `team`", body = crate::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such Promise", body = crate::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`idempotency-conflict`: the key was used with other parameters", body = crate::Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload-too-large` or `request-too-large`", body = crate::Problem, content_type = "application/problem+json"),
@@ -93,6 +97,7 @@ fn request_error(e: RequestError) -> Problem {
 pub async fn create(
     State(state): State<ApiState>,
     Path(promise): Path<String>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     extract::Json(body): extract::Json<model::CreateRequest>,
 ) -> Result<Response, Problem> {
@@ -128,8 +133,10 @@ pub async fn create(
             idempotency_key,
             // Whoever filed it, as `allow_requester: false` compares it
             // with an approval's principal (DESIGN.md "Waits").
-            actor: super::runs::actor(&headers),
-            principal: None,
+            actor: caller.id.clone(),
+            // Its team is kept on the request, and `spec.access` is
+            // checked against it.
+            principal: Some(caller),
             traceparent: None,
         },
     )
@@ -196,6 +203,7 @@ pub struct DeleteQuery {
     ),
     responses(
         (status = 202, description = "Deleting (the delete run is named, and in `Location`), or deleted", body = model::Deletion),
+        (status = 403, description = "`forbidden`: the caller acts for neither the Promise's owner team nor the request's team, or `force=true` without the operator role (`missing_role`)", body = crate::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such request", body = crate::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -203,11 +211,19 @@ pub async fn delete(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<DeleteQuery>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
 ) -> Result<Response, Problem> {
     let request_id: RequestId = parse_id("request", &id)?;
-    let actor = super::runs::actor(&headers);
-    let deletion = delete_request(&state.engine, request_id, &actor, q.force)
+    super::scope::request(&state, &caller, request_id, "delete").await?;
+    // Skipping the Promise's delete workflow leaves whatever it made in
+    // place: an operator's call, on top of the requester's role.
+    if q.force && !caller.has(Role::Operator) {
+        return Err(Problem::missing_role(
+            Role::Operator,
+            "deleting a request with force=true",
+        ));
+    }
+    let deletion = delete_request(&state.engine, request_id, &caller.id, q.force)
         .await
         .map_err(|e| match e {
             DeleteError::NotFound(_) => Problem::not_found("request", &id),
@@ -241,6 +257,7 @@ pub async fn delete(
     ),
     responses(
         (status = 202, description = "The reconcile run started, or is queued behind the run in flight", body = model::Reconcile),
+        (status = 403, description = "`forbidden`: the caller acts for neither the Promise's owner team nor the request's team", body = crate::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such request", body = crate::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`request-not-live`: the request is being deleted or deleted", body = crate::Problem, content_type = "application/problem+json"),
     )
@@ -248,11 +265,11 @@ pub async fn delete(
 pub async fn reconcile(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
 ) -> Result<Response, Problem> {
     let request_id: RequestId = parse_id("request", &id)?;
-    let actor = super::runs::actor(&headers);
-    let outcome = reconcile_now(&state.engine, request_id, &actor)
+    super::scope::request(&state, &caller, request_id, "reconcile").await?;
+    let outcome = reconcile_now(&state.engine, request_id, &caller.id)
         .await
         .map_err(|e| match e {
             ReconcileError::NotFound(_) => Problem::not_found("request", &id),

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use fulfil_core::RunStatus;
 use fulfil_core::status::RunKind;
@@ -14,6 +14,7 @@ use utoipa::IntoParams;
 use fulfil_core::ids::{RequestId, RunId};
 
 use super::{inspect_error, parse_id};
+use crate::auth::Caller;
 use crate::extract::{self, Path, Query};
 use crate::{ApiState, Problem, ProblemCode, model};
 
@@ -168,18 +169,6 @@ pub async fn history(
     Ok(Json(page.into()))
 }
 
-/// Who is acting, from the `Fulfil-Actor` header (the CLI sends `cli:<user>`).
-/// Who acts, recorded in history: the `Fulfil-Actor` header until
-/// principals arrive, else `api`.
-pub(super) fn actor(headers: &HeaderMap) -> String {
-    headers
-        .get("fulfil-actor")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| fulfil_bus::header_text(v).trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "api".to_string())
-}
-
 fn operator_error(e: OperatorError) -> Problem {
     match e {
         OperatorError::NotFound(id) => Problem::not_found("run", &id.to_string()),
@@ -208,11 +197,12 @@ fn operator_error(e: OperatorError) -> Problem {
     tag = "runs",
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),
-        ("Fulfil-Actor" = Option<String>, Header, description = "Who cancels, recorded in history"),
+        ("Fulfil-Actor" = Option<String>, Header, description = "Who cancels, recorded in history, where access control is off; with it on, the authenticated principal is recorded"),
     ),
     request_body(content = Option<model::CancelRun>, description = "May be absent: compensate, no reason"),
     responses(
         (status = 200, description = "Cancelled, or compensating first", body = model::Cancelled),
+        (status = 403, description = "`forbidden`: the caller acts for neither the run's owner team nor its request's team", body = crate::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`run-state-conflict`: the run has ended", body = crate::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid-body`", body = crate::Problem, content_type = "application/problem+json"),
@@ -221,16 +211,17 @@ fn operator_error(e: OperatorError) -> Problem {
 pub async fn cancel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     body: Option<extract::Json<model::CancelRun>>,
 ) -> Result<Json<model::Cancelled>, Problem> {
     let run_id: RunId = parse_id("run", &id)?;
     let body = body.map(|extract::Json(b)| b).unwrap_or_default();
     let compensate = body.compensate.unwrap_or(true);
+    super::scope::run(&state, &caller, run_id, "cancel").await?;
     let status = cancel_run(
         &state.engine,
         run_id,
-        &actor(&headers),
+        &caller.id,
         compensate,
         body.reason.as_deref(),
     )
@@ -251,11 +242,12 @@ pub async fn cancel(
     tag = "runs",
     params(
         ("id" = uuid::Uuid, Path, description = "The run"),
-        ("Fulfil-Actor" = Option<String>, Header, description = "Who retries, recorded in history"),
+        ("Fulfil-Actor" = Option<String>, Header, description = "Who retries, recorded in history, where access control is off; with it on, the authenticated principal is recorded"),
     ),
     request_body(content = Option<model::RetryRun>, description = "May be absent: re-run the failed steps"),
     responses(
         (status = 200, description = "What is re-run and what is kept", body = model::Retried),
+        (status = 403, description = "`forbidden`: the caller acts for neither the run's owner team nor its request's team", body = crate::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = crate::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`run-state-conflict`: the run's status does not allow a retry", body = crate::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`unknown-step` or `invalid-body`", body = crate::Problem, content_type = "application/problem+json"),
@@ -264,15 +256,16 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     body: Option<extract::Json<model::RetryRun>>,
 ) -> Result<Json<model::Retried>, Problem> {
     let run_id: RunId = parse_id("run", &id)?;
     let body = body.map(|extract::Json(b)| b).unwrap_or_default();
+    super::scope::run(&state, &caller, run_id, "retry").await?;
     let plan = retry_run(
         &state.engine,
         run_id,
-        &actor(&headers),
+        &caller.id,
         body.step.as_deref(),
         body.dry_run,
     )

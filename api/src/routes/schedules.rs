@@ -5,12 +5,14 @@
 //! blocking thread; a document that is not valid answers 422
 //! `invalid-schedule` with every problem at its path and stores nothing;
 //! so do params that break the schema of the Promise as it is applied now.
-//! Who paused or resumed a schedule is the `Fulfil-Actor` header until
-//! access control names the principal.
+//! Who applied, deleted, paused or resumed a schedule is the caller's
+//! principal id. With access control on, an author applies and deletes
+//! only Schedules whose `metadata.owner` is its team, and an operator
+//! pauses and resumes only those (`fulfil_engine::ownership`).
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use fulfil_core::params::ParamsError;
 use fulfil_core::schedule::Schedule;
 use fulfil_core::status::TickOutcome;
@@ -22,9 +24,11 @@ use serde_json::json;
 use utoipa::IntoParams;
 
 use super::check_limit;
-use super::runs::actor;
+use crate::auth::Caller;
 use crate::extract::{Path, Query, Text};
 use crate::{ApiState, Problem, ProblemCode, model};
+use fulfil_core::access::Principal;
+use fulfil_engine::ownership::{self, DocumentKind};
 
 fn invalid(errors: &SpecErrors) -> Problem {
     Problem::new(
@@ -68,12 +72,13 @@ fn schedule_error(e: ScheduleError) -> Problem {
     responses(
         (status = 201, description = "A new Schedule", body = model::ScheduleApplied),
         (status = 200, description = "Updated, or unchanged", body = model::ScheduleApplied),
+        (status = 403, description = "`forbidden`: no `metadata.owner`, another team named as owner, or another team's Schedule of that name", body = crate::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid-schedule`: every problem under `errors[].path`", body = crate::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn apply(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     Text(body): Text,
 ) -> Result<(StatusCode, Json<model::ScheduleApplied>), Problem> {
@@ -98,8 +103,21 @@ pub async fn apply(
             ),
         ))));
     }
+    if caller.authenticated {
+        let stored = ownership::schedule_owner(state.engine.pool(), &name)
+            .await
+            .map_err(|e| crate::problem::from_db(&e))?;
+        ownership::may_apply(
+            &caller,
+            DocumentKind::Schedule,
+            &name,
+            schedule.document().metadata.owner.as_deref(),
+            stored.as_ref().map(Option::as_deref),
+        )
+        .map_err(super::scope::refused)?;
+    }
     check_params(&state, &schedule).await?;
-    let applied = schedules::put(&state.engine, &schedule, &actor(&headers))
+    let applied = schedules::put(&state.engine, &schedule, &caller.id)
         .await
         .map_err(schedule_error)?;
     let status = match applied.outcome {
@@ -118,6 +136,20 @@ pub async fn apply(
             next_fire_at: applied.next_fire_at,
         }),
     ))
+}
+
+/// With access control on, the caller must act for the stored Schedule's
+/// owner team; a missing Schedule is the 404 it always was.
+async fn owned_by_caller(state: &ApiState, caller: &Principal, name: &str) -> Result<(), Problem> {
+    if !caller.authenticated {
+        return Ok(());
+    }
+    let owner = ownership::schedule_owner(state.engine.pool(), name)
+        .await
+        .map_err(|e| crate::problem::from_db(&e))?
+        .ok_or_else(|| Problem::not_found("schedule", name))?;
+    ownership::may_change(caller, DocumentKind::Schedule, name, owner.as_deref())
+        .map_err(super::scope::refused)
 }
 
 /// Params that break the schema of the Promise as it is now are refused
@@ -220,14 +252,15 @@ pub async fn get(
     operation_id = "delete_schedule",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
-    responses((status = 204, description = "Deleted"), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
+    responses((status = 204, description = "Deleted"), (status = 403, description = "`forbidden`: the Schedule is another team's", body = crate::Problem, content_type = "application/problem+json"), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
 )]
 pub async fn delete(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    if schedules::delete(&state.engine, &name, &actor(&headers))
+    owned_by_caller(&state, &caller, &name).await?;
+    if schedules::delete(&state.engine, &name, &caller.id)
         .await
         .map_err(schedule_error)?
     {
@@ -244,14 +277,15 @@ pub async fn delete(
     operation_id = "pause_schedule",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
-    responses((status = 200, description = "The paused Schedule", body = model::Schedule), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
+    responses((status = 200, description = "The paused Schedule", body = model::Schedule), (status = 403, description = "`forbidden`: the Schedule is another team's", body = crate::Problem, content_type = "application/problem+json"), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
 )]
 pub async fn pause(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<model::Schedule>, Problem> {
-    schedules::pause(&state.engine, &name, &actor(&headers))
+    owned_by_caller(&state, &caller, &name).await?;
+    schedules::pause(&state.engine, &name, &caller.id)
         .await
         .map_err(schedule_error)?
         .map(|s| Json(s.into()))
@@ -265,14 +299,15 @@ pub async fn pause(
     operation_id = "resume_schedule",
     tag = "schedules",
     params(("name" = String, Path, description = "The Schedule"), ("Fulfil-Actor" = Option<String>, Header, description = "Who does it, recorded on the Schedule")),
-    responses((status = 200, description = "The resumed Schedule", body = model::Schedule), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
+    responses((status = 200, description = "The resumed Schedule", body = model::Schedule), (status = 403, description = "`forbidden`: the Schedule is another team's", body = crate::Problem, content_type = "application/problem+json"), (status = 404, description = "No such Schedule", body = crate::Problem, content_type = "application/problem+json"))
 )]
 pub async fn resume(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<Json<model::Schedule>, Problem> {
-    schedules::resume(&state.engine, &name, &actor(&headers))
+    owned_by_caller(&state, &caller, &name).await?;
+    schedules::resume(&state.engine, &name, &caller.id)
         .await
         .map_err(schedule_error)?
         .map(|s| Json(s.into()))

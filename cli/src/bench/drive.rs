@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::procs::{self, ProcessFigures, Role};
 use super::report::{self, Percentiles, PgWrites, Report, ServiceCpu, Stages, TableWrites};
-use super::{BenchArgs, Scenario, Topology};
+use super::{BenchArgs, BenchAuth, Scenario, Topology};
 use crate::client::retry_after;
 
 const PROMISE: &str = "bench";
@@ -346,7 +346,17 @@ async fn bench_in(
     db::migrate(&pool).await?;
     let http_addr = format!("127.0.0.1:{}", free_port()?);
     let api = format!("http://{http_addr}");
+    // `--auth tokens`: a bootstrap admin token of the bench's own making,
+    // sent by the driver on every call.
+    let token = match args.auth {
+        BenchAuth::Tokens => Some(
+            fulfil_engine::tokens::TokenSecret::generate()
+                .map_err(|e| anyhow::anyhow!("no randomness for the bench's token: {e}"))?,
+        ),
+        BenchAuth::None => None,
+    };
     let env = procs::Env {
+        bootstrap_token: token.as_ref().map(|t| t.expose()),
         database_url,
         nats_url: &args.nats_url,
         prefix,
@@ -364,7 +374,7 @@ async fn bench_in(
             &env,
         )?],
     };
-    let outcome = match ready(args, &api, prefix, &mut roles).await {
+    let outcome = match ready(args, &api, prefix, &mut roles, token.as_ref()).await {
         Err(e) => Err(e),
         Ok(_) if args.scenario == Scenario::Events => {
             super::events::measure(args, &pool, database, prefix, &mut roles)
@@ -393,9 +403,18 @@ async fn ready(
     api: &str,
     prefix: &str,
     roles: &mut [Role],
+    token: Option<&fulfil_engine::tokens::TokenSecret>,
 ) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))?,
+        );
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .pool_max_idle_per_host(args.concurrency.max(8))
         .build()?;
     let ready_by = Instant::now() + Duration::from_secs(60);

@@ -61,10 +61,22 @@ pub enum Topology {
     Single,
 }
 
-#[derive(Args, Clone, Debug)]
+/// `fulfil bench --auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchAuth {
+    Tokens,
+    None,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Scenario::ThreeStep)]
     pub scenario: Scenario,
+    /// `tokens`: the bench's API runs with authentication on and the
+    /// driver sends a bearer token (A/B the token check); `none`: off.
+    #[arg(long, value_enum, default_value_t = BenchAuth::None)]
+    pub auth: BenchAuth,
     /// Workflows to run.
     #[arg(long, default_value_t = 1000)]
     pub workflows: usize,

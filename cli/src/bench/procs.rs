@@ -27,12 +27,27 @@ pub struct Env<'a> {
     pub prefix: &'a str,
     pub http_addr: &'a str,
     pub worker_concurrency: usize,
+    /// With `--auth tokens`: the API runs with authentication on and this
+    /// secret installed as its bootstrap admin token.
+    pub bootstrap_token: Option<&'a str>,
 }
 
 pub fn spawn(name: &str, roles: &str, env: &Env<'_>) -> anyhow::Result<Role> {
     let exe = std::env::current_exe().context("locating the fulfil binary")?;
     let child = Command::new(exe)
         .args(["serve", "--roles", roles])
+        .env(
+            "FULFIL_AUTH",
+            if env.bootstrap_token.is_some() {
+                "tokens"
+            } else {
+                "none"
+            },
+        )
+        .env(
+            "FULFIL_BOOTSTRAP_TOKEN",
+            env.bootstrap_token.unwrap_or_default(),
+        )
         .env("DATABASE_URL", env.database_url)
         .env("NATS_URL", env.nats_url)
         .env("FULFIL_NATS_PREFIX", env.prefix)

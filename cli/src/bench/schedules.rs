@@ -142,6 +142,7 @@ async fn measure(
         prefix,
         http_addr: &http_addr,
         worker_concurrency: args.worker_concurrency,
+        bootstrap_token: None,
     };
     let mut roles = vec![
         procs::spawn("api+engine", "api,engine", &env)?,

@@ -282,6 +282,7 @@ fn arrival(message: &jetstream::Message) -> Arrival {
         },
         event: ReceivedEvent::from_nats(message.headers.as_ref(), &message.payload),
         replay_of: None,
+        received_by: None,
     }
 }
 

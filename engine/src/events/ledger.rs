@@ -44,9 +44,10 @@ type LedgerRow = (
     Value,
     Value,
     Option<Uuid>,
+    Option<String>,
 );
 
-const LEDGER_COLUMNS: &str = "ledger_id, received_at, via, nats_subject, event_id, source, type, event, outcomes, waits_completed, dead_letter_id";
+const LEDGER_COLUMNS: &str = "ledger_id, received_at, via, nats_subject, event_id, source, type, event, outcomes, waits_completed, dead_letter_id, received_by";
 
 fn entry(row: LedgerRow) -> Result<LedgerEntry, InspectError> {
     let (
@@ -61,6 +62,7 @@ fn entry(row: LedgerRow) -> Result<LedgerEntry, InspectError> {
         outcomes,
         waits,
         dead_letter_id,
+        received_by,
     ) = row;
     let corrupt = |what: &str, e: &dyn std::fmt::Display| {
         InspectError::Db(sqlx::Error::Decode(
@@ -81,6 +83,7 @@ fn entry(row: LedgerRow) -> Result<LedgerEntry, InspectError> {
         waits_completed: serde_json::from_value::<Vec<WaitCompleted>>(waits)
             .map_err(|e| corrupt("waits_completed", &e))?,
         dead_letter_id,
+        received_by,
     })
 }
 

@@ -34,11 +34,13 @@ use crate::Engine;
 use crate::inspect::InspectError;
 
 /// Decides one event posted over HTTP (`POST /v1/events`) and commits its
-/// outcome; answers once committed.
+/// outcome; answers once committed. `received_by` (the posting principal's
+/// id) is kept in the ledger entry.
 pub async fn receive_http(
     engine: &Engine,
     headers: &http::HeaderMap,
     body: &[u8],
+    received_by: &str,
 ) -> Result<EventReceipt, HttpEventError> {
     let event = ReceivedEvent::from_http(headers, body)?;
     let arrival = Arrival {
@@ -53,6 +55,7 @@ pub async fn receive_http(
         },
         event: Ok(event),
         replay_of: None,
+        received_by: Some(received_by.to_string()),
     };
     match receive(engine, std::slice::from_ref(&arrival)).await?.pop() {
         Some(Received::Event(receipt)) => Ok(receipt),
@@ -106,6 +109,7 @@ pub async fn replay_dead_letter(engine: &Engine, id: Uuid) -> Result<Received, R
         },
         event,
         replay_of: Some(id),
+        received_by: None,
     };
     receive(engine, std::slice::from_ref(&arrival))
         .await?

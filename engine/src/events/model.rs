@@ -75,6 +75,10 @@ pub struct LedgerEntry {
     pub waits_completed: Vec<WaitCompleted>,
     #[serde(default)]
     pub dead_letter_id: Option<Uuid>,
+    /// Who posted it over HTTP (a principal id, `user:alice`); `None` for
+    /// bus events and replays.
+    #[serde(default)]
+    pub received_by: Option<String>,
 }
 
 /// A bus message that could not be used: `GET /v1/dead-letters`.

@@ -51,6 +51,9 @@ pub struct Arrival {
     /// Set for a replay: the dead letter this arrival came from, which is
     /// updated instead of a new one being written.
     pub replay_of: Option<Uuid>,
+    /// Who posted it over HTTP (the principal's id), kept in the ledger as
+    /// `received_by`; `None` for bus events and replays.
+    pub received_by: Option<String>,
 }
 
 /// What became of one arrival, once committed.
@@ -488,6 +491,7 @@ struct LedgerRows {
     events: Vec<Value>,
     outcomes: Vec<Value>,
     dead_letters: Vec<Option<Uuid>>,
+    received_by: Vec<Option<String>>,
 }
 
 impl LedgerRows {
@@ -509,6 +513,7 @@ impl LedgerRows {
                 .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
         );
         self.dead_letters.push(receipt.dead_letter_id);
+        self.received_by.push(arrival.received_by.clone());
         Ok(())
     }
 
@@ -526,14 +531,16 @@ impl LedgerRows {
             args.add(self.types)?;
             args.add(self.events)?;
             args.add(self.outcomes)?;
-            args.add(self.dead_letters)
+            args.add(self.dead_letters)?;
+            args.add(self.received_by)
         })()
         .map_err(sqlx::Error::Encode)?;
         sqlx::query_with(
             "INSERT INTO fulfil.event_ledger
-                 (ledger_id, via, nats_subject, event_id, source, type, event, outcomes, dead_letter_id)
+                 (ledger_id, via, nats_subject, event_id, source, type, event, outcomes, dead_letter_id,
+                  received_by)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::jsonb[], $8::jsonb[], $9::uuid[])",
+                                  $6::text[], $7::jsonb[], $8::jsonb[], $9::uuid[], $10::text[])",
             args,
         )
         .execute(conn)

@@ -55,6 +55,9 @@ pub struct RequestView {
     pub outputs: Option<Value>,
     pub idempotency_key: Option<String>,
     pub created_by: Option<String>,
+    /// The filing principal's team; `None` for requests the engine filed
+    /// (triggers, schedules) or filed with access control off.
+    pub team: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -109,7 +112,7 @@ pub async fn get_request(
     id: RequestId,
 ) -> Result<Option<RequestView>, InspectError> {
     Ok(sqlx::query_as(
-        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by,
+        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by, team,
                 created_at, updated_at
          FROM fulfil.requests WHERE id = $1",
     )
@@ -133,7 +136,7 @@ pub async fn list_requests(
 ) -> Result<Page<RequestView>, InspectError> {
     let limit = page_size(filter.limit);
     let mut query = sqlx::QueryBuilder::new(
-        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by,
+        "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by, team,
                 created_at, updated_at
          FROM fulfil.requests WHERE true",
     );

@@ -196,3 +196,20 @@ fn an_operator_cancel_publishes_run_cancelled_with_the_reason() {
         "emitted once"
     );
 }
+
+#[test]
+fn status_events_carry_the_actor_of_their_history_event() {
+    let (h, created) = Harness::start(CHAIN, json!({}));
+    let sent = published(&h, &created);
+    assert!(!sent.is_empty());
+    let actors: Vec<&str> = created
+        .events
+        .iter()
+        .filter(|e| e.status.is_some())
+        .map(|e| e.actor.as_str())
+        .collect();
+    for ((_, event), actor) in sent.iter().zip(&actors) {
+        assert_eq!(event["data"]["actor"], *actor, "{event}");
+    }
+    assert_eq!(sent[0].1["data"]["actor"], "api:test");
+}

@@ -32,7 +32,7 @@ pub(crate) struct StatusMessage {
 /// `history` (the `data` of the history event) about step `step_id`.
 ///
 /// `status` is the step's status for step events and the run's for run and
-/// request events; `outputs` and `error` appear where they apply, taken from
+/// request events; `actor` is the history event's actor; `outputs` and `error` appear where they apply, taken from
 /// the step row or from the history event that ended the run.
 pub(crate) fn status_data(
     run: &Run,
@@ -49,6 +49,9 @@ pub(crate) fn status_data(
         "promise_version".into(),
         json!(run.promise.metadata.version),
     );
+    // Who caused it: the history event's actor (a principal id for an API
+    // action, `engine`, `worker:<id>`, `event:<source>` otherwise).
+    data.insert("actor".into(), json!(run.actor));
     let step = step_id.and_then(|id| run.steps.get(id));
     if kind.is_about_a_step() {
         data.insert("step".into(), json!(step_id));
