@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod events;
 mod output;
+mod policies;
 mod report;
 mod schedules;
 mod server;
@@ -83,7 +84,7 @@ enum Command {
     /// Inspect and replay bus events that could not be used.
     #[command(subcommand)]
     DeadLetter(events::DeadLetterCommand),
-    /// Create or update Promises and Schedules from a file or every
+    /// Create or update Promises, Policies and Schedules from a file or every
     /// .yaml/.yml/.json file of a directory (by each document's `kind`).
     Apply {
         #[arg(short = 'f', long = "file")]
@@ -94,6 +95,9 @@ enum Command {
     /// Inspect, pause and resume Schedules and read their tick ledger.
     #[command(subcommand)]
     Schedule(schedules::ScheduleCommand),
+    /// List, show and delete admission policies (apply them with `fulfil apply -f`).
+    #[command(subcommand)]
+    Policy(policies::PolicyCommand),
 }
 
 /// Connection and tuning flags of the server roles.
@@ -629,5 +633,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,
         Command::Apply { file, client } => schedules::apply(&client, &file).await,
         Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
+        Command::Policy(cmd) => policies::run_policy(cmd).await,
     }
 }

@@ -22,6 +22,7 @@ pub mod inspect;
 mod intake;
 pub mod metrics;
 pub mod outbox;
+pub mod policies;
 pub mod promises;
 pub mod reconcile;
 pub mod requests;

@@ -3,6 +3,7 @@
 mod approvals;
 mod events;
 mod health;
+mod policies;
 mod promises;
 mod requests;
 mod runs;
@@ -48,6 +49,8 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(schedules::ticks))
         .routes(routes!(schedules::pause))
         .routes(routes!(schedules::resume))
+        .routes(routes!(policies::list))
+        .routes(routes!(policies::apply, policies::get, policies::delete))
 }
 
 /// An id from the path; one that is not a UUID is a 400 naming it.
