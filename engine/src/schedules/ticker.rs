@@ -498,7 +498,7 @@ async fn decide(
     let plan = plan(&due, &timing, row.now, grace);
 
     // The Promise and the params are the same for every tick of the round.
-    let mut filing: Option<Result<(Arc<Promise>, Value), (TickOutcome, String)>> = None;
+    let mut filing: Option<Filing> = None;
     let mut writes = Vec::with_capacity(plan.ticks.len());
     let mut last_request = None;
     let mut holder = due.last_request_id.map(|id| id.to_string());
@@ -637,12 +637,16 @@ fn parked(row: DueRow, reason: &str) -> (Vec<TickWrite>, ScheduleWrite) {
 
 /// The Promise head and the params with its defaults applied, or why a
 /// tick cannot file; a database failure is an error of the whole round.
+/// What a schedule's filing ticks file: the Promise and the params, or
+/// the outcome (`failed`, `denied`) and reason of every such tick.
+type Filing = Result<(Arc<Promise>, Value), (TickOutcome, String)>;
+
 async fn filing_for(
     engine: &Engine,
     due: &Due,
     actor: &str,
     owner: Option<&str>,
-) -> Result<Result<(Arc<Promise>, Value), (TickOutcome, String)>, ScheduleError> {
+) -> Result<Filing, ScheduleError> {
     let failed = |reason: String| Ok(Err((TickOutcome::Failed, reason)));
     let promise = match engine
         .promises()
