@@ -618,6 +618,67 @@ pub struct PromiseSummary {
     pub promise: Option<Value>,
 }
 
+/// A stored Policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyView {
+    pub name: String,
+    pub owner: Option<String>,
+    /// The Promises it governs; null governs every Promise.
+    pub promises: Option<Vec<String>>,
+    /// Who applied the current document.
+    pub applied_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The document as applied.
+    pub document: Value,
+}
+
+impl From<fulfil_engine::policies::PolicyRow> for PolicyView {
+    fn from(row: fulfil_engine::policies::PolicyRow) -> Self {
+        Self {
+            name: row.name,
+            owner: row.owner,
+            promises: row.promises,
+            applied_by: row.applied_by,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            document: row.document,
+        }
+    }
+}
+
+/// The answer to `PUT /v1/policies/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyApplied {
+    pub name: String,
+    /// `created`, `updated` or `unchanged`.
+    #[schema(schema_with = schemas::schedule_outcome)]
+    pub outcome: String,
+}
+
+/// One broken rule of a `policy-denied` answer (`violations[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyViolation {
+    pub policy: String,
+    pub rule: String,
+    pub message: String,
+    /// Why the rule's expression could not be evaluated, when it could
+    /// not (the rule then counts as broken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<fulfil_core::policy::Violation> for PolicyViolation {
+    fn from(v: fulfil_core::policy::Violation) -> Self {
+        Self {
+            policy: v.policy,
+            rule: v.rule,
+            message: v.message,
+            error: v.error,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -42,6 +42,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         (name = "runs", description = "Runs: read, follow, cancel, retry, approve"),
         (name = "events", description = "Inbound CloudEvents, the event ledger and dead letters"),
         (name = "schedules", description = "Schedules and their tick ledgers"),
+        (name = "policies", description = "Admission policies every new request must pass"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
         (name = "tokens", description = "API tokens (admin): create, list, revoke"),
     )

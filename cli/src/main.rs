@@ -9,6 +9,7 @@ mod client;
 mod events;
 mod oidc_args;
 mod output;
+mod policies;
 mod report;
 mod schedules;
 mod server;
@@ -85,7 +86,7 @@ enum Command {
     /// Inspect and replay bus events that could not be used.
     #[command(subcommand)]
     DeadLetter(events::DeadLetterCommand),
-    /// Create or update Promises and Schedules from a file or every
+    /// Create or update Promises, Policies and Schedules from a file or every
     /// .yaml/.yml/.json file of a directory (by each document's `kind`).
     Apply {
         #[arg(short = 'f', long = "file")]
@@ -100,6 +101,9 @@ enum Command {
     /// writes a first admin token straight into the database.
     #[command(subcommand)]
     Token(tokens::TokenCommand),
+    /// List, show and delete admission policies (apply them with `fulfil apply -f`).
+    #[command(subcommand)]
+    Policy(policies::PolicyCommand),
 }
 
 /// Connection and tuning flags of the server roles.
@@ -689,6 +693,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply { file, client } => schedules::apply(&client, &file).await,
         Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
         Command::Token(cmd) => tokens::run_token(cmd).await,
+        Command::Policy(cmd) => policies::run_policy(cmd).await,
     }
 }
 

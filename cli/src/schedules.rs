@@ -1,10 +1,11 @@
-//! `fulfil apply -f FILE|DIR` (Promises and Schedules alike) and `fulfil
+//! `fulfil apply -f FILE|DIR` (Promises, Policies and Schedules alike) and `fulfil
 //! schedule list|get|ticks|pause|resume`: thin clients of `/v1/promises`
 //! and `/v1/schedules`.
 //!
 //! `apply` reads each file's `kind` only to pick the route; the server
-//! validates everything. Promises are applied before Schedules, so a
-//! directory holding a Schedule and the Promise it files applies in one go.
+//! validates everything. Promises are applied first and Schedules last, so
+//! a directory holding a Schedule and the Promise it files applies in one
+//! go, and a Policy beside them governs the Schedule's first tick.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -237,20 +238,25 @@ pub async fn apply(client: &ClientArgs, path: &Path) -> anyhow::Result<ExitCode>
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         match kind_and_name(&text) {
-            Some((kind, name)) if kind == "Promise" || kind == "Schedule" => {
-                let order = u8::from(kind == "Schedule");
+            Some((kind, name)) if ["Promise", "Policy", "Schedule"].contains(&kind.as_str()) => {
+                // Policies before Schedules, so a first tick is checked.
+                let order = match kind.as_str() {
+                    "Promise" => 0,
+                    "Policy" => 1,
+                    _ => 2,
+                };
                 documents.push((order, file, kind, name, text));
             }
             Some((kind, _)) => {
                 eprintln!(
-                    "{}: kind {kind:?} is not one fulfil applies; use Promise or Schedule",
+                    "{}: kind {kind:?} is not one fulfil applies; use Promise, Policy or Schedule",
                     file.display()
                 );
                 failed += 1;
             }
             None => {
                 eprintln!(
-                    "{}: not a Promise or Schedule: kind or metadata.name is missing",
+                    "{}: not a Promise, Policy or Schedule: kind or metadata.name is missing",
                     file.display()
                 );
                 failed += 1;
@@ -259,10 +265,10 @@ pub async fn apply(client: &ClientArgs, path: &Path) -> anyhow::Result<ExitCode>
     }
     documents.sort_by_key(|a| a.0);
     for (_, file, kind, name, text) in documents {
-        let route = if kind == "Promise" {
-            "promises"
-        } else {
-            "schedules"
+        let route = match kind.as_str() {
+            "Promise" => "promises",
+            "Policy" => "policies",
+            _ => "schedules",
         };
         let request = api
             .http
@@ -275,6 +281,11 @@ pub async fn apply(client: &ClientArgs, path: &Path) -> anyhow::Result<ExitCode>
                 "{}: promise {name} version {} {}",
                 file.display(),
                 body["version"].as_str().unwrap_or("?"),
+                body["outcome"].as_str().unwrap_or("applied")
+            ),
+            Ok((_, body)) if kind == "Policy" => println!(
+                "{}: policy {name} {}",
+                file.display(),
                 body["outcome"].as_str().unwrap_or("applied")
             ),
             Ok((_, body)) => println!(

@@ -80,6 +80,10 @@ pub const EVENT_ROOTS: [&str; 2] = ["event", "vars"];
 /// [`MatchContext`]).
 pub const MATCH_ROOTS: [&str; 5] = ["event", "params", "request", "vars", "steps"];
 
+/// Root variables an admission policy's rules may read (see
+/// [`PolicyContext`] and [`crate::policy`]).
+pub const POLICY_ROOTS: [&str; 4] = ["params", "promise", "principal", "team"];
+
 /// A string split into literal text and expressions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -682,6 +686,19 @@ pub struct MatchContext<'a> {
     pub run: &'a RenderContext,
 }
 
+/// The variables an admission policy's rules are evaluated over (see
+/// [`crate::policy`]): the request's validated params, the Promise
+/// (`name`, `version`, `owner`, `labels`), the principal filing it (`id`,
+/// `team`, `roles`, `authenticated`) and its team, which stays `null` when
+/// there is none so that `team == 'x'` is simply false.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyContext<'a> {
+    pub params: &'a Value,
+    pub promise: &'a Value,
+    pub principal: &'a Value,
+    pub team: &'a Value,
+}
+
 /// What an expression can be evaluated over: a run's [`RenderContext`], a
 /// trigger's [`EventContext`] or a wait's [`MatchContext`]. Sealed: the variables a Promise may read are
 /// fixed here, next to [`ROOTS`] and [`EVENT_ROOTS`].
@@ -696,6 +713,7 @@ mod scope {
 impl Scope for RenderContext {}
 impl Scope for EventContext<'_> {}
 impl Scope for MatchContext<'_> {}
+impl Scope for PolicyContext<'_> {}
 
 impl scope::Sealed for RenderContext {
     fn to_cel(&self) -> cel::Context<'static, 'static> {
@@ -723,6 +741,20 @@ impl scope::Sealed for MatchContext<'_> {
             ("vars", &self.run.vars),
             ("steps", &self.run.steps),
         ])
+    }
+}
+
+impl scope::Sealed for PolicyContext<'_> {
+    fn to_cel(&self) -> cel::Context<'static, 'static> {
+        let mut context = cel_context([
+            ("params", self.params),
+            ("promise", self.promise),
+            ("principal", self.principal),
+        ]);
+        // Unlike the roots above, a missing team is a value rules compare
+        // (`team == 'team-data'`), not a map whose fields are read.
+        context.add_variable_from_value("team", json_to_cel(self.team));
+        context
     }
 }
 

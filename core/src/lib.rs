@@ -13,6 +13,7 @@ pub mod expr;
 pub mod ids;
 pub mod params;
 pub mod pointer;
+pub mod policy;
 pub mod promise;
 pub mod schedule;
 pub mod status;

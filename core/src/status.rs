@@ -485,6 +485,10 @@ vocabulary! {
         /// The tick could not file (its Promise is missing, its params
         /// break the Promise's schema); `reason` says why.
         Failed = "failed",
+        /// An admission policy refused the tick's request (see
+        /// `fulfil_core::policy`); `reason` names the policies and their
+        /// messages.
+        Denied = "denied",
     }
 }
 

@@ -61,6 +61,8 @@ pub(crate) struct Inner {
     pool: PgPool,
     names: NatsNames,
     promises: PromiseCache,
+    /// Admission policies as this process last read them.
+    policies: crate::policies::PolicyCache,
     /// The vars an operator exposes to Promises (see [`fulfil_core::vars`]).
     vars: Vars,
     /// Runs as this process last stored them (see [`crate::run::RunCache`]).
@@ -116,6 +118,7 @@ impl Engine {
                 pool,
                 names,
                 promises: PromiseCache::default(),
+                policies: crate::policies::PolicyCache::default(),
                 vars,
                 runs: crate::run::RunCache::default(),
                 id: id.into(),
@@ -161,6 +164,11 @@ impl Engine {
 
     pub fn promises(&self) -> &PromiseCache {
         &self.inner.promises
+    }
+
+    /// The compiled admission policies (see [`crate::policies`]).
+    pub fn policies(&self) -> &crate::policies::PolicyCache {
+        &self.inner.policies
     }
 
     /// The vars Promises may read.

@@ -23,6 +23,7 @@ mod intake;
 pub mod metrics;
 pub mod outbox;
 pub mod ownership;
+pub mod policies;
 pub mod promises;
 pub mod reconcile;
 pub mod requests;

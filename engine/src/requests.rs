@@ -6,7 +6,8 @@
 //! requests arrived meanwhile: in one transaction, the request, its run,
 //! every step, the first history events and the tasks of the root steps.
 //! Only after that transaction commits is the request answered (HTTP 202),
-//! so nothing acknowledged can be lost. Invalid input is refused before
+//! so nothing acknowledged can be lost. Invalid input, and a request an
+//! admission policy denies ([`crate::policies::admit`]), is refused before
 //! anything is written.
 //!
 //! The Promise's head version comes from a per-process cache, so a request
@@ -115,6 +116,15 @@ pub enum RequestError {
         "the parameters are {bytes} bytes; at most {limit} bytes are accepted, the most a task can carry"
     )]
     TooLarge { bytes: usize, limit: usize },
+    /// An admission policy refused the request (see [`crate::policies`]);
+    /// every broken rule is listed. Nothing was stored.
+    #[error(
+        "denied by admission policy: {}",
+        fulfil_core::policy::describe_violations(violations)
+    )]
+    PolicyDenied {
+        violations: Vec<fulfil_core::policy::Violation>,
+    },
     /// A bug in the engine stopped the request being stored (a panic,
     /// logged); nothing was stored. Not the caller's fault.
     #[error("internal error; the request was not stored: {0}")]
@@ -208,6 +218,23 @@ async fn validate_and_store(
                 message,
             }),
         })?;
+    // The engine's own callers act for the Promise's owner (see
+    // `crate::policies::engine_principal`).
+    let engine_caller;
+    let principal = match &request.principal {
+        Some(principal) => principal,
+        None => {
+            engine_caller = crate::policies::engine_principal(
+                &request.actor,
+                promise.metadata.owner.as_deref(),
+            );
+            &engine_caller
+        }
+    };
+    let violations = crate::policies::admit(engine, &promise, &params, principal).await?;
+    if !violations.is_empty() {
+        return Err(RequestError::PolicyDenied { violations });
+    }
 
     let mut prepared = prepare(
         engine,

@@ -3,6 +3,7 @@
 mod approvals;
 mod events;
 mod health;
+mod policies;
 mod promises;
 mod requests;
 mod runs;
@@ -52,6 +53,8 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(schedules::resume))
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(policies::list))
+        .routes(routes!(policies::apply, policies::get, policies::delete))
 }
 
 /// An id from the path; one that is not a UUID is a 400 naming it.

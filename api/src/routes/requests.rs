@@ -64,6 +64,7 @@ fn request_error(e: RequestError) -> Problem {
         RequestError::Run(fulfil_engine::run::RunError::Db(e)) => crate::problem::from_db(&e),
         RequestError::Run(e) => Problem::internal(&e),
         RequestError::Internal(_) => Problem::internal(&e),
+        RequestError::PolicyDenied { violations } => super::policies::denied(violations),
         RequestError::TooLarge { .. } => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ProblemCode::RequestTooLarge,

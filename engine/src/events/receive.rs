@@ -133,6 +133,7 @@ async fn receive_once(
     arrivals: &[Arrival],
 ) -> Result<Vec<Received>, ReceiveError> {
     let heads = promise_heads(engine).await?;
+    let admission = crate::policies::snapshot(engine).await?;
     let mut requests: Vec<ValidRequest> = Vec::new();
     let mut plans: Vec<Result<Planned, (Uuid, String)>> = Vec::with_capacity(arrivals.len());
     for arrival in arrivals {
@@ -152,7 +153,7 @@ async fn receive_once(
         for promise in &heads {
             for trigger in promise.matching_triggers(subject, event.event_type()) {
                 let name = trigger.name().to_string();
-                let decision = decide(engine, promise, &trigger, event, &mut requests);
+                let decision = decide(engine, &admission, promise, &trigger, event, &mut requests);
                 decisions.push((name, promise.metadata.name.clone(), decision));
             }
         }
@@ -326,6 +327,7 @@ pub(crate) async fn promise_heads(engine: &Engine) -> Result<Vec<Arc<Promise>>, 
 
 fn decide(
     engine: &Engine,
+    admission: &crate::policies::Admission,
     promise: &Arc<Promise>,
     trigger: &fulfil_core::trigger::MatchedTrigger<'_>,
     event: &ReceivedEvent,
@@ -411,12 +413,28 @@ fn decide(
             ),
         );
     }
+    // A trigger files for its Promise's owner (see
+    // `crate::policies::engine_principal`).
+    let actor = format!("event:{}", event.source());
+    let principal = crate::policies::engine_principal(&actor, promise.metadata.owner.as_deref());
+    let violations = admission.check(promise, &params, &principal);
+    if !violations.is_empty() {
+        return settled(
+            EventOutcome::Invalid,
+            format!(
+                "trigger {}: the request for Promise {} was denied by admission policy: {}",
+                trigger.name(),
+                promise.metadata.name,
+                fulfil_core::policy::describe_violations(&violations)
+            ),
+        );
+    }
     requests.push(prepare(
         engine,
         promise.clone(),
         params,
         Some(key),
-        format!("event:{}", event.source()),
+        actor,
         event.traceparent(),
     ));
     Decision::File {

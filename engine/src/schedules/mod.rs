@@ -17,7 +17,7 @@
 //!   request if anything ever decided a tick twice;
 //! * **no tick passes without a ledger row**: `next_fire_at` moves only
 //!   with the rows of the ticks it passes (`filed`, `skipped_overlap`,
-//!   `buffered`, `missed`, `paused`, `failed`, each with a `reason` unless
+//!   `buffered`, `missed`, `paused`, `failed`, `denied`, each with a `reason` unless
 //!   filed). A crash before the commit leaves the ticks due, to be decided
 //!   by whichever engine claims them next.
 //!
@@ -32,7 +32,10 @@
 //!   `skipped_overlap`, `allow` files, `buffer_one` buffers one tick
 //!   (`buffered`, filed when that request ends) and skips the rest;
 //! * a tick that cannot file (no such Promise, params breaking its schema)
-//!   is `failed` with the reason, and the schedule moves on.
+//!   is `failed` with the reason, and the schedule moves on;
+//! * a tick whose request an admission policy refuses
+//!   ([`crate::policies`]) is `denied`, the policies and their messages as
+//!   its reason, and the schedule moves on.
 //!
 //! `fired_at` is the deciding transaction's `clock_timestamp()`. Pausing,
 //! resuming and applying a changed `cron` or `timezone` ([`pause`],

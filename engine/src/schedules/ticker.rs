@@ -122,6 +122,8 @@ struct DueRow {
     last_request_id: Option<Uuid>,
     in_flight: bool,
     now: DateTime<Utc>,
+    /// The Schedule's `metadata.owner`: the team its ticks file for.
+    owner: Option<String>,
 }
 
 /// What one tick does, decided before anything is written.
@@ -336,7 +338,8 @@ async fn tick_once(engine: &Engine, grace: Duration) -> Result<usize, ScheduleEr
     let rows: Vec<DueRow> = sqlx::query_as(
         "SELECT s.name, s.promise, s.cron, s.timezone, s.overlap, s.catch_up_ms, s.params,
                 s.paused, s.next_fire_at, s.buffered_at, s.last_request_id,
-                COALESCE(r.status = ANY($2), false) AS in_flight, now() AS now
+                COALESCE(r.status = ANY($2), false) AS in_flight, now() AS now,
+                s.document #>> '{metadata,owner}' AS owner
          FROM fulfil.schedules s LEFT JOIN fulfil.requests r ON r.id = s.last_request_id
          WHERE (s.next_fire_at <= now() OR s.buffered_at IS NOT NULL)
            AND (s.next_fire_at <= now() OR NOT COALESCE(r.status = ANY($2), false))
@@ -479,6 +482,7 @@ async fn decide(
         (Err(e), _) => return Ok(parked(row, &e.to_string())),
         (_, Err(e)) => return Ok(parked(row, &e.to_string())),
     };
+    let owner = row.owner;
     let due = Due {
         name: row.name,
         promise: row.promise,
@@ -494,7 +498,7 @@ async fn decide(
     let plan = plan(&due, &timing, row.now, grace);
 
     // The Promise and the params are the same for every tick of the round.
-    let mut filing: Option<Result<(Arc<Promise>, Value), String>> = None;
+    let mut filing: Option<Filing> = None;
     let mut writes = Vec::with_capacity(plan.ticks.len());
     let mut last_request = None;
     let mut holder = due.last_request_id.map(|id| id.to_string());
@@ -503,7 +507,7 @@ async fn decide(
         let (outcome, reason) = match decision {
             Decision::File => {
                 if filing.is_none() {
-                    filing = Some(filing_for(engine, &due).await?);
+                    filing = Some(filing_for(engine, &due, &actor, owner.as_deref()).await?);
                 }
                 match &filing {
                     Some(Ok((promise, params))) => {
@@ -527,7 +531,7 @@ async fn decide(
                         requests.push(request);
                         continue;
                     }
-                    Some(Err(reason)) => (TickOutcome::Failed, Some(reason.clone())),
+                    Some(Err((outcome, reason))) => (*outcome, Some(reason.clone())),
                     None => (TickOutcome::Failed, None),
                 }
             }
@@ -633,10 +637,17 @@ fn parked(row: DueRow, reason: &str) -> (Vec<TickWrite>, ScheduleWrite) {
 
 /// The Promise head and the params with its defaults applied, or why a
 /// tick cannot file; a database failure is an error of the whole round.
+/// What a schedule's filing ticks file: the Promise and the params, or
+/// the outcome (`failed`, `denied`) and reason of every such tick.
+type Filing = Result<(Arc<Promise>, Value), (TickOutcome, String)>;
+
 async fn filing_for(
     engine: &Engine,
     due: &Due,
-) -> Result<Result<(Arc<Promise>, Value), String>, ScheduleError> {
+    actor: &str,
+    owner: Option<&str>,
+) -> Result<Filing, ScheduleError> {
+    let failed = |reason: String| Ok(Err((TickOutcome::Failed, reason)));
     let promise = match engine
         .promises()
         .load_head(engine.pool(), &due.promise)
@@ -644,37 +655,57 @@ async fn filing_for(
     {
         Ok(promise) => promise,
         Err(PromiseError::NotFound(_)) => {
-            return Ok(Err(format!(
+            return failed(format!(
                 "no Promise named {:?}: apply it, and the next ticks file",
                 due.promise
-            )));
+            ));
         }
         Err(e @ PromiseError::Db(_)) => return Err(e.into()),
-        Err(e) => return Ok(Err(e.to_string())),
+        Err(e) => return failed(e.to_string()),
     };
     let bytes = crate::run::json_size(&due.params);
     if bytes > crate::run::MAX_TASK_INPUT_BYTES {
-        return Ok(Err(format!(
+        return failed(format!(
             "the params are {bytes} bytes; at most {} are accepted",
             crate::run::MAX_TASK_INPUT_BYTES
-        )));
+        ));
     }
     let params = engine
         .promises()
         .params_schema(&promise)
         .and_then(|schema| schema.validate(due.params.clone()));
-    Ok(match params {
-        Ok(params) => Ok((promise, params)),
-        Err(ParamsError::Invalid(violations)) => Err(format!(
-            "the params break the schema of Promise {}: {}",
-            due.promise,
-            fulfil_core::params::describe_violations(&violations)
-        )),
-        Err(ParamsError::Schema(message)) => Err(format!(
-            "the schema of Promise {} does not compile: {message}",
-            due.promise
-        )),
-    })
+    let params = match params {
+        Ok(params) => params,
+        Err(ParamsError::Invalid(violations)) => {
+            return failed(format!(
+                "the params break the schema of Promise {}: {}",
+                due.promise,
+                fulfil_core::params::describe_violations(&violations)
+            ));
+        }
+        Err(ParamsError::Schema(message)) => {
+            return failed(format!(
+                "the schema of Promise {} does not compile: {message}",
+                due.promise
+            ));
+        }
+    };
+    // A schedule files for its own owner (see
+    // `crate::policies::engine_principal`); a denied tick is recorded and
+    // the schedule moves on, like a failed one.
+    let principal = crate::policies::engine_principal(actor, owner);
+    let violations = crate::policies::admit(engine, &promise, &params, &principal).await?;
+    if !violations.is_empty() {
+        return Ok(Err((
+            TickOutcome::Denied,
+            format!(
+                "the request for Promise {} was denied by admission policy: {}",
+                due.promise,
+                fulfil_core::policy::describe_violations(&violations)
+            ),
+        )));
+    }
+    Ok(Ok((promise, params)))
 }
 
 #[cfg(test)]
