@@ -149,6 +149,11 @@ pub struct ServerArgs {
         value_parser = humantime_duration
     )]
     worker_ack_wait: std::time::Duration,
+    /// Directory of secret files (one per secret, named as it, as
+    /// Kubernetes mounts a Secret), tried before the environment's
+    /// FULFIL_SECRET_<NAME>; worker role only. See docs/secrets.md.
+    #[arg(long, env = "FULFIL_SECRETS_DIR")]
+    secrets_dir: Option<std::path::PathBuf>,
     /// Postgres connections of this process.
     #[arg(long, env = "FULFIL_DB_POOL", default_value_t = 20)]
     db_pool: u32,

@@ -275,7 +275,9 @@ async fn start_roles(
             drain_timeout: Duration::from_secs(30),
             ack_wait: args.worker_ack_wait,
         };
-        let worker = Worker::new(js.clone(), names.clone(), handlers, config);
+        let worker = Worker::new(js.clone(), names.clone(), handlers, config).with_secrets(
+            fulfil_worker::SecretSources::standard(args.secrets_dir.clone()),
+        );
         let stop = shutdown.clone();
         tasks.spawn(async move { worker.run(stop).await.context("worker") });
     }

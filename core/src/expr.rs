@@ -22,6 +22,16 @@
 //! expression overflows the stack and aborts the process, at validation or
 //! later at every evaluation.
 //!
+//! `secrets` is not a variable the engine can read: a worker step's `with`
+//! (and `compensate.with`) may hold `${{ secrets.NAME }}` exactly, alone or
+//! inside text, and nothing else about a secret ([`secret_reference`]).
+//! Such a reference compiles to [`CompiledTemplate::Secret`] or
+//! [`Segment::Secret`], renders to its own text (so task input, history and
+//! logs hold the reference, never a value), and
+//! [`CompiledTemplate::render_with_secrets`] also says which strings hold
+//! references, as [`SecretSlot`]s for the worker that resolves them. Text
+//! that merely looks like a reference (a param's value, say) is not a slot.
+//!
 //! A Promise's expressions are parsed once, when it is built (see
 //! [`crate::compiled`]): a `with` value becomes a [`CompiledTemplate`], an
 //! `if` a [`CompiledCondition`], and the engine renders those, so nothing
@@ -32,6 +42,8 @@
 use cel::common::ast::{Expr, LiteralValue};
 use cel::{IdedExpr, Program};
 use serde_json::Value;
+
+use crate::wire::{SecretPart, SecretSlot, is_valid_secret_name};
 
 /// Longest expression source accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
@@ -72,6 +84,28 @@ fn check_size(source: &str) -> Result<(), String> {
 
 /// Root variables an expression may read.
 pub const ROOTS: [&str; 4] = ["params", "request", "vars", "steps"];
+
+/// The root of secret references (see [`secret_reference`]).
+pub const SECRETS_ROOT: &str = "secrets";
+
+/// What a worker step's `with` and `compensate.with` may reference: the
+/// [`ROOTS`], and secrets, as exact references only.
+pub const WORKER_ROOTS: [&str; 5] = ["params", "request", "vars", "steps", SECRETS_ROOT];
+
+/// The secret's name if `source` (one expression's source) is exactly
+/// `secrets.NAME`, NAME being `[A-Za-z_][A-Za-z0-9_]*`. Recognized as text,
+/// not through CEL: anything else that reads `secrets` would compute with
+/// a value the engine does not have.
+pub fn secret_reference(source: &str) -> Option<&str> {
+    let name = source.trim().strip_prefix("secrets.")?;
+    is_valid_secret_name(name).then_some(name)
+}
+
+/// How a secret reference displays wherever its value must not: the text a
+/// Promise author wrote, normalized.
+pub fn secret_reference_text(name: &str) -> String {
+    format!("${{{{ secrets.{name} }}}}")
+}
 
 /// Root variables a trigger's expressions may read (see [`EventContext`]).
 pub const EVENT_ROOTS: [&str; 2] = ["event", "vars"];
@@ -518,6 +552,9 @@ pub enum CompiledTemplate {
     Literal(Value),
     /// A string that is exactly one `${{ }}`: keeps the expression's type.
     Expression(CompiledExpression),
+    /// A string that is exactly `${{ secrets.NAME }}`: renders to that
+    /// text; the worker puts the value in its place.
+    Secret(String),
     /// Text and expressions: renders to text.
     Interpolated(Vec<Segment>),
     Array(Vec<CompiledTemplate>),
@@ -533,6 +570,8 @@ pub enum CompiledTemplate {
 pub enum Segment {
     Text(String),
     Expression(CompiledExpression),
+    /// `${{ secrets.NAME }}` inside text.
+    Secret(String),
 }
 
 impl CompiledTemplate {
@@ -546,17 +585,21 @@ impl CompiledTemplate {
                 }),
                 Ok(template) if template.is_literal() => CompiledTemplate::Literal(value.clone()),
                 Ok(template) => match template.parts.as_slice() {
-                    [Part::Expr(source)] => {
-                        CompiledTemplate::Expression(CompiledExpression::compile(source))
-                    }
+                    [Part::Expr(source)] => match secret_reference(source) {
+                        Some(name) => CompiledTemplate::Secret(name.to_string()),
+                        None => CompiledTemplate::Expression(CompiledExpression::compile(source)),
+                    },
                     parts => CompiledTemplate::Interpolated(
                         parts
                             .iter()
                             .map(|part| match part {
                                 Part::Text(text) => Segment::Text(text.clone()),
-                                Part::Expr(source) => {
-                                    Segment::Expression(CompiledExpression::compile(source))
-                                }
+                                Part::Expr(source) => match secret_reference(source) {
+                                    Some(name) => Segment::Secret(name.to_string()),
+                                    None => {
+                                        Segment::Expression(CompiledExpression::compile(source))
+                                    }
+                                },
                             })
                             .collect(),
                     ),
@@ -578,12 +621,14 @@ impl CompiledTemplate {
     pub fn expressions(&self) -> Vec<&CompiledExpression> {
         fn walk<'a>(t: &'a CompiledTemplate, out: &mut Vec<&'a CompiledExpression>) {
             match t {
-                CompiledTemplate::Literal(_) | CompiledTemplate::Invalid(_) => {}
+                CompiledTemplate::Literal(_)
+                | CompiledTemplate::Invalid(_)
+                | CompiledTemplate::Secret(_) => {}
                 CompiledTemplate::Expression(e) => out.push(e),
                 CompiledTemplate::Interpolated(segments) => {
                     out.extend(segments.iter().filter_map(|s| match s {
                         Segment::Expression(e) => Some(e),
-                        Segment::Text(_) => None,
+                        Segment::Text(_) | Segment::Secret(_) => None,
                     }));
                 }
                 CompiledTemplate::Array(items) => items.iter().for_each(|i| walk(i, out)),
@@ -596,39 +641,131 @@ impl CompiledTemplate {
     }
 
     /// Renders the value: the same result, and the same first error, as
-    /// [`render_value`] on the value this was compiled from.
+    /// [`render_value`] on the value this was compiled from. Secret
+    /// references render to their own text.
     pub fn render(&self, context: &impl Scope) -> Result<Value, RenderError> {
+        self.render_at(context, None)
+    }
+
+    /// Renders the value as [`Self::render`] does, and lists the strings
+    /// that hold secret references and how to build each: what a task
+    /// message carries for its worker (see [`SecretSlot`]). Only references
+    /// the Promise wrote count; text a rendered expression produced is
+    /// never a slot, whatever it looks like.
+    pub fn render_with_secrets(
+        &self,
+        context: &impl Scope,
+    ) -> Result<(Value, Vec<SecretSlot>), RenderError> {
+        let mut slots = Slots::default();
+        let value = self.render_at(context, Some(&mut slots))?;
+        Ok((value, slots.found))
+    }
+
+    fn render_at<'a>(
+        &'a self,
+        context: &impl Scope,
+        mut slots: Option<&mut Slots<'a>>,
+    ) -> Result<Value, RenderError> {
         Ok(match self {
             CompiledTemplate::Literal(value) => value.clone(),
             CompiledTemplate::Expression(expression) => expression.evaluate(context)?,
+            CompiledTemplate::Secret(name) => {
+                if let Some(slots) = slots {
+                    slots.found(vec![SecretPart::Secret(name.clone())]);
+                }
+                Value::String(secret_reference_text(name))
+            }
             CompiledTemplate::Interpolated(segments) => {
                 let mut out = String::new();
+                // The pieces of a string holding secrets; text runs between
+                // references are merged.
+                let mut parts = Vec::new();
+                let mut text = String::new();
                 for segment in segments {
                     match segment {
-                        Segment::Text(text) => out.push_str(text),
+                        Segment::Text(literal) => text.push_str(literal),
                         Segment::Expression(expression) => match expression.evaluate(context)? {
-                            Value::String(s) => out.push_str(&s),
+                            Value::String(s) => text.push_str(&s),
                             Value::Null => {}
-                            other => out.push_str(&other.to_string()),
+                            other => text.push_str(&other.to_string()),
                         },
+                        Segment::Secret(name) => {
+                            out.push_str(&text);
+                            out.push_str(&secret_reference_text(name));
+                            if !text.is_empty() {
+                                parts.push(SecretPart::Text(std::mem::take(&mut text)));
+                            }
+                            parts.push(SecretPart::Secret(name.clone()));
+                        }
+                    }
+                }
+                out.push_str(&text);
+                if !parts.is_empty() {
+                    if !text.is_empty() {
+                        parts.push(SecretPart::Text(text));
+                    }
+                    if let Some(slots) = slots {
+                        slots.found(parts);
                     }
                 }
                 Value::String(out)
             }
-            CompiledTemplate::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|item| item.render(context))
-                    .collect::<Result<_, _>>()?,
-            ),
-            CompiledTemplate::Object(entries) => Value::Object(
-                entries
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), v.render(context)?)))
-                    .collect::<Result<_, RenderError>>()?,
-            ),
+            CompiledTemplate::Array(items) => {
+                let mut rendered = Vec::with_capacity(items.len());
+                for (index, item) in items.iter().enumerate() {
+                    if let Some(slots) = slots.as_deref_mut() {
+                        slots.path.push(PathStep::Index(index));
+                    }
+                    rendered.push(item.render_at(context, slots.as_deref_mut())?);
+                    if let Some(slots) = slots.as_deref_mut() {
+                        slots.path.pop();
+                    }
+                }
+                Value::Array(rendered)
+            }
+            CompiledTemplate::Object(entries) => {
+                let mut rendered = serde_json::Map::new();
+                for (key, value) in entries {
+                    if let Some(slots) = slots.as_deref_mut() {
+                        slots.path.push(PathStep::Key(key));
+                    }
+                    let value = value.render_at(context, slots.as_deref_mut())?;
+                    if let Some(slots) = slots.as_deref_mut() {
+                        slots.path.pop();
+                    }
+                    rendered.insert(key.clone(), value);
+                }
+                Value::Object(rendered)
+            }
             CompiledTemplate::Invalid(error) => return Err(error.clone()),
         })
+    }
+}
+
+/// Where rendering is inside the value, and the secret slots found so far.
+#[derive(Default)]
+struct Slots<'a> {
+    path: Vec<PathStep<'a>>,
+    found: Vec<SecretSlot>,
+}
+
+enum PathStep<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl Slots<'_> {
+    fn found(&mut self, parts: Vec<SecretPart>) {
+        let mut pointer = String::new();
+        for step in &self.path {
+            pointer.push('/');
+            match step {
+                // RFC 6901: `~` first, so an escaped `/` is not re-escaped.
+                PathStep::Key(key) => pointer.push_str(&key.replace('~', "~0").replace('/', "~1")),
+                PathStep::Index(index) => pointer.push_str(&index.to_string()),
+            }
+        }
+        self.found.push(SecretSlot { pointer, parts });
     }
 }
 

@@ -19,7 +19,10 @@ use serde_json::Value;
 
 use crate::dag::{Graph, Reachability};
 use crate::document::{MAX_NEEDS, MAX_STEPS};
-use crate::expr::{MATCH_ROOTS, ParsedExpression, ROOTS, Template, condition_source};
+use crate::expr::{
+    MATCH_ROOTS, ParsedExpression, ROOTS, SECRETS_ROOT, Template, WORKER_ROOTS, condition_source,
+    secret_reference,
+};
 use crate::promise::{API_VERSION, AccessSpec, KIND, Promise, ReconcileSpec, RetrySpec, Step};
 use crate::status::WaitKind;
 use crate::time::parse_duration;
@@ -570,7 +573,9 @@ fn check_workflow(
         let mut refs = Vec::new();
         match WaitKind::of_handler(&step.uses) {
             Some(kind) => check_engine_step(&at, step, kind, context, err, &mut refs),
-            None => check_templates(&format!("{at}.with"), &step.with, context, err, &mut refs),
+            None => {
+                check_worker_templates(&format!("{at}.with"), &step.with, context, err, &mut refs)
+            }
         }
         if let Some(condition) = &step.condition {
             check_expression(
@@ -583,7 +588,7 @@ fn check_workflow(
         }
         let own_refs = refs.len();
         if let Some(comp) = &step.compensate {
-            check_templates(
+            check_worker_templates(
                 &format!("{at}.compensate.with"),
                 &comp.with,
                 context,
@@ -812,6 +817,18 @@ fn check_templates(
     check_templates_in(path, value, &ROOTS, context, err, refs);
 }
 
+/// [`check_templates`] for a worker step's `with` or `compensate.with`,
+/// which may also hold `${{ secrets.NAME }}` references, the worker resolves.
+fn check_worker_templates(
+    path: &str,
+    value: &Value,
+    context: &ValidationContext,
+    err: &mut Report<'_>,
+    refs: &mut Vec<StepRef>,
+) {
+    check_templates_in(path, value, &WORKER_ROOTS, context, err, refs);
+}
+
 /// [`check_templates`] for expressions that may read only `roots`.
 pub(crate) fn check_templates_in(
     path: &str,
@@ -826,6 +843,10 @@ pub(crate) fn check_templates_in(
             Err(message) => err(path.into(), "invalid_expression", message),
             Ok(template) => {
                 for expr in template.expressions() {
+                    // An exact reference is not CEL the engine evaluates.
+                    if roots.contains(&SECRETS_ROOT) && secret_reference(expr.0).is_some() {
+                        continue;
+                    }
                     check_expression_in(path, expr.0, roots, context, err, refs);
                 }
             }
@@ -880,7 +901,31 @@ pub(crate) fn check_expression_in(
         }
     };
     for var in expr.variables() {
-        if var == "env" {
+        if var == SECRETS_ROOT {
+            // Exact references never get here (see check_templates_in).
+            if roots.contains(&SECRETS_ROOT) {
+                err(
+                    path.into(),
+                    "invalid_expression",
+                    format!(
+                        "expression {quoted} computes with a secret; a secret can only be \
+                         referenced whole, as ${{{{ secrets.NAME }}}} alone or inside text \
+                         (NAME: letters, digits and '_'), because the engine never holds its \
+                         value and the worker only substitutes it"
+                    ),
+                );
+            } else {
+                err(
+                    path.into(),
+                    "unknown_variable",
+                    format!(
+                        "expression {quoted} reads secrets, which only a worker step's with and \
+                         compensate.with may reference, as ${{{{ secrets.NAME }}}}: the engine \
+                         never holds a secret's value, so it cannot use one here"
+                    ),
+                );
+            }
+        } else if var == "env" {
             err(
                 path.into(),
                 "unknown_variable",

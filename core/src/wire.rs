@@ -50,6 +50,47 @@ pub struct TaskMessage {
     /// worker forwards heartbeats to the engine as [`ProgressMessage`]s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// The strings of `input` the Promise wrote with `${{ secrets.NAME }}`,
+    /// and how the worker builds each one from its own secret sources. Only
+    /// these are resolved: a `${{ secrets.x }}` anywhere else in `input`
+    /// came from a requester's `params` (or a step's output) and is plain
+    /// text, so resolving it would hand a secret to whoever wrote it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretSlot>,
+}
+
+/// A string of a task's `input` that holds secret references.
+///
+/// `input` carries the display text (`Bearer ${{ secrets.api_token }}`);
+/// the worker replaces the string at `pointer` by `parts` joined, each
+/// secret part looked up in its own sources. No engine ever sees a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretSlot {
+    /// RFC 6901 JSON pointer to the string inside `input` (`""` is the
+    /// whole input; `~` and `/` in keys are written `~0` and `~1`).
+    pub pointer: String,
+    /// The string's pieces, in order.
+    pub parts: Vec<SecretPart>,
+}
+
+/// A piece of a [`SecretSlot`]'s string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretPart {
+    /// Rendered text around the references, used verbatim: never
+    /// interpreted, even if it looks like `${{ secrets.x }}`.
+    Text(String),
+    /// The value of the secret with this name.
+    Secret(String),
+}
+
+/// Whether `name` is a valid secret name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_valid_secret_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 pub use crate::status::TaskKind;
@@ -153,6 +194,26 @@ mod tests {
         assert_eq!(result.run_id.to_string(), run_id);
         assert_eq!(result.step_id, "provision");
         assert_eq!(serde_json::to_string(&result).unwrap(), text);
+    }
+
+    #[test]
+    fn secret_slots_are_externally_tagged_and_omitted_when_empty() {
+        let slot = SecretSlot {
+            pointer: "/headers/authorization".into(),
+            parts: vec![
+                SecretPart::Text("Bearer ".into()),
+                SecretPart::Secret("api_token".into()),
+            ],
+        };
+        assert_eq!(
+            serde_json::to_value(&slot).unwrap(),
+            serde_json::json!({"pointer": "/headers/authorization",
+                "parts": [{"text": "Bearer "}, {"secret": "api_token"}]})
+        );
+        assert!(is_valid_secret_name("_a1"));
+        assert!(!is_valid_secret_name("1a"));
+        assert!(!is_valid_secret_name("a-b"));
+        assert!(!is_valid_secret_name(""));
     }
 
     #[test]

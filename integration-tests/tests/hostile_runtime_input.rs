@@ -120,6 +120,7 @@ spec:
     let huge = TaskMessage {
         timeout_ms: Some(u64::MAX),
         heartbeat_timeout_ms: Some(u64::MAX),
+        secrets: Vec::new(),
         ..task
     };
     stack

@@ -41,6 +41,7 @@ async fn round_trip(
         kind: Default::default(),
         timeout_ms: None,
         heartbeat_timeout_ms: None,
+        secrets: Vec::new(),
     };
     let payload = serde_json::to_vec(&task)?;
     tokio::time::timeout(Duration::from_secs(60), async {

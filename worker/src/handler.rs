@@ -359,6 +359,7 @@ mod tests {
             kind: Default::default(),
             timeout_ms: Some(u64::MAX),
             heartbeat_timeout_ms: Some(u64::MAX),
+            secrets: Vec::new(),
         };
         let ctx = TaskContext::from_task(&task);
         assert_eq!(ctx.deadline, deadline, "the absolute deadline is nearer");

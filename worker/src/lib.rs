@@ -31,6 +31,7 @@
 pub mod builtin;
 pub mod handler;
 pub mod runtime;
+pub mod secrets;
 
 /// The streams every process creates at start; re-exported so a custom worker
 /// needs no direct dependency on `fulfil-core`'s `nats` feature.
@@ -38,3 +39,6 @@ pub use fulfil_bus::streams::{StreamError, ensure_streams};
 pub use fulfil_core::ids::{RunId, StepId, TaskId};
 pub use handler::{Handler, Handlers, RetryDecision, StepError, TaskContext, parse_input};
 pub use runtime::{Worker, WorkerConfig, WorkerError, default_worker_id};
+pub use secrets::{
+    DirSecrets, EnvSecrets, Redactor, SecretSource, SecretSourceError, SecretSources, SecretValue,
+};

@@ -51,6 +51,7 @@ fn task(handler: &str, input: Value, deadline: Duration) -> TaskMessage {
         kind: Default::default(),
         timeout_ms: None,
         heartbeat_timeout_ms: None,
+        secrets: Vec::new(),
     }
 }
 

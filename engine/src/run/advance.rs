@@ -23,7 +23,7 @@ use fulfil_core::dag::CompensationStatus;
 use fulfil_core::expr::RenderContext;
 use fulfil_core::ids::{StepId, TaskId};
 use fulfil_core::time;
-use fulfil_core::wire::{StepFailure, TaskKind, TaskMessage};
+use fulfil_core::wire::{SecretSlot, StepFailure, TaskKind, TaskMessage};
 use fulfil_core::{Graph, RunStatus, StepStatus};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -239,6 +239,7 @@ pub(super) fn dispatch(
     step_id: &str,
     attempt: i32,
     input: Value,
+    secrets: Vec<SecretSlot>,
     spec: AttemptSpec<'_>,
 ) -> Result<(), RunError> {
     let task_id = TaskId::generate();
@@ -293,6 +294,8 @@ pub(super) fn dispatch(
         heartbeat_timeout_ms: spec
             .heartbeat_timeout
             .map(|d| time::as_millis_u64(time::clamp(d))),
+        // Where the worker puts secret values; the input holds references.
+        secrets,
     };
     let payload = serde_json::to_value(&task).map_err(|e| RunError::Corrupt(e.to_string()))?;
     run.publish(

@@ -131,8 +131,8 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
     let with = promise
         .compensation_with_of(step)
         .ok_or_else(|| not_compiled(&step.id))?;
-    let input = match with.render(&render_context(run)) {
-        Ok(input) => input,
+    let (input, secrets) = match with.render_with_secrets(&render_context(run)) {
+        Ok(rendered) => rendered,
         Err(e) => {
             return fail_compensation(run, &step.id, attempt, "render_error", &e.to_string());
         }
@@ -155,7 +155,7 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
         Some(attempt),
         None,
     )?;
-    dispatch(run, &step.id, attempt, input, spec)
+    dispatch(run, &step.id, attempt, input, secrets, spec)
 }
 
 /// Fails a compensation for good before it is dispatched: its input could

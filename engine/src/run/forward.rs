@@ -153,8 +153,8 @@ pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), R
     let with = promise
         .with_of(step)
         .ok_or_else(|| not_compiled(&step.id))?;
-    let input = match with.render(&render_context(run)) {
-        Ok(input) => input,
+    let (input, secrets) = match with.render_with_secrets(&render_context(run)) {
+        Ok(rendered) => rendered,
         Err(e) => {
             return fail_step(run, &step.id, Some(attempt), "render_error", &e.to_string());
         }
@@ -174,5 +174,5 @@ pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), R
     row.attempt = attempt;
     row.error = None;
     row.input = Some(input.clone());
-    dispatch(run, &step.id, attempt, input, spec)
+    dispatch(run, &step.id, attempt, input, secrets, spec)
 }

@@ -396,6 +396,7 @@ mod tests {
             kind: Default::default(),
             timeout_ms: None,
             heartbeat_timeout_ms: None,
+            secrets: Vec::new(),
         })
     }
 

@@ -28,6 +28,7 @@ use super::{
     publish::{publish_result, report_progress},
 };
 use crate::handler::{Handlers, Heartbeat, StepError, TaskContext};
+use crate::secrets::Redactor;
 
 /// Steps finishing sooner than this send no `started` report.
 const STARTED_REPORT_DELAY: Duration = Duration::from_millis(250);
@@ -86,8 +87,27 @@ async fn handle_message(shared: &Shared, message: &jetstream::Message, ack_wait:
             let started_at = Utc::now();
             let clock = Instant::now();
             let (beats, heartbeats) = tokio::sync::mpsc::unbounded_channel();
+            // Secret slots are filled here, in this process only; the input
+            // is never logged, and everything the handler reports back is
+            // redacted (see crate::secrets).
+            let mut input = task.input.clone();
+            let (resolved, redactor) = match shared.secrets.resolve(&mut input, &task.secrets).await
+            {
+                Ok(redactor) => (Ok(input), redactor),
+                Err(err) => (Err(err), Redactor::default()),
+            };
             let handler = async {
-                let handler = run_handler(&shared.handlers, &task, Heartbeat::new(beats));
+                let input = match resolved {
+                    Ok(input) => input,
+                    Err(err) => return Outcome::Error(err.into()),
+                };
+                let handler = run_handler(
+                    &shared.handlers,
+                    &task,
+                    input,
+                    &redactor,
+                    Heartbeat::new(beats),
+                );
                 tokio::pin!(handler);
                 // Quick steps report nothing but their result; a step still
                 // running after a moment says it started, so the engine shows
@@ -102,7 +122,7 @@ async fn handle_message(shared: &Shared, message: &jetstream::Message, ack_wait:
             };
             let (outcome, ()) = tokio::join!(
                 handler,
-                forward_heartbeats(shared, message, &task, heartbeats)
+                forward_heartbeats(shared, message, &task, &redactor, heartbeats)
             );
             match &outcome {
                 Outcome::Ok { .. } => info!(elapsed = ?clock.elapsed(), "step attempt succeeded"),
@@ -144,9 +164,31 @@ async fn handle_message(shared: &Shared, message: &jetstream::Message, ack_wait:
     .await;
 }
 
-/// Runs the task's handler in its own task, so a panic is caught, and
-/// gives up at the task's deadline.
-async fn run_handler(handlers: &Handlers, task: &TaskMessage, heartbeat: Heartbeat) -> Outcome {
+/// Runs the task's handler on `input` (its secret slots filled) in its own
+/// task, so a panic is caught, and gives up at the task's deadline. The
+/// outcome comes back with `redactor` applied.
+async fn run_handler(
+    handlers: &Handlers,
+    task: &TaskMessage,
+    input: Value,
+    redactor: &Redactor,
+    heartbeat: Heartbeat,
+) -> Outcome {
+    match run_unredacted(handlers, task, input, redactor, heartbeat).await {
+        Outcome::Ok { output } => Outcome::Ok {
+            output: redactor.value(output),
+        },
+        Outcome::Error(failure) => Outcome::Error(redactor.failure(failure)),
+    }
+}
+
+async fn run_unredacted(
+    handlers: &Handlers,
+    task: &TaskMessage,
+    input: Value,
+    redactor: &Redactor,
+    heartbeat: Heartbeat,
+) -> Outcome {
     let handler = match handlers.resolve(&task.handler) {
         Ok(handler) => handler,
         Err(err) => return Outcome::Error(err.into()),
@@ -164,7 +206,6 @@ async fn run_handler(handlers: &Handlers, task: &TaskMessage, heartbeat: Heartbe
     if remaining.is_zero() {
         return Outcome::Error(timeout().into());
     }
-    let input = task.input.clone();
     // Dropping the handle (on timeout or abandon) aborts the handler.
     let running = AbortOnDropHandle::new(tokio::spawn(
         async move { handler.handle(&ctx, input).await }.in_current_span(),
@@ -174,7 +215,7 @@ async fn run_handler(handlers: &Handlers, task: &TaskMessage, heartbeat: Heartbe
         Ok(Ok(Ok(output))) => Outcome::Ok { output },
         Ok(Ok(Err(err))) => Outcome::Error(err.into()),
         Ok(Err(join)) if join.is_panic() => {
-            let message = panic_message(join.into_panic());
+            let message = redactor.text(&panic_message(join.into_panic()));
             error!(panic = %message, "handler panicked");
             Outcome::Error(
                 StepError::retryable(format!("handler {:?} panicked: {message}", task.handler))
@@ -211,6 +252,7 @@ async fn forward_heartbeats(
     shared: &Shared,
     message: &jetstream::Message,
     task: &TaskMessage,
+    redactor: &Redactor,
     mut heartbeats: tokio::sync::mpsc::UnboundedReceiver<Option<Value>>,
 ) {
     let min_gap = task
@@ -223,6 +265,7 @@ async fn forward_heartbeats(
             continue;
         }
         last_sent = Some(Instant::now());
+        let details = details.map(|d| redactor.value(d));
         report_progress(shared, task, Progress::Heartbeat, details).await;
         if let Err(err) = message.ack_with(AckKind::Progress).await {
             debug!(error = %err, "progress ack failed");
@@ -308,7 +351,20 @@ mod tests {
             kind: Default::default(),
             timeout_ms: None,
             heartbeat_timeout_ms: None,
+            secrets: Vec::new(),
         }
+    }
+
+    async fn run(handlers: &Handlers, task: &TaskMessage) -> Outcome {
+        let input = task.input.clone();
+        run_handler(
+            handlers,
+            task,
+            input,
+            &Redactor::default(),
+            Heartbeat::default(),
+        )
+        .await
     }
 
     fn failure(outcome: Outcome) -> StepFailure {
@@ -327,7 +383,7 @@ mod tests {
             .register("sleeps", Sleeps);
         let minute = chrono::Duration::seconds(60);
 
-        let ok = run_handler(&handlers, &task("echo", minute), Heartbeat::default()).await;
+        let ok = run(&handlers, &task("echo", minute)).await;
         assert_eq!(
             ok,
             Outcome::Ok {
@@ -335,8 +391,7 @@ mod tests {
             }
         );
 
-        let panicked =
-            failure(run_handler(&handlers, &task("panics", minute), Heartbeat::default()).await);
+        let panicked = failure(run(&handlers, &task("panics", minute)).await);
         assert_eq!(panicked.code.as_deref(), Some("handler_panic"));
         assert!(panicked.retryable);
         assert!(
@@ -347,24 +402,68 @@ mod tests {
 
         let started = Instant::now();
         let late = task("sleeps", chrono::Duration::milliseconds(200));
-        let timed_out = failure(run_handler(&handlers, &late, Heartbeat::default()).await);
+        let timed_out = failure(run(&handlers, &late).await);
         assert_eq!(timed_out.code.as_deref(), Some("timeout"));
         assert!(timed_out.retryable);
         assert!(started.elapsed() < Duration::from_secs(5));
 
-        let expired = failure(
-            run_handler(
-                &handlers,
-                &task("echo", chrono::Duration::seconds(-1)),
-                Heartbeat::default(),
-            )
-            .await,
-        );
+        let expired = failure(run(&handlers, &task("echo", chrono::Duration::seconds(-1))).await);
         assert_eq!(expired.code.as_deref(), Some("timeout"));
 
-        let unknown =
-            failure(run_handler(&handlers, &task("nope", minute), Heartbeat::default()).await);
+        let unknown = failure(run(&handlers, &task("nope", minute)).await);
         assert_eq!(unknown.code.as_deref(), Some("unknown_handler"));
         assert!(!unknown.retryable);
+    }
+
+    struct Leaks;
+
+    #[async_trait]
+    impl Handler for Leaks {
+        async fn handle(&self, _: &TaskContext, input: Value) -> Result<Value, StepError> {
+            if input["fail"] == json!(true) {
+                return Err(StepError::permanent(format!("rejected {}", input["token"])));
+            }
+            Ok(json!({"seen": input}))
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_handler_reports_is_redacted_and_injected_text_is_not_resolved() {
+        let dir = std::env::temp_dir().join(format!("fulfil-exec-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("api_token"), "v4lue-42\n").unwrap();
+        let sources = crate::secrets::SecretSources::standard(Some(dir.clone()));
+        let mut handlers = Handlers::new();
+        handlers.register("leaks", Leaks);
+        for fail in [false, true] {
+            let mut task = task("leaks", chrono::Duration::seconds(60));
+            task.input = json!({
+                "token": "${{ secrets.api_token }}",
+                "injected": "${{ secrets.api_token }}",
+                "fail": fail,
+            });
+            task.secrets = vec![fulfil_core::wire::SecretSlot {
+                pointer: "/token".into(),
+                parts: vec![fulfil_core::wire::SecretPart::Secret("api_token".into())],
+            }];
+            let mut input = task.input.clone();
+            let redactor = sources.resolve(&mut input, &task.secrets).await.unwrap();
+            assert_eq!(input["token"], "v4lue-42");
+            let outcome =
+                run_handler(&handlers, &task, input, &redactor, Heartbeat::default()).await;
+            let text = serde_json::to_string(&outcome).unwrap();
+            assert!(!text.contains("v4lue-42"), "{text}");
+            assert!(text.contains("[redacted:api_token]"), "{text}");
+            if !fail {
+                assert_eq!(
+                    outcome,
+                    Outcome::Ok {
+                        output: json!({"seen": {"token": "[redacted:api_token]",
+                            "injected": "${{ secrets.api_token }}", "fail": false}})
+                    }
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

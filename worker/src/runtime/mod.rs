@@ -50,6 +50,7 @@ use fulfil_bus::{NatsNames, StreamError, ensure_streams};
 pub use config::{ACK_WAIT, WorkerConfig, default_worker_id};
 
 use crate::handler::Handlers;
+use crate::secrets::SecretSources;
 use pull::{Puller, open_consumer};
 
 /// Why a worker could not start.
@@ -77,6 +78,7 @@ pub struct Worker {
     names: NatsNames,
     handlers: Handlers,
     config: WorkerConfig,
+    secrets: SecretSources,
 }
 
 impl Worker {
@@ -91,7 +93,15 @@ impl Worker {
             names,
             handlers,
             config,
+            secrets: SecretSources::default(),
         }
+    }
+
+    /// Where this worker looks up the secrets its tasks reference
+    /// (default: the environment only; see [`crate::secrets`]).
+    pub fn with_secrets(mut self, secrets: SecretSources) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     /// Creates the streams and consumers if needed, then serves tasks until
@@ -116,6 +126,7 @@ impl Worker {
         let shared = Arc::new(Shared {
             js: self.js,
             handlers: self.handlers,
+            secrets: self.secrets,
             worker_id: self.config.worker_id.clone(),
             results_subject: self.names.results_subject(),
             progress_subject: self.names.progress_subject(),
@@ -133,6 +144,7 @@ impl Worker {
             queues = ?self.config.queues,
             concurrency = self.config.concurrency,
             handlers = ?shared.handlers,
+            secrets = ?shared.secrets,
             "worker started"
         );
 
@@ -176,6 +188,7 @@ impl Worker {
 struct Shared {
     js: jetstream::Context,
     handlers: Handlers,
+    secrets: SecretSources,
     worker_id: String,
     results_subject: String,
     progress_subject: String,
