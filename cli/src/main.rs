@@ -151,7 +151,7 @@ pub struct ServerArgs {
     worker_ack_wait: std::time::Duration,
     /// Directory of secret files (one per secret, named as it, as
     /// Kubernetes mounts a Secret), tried before the environment's
-    /// FULFIL_SECRET_<NAME>; worker role only. See docs/secrets.md.
+    /// `FULFIL_SECRET_<NAME>`; worker role only. See docs/secrets.md.
     #[arg(long, env = "FULFIL_SECRETS_DIR")]
     secrets_dir: Option<std::path::PathBuf>,
     /// Postgres connections of this process.
