@@ -65,7 +65,11 @@ async fn api_auth(
     // Checked whatever the mode, so half-given OIDC flags are an error,
     // not silently nothing.
     let oidc = oidc.config()?;
-    if let Ok(secret) = std::env::var("FULFIL_BOOTSTRAP_TOKEN") {
+    // An empty value is unset, as for every variable Fulfil reads.
+    if let Some(secret) = std::env::var("FULFIL_BOOTSTRAP_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
         let info = fulfil_engine::tokens::bootstrap(engine.pool(), &secret)
             .await
             .context("installing FULFIL_BOOTSTRAP_TOKEN")?;

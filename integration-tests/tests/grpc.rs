@@ -236,7 +236,10 @@ async fn every_family_answers_what_rest_answers() -> anyhow::Result<()> {
     assert_eq!(request.run_id, accepted.run_id);
     assert_eq!(
         request.params.map(fulfil_grpc::json::from_proto),
-        Some(json!({"name": "orders", "size": "small", "team": "platform"}))
+        Some(
+            json!({"name": "orders", "size": "small", "team": "platform",
+                    "environment": "development", "labels": {}})
+        )
     );
 
     // Bad params: REST's 422 code, as InvalidArgument.
