@@ -828,6 +828,7 @@ mod tests {
             outcomes,
             waits_completed: Vec::new(),
             dead_letter_id: None,
+            received_by: None,
         }
     }
 
