@@ -509,8 +509,9 @@ enum Stop {
 
 impl Watcher {
     async fn run(mut self, mut snapshot: Snapshot) {
+        let mut rejoined = false;
         loop {
-            let outcome = match self.catch_up(snapshot).await {
+            let outcome = match self.catch_up(snapshot, rejoined).await {
                 Ok(receiver) => self.follow(receiver).await,
                 Err(stop) => Err(stop),
             };
@@ -526,6 +527,7 @@ impl Watcher {
                     let (feed, next) = self.hub.join(&self.pool, self.feed.run_id, self.sent);
                     self.feed = feed;
                     snapshot = next;
+                    rejoined = true;
                 }
             }
         }
@@ -536,11 +538,15 @@ impl Watcher {
     async fn catch_up(
         &mut self,
         snapshot: Snapshot,
+        rejoined: bool,
     ) -> Result<broadcast::Receiver<FeedMessage>, Stop> {
         if let Some(e) = snapshot.stopped {
             return Err(Stop::Failed(e));
         }
         let run_id = self.feed.run_id;
+        if rejoined && !snapshot.known && self.replay_to_end().await? {
+            return Err(Stop::Done);
+        }
         while self.sent < snapshot.covered_from {
             self.hub.inner.replay_reads.fetch_add(1, Ordering::Relaxed);
             let read = read(&self.pool, run_id, self.sent, PAGE).await;
@@ -566,6 +572,34 @@ impl Watcher {
             return Err(Stop::Done);
         }
         Ok(snapshot.receiver)
+    }
+
+    /// Sends everything after `sent` from Postgres; answers whether the
+    /// run is finished and all of it was sent.
+    ///
+    /// For a watcher that fell behind and found its run's feed gone (the
+    /// run finished meanwhile, or the feed saw no receiver while this one
+    /// rejoined): the new feed reads from the run's first event and
+    /// publishes a page at a time, more than the broadcast holds, so
+    /// following it would lag again and again, each time on a new feed.
+    /// Reading alone costs one read per page and always moves forward.
+    async fn replay_to_end(&mut self) -> Result<bool, Stop> {
+        let run_id = self.feed.run_id;
+        loop {
+            self.hub.inner.replay_reads.fetch_add(1, Ordering::Relaxed);
+            let (status, events) = match read(&self.pool, run_id, self.sent, PAGE).await {
+                Ok(Some(read)) => read,
+                Ok(None) => return Err(Stop::Failed(Arc::new(WatchError::NotFound(run_id)))),
+                Err(e) => return Err(Stop::Failed(Arc::new(e))),
+            };
+            let full = events.len() as i64 >= PAGE;
+            for event in events {
+                self.send(Arc::new(event)).await?;
+            }
+            if !full {
+                return Ok(status.is_terminal());
+            }
+        }
     }
 
     /// Follows the feed; `Ok` asks for a fresh snapshot.

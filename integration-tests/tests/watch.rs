@@ -375,5 +375,25 @@ async fn a_watcher_that_falls_behind_catches_up_without_gap_or_duplicate() -> an
         slow, expected,
         "the slow watcher got everything once, in order"
     );
+    // It fell behind during the run and once more at most when it found
+    // the feed gone; a watcher that kept rejoining new feeds (each flooding
+    // the broadcast with the whole history) would count one lag per try.
+    let stats = hub.stats();
+    assert!(stats.lagged >= 1, "the slow watcher fell behind: {stats:?}");
+    assert!(stats.lagged <= 4, "caught up without a rejoin loop: {stats:?}");
+
+    // A first watcher of the finished run, from its start: its new feed
+    // publishes more history at once than the broadcast holds.
+    let late_hub = fulfil_api::watch::WatchHub::default();
+    let late = late_hub.watch(&stack.engine, Some(&stack.nats), run, 0).await?;
+    let late: Vec<i64> = tokio::time::timeout(WAIT, late.collect::<Vec<_>>())
+        .await?
+        .into_iter()
+        .filter_map(|item| match item {
+            fulfil_api::watch::WatchItem::Event(e) => Some(e.seq),
+            fulfil_api::watch::WatchItem::Failed(_) => None,
+        })
+        .collect();
+    assert_eq!(late, expected, "a late watcher gets the whole history");
     stack.stop().await
 }
