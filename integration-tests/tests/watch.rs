@@ -380,12 +380,17 @@ async fn a_watcher_that_falls_behind_catches_up_without_gap_or_duplicate() -> an
     // the broadcast with the whole history) would count one lag per try.
     let stats = hub.stats();
     assert!(stats.lagged >= 1, "the slow watcher fell behind: {stats:?}");
-    assert!(stats.lagged <= 4, "caught up without a rejoin loop: {stats:?}");
+    assert!(
+        stats.lagged <= 4,
+        "caught up without a rejoin loop: {stats:?}"
+    );
 
     // A first watcher of the finished run, from its start: its new feed
     // publishes more history at once than the broadcast holds.
     let late_hub = fulfil_api::watch::WatchHub::default();
-    let late = late_hub.watch(&stack.engine, Some(&stack.nats), run, 0).await?;
+    let late = late_hub
+        .watch(&stack.engine, Some(&stack.nats), run, 0)
+        .await?;
     let late: Vec<i64> = tokio::time::timeout(WAIT, late.collect::<Vec<_>>())
         .await?
         .into_iter()
