@@ -519,3 +519,59 @@ async fn the_ledger_and_dead_letters_keep_only_their_retention_window() -> anyho
     assert_eq!(stack.count("dead_letters").await?, 1);
     stack.stop().await
 }
+
+#[tokio::test]
+async fn a_posted_event_keeps_its_cloudevent_headers_and_never_the_callers_credentials()
+-> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    stack.apply(&team_db(&stack, "1", "^[0-9]+$")).await?;
+    let (status, receipt) = post_event(
+        &stack,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "h-credentials"),
+            ("ce-source", "/acme/teams"),
+            ("ce-type", "com.acme.team.created"),
+            ("content-type", "application/json"),
+            (
+                "authorization",
+                "Bearer fulfil_caller-credential-never-stored",
+            ),
+            ("cookie", "session=caller-cookie-never-stored"),
+            ("x-api-key", "caller-key-never-stored"),
+        ],
+        br#"{"team": "letters", "tier": "gold"}"#.to_vec(),
+    )
+    .await?;
+    assert_eq!(status, 202, "{receipt:#}");
+    let entry = ledger_of(&stack, "h-credentials", 1).await?;
+    assert_eq!(entry[0]["outcomes"][0]["outcome"], "invalid", "{entry:#?}");
+    let (_, dead) = stack.get("/v1/dead-letters").await?;
+    let letter = &dead["items"][0];
+    assert_eq!(
+        letter["headers"]["ce-id"],
+        json!(["h-credentials"]),
+        "{letter:#}"
+    );
+    assert_eq!(
+        letter["headers"]["content-type"],
+        json!(["application/json"])
+    );
+    for table in ["dead_letters", "event_ledger"] {
+        let leaked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM fulfil.{table} t
+             WHERE row_to_json(t)::text ~ 'never-stored|authorization|cookie|x-api-key'"
+        )))
+        .fetch_one(&stack.pool)
+        .await?;
+        assert_eq!(leaked, 0, "{table} holds a caller credential header");
+    }
+
+    // What was kept is enough to decode it again: fixed, the replay files.
+    stack.apply(&team_db(&stack, "2", "^[a-z-]+$")).await?;
+    let id = letter["id"].as_str().context("dead letter id")?;
+    let replay = format!("{}/v1/dead-letters/{id}/replay", stack.api);
+    let answer: Value = stack.http.post(&replay).send().await?.json().await?;
+    assert_eq!(answer["outcomes"][0]["outcome"], "filed", "{answer:#}");
+    stack.stop().await
+}

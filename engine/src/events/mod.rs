@@ -49,6 +49,7 @@ pub async fn receive_http(
             subject: None,
             headers: headers
                 .iter()
+                .filter(|(name, _)| kept_for_replay(name))
                 .filter_map(|(k, v)| Some((k.to_string(), vec![v.to_str().ok()?.to_string()])))
                 .collect(),
             payload: body.to_vec(),
@@ -61,6 +62,15 @@ pub async fn receive_http(
         Some(Received::Event(receipt)) => Ok(receipt),
         _ => Err(HttpEventError::NoReceipt),
     }
+}
+
+/// Whether an HTTP header of a posted event is stored with it (in the
+/// ledger and a dead letter, for replay): only what decodes the event, the
+/// CloudEvent attributes (`ce-*`) and its content type. Everything else,
+/// above all `Authorization` and cookies, is the caller's transport and
+/// credentials, which no table may hold.
+fn kept_for_replay(name: &http::HeaderName) -> bool {
+    name == http::header::CONTENT_TYPE || name.as_str().starts_with("ce-")
 }
 
 /// Why an event posted over HTTP was not taken; nothing was stored.
