@@ -10,6 +10,7 @@
 //! committed (see `fulfil_engine::requests`).
 
 pub mod auth;
+pub mod console;
 pub mod extract;
 pub mod metrics;
 pub mod model;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub auth: auth::Auth,
     /// The largest request body any route reads; over it, a 413.
     pub max_body_bytes: usize,
+    /// Where `/ui` reads the web console from.
+    pub console: console::ConsoleFiles,
 }
 
 impl ApiState {
@@ -53,6 +56,7 @@ impl ApiState {
             watch: watch::WatchHub::default(),
             auth: auth::Auth::off(),
             max_body_bytes: extract::MAX_BODY_BYTES,
+            console: console::ConsoleFiles::Embedded,
         }
     }
 }
@@ -67,11 +71,14 @@ pub fn router(state: ApiState) -> Router {
         auth::authenticate,
     ));
     let max_body_bytes = state.max_body_bytes;
+    let console = console::router(state.console.clone());
     edge(
         routes.fallback(|| async { problem::not_a_route() }),
         max_body_bytes,
     )
     .with_state(state)
+    // Outside the authentication layer: the console's files hold no data.
+    .merge(edge(console, max_body_bytes))
 }
 
 /// The layers every route sits behind, innermost first; apart from the

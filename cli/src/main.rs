@@ -202,6 +202,11 @@ pub struct ServerArgs {
         value_parser = byte_size
     )]
     max_body: usize,
+    /// Serve the web console (`/ui`) from this directory, re-read on every
+    /// request, instead of the copy built into the binary: for working on
+    /// the console (`console/` in the repository) without rebuilding.
+    #[arg(long, env = "FULFIL_CONSOLE_DIR")]
+    console_dir: Option<std::path::PathBuf>,
     /// Whether callers need a bearer token: `tokens` (API tokens, and OIDC
     /// JWTs where configured) or `none` (callers are who `Fulfil-Actor`
     /// says). `serve` defaults to tokens, `dev` to none (and then binds

@@ -223,9 +223,14 @@ async fn start_roles(
             .await
             .with_context(|| format!("binding the HTTP API to {}", args.http_addr))?;
         info!(addr = %args.http_addr, "API listening");
+        info!("web console at http://{}/ui", args.http_addr);
         let state = fulfil_api::ApiState {
             auth: api_auth(auth, &engine, &args.oidc).await?,
             max_body_bytes: args.max_body,
+            console: match &args.console_dir {
+                Some(dir) => fulfil_api::console::ConsoleFiles::Directory(dir.clone()),
+                None => fulfil_api::console::ConsoleFiles::Embedded,
+            },
             ..fulfil_api::ApiState::new(engine.clone(), Some(nats.clone()))
         };
         let grpc_listener = tokio::net::TcpListener::bind(&args.grpc_addr)
