@@ -402,3 +402,33 @@ async fn real_answers_match_their_schemas() -> anyhow::Result<()> {
     assert!(!jsonschema::is_valid(&schema, &broken));
     stack.stop().await
 }
+
+/// Every body the API reads can be malformed, and every one answers 422
+/// `invalid-body` then: an operation taking a body must say so, or a
+/// client generated from the document (and schemathesis) meets an
+/// undocumented status.
+#[test]
+fn every_operation_that_reads_a_body_documents_its_422() -> anyhow::Result<()> {
+    let document = serde_json::to_value(fulfil_api::openapi::document())?;
+    let paths = document["paths"].as_object().cloned().unwrap_or_default();
+    let mut undocumented = Vec::new();
+    let mut with_body = 0;
+    for (path, operations) in &paths {
+        for method in METHODS {
+            let operation = &operations[method];
+            if operation.is_null() || operation["requestBody"].is_null() {
+                continue;
+            }
+            with_body += 1;
+            if operation["responses"]["422"].is_null() {
+                undocumented.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    assert!(with_body >= 10, "{with_body} operations read a body");
+    assert!(
+        undocumented.is_empty(),
+        "no 422 documented: {undocumented:?}"
+    );
+    Ok(())
+}

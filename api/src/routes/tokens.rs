@@ -71,6 +71,7 @@ fn expiry(body: &CreateToken) -> Result<Option<DateTime<Utc>>, Problem> {
         (status = 201, description = "Created; `token` is the secret, shown only now", body = CreatedToken),
         (status = 400, description = "A field is not valid (`bad-request` names it): an unknown role, an empty team, a bad duration", body = crate::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`token-name-taken`: a live token has this name", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid-body`: the body is not a token request (a missing or unknown field, a wrong type), each error at its JSON pointer", body = crate::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(
