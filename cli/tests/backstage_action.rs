@@ -8,23 +8,17 @@
 //! .ci/backstage-deps` installs them (`.ci/test` runs it first). A machine
 //! without them fails here with that command, never skips.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use fulfil_integration_tests::node::{repo_root, run_logged};
 
 /// jest bounds each test; this bounds the whole, in case jest hangs.
 const WHOLE_RUN: Duration = Duration::from_secs(10 * 60);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 #[test]
 fn the_backstage_action_and_export_work_against_a_real_fulfil() -> anyhow::Result<()> {
-    let root = repo_root();
+    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
     let package = root.join("deploy/backstage");
     let missing: Vec<&str> = [
         (
@@ -49,34 +43,14 @@ fn the_backstage_action_and_export_work_against_a_real_fulfil() -> anyhow::Resul
 
     let artifacts = root.join("target/backstage-tests");
     std::fs::create_dir_all(&artifacts)?;
-    // jest's output goes to a file, printed after it ends, so it shows with
-    // a failure (libtest shows a failed test's output).
-    let log_path = artifacts.join("npm-test.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut child = Command::new("npm")
+    let mut command = Command::new("npm");
+    command
         .args(["test", "--silent"])
         .current_dir(&package)
         .env("FULFIL_BIN", env!("CARGO_BIN_EXE_fulfil"))
         .env("BACKSTAGE_TEST_ARTIFACTS", &artifacts)
-        .env("CI", "true")
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > WHOLE_RUN {
-            let _ = child.kill();
-            let _ = child.wait();
-            println!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-            anyhow::bail!("the Backstage tests ran past {WHOLE_RUN:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    println!("{output}");
+        .env("CI", "true");
+    let (status, output) = run_logged(command, &artifacts.join("npm-test.log"), WHOLE_RUN)?;
     anyhow::ensure!(
         status.success(),
         "the Backstage tests failed ({status}); jest's report is above, fulfil's logs are in {}",

@@ -13,7 +13,7 @@ use fulfil_api::model::Request;
 use serde_json::{Map, Value, json};
 
 use super::entity::{Entity, Link, Metadata, annotations};
-use super::names::{entity_name, humanize, owner_ref};
+use super::names::{entity_name, owner_ref};
 use super::{ExportedPromise, Settings};
 
 /// The Component standing for a Promise.
@@ -21,21 +21,7 @@ pub fn promise_component(promise: &ExportedPromise, settings: &Settings) -> Enti
     Entity {
         api_version: "backstage.io/v1alpha1",
         kind: "Component",
-        metadata: Metadata {
-            name: promise.entity_name.clone(),
-            title: Some(humanize(&promise.name)),
-            description: promise.description.clone(),
-            tags: vec!["fulfil".into(), "fulfil-promise".into()],
-            labels: Map::new(),
-            annotations: annotations([
-                ("fulfil.dev/promise", promise.name.clone()),
-                ("fulfil.dev/promise-version", promise.version.clone()),
-            ]),
-            links: vec![Link {
-                url: format!("{}/ui/promises/{}", settings.console_url, promise.name),
-                title: "Promise in the Fulfil console".into(),
-            }],
-        },
+        metadata: promise.metadata(settings, &["fulfil", "fulfil-promise"]),
         spec: json!({
             "type": "fulfil-promise",
             "lifecycle": "production",

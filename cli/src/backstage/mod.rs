@@ -91,6 +91,26 @@ pub struct ExportedPromise {
 }
 
 impl ExportedPromise {
+    /// The metadata its Template and its Component share: name, title,
+    /// description, the Promise's annotations and its console link.
+    pub fn metadata(&self, settings: &Settings, tags: &[&str]) -> entity::Metadata {
+        entity::Metadata {
+            name: self.entity_name.clone(),
+            title: Some(names::humanize(&self.name)),
+            description: self.description.clone(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            labels: serde_json::Map::new(),
+            annotations: entity::annotations([
+                ("fulfil.dev/promise", self.name.clone()),
+                ("fulfil.dev/promise-version", self.version.clone()),
+            ]),
+            links: vec![entity::Link {
+                url: format!("{}/ui/promises/{}", settings.console_url, self.name),
+                title: "Promise in the Fulfil console".into(),
+            }],
+        }
+    }
+
     /// The owning team, [`UNOWNED`] when the Promise names none.
     pub fn owner_team(&self) -> &str {
         self.owner

@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::entity::{ACTION_ID, Entity, Link, Metadata, annotations};
+use super::entity::{ACTION_ID, Entity};
 use super::names::{humanize, owner_ref};
 use super::{ExportedPromise, Settings};
 
@@ -72,26 +72,17 @@ pub fn template(promise: &ExportedPromise, settings: &Settings) -> Entity {
             }],
         }),
     );
+    let mut metadata = promise.metadata(settings, &["fulfil"]);
+    if metadata.description.is_none() {
+        metadata.description = Some(format!(
+            "File a request against the Fulfil Promise {}",
+            promise.name
+        ));
+    }
     Entity {
         api_version: "scaffolder.backstage.io/v1beta3",
         kind: "Template",
-        metadata: Metadata {
-            name: promise.entity_name.clone(),
-            title: Some(title),
-            description: Some(promise.description.clone().unwrap_or_else(|| {
-                format!("File a request against the Fulfil Promise {}", promise.name)
-            })),
-            tags: vec!["fulfil".into()],
-            labels: Map::new(),
-            annotations: annotations([
-                ("fulfil.dev/promise", promise.name.clone()),
-                ("fulfil.dev/promise-version", promise.version.clone()),
-            ]),
-            links: vec![Link {
-                url: format!("{}/ui/promises/{}", settings.console_url, promise.name),
-                title: "Promise in the Fulfil console".into(),
-            }],
-        },
+        metadata,
         spec: Value::Object(spec),
     }
 }

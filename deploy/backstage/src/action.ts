@@ -23,7 +23,7 @@
 import { Config } from '@backstage/config';
 import { createTemplateAction } from '@backstage/plugin-scaffolder-node';
 
-import { FINISHED, FulfilApiError, FulfilClient, Run } from './client';
+import { FINISHED, FulfilApiError, FulfilClient, Run, sleep } from './client';
 import { describeEvent } from './describe';
 import { FollowAborted, FollowTimeout, followRun } from './follow';
 import { idempotencyKey } from './idempotency';
@@ -229,7 +229,7 @@ async function cancel(
       ctx.logger.warn(`reading run ${runId}: ${error instanceof Error ? error.message : error}`);
     }
     if (FINISHED.has(status)) break;
-    await new Promise((r) => setTimeout(r, 500));
+    await sleep(500);
   }
   ctx.logger.info(`run ${runId} is ${status}`);
   return status;

@@ -71,7 +71,9 @@ function waitingFor(d: any): string {
   const until = w.until ? ` until ${w.until}` : '';
   switch (w.kind) {
     case 'approval':
-      return `approval${Array.isArray(w.approvers) ? ` by ${w.approvers.join(', ')}` : ''}${until}`;
+      return `approval${Array.isArray(w.approvers) ? ` by ${w.approvers.join(', ')}` : ''}${
+        w.message ? ` ("${w.message}")` : ''
+      }${until}`;
     case 'event':
       return `an event${w.type ? ` of type ${w.type}` : ''}${until}`;
     case 'sleep':

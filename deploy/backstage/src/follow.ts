@@ -11,7 +11,7 @@
  * never past `deadline`.
  */
 
-import { FINISHED, FulfilApiError, FulfilClient, HistoryEvent, Run } from './client';
+import { FINISHED, FulfilApiError, FulfilClient, HistoryEvent, Run, sleep } from './client';
 import { SseParser } from './sse';
 
 /** Reconnections in all while following one run. */
@@ -54,17 +54,6 @@ export interface FollowOptions {
   /** Overrides {@link SILENCE_MS} (tests). */
   silenceMs?: number;
 }
-
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
 
 /** Follows the run until it finished; returns it as last read. */
 export async function followRun(options: FollowOptions): Promise<Run> {

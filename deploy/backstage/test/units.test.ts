@@ -36,5 +36,16 @@ test('every history event gets a line, known or not', () => {
     'step p: failed (attempt 2): http_connect: refused',
   );
   expect(describeEvent({ seq: 2, type: 'something.new', step: 'p', data: {} })).toBe('something.new p');
+  expect(
+    describeEvent({
+      seq: 4,
+      type: 'step.waiting',
+      step: 'approve',
+      data: { waiting_for: { kind: 'approval', approvers: ['team:dba'], quorum: 1, message: 'Large DB orders', until: '2026-12-05T00:00:00Z' } },
+    }),
+  ).toBe('step approve: waiting for approval by team:dba ("Large DB orders") until 2026-12-05T00:00:00Z');
+  expect(describeEvent({ seq: 5, type: 'step.waiting', step: 'nap', data: { waiting_for: { kind: 'sleep', until: '2026-12-05T00:00:00Z' } } })).toBe(
+    'step nap: waiting for time to pass until 2026-12-05T00:00:00Z',
+  );
   expect(describeEvent({ seq: 3, type: 'run.failed', data: { error: 'step p failed' } })).toBe('run failed: step p failed');
 });
