@@ -198,6 +198,28 @@ test('cancelling the task cancels the run', async () => {
   expect(s.infoLines().some((l) => l.startsWith('step nap: waiting for'))).toBe(true);
 });
 
+test('wait: false returns once filed; a timeout stops waiting but leaves the run going', async () => {
+  const filed = step({ promise: 'bs-slow', params: { name: 'unwaited' }, wait: false });
+  await action().handler(filed.ctx as any);
+  expect(filed.outputs().requestId).toBeDefined();
+  expect(['pending', 'running']).toContain(filed.outputs().status);
+  expect(filed.infoLines().some((l) => l.startsWith('step '))).toBe(false);
+
+  const impatient = step({ promise: 'bs-slow', params: { name: 'impatient' }, timeoutMinutes: 0.05 });
+  const started = Date.now();
+  await expect(action().handler(impatient.ctx as any)).rejects.toThrow(
+    /is still running after 0\.05 minute\(s\); this step stopped waiting, the run goes on/,
+  );
+  expect(Date.now() - started).toBeLessThan(15_000);
+  const run = await fulfil.api('GET', `/v1/runs/${impatient.outputs().runId}`);
+  expect(run.status).toBe('running');
+  // What it saw before the deadline is in the log.
+  expect(impatient.infoLines().some((l) => l.startsWith('step nap: waiting for time to pass until '))).toBe(true);
+  for (const id of [filed.outputs().runId, impatient.outputs().runId]) {
+    await fulfil.api('POST', `/v1/runs/${id}/cancel`, { body: { compensate: false } });
+  }
+});
+
 test('a stream cut mid-run is resumed from the last event: every event logged once', async () => {
   // A proxy in front of Fulfil that cuts the first event stream after its
   // first bytes; everything else passes through.

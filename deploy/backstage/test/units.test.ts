@@ -1,5 +1,9 @@
-/** The action's pure parts: no server needed. */
+/** The action's pure parts and its module's registration: no Fulfil needed. */
 
+import { mockServices, startTestBackend } from '@backstage/backend-test-utils';
+import { scaffolderActionsExtensionPoint } from '@backstage/plugin-scaffolder-node';
+
+import fulfilScaffolderModule from '../src';
 import { describeEvent } from '../src/describe';
 import { MAX_KEY_BYTES, idempotencyKey } from '../src/idempotency';
 import { SseEvent, SseParser } from '../src/sse';
@@ -48,4 +52,26 @@ test('every history event gets a line, known or not', () => {
     'step nap: waiting for time to pass until 2026-12-05T00:00:00Z',
   );
   expect(describeEvent({ seq: 3, type: 'run.failed', data: { error: 'step p failed' } })).toBe('run failed: step p failed');
+});
+
+test('the backend module registers fulfil:request:create with the scaffolder', async () => {
+  const addActions = jest.fn();
+  const backend = await startTestBackend({
+    extensionPoints: [[scaffolderActionsExtensionPoint, { addActions }]],
+    features: [
+      fulfilScaffolderModule,
+      mockServices.rootConfig.factory({ data: { fulfil: { baseUrl: 'http://127.0.0.1:9', token: 't' } } }),
+    ],
+  });
+  try {
+    const actions = addActions.mock.calls.flat();
+    expect(actions.map((a: { id: string }) => a.id)).toEqual(['fulfil:request:create']);
+    // The input schema is the zod one, turned into JSON Schema for the scaffolder.
+    expect(actions[0].schema.input.required).toEqual(['promise']);
+    expect(Object.keys(actions[0].schema.input.properties).sort()).toEqual(
+      ['fulfilUrl', 'params', 'promise', 'timeoutMinutes', 'token', 'wait'].sort(),
+    );
+  } finally {
+    await backend.stop();
+  }
 });
