@@ -51,8 +51,6 @@ export interface FollowOptions {
   signal?: AbortSignal;
   /** Epoch milliseconds after which following stops with {@link FollowTimeout}. */
   deadline: number;
-  /** Overrides {@link SILENCE_MS} (tests). */
-  silenceMs?: number;
 }
 
 /** Follows the run until it finished; returns it as last read. */
@@ -102,12 +100,11 @@ export async function followRun(options: FollowOptions): Promise<Run> {
  */
 async function readStream(options: FollowOptions, after: number): Promise<number> {
   const { client, runId, onEvent, signal, deadline } = options;
-  const silenceMs = options.silenceMs ?? SILENCE_MS;
   const connection = new AbortController();
   const stop = () => connection.abort();
   signal?.addEventListener('abort', stop, { once: true });
   const untilDeadline = setTimeout(stop, Math.max(0, deadline - Date.now()));
-  let silence = setTimeout(stop, silenceMs);
+  let silence = setTimeout(stop, SILENCE_MS);
   let lastSeq = after;
   try {
     const response = await client.openEvents(runId, after, connection.signal);
@@ -118,7 +115,7 @@ async function readStream(options: FollowOptions, after: number): Promise<number
       const { done, value } = await reader.read();
       if (done) return lastSeq;
       clearTimeout(silence);
-      silence = setTimeout(stop, silenceMs);
+      silence = setTimeout(stop, SILENCE_MS);
       for (const event of parser.push(value)) {
         if (event.event === 'error') throw new Error(`the API stopped the watch: ${event.data}`);
         let history: HistoryEvent;
@@ -139,7 +136,7 @@ async function readStream(options: FollowOptions, after: number): Promise<number
     }
     let message = error instanceof Error ? error.message : String(error);
     if (connection.signal.aborted && !signal?.aborted && Date.now() < deadline) {
-      message = `no byte for ${silenceMs / 1000} s`;
+      message = `no byte for ${SILENCE_MS / 1000} s`;
     }
     throw Object.assign(new Error(message), { lastSeq });
   } finally {
