@@ -2,8 +2,9 @@
 //!
 //! Server commands (`dev`, `serve`, `migrate`) talk to Postgres and NATS;
 //! operator commands (`apply`, `promise`, `request`, `run`, `event`,
-//! `dead-letter`, `schedule`) talk to the HTTP API.
+//! `dead-letter`, `schedule`, `backstage`) talk to the HTTP API.
 
+mod backstage;
 mod bench;
 mod client;
 mod events;
@@ -104,6 +105,9 @@ enum Command {
     /// List, show and delete admission policies (apply them with `fulfil apply -f`).
     #[command(subcommand)]
     Policy(policies::PolicyCommand),
+    /// Backstage: Templates and catalog entities for a developer portal.
+    #[command(subcommand)]
+    Backstage(backstage::BackstageCommand),
 }
 
 /// Connection and tuning flags of the server roles.
@@ -704,6 +708,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
         Command::Token(cmd) => tokens::run_token(cmd).await,
         Command::Policy(cmd) => policies::run_policy(cmd).await,
+        Command::Backstage(cmd) => backstage::run(cmd).await,
     }
 }
 

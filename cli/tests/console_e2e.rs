@@ -10,20 +10,15 @@
 //! `bash .ci/console-deps` installs them (`.ci/test` runs it first). A
 //! machine without them fails here with that command, never skips.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use fulfil_integration_tests::node::{repo_root, run_logged};
 
 /// The harness bounds each scenario; this bounds the whole, in case the
 /// harness itself hangs.
 const WHOLE_RUN: Duration = Duration::from_secs(15 * 60);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
 
 fn chromium() -> PathBuf {
     std::env::var_os("CHROMIUM")
@@ -33,7 +28,7 @@ fn chromium() -> PathBuf {
 
 #[test]
 fn the_console_works_in_a_real_browser() -> anyhow::Result<()> {
-    let root = repo_root();
+    let root = repo_root(env!("CARGO_MANIFEST_DIR"));
     let e2e = root.join("console/e2e");
     let missing: Vec<String> = [
         (
@@ -60,35 +55,16 @@ fn the_console_works_in_a_real_browser() -> anyhow::Result<()> {
 
     let artifacts = root.join("target/console-e2e");
     std::fs::create_dir_all(&artifacts)?;
-    // The harness's lines go to a file and are printed after it ends, so
-    // they show with the failure (libtest shows a failed test's output).
-    let log_path = artifacts.join("run.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut child = Command::new("node")
+    let mut command = Command::new("node");
+    command
         .arg(e2e.join("run.mjs"))
         .current_dir(&root)
         .env("FULFIL_BIN", env!("CARGO_BIN_EXE_fulfil"))
         .env("E2E_ARTIFACTS", &artifacts)
         .env("CHROMIUM", chromium())
         // The console under test is the one built into the binary.
-        .env_remove("FULFIL_CONSOLE_DIR")
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > WHOLE_RUN {
-            let _ = child.kill();
-            let _ = child.wait();
-            println!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-            anyhow::bail!("the console's browser tests ran past {WHOLE_RUN:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    println!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        .env_remove("FULFIL_CONSOLE_DIR");
+    let (status, _) = run_logged(command, &artifacts.join("run.log"), WHOLE_RUN)?;
     anyhow::ensure!(
         status.success(),
         "the console's browser tests failed ({status}); the log above names the scenario, \
