@@ -61,7 +61,7 @@ async fn cli_applies_examples_runs_them_and_reports_failures() -> anyhow::Result
         let out = text(&created);
         assert!(created.status.success(), "{out}");
         assert!(
-            out.contains("\"endpoint\": \"orders.db.internal:5432\""),
+            out.contains("\"endpoint\": \"127.0.0.1:5432/orders\""),
             "{out}"
         );
         assert!(out.contains("alert"), "progress lists each step: {out}");

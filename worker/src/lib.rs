@@ -41,4 +41,5 @@ pub use handler::{Handler, Handlers, RetryDecision, StepError, TaskContext, pars
 pub use runtime::{Worker, WorkerConfig, WorkerError, default_worker_id};
 pub use secrets::{
     DirSecrets, EnvSecrets, Redactor, SecretSource, SecretSourceError, SecretSources, SecretValue,
+    StaticSecrets,
 };
