@@ -422,6 +422,16 @@ impl TestStack {
         Ok(body["run_id"].as_str().unwrap_or_default().parse()?)
     }
 
+    /// `DELETE /v1/requests/{id}`; returns status and body.
+    pub async fn delete_request(&self, request_id: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .delete(format!("{}/v1/requests/{request_id}", self.api))
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         let response = self.http.get(format!("{}{path}", self.api)).send().await?;
         Ok((response.status().as_u16(), response.json().await?))

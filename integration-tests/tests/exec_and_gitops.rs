@@ -269,12 +269,8 @@ async fn the_postgres_database_example_creates_a_real_database_and_delete_drops_
         );
         assert!(role_exists(&stack, &role).await?);
 
-        let response = stack
-            .http
-            .delete(format!("{}/v1/requests/{request_id}", stack.api))
-            .send()
-            .await?;
-        assert_eq!(response.status().as_u16(), 202);
+        let (status, deletion) = stack.delete_request(&request_id).await?;
+        assert_eq!(status, 202, "{deletion}");
         request_status(&stack, &request_id, "deleted").await?;
         assert_eq!(
             database(&stack, &name).await?,

@@ -310,7 +310,6 @@ async fn with_progress<F: Future>(
 #[cfg(test)]
 mod tests {
     use async_trait::async_trait;
-    use fulfil_core::ids::{RunId, TaskId};
     use serde_json::{Value, json};
 
     use fulfil_core::wire::StepFailure;
@@ -339,19 +338,8 @@ mod tests {
 
     fn task(handler: &str, deadline_in: chrono::Duration) -> TaskMessage {
         TaskMessage {
-            task_id: TaskId::generate(),
-            run_id: RunId::generate(),
-            step_id: "s".into(),
-            attempt: 1,
-            handler: handler.into(),
             input: json!({"a": 1}),
-            deadline: Utc::now() + deadline_in,
-            idempotency_key: "k".into(),
-            traceparent: None,
-            kind: Default::default(),
-            timeout_ms: None,
-            heartbeat_timeout_ms: None,
-            secrets: Vec::new(),
+            ..crate::test_support::task_message(handler, "s", deadline_in)
         }
     }
 

@@ -1,7 +1,5 @@
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use fulfil_core::ids::{RunId, TaskId};
 use fulfil_core::wire::TaskMessage;
 use serde_json::{Value, json};
 
@@ -9,21 +7,11 @@ use super::*;
 use crate::handler::RetryDecision;
 
 fn task(deadline_in: Duration) -> TaskContext {
+    let deadline_in = chrono::Duration::from_std(deadline_in).unwrap_or(chrono::Duration::MAX);
     TaskContext::from_task(&TaskMessage {
-        task_id: TaskId::generate(),
-        run_id: RunId::generate(),
-        step_id: "render".into(),
         attempt: 2,
-        handler: Exec::NAME.into(),
-        input: Value::Null,
         idempotency_key: "run-1:render".into(),
-        deadline: Utc::now()
-            + chrono::Duration::from_std(deadline_in).unwrap_or(chrono::Duration::MAX),
-        traceparent: None,
-        kind: Default::default(),
-        timeout_ms: None,
-        heartbeat_timeout_ms: None,
-        secrets: Vec::new(),
+        ..crate::test_support::task_message(Exec::NAME, "render", deadline_in)
     })
 }
 

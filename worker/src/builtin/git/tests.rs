@@ -1,8 +1,5 @@
 use std::{path::Path, process::Command};
 
-use chrono::Utc;
-use fulfil_core::ids::{RunId, TaskId};
-use fulfil_core::wire::TaskMessage;
 use serde_json::{Value, json};
 
 use super::*;
@@ -10,21 +7,11 @@ use crate::builtin::scratch::ScratchDir;
 use crate::handler::RetryDecision;
 
 fn task() -> TaskContext {
-    TaskContext::from_task(&TaskMessage {
-        task_id: TaskId::generate(),
-        run_id: RunId::generate(),
-        step_id: "publish".into(),
-        attempt: 1,
-        handler: GitCommit::NAME.into(),
-        input: Value::Null,
-        idempotency_key: "k".into(),
-        deadline: Utc::now() + chrono::Duration::seconds(60),
-        traceparent: None,
-        kind: Default::default(),
-        timeout_ms: None,
-        heartbeat_timeout_ms: None,
-        secrets: Vec::new(),
-    })
+    TaskContext::from_task(&crate::test_support::task_message(
+        GitCommit::NAME,
+        "publish",
+        chrono::Duration::seconds(60),
+    ))
 }
 
 /// Runs git in `dir`, failing the test unless it succeeds; its stdout.
