@@ -158,6 +158,13 @@ pub struct ServerArgs {
     /// `FULFIL_SECRET_<NAME>`; worker role only. See docs/secrets.md.
     #[arg(long, env = "FULFIL_SECRETS_DIR")]
     secrets_dir: Option<std::path::PathBuf>,
+    /// A command `exec` steps may run on this worker: `NAME` (looked up on
+    /// PATH at start) or `NAME=PATH`; repeat it, or separate entries with
+    /// commas. None by default: `exec` refuses every command. `dev` also
+    /// allows `psql` and the executable files of `<workflows>/scripts/`.
+    /// See docs/promises.md.
+    #[arg(long = "exec-allow", env = "FULFIL_EXEC_ALLOW", value_delimiter = ',')]
+    exec_allow: Vec<String>,
     /// Postgres connections of this process.
     #[arg(long, env = "FULFIL_DB_POOL", default_value_t = 20)]
     db_pool: u32,

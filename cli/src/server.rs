@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 use fulfil_bus::NatsNames;
 use fulfil_core::Vars;
 use fulfil_engine::{Engine, EngineConfig, db, promises};
-use fulfil_worker::{Handlers, Worker, WorkerConfig};
+use fulfil_worker::builtin::{Exec, ExecAllowList};
+use fulfil_worker::{Handlers, SecretSources, SecretValue, StaticSecrets, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -276,7 +277,11 @@ async fn start_roles(
         });
     }
     if roles.contains(&Role::Worker) {
-        let handlers = Handlers::with_builtins(nats.clone());
+        // `create_database` is `dev`: it alone adds the examples' defaults.
+        let (exec_allow, secrets) = worker_exec_and_secrets(&args, create_database)?;
+        info!(commands = ?exec_allow.names().collect::<Vec<_>>(), "exec may run");
+        let mut handlers = Handlers::with_builtins(nats.clone());
+        handlers.register(Exec::NAME, Exec::new(exec_allow));
         let config = WorkerConfig {
             worker_id: engine_id,
             queues: args.queues.clone(),
@@ -284,9 +289,7 @@ async fn start_roles(
             drain_timeout: Duration::from_secs(30),
             ack_wait: args.worker_ack_wait,
         };
-        let worker = Worker::new(js.clone(), names.clone(), handlers, config).with_secrets(
-            fulfil_worker::SecretSources::standard(args.secrets_dir.clone()),
-        );
+        let worker = Worker::new(js.clone(), names.clone(), handlers, config).with_secrets(secrets);
         let stop = shutdown.clone();
         tasks.spawn(async move { worker.run(stop).await.context("worker") });
     }
@@ -304,6 +307,41 @@ async fn start_roles(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The secret `fulfil dev` supplies when the operator does not: the
+/// Postgres server Fulfil itself runs on, where the `postgres-database`
+/// example creates its databases.
+pub const DEV_POSTGRES_SECRET: &str = "postgres_admin_url";
+
+/// What a worker's `exec` steps may run (`--exec-allow`; under `dev` also
+/// `psql` and `<workflows>/scripts/*`) and where its secrets come from
+/// (`--secrets-dir`, the environment, then under `dev` its defaults).
+fn worker_exec_and_secrets(
+    args: &ServerArgs,
+    dev: bool,
+) -> anyhow::Result<(ExecAllowList, SecretSources)> {
+    let mut secrets = SecretSources::standard(args.secrets_dir.clone());
+    let mut allowed = ExecAllowList::new();
+    if dev {
+        allowed.allow_if_found("psql");
+        if let Some(scripts) = args
+            .workflows
+            .as_ref()
+            .map(|dir| dir.join("scripts"))
+            .filter(|dir| dir.is_dir())
+        {
+            allowed.allow_scripts_in(&scripts)?;
+        }
+        secrets = secrets.then(StaticSecrets::new("the defaults of `fulfil dev`").with(
+            DEV_POSTGRES_SECRET,
+            SecretValue::new(args.database_url.clone()),
+        ));
+    }
+    // The operator's entries win over the defaults of the same name.
+    let entries = args.exec_allow.iter().filter(|e| !e.trim().is_empty());
+    allowed.extend(ExecAllowList::from_entries(entries).context("--exec-allow")?);
+    Ok((allowed, secrets))
 }
 
 /// One direct connection: a pool only says "timed out" after 10 s when the

@@ -61,7 +61,7 @@ async fn cli_applies_examples_runs_them_and_reports_failures() -> anyhow::Result
         let out = text(&created);
         assert!(created.status.success(), "{out}");
         assert!(
-            out.contains("\"endpoint\": \"orders.db.internal:5432\""),
+            out.contains("\"endpoint\": \"127.0.0.1:5432/orders\""),
             "{out}"
         );
         assert!(out.contains("alert"), "progress lists each step: {out}");
@@ -552,5 +552,46 @@ async fn cli_sends_events_explains_the_ledger_and_replays_dead_letters() -> anyh
     })
     .await??;
     assert_eq!(stack.count("requests").await?, 2, "vision and Vision");
+    stack.stop().await
+}
+
+/// `serve` lets `exec` run only what `--exec-allow` names, and a name it
+/// cannot resolve stops the worker at start, named, rather than failing
+/// every step later.
+#[tokio::test]
+async fn serve_stops_at_an_exec_allow_entry_it_cannot_resolve() -> anyhow::Result<()> {
+    use fulfil_integration_tests::StackOptions;
+    use fulfil_integration_tests::processes::{RoleSpawner, ScratchDir};
+
+    let stack = TestStack::start_with(StackOptions {
+        worker: false,
+        ..StackOptions::default()
+    })
+    .await?;
+    let mut logs = ScratchDir::new("exec-allow")?;
+    let roles = RoleSpawner::new(env!("CARGO_BIN_EXE_fulfil"), &stack, logs.path());
+    let mut worker = roles.spawn(
+        "worker",
+        "worker",
+        &["--exec-allow", "sh,no-such-command-xyz"],
+    )?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let stopped = loop {
+        if let Err(stopped) = worker.ensure_running() {
+            break format!("{stopped:#}");
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the worker still runs: {}",
+            worker.log_tail(20)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(stopped.contains("--exec-allow"), "{stopped}");
+    assert!(
+        stopped.contains("no executable \"no-such-command-xyz\" on PATH"),
+        "{stopped}"
+    );
+    logs.finish();
     stack.stop().await
 }

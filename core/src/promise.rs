@@ -188,8 +188,8 @@ pub struct Workflow {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub id: String,
-    /// Handler name: a built-in (`noop`, `echo`, `http`, `nats.publish`) or
-    /// one a custom worker registers.
+    /// Handler name: a built-in (`noop`, `echo`, `http`, `nats.publish`,
+    /// `exec`, `git.commit`, `git.remove`) or one a custom worker registers.
     pub uses: String,
     /// Handler input; strings may hold `${{ expression }}` templates.
     #[serde(default = "empty_object", skip_serializing_if = "Value::is_null")]

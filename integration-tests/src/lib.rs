@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use fulfil_bus::NatsNames;
 use fulfil_core::ids::RunId;
 use fulfil_engine::{Engine, EngineConfig, db};
-use fulfil_worker::{Handlers, Worker, WorkerConfig};
+use fulfil_worker::builtin::{Exec, ExecAllowList};
+use fulfil_worker::{Handlers, SecretSources, SecretValue, StaticSecrets, Worker, WorkerConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -48,6 +49,10 @@ pub struct StackOptions {
     pub nats_url: Option<String>,
     /// Vars the stack's Promises may read (none by default).
     pub vars: fulfil_core::Vars,
+    /// What the in-process worker's `exec` may run: by default what `fulfil
+    /// dev` allows (see [`example_exec_allow`]), so the examples in
+    /// `workflows/` run as they do there.
+    pub exec_allow: ExecAllowList,
 }
 
 impl Default for StackOptions {
@@ -64,8 +69,30 @@ impl Default for StackOptions {
             in_process_engines: true,
             nats_url: None,
             vars: fulfil_core::Vars::default(),
+            exec_allow: example_exec_allow(),
         }
     }
+}
+
+/// The secret the `postgres-database` example reads its server from; a
+/// stack's worker has it as the stack's own database URL, as `fulfil dev`
+/// has its own.
+pub const POSTGRES_ADMIN_SECRET: &str = "postgres_admin_url";
+
+/// `workflows/` of this repository.
+pub fn workflows_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows")
+}
+
+/// What `fulfil dev` lets `exec` run: `psql`, and the scripts of
+/// `workflows/scripts/`.
+pub fn example_exec_allow() -> ExecAllowList {
+    let mut allowed = ExecAllowList::new();
+    allowed.allow_if_found("psql");
+    // The scripts are part of this repository: missing, the examples could
+    // not run, which the tests using them report.
+    let _ = allowed.allow_scripts_in(&workflows_dir().join("scripts"));
+    allowed
 }
 
 /// A running stack; call [`TestStack::stop`] at the end of the test.
@@ -243,7 +270,13 @@ impl TestStack {
         }
         if options.worker {
             let mut handlers = Handlers::with_builtins(nats.clone());
+            handlers.register(Exec::NAME, Exec::new(options.exec_allow.clone()));
             (options.handlers)(&mut handlers);
+            let secrets =
+                SecretSources::standard(None).then(StaticSecrets::new("the test stack").with(
+                    POSTGRES_ADMIN_SECRET,
+                    SecretValue::new(database_url.clone()),
+                ));
             let worker = Worker::new(
                 js.clone(),
                 names.clone(),
@@ -254,7 +287,8 @@ impl TestStack {
                     drain_timeout: Duration::from_secs(5),
                     ..WorkerConfig::default()
                 },
-            );
+            )
+            .with_secrets(secrets);
             let stop = shutdown.clone();
             tasks.spawn(async move { Ok(worker.run(stop).await?) });
         }
@@ -286,7 +320,9 @@ impl TestStack {
         })
     }
 
-    /// Stops every role, then deletes the streams and drops the database.
+    /// Stops every role, then drops what its runs of the `postgres-database`
+    /// example created on the server, deletes the streams and drops the
+    /// database.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let deadline = tokio::time::timeout(Duration::from_secs(15), async {
@@ -296,11 +332,41 @@ impl TestStack {
             anyhow::Ok(())
         })
         .await;
+        self.drop_example_databases().await;
         fulfil_bus::streams::delete_streams(&self.js, &self.names).await;
         self.pool.close().await;
         db::drop_database(&database_url(), &self.database).await?;
         deadline.context("roles did not stop within 15s")??;
         Ok(())
+    }
+
+    /// Databases are the server's, not this stack's: those the
+    /// `postgres-database` example created in this stack's runs (its
+    /// `provision` step says `created: true`) are dropped by the example's
+    /// own script, which drops only a database its role owns. Best effort:
+    /// a failure leaves a database behind, never fails the test.
+    async fn drop_example_databases(&self) {
+        let created: Vec<(String, String)> = sqlx::query_as(
+            "SELECT s.outputs->>'database', s.outputs->>'owner_role' \
+               FROM fulfil.steps s JOIN fulfil.runs r ON r.id = s.run_id \
+              WHERE r.promise = 'postgres-database' AND s.step_id = 'provision' \
+                AND s.outputs->>'created' = 'true' \
+                AND s.outputs->>'database' IS NOT NULL AND s.outputs->>'owner_role' IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default();
+        let script = workflows_dir().join("scripts/postgres-database.sh");
+        for (database, role) in created {
+            let dropped = tokio::process::Command::new(&script)
+                .args(["drop", &database, &role])
+                .env("PGURL", &self.database_url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .status();
+            let _ = tokio::time::timeout(Duration::from_secs(30), dropped).await;
+        }
     }
 
     /// `PUT /v1/promises/{name}` with a YAML body; returns status and body.
@@ -355,6 +421,16 @@ impl TestStack {
             bail!("request refused with {status}: {body}");
         }
         Ok(body["run_id"].as_str().unwrap_or_default().parse()?)
+    }
+
+    /// `DELETE /v1/requests/{id}`; returns status and body.
+    pub async fn delete_request(&self, request_id: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .delete(format!("{}/v1/requests/{request_id}", self.api))
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {

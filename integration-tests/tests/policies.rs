@@ -11,10 +11,21 @@ use std::time::Duration;
 use anyhow::Context;
 use fulfil_core::access::{Principal, Role};
 use fulfil_engine::requests::{NewRequest, RequestError, create_request};
-use fulfil_integration_tests::TestStack;
+use fulfil_integration_tests::{StackOptions, TestStack};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// A stack whose `exec` runs nothing: admission is what these tests check,
+/// and the example's steps would otherwise create databases on the shared
+/// server while the tests stop their stacks under them.
+async fn admission_stack() -> anyhow::Result<TestStack> {
+    TestStack::start_with(StackOptions {
+        exec_allow: fulfil_worker::builtin::ExecAllowList::new(),
+        ..StackOptions::default()
+    })
+    .await
+}
 
 fn example(path: &str) -> anyhow::Result<String> {
     let file = format!("{}/../workflows/{path}", env!("CARGO_MANIFEST_DIR"));
@@ -79,7 +90,7 @@ fn broken_rules(violations: &[fulfil_core::policy::Violation]) -> Vec<&str> {
 #[tokio::test]
 async fn the_example_policy_admits_team_data_and_denies_the_rest_storing_nothing()
 -> anyhow::Result<()> {
-    let stack = TestStack::start().await?;
+    let stack = admission_stack().await?;
     stack.apply(&example("postgres-database.yaml")?).await?;
     let policy = example("policies/database-guardrails.yaml")?;
     let (status, applied) = put_policy(&stack, "database-guardrails", &policy).await?;
@@ -173,7 +184,7 @@ async fn the_example_policy_admits_team_data_and_denies_the_rest_storing_nothing
 
 #[tokio::test]
 async fn a_rule_that_cannot_be_evaluated_denies_with_the_error() -> anyhow::Result<()> {
-    let stack = TestStack::start().await?;
+    let stack = admission_stack().await?;
     stack.apply(&example("postgres-database.yaml")?).await?;
     let unguarded = r#"
 apiVersion: fulfil.dev/v1
@@ -216,7 +227,7 @@ spec:
 #[tokio::test]
 async fn invalid_policy_documents_are_refused_at_their_paths_and_store_nothing()
 -> anyhow::Result<()> {
-    let stack = TestStack::start().await?;
+    let stack = admission_stack().await?;
     let invalid = r#"
 apiVersion: fulfil.dev/v1
 kind: Policy
@@ -300,7 +311,7 @@ spec:
 #[tokio::test]
 async fn a_trigger_whose_request_is_denied_is_invalid_in_the_ledger_with_the_reason()
 -> anyhow::Result<()> {
-    let stack = TestStack::start().await?;
+    let stack = admission_stack().await?;
     stack.apply(WANTED).await?;
     let (status, body) = put_policy(&stack, "gold-guard", GOLD_FOR_PLATFORM).await?;
     assert_eq!(status, 201, "{body}");
@@ -341,7 +352,7 @@ async fn a_trigger_whose_request_is_denied_is_invalid_in_the_ledger_with_the_rea
 #[tokio::test]
 async fn a_schedule_tick_whose_request_is_denied_is_recorded_denied_and_the_schedule_moves_on()
 -> anyhow::Result<()> {
-    let stack = TestStack::start().await?;
+    let stack = admission_stack().await?;
     stack.apply(WANTED).await?;
     let (status, body) = put_policy(&stack, "gold-guard", GOLD_FOR_PLATFORM).await?;
     assert_eq!(status, 201, "{body}");

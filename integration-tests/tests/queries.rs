@@ -171,13 +171,8 @@ async fn each_run_filter_finds_its_runs_and_bad_values_answer_400() -> anyhow::R
 
     // A delete run for the succeeded request: kind `delete`.
     let request_id = ok_run["request_id"].as_str().context("request_id")?;
-    let response = stack
-        .http
-        .delete(format!("{}/v1/requests/{request_id}", stack.api))
-        .send()
-        .await?;
-    assert_eq!(response.status().as_u16(), 202);
-    let deletion: Value = response.json().await?;
+    let (status, deletion) = stack.delete_request(request_id).await?;
+    assert_eq!(status, 202, "{deletion}");
     let delete_run: RunId = deletion["run_id"]
         .as_str()
         .context("delete run_id")?

@@ -579,13 +579,8 @@ async fn a_failing_reconcile_undoes_nothing_and_a_delete_stops_a_reconcile_run()
     stack
         .wait_for_event(reconcile_run, "step.started", WAIT)
         .await?;
-    let response = stack
-        .http
-        .delete(format!("{}/v1/requests/{request_id}", stack.api))
-        .send()
-        .await?;
-    assert_eq!(response.status().as_u16(), 202);
-    let deletion: Value = response.json().await?;
+    let (status, deletion) = stack.delete_request(&request_id).await?;
+    assert_eq!(status, 202, "{deletion}");
     assert_eq!(deletion["status"], "deleting");
     let delete_run = id_of(&deletion, "run_id")?;
     let run = stack.run(reconcile_run).await?;

@@ -252,8 +252,11 @@ impl Handlers {
         Self::default()
     }
 
-    /// A registry holding the built-in handlers: `noop`, `echo`, `http` and
-    /// `nats.publish` (which publishes with `nats`).
+    /// A registry holding the built-in handlers: `noop`, `echo`, `http`,
+    /// `nats.publish` (which publishes with `nats`), `git.commit`,
+    /// `git.remove`, and `exec` allowing no command (register
+    /// [`Exec::new`](crate::builtin::Exec::new) with an allow-list to
+    /// replace it).
     pub fn with_builtins(nats: async_nats::Client) -> Self {
         let mut handlers = Self::new();
         crate::builtin::register_all(&mut handlers, nats);

@@ -32,6 +32,8 @@ pub mod builtin;
 pub mod handler;
 pub mod runtime;
 pub mod secrets;
+#[cfg(test)]
+mod test_support;
 
 /// The streams every process creates at start; re-exported so a custom worker
 /// needs no direct dependency on `fulfil-core`'s `nats` feature.
@@ -41,4 +43,5 @@ pub use handler::{Handler, Handlers, RetryDecision, StepError, TaskContext, pars
 pub use runtime::{Worker, WorkerConfig, WorkerError, default_worker_id};
 pub use secrets::{
     DirSecrets, EnvSecrets, Redactor, SecretSource, SecretSourceError, SecretSources, SecretValue,
+    StaticSecrets,
 };

@@ -370,34 +370,21 @@ fn decode_body(headers: &HeaderMap, bytes: &[u8]) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::handler::RetryDecision;
     use axum::{
         Json, Router,
         http::{HeaderMap as AxumHeaders, StatusCode as AxumStatus},
         response::IntoResponse,
         routing::{get, post},
     };
-    use chrono::Utc;
-    use fulfil_core::ids::{RunId, TaskId};
-
-    use super::*;
-    use crate::handler::RetryDecision;
 
     fn task() -> TaskContext {
-        TaskContext::from_task(&fulfil_core::wire::TaskMessage {
-            task_id: TaskId::generate(),
-            run_id: RunId::generate(),
-            step_id: "provision".into(),
-            attempt: 1,
-            handler: "http".into(),
-            input: Value::Null,
-            idempotency_key: "idem-1".into(),
-            deadline: Utc::now() + chrono::Duration::seconds(60),
-            traceparent: None,
-            kind: Default::default(),
-            timeout_ms: None,
-            heartbeat_timeout_ms: None,
-            secrets: Vec::new(),
-        })
+        TaskContext::from_task(&crate::test_support::task_message(
+            "http",
+            "provision",
+            chrono::Duration::seconds(60),
+        ))
     }
 
     async fn serve() -> String {

@@ -1,16 +1,24 @@
-//! Handlers every worker ships with: `noop`, `echo`, `http` and
-//! `nats.publish`.
+//! Handlers every worker ships with: `noop`, `echo`, `http`,
+//! `nats.publish`, `exec` (commands of an operator's allow-list, none by
+//! default: register [`Exec::new`] with one), and `git.commit` /
+//! `git.remove`.
 //!
 //! Built-ins follow the same contract as custom handlers: bad input is a
 //! permanent `invalid_input` error naming the field; transport failures are
 //! retryable; every error carries a stable code.
 
 mod echo;
+mod exec;
+mod git;
 mod http;
 mod nats_publish;
 mod noop;
+mod process;
+mod scratch;
 
 pub use echo::Echo;
+pub use exec::{Exec, ExecAllowList, ExecConfigError, MAX_STDOUT_BYTES, STDERR_TAIL_BYTES};
+pub use git::{GitCommit, GitRemove, MAX_PUSH_ATTEMPTS};
 pub use http::{Http, HttpClientError};
 pub use nats_publish::NatsPublish;
 pub use noop::Noop;
@@ -25,7 +33,10 @@ pub(crate) fn register_all(handlers: &mut Handlers, nats: async_nats::Client) {
     handlers
         .register(Noop::NAME, Noop)
         .register(Echo::NAME, Echo)
-        .register(NatsPublish::NAME, NatsPublish::new(nats));
+        .register(NatsPublish::NAME, NatsPublish::new(nats))
+        .register(Exec::NAME, Exec::default())
+        .register(GitCommit::NAME, GitCommit)
+        .register(GitRemove::NAME, GitRemove);
     match Http::new() {
         Ok(http) => handlers.register(Http::NAME, http),
         Err(err) => {

@@ -310,7 +310,6 @@ async fn with_progress<F: Future>(
 #[cfg(test)]
 mod tests {
     use async_trait::async_trait;
-    use fulfil_core::ids::{RunId, TaskId};
     use serde_json::{Value, json};
 
     use fulfil_core::wire::StepFailure;
@@ -339,19 +338,8 @@ mod tests {
 
     fn task(handler: &str, deadline_in: chrono::Duration) -> TaskMessage {
         TaskMessage {
-            task_id: TaskId::generate(),
-            run_id: RunId::generate(),
-            step_id: "s".into(),
-            attempt: 1,
-            handler: handler.into(),
             input: json!({"a": 1}),
-            deadline: Utc::now() + deadline_in,
-            idempotency_key: "k".into(),
-            traceparent: None,
-            kind: Default::default(),
-            timeout_ms: None,
-            heartbeat_timeout_ms: None,
-            secrets: Vec::new(),
+            ..crate::test_support::task_message(handler, "s", deadline_in)
         }
     }
 
@@ -463,6 +451,37 @@ mod tests {
                     }
                 );
             }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn exec_output_and_stderr_are_redacted_like_any_handler() {
+        let dir = std::env::temp_dir().join(format!("fulfil-exec-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("db_password"), "pa55-w0rd-xyz\n").unwrap();
+        let sources = crate::secrets::SecretSources::standard(Some(dir.clone()));
+        let mut handlers = Handlers::new();
+        let allowed = crate::builtin::ExecAllowList::from_entries(["sh"]).unwrap();
+        handlers.register("exec", crate::builtin::Exec::new(allowed));
+        for script in [
+            r#"printf '{"dsn":"postgres://app:%s@db/orders"}' "$PW""#,
+            r#"echo "password $PW rejected" >&2; exit 2"#,
+        ] {
+            let mut task = task("exec", chrono::Duration::seconds(30));
+            task.input = json!({"command": "sh", "args": ["-c", script],
+                                "env": {"PW": "${{ secrets.db_password }}"}});
+            task.secrets = vec![fulfil_core::wire::SecretSlot {
+                pointer: "/env/PW".into(),
+                parts: vec![fulfil_core::wire::SecretPart::Secret("db_password".into())],
+            }];
+            let mut input = task.input.clone();
+            let redactor = sources.resolve(&mut input, &task.secrets).await.unwrap();
+            let outcome =
+                run_handler(&handlers, &task, input, &redactor, Heartbeat::default()).await;
+            let text = serde_json::to_string(&outcome).unwrap();
+            assert!(!text.contains("pa55-w0rd-xyz"), "{text}");
+            assert!(text.contains("[redacted:db_password]"), "{text}");
         }
         let _ = std::fs::remove_dir_all(dir);
     }

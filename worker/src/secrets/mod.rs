@@ -37,7 +37,7 @@ use fulfil_core::wire::{SecretPart, SecretSlot, StepFailure, is_valid_secret_nam
 
 use crate::handler::StepError;
 
-pub use sources::{DirSecrets, ENV_PREFIX, EnvSecrets};
+pub use sources::{DirSecrets, ENV_PREFIX, EnvSecrets, StaticSecrets};
 
 /// A secret's value. Formatting it never shows the value.
 #[derive(Clone, PartialEq, Eq)]

@@ -109,3 +109,41 @@ impl SecretSource for DirSecrets {
         format!("file {}", self.dir.join(name).display())
     }
 }
+
+/// Secrets a process supplies itself, from a fixed map: defaults such as
+/// `fulfil dev` naming its own Postgres `postgres_admin_url`, tried after
+/// the operator's sources so those win.
+#[derive(Debug, Clone)]
+pub struct StaticSecrets {
+    origin: String,
+    values: std::collections::BTreeMap<String, SecretValue>,
+}
+
+impl StaticSecrets {
+    /// No values yet; `origin` says where they come from in a
+    /// `secret_missing` message (`the defaults of fulfil dev`).
+    pub fn new(origin: impl Into<String>) -> Self {
+        Self {
+            origin: origin.into(),
+            values: Default::default(),
+        }
+    }
+
+    /// Adds (or replaces) the value of `name`.
+    #[must_use]
+    pub fn with(mut self, name: impl Into<String>, value: SecretValue) -> Self {
+        self.values.insert(name.into(), value);
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretSource for StaticSecrets {
+    async fn lookup(&self, name: &str) -> Result<Option<SecretValue>, SecretSourceError> {
+        Ok(self.values.get(name).cloned())
+    }
+
+    fn describe(&self, _: &str) -> String {
+        self.origin.clone()
+    }
+}

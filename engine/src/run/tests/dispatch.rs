@@ -52,33 +52,46 @@ const POSTGRES_DATABASE: &str = include_str!("../../../../workflows/postgres-dat
 
 #[test]
 fn example_promise_runs_its_chain_skips_a_false_condition_and_succeeds() {
-    let params = json!({ "name": "orders", "size": "small", "team": "payments" });
+    let params = json!({ "name": "orders", "size": "small", "team": "payments",
+                          "environment": "development" });
     let (mut h, writes) = Harness::start(POSTGRES_DATABASE, params);
     let sent = tasks(&writes);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].step_id, "provision");
+    assert_eq!(sent[0].handler, "exec");
+    // The secret stays a reference; the task says where the worker puts it.
+    let admin = json!({ "PGURL": "${{ secrets.postgres_admin_url }}" });
     assert_eq!(
         sent[0].input,
-        json!({ "endpoint": "orders.db.internal:5432", "size": "small", "storage_gb": 20 })
+        json!({ "command": "postgres-database.sh", "args": ["create", "orders", "orders_owner"],
+                "env": admin })
     );
+    assert_eq!(sent[0].secrets.len(), 1);
+    assert_eq!(sent[0].secrets[0].pointer, "/env/PGURL");
     assert_eq!(writes.outbox[0].subject, "test.tasks.default");
-    assert_eq!(sent[0].timeout_ms, Some(600_000), "the step's own timeout");
+    assert_eq!(sent[0].timeout_ms, Some(120_000), "the step's own timeout");
 
-    // echo's output is its input.
-    let writes = h.succeed("provision", TaskKind::Action, sent[0].input.clone());
+    let created = json!({ "database": "orders", "owner_role": "orders_owner", "created": true,
+                          "endpoint": "127.0.0.1:5432/orders" });
+    let writes = h.succeed("provision", TaskKind::Action, created);
     let sent = tasks(&writes);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].step_id, "configure");
     assert_eq!(sent[0].timeout_ms, Some(300_000), "the Promise's default");
     assert_eq!(
         sent[0].input,
-        json!({ "endpoint": "orders.db.internal:5432", "database": "orders",
-                "owner_role": "payments_owner" })
+        json!({ "command": "postgres-database.sh",
+                "args": ["configure", "orders", 20, "small database of payments (development)"],
+                "env": admin })
     );
 
     // alert's condition is false for a small database: skipped, and the
     // run succeeds with its outputs rendered.
-    let writes = h.succeed("configure", TaskKind::Action, sent[0].input.clone());
+    let writes = h.succeed(
+        "configure",
+        TaskKind::Action,
+        json!({ "database": "orders" }),
+    );
     assert_eq!(
         events(&writes),
         vec![
@@ -90,7 +103,7 @@ fn example_promise_runs_its_chain_skips_a_false_condition_and_succeeds() {
     assert!(tasks(&writes).is_empty());
     assert_eq!(h.step("alert").status, StepStatus::Skipped);
     assert_eq!(h.run.status, RunStatus::Succeeded);
-    let outputs = json!({ "endpoint": "orders.db.internal:5432", "owner_role": "payments_owner" });
+    let outputs = json!({ "endpoint": "127.0.0.1:5432/orders", "owner_role": "orders_owner" });
     let ending = writes.ending.as_ref().expect("the run ends");
     assert!(ending.finished && ending.error.is_none());
     assert_eq!(ending.outputs, Some(outputs.clone()));
@@ -157,13 +170,14 @@ fn running_a_promise_parses_no_expression() {
     let parse = parses_of(POSTGRES_DATABASE);
     assert!(parse > 0);
     let before = parses_on_this_thread();
-    let params = json!({ "name": "orders", "size": "large", "team": "payments" });
+    let params = json!({ "name": "orders", "size": "large", "team": "payments",
+                          "environment": "production" });
     let (mut h, mut writes) = Harness::start(POSTGRES_DATABASE, params);
     for step in ["provision", "configure", "alert"] {
         let sent = tasks(&writes);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].step_id, step, "the condition held");
-        let output = sent[0].input.clone();
+        let output = json!({ "endpoint": "127.0.0.1:5432/orders", "owner_role": "orders_owner" });
         writes = h.succeed(step, TaskKind::Action, output);
     }
     assert_eq!(h.run.status, RunStatus::Succeeded);
