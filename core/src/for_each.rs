@@ -140,23 +140,42 @@ mod tests {
         assert_eq!(instance_id("deploy", 0), "deploy[0]");
         assert_eq!(parse_instance("deploy[0]"), Some(("deploy", 0)));
         assert_eq!(parse_instance("de-ploy_2[999]"), Some(("de-ploy_2", 999)));
-        for not_one in ["deploy", "deploy[]", "deploy[01]", "deploy[-1]", "[3]", "deploy[3", "d[x]"] {
+        for not_one in [
+            "deploy",
+            "deploy[]",
+            "deploy[01]",
+            "deploy[-1]",
+            "[3]",
+            "deploy[3",
+            "d[x]",
+        ] {
             assert_eq!(parse_instance(not_one), None, "{not_one}");
         }
     }
 
     #[test]
     fn items_must_be_a_bounded_list() {
-        assert_eq!(items_of("s", json!(["a", 1])).unwrap(), vec![json!("a"), json!(1)]);
+        assert_eq!(
+            items_of("s", json!(["a", 1])).unwrap(),
+            vec![json!("a"), json!(1)]
+        );
         assert!(items_of("s", json!([])).unwrap().is_empty());
         let not_list = items_of("deploy", json!("eu-west")).unwrap_err();
         assert_eq!(not_list.code(), NOT_A_LIST);
         let message = not_list.to_string();
-        assert!(message.contains("step deploy") && message.contains("a string"), "{message}");
+        assert!(
+            message.contains("step deploy") && message.contains("a string"),
+            "{message}"
+        );
         assert!(message.contains("\"eu-west\""), "{message}");
         let too_many = items_of("s", Value::Array(vec![json!(1); MAX_ITEMS + 1])).unwrap_err();
         assert_eq!(too_many.code(), TOO_MANY_ITEMS);
         assert!(too_many.to_string().contains("1001 items"), "{too_many}");
-        assert_eq!(items_of("s", Value::Array(vec![json!(1); MAX_ITEMS])).unwrap().len(), MAX_ITEMS);
+        assert_eq!(
+            items_of("s", Value::Array(vec![json!(1); MAX_ITEMS]))
+                .unwrap()
+                .len(),
+            MAX_ITEMS
+        );
     }
 }

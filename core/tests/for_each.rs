@@ -71,7 +71,10 @@ fn a_for_each_step_compiles_and_renders_each_instance_with_its_item_and_index() 
     // Instances resolve to their step; step ids to themselves.
     let (step, index) = p.step_of_row("deploy[7]").unwrap();
     assert_eq!((step.id.as_str(), index), ("deploy", Some(7)));
-    assert_eq!(p.step_of_row("plan").map(|(s, i)| (s.id.as_str(), i)), Some(("plan", None)));
+    assert_eq!(
+        p.step_of_row("plan").map(|(s, i)| (s.id.as_str(), i)),
+        Some(("plan", None))
+    );
     assert!(p.step_of_row("plan[0]").is_none(), "plan has no for_each");
     assert!(p.step_of_row("nope[0]").is_none());
 
@@ -86,11 +89,18 @@ fn a_for_each_step_compiles_and_renders_each_instance_with_its_item_and_index() 
     let input = p
         .with_of(deploy)
         .unwrap()
-        .render(&ItemContext { run: &run, item: &item, index: 1 })
+        .render(&ItemContext {
+            run: &run,
+            item: &item,
+            index: 1,
+        })
         .unwrap();
     assert_eq!(input, json!({ "region": "us", "slot": 1, "label": "us-1" }));
     let literal = p.step("literal").unwrap();
-    assert_eq!(p.for_each_of(literal).unwrap().render(&run).unwrap(), json!(["a", "eu"]));
+    assert_eq!(
+        p.for_each_of(literal).unwrap().render(&run).unwrap(),
+        json!(["a", "eu"])
+    );
     // Stored and read back, it is the same Promise.
     let stored = Promise::from_stored(serde_json::to_value(&p).unwrap()).unwrap();
     assert_eq!(stored, p);
@@ -125,10 +135,25 @@ fn item_and_index_are_refused_outside_a_for_each_steps_with() {
 "#,
     ));
     let only = "only the with and compensate.with of a step with for_each";
-    has(&e, "spec.workflow.steps[0].with.x", "unknown_variable", only);
+    has(
+        &e,
+        "spec.workflow.steps[0].with.x",
+        "unknown_variable",
+        only,
+    );
     has(&e, "spec.workflow.steps[1].if", "unknown_variable", only);
-    has(&e, "spec.workflow.steps[2].for_each", "unknown_variable", only);
-    has(&e, "spec.workflow.steps[3].compensate.with.i", "unknown_variable", only);
+    has(
+        &e,
+        "spec.workflow.steps[2].for_each",
+        "unknown_variable",
+        only,
+    );
+    has(
+        &e,
+        "spec.workflow.steps[3].compensate.with.i",
+        "unknown_variable",
+        only,
+    );
     has(&e, "spec.outputs.first", "unknown_variable", only);
     assert_eq!(e.len(), 5, "{e:#?}");
 }
@@ -172,13 +197,58 @@ fn for_each_and_max_parallel_are_checked_at_their_paths() {
         for_each: "${{{{ secrets.LIST }}}}"
 "#
     )));
-    has(&e, "spec.workflow.steps[0].for_each", "invalid_value", "is text");
-    has(&e, "spec.workflow.steps[1].for_each", "invalid_value", "not a number");
-    has(&e, "spec.workflow.steps[2].max_parallel", "invalid_value", "between 1 and 1000, not 0");
-    has(&e, "spec.workflow.steps[3].max_parallel", "invalid_value", "not 1001");
-    has(&e, "spec.workflow.steps[4].max_parallel", "invalid_value", "has no for_each");
-    has(&e, "spec.workflow.steps[5].for_each", "invalid_value", "cannot have for_each");
-    has(&e, "spec.workflow.steps[6].for_each", "too_large", "1001 items");
-    has(&e, "spec.workflow.steps[7].for_each", "unknown_step_reference", "steps.late");
-    has(&e, "spec.workflow.steps[9].for_each", "unknown_variable", "secrets");
+    has(
+        &e,
+        "spec.workflow.steps[0].for_each",
+        "invalid_value",
+        "is text",
+    );
+    has(
+        &e,
+        "spec.workflow.steps[1].for_each",
+        "invalid_value",
+        "not a number",
+    );
+    has(
+        &e,
+        "spec.workflow.steps[2].max_parallel",
+        "invalid_value",
+        "between 1 and 1000, not 0",
+    );
+    has(
+        &e,
+        "spec.workflow.steps[3].max_parallel",
+        "invalid_value",
+        "not 1001",
+    );
+    has(
+        &e,
+        "spec.workflow.steps[4].max_parallel",
+        "invalid_value",
+        "has no for_each",
+    );
+    has(
+        &e,
+        "spec.workflow.steps[5].for_each",
+        "invalid_value",
+        "cannot have for_each",
+    );
+    has(
+        &e,
+        "spec.workflow.steps[6].for_each",
+        "too_large",
+        "1001 items",
+    );
+    has(
+        &e,
+        "spec.workflow.steps[7].for_each",
+        "unknown_step_reference",
+        "steps.late",
+    );
+    has(
+        &e,
+        "spec.workflow.steps[9].for_each",
+        "unknown_variable",
+        "secrets",
+    );
 }

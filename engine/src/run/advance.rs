@@ -42,7 +42,12 @@ const UNBOUNDED_QUEUE_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// The variables a step's expressions see at this point of the run.
 pub fn render_context(run: &Run) -> RenderContext {
     let mut steps = Map::new();
+    // Instances are read through their step (its outputs are theirs, as a
+    // list), never by their own ids.
     for step in run.steps.values() {
+        if super::for_each::is_instance(run, &step.step_id) {
+            continue;
+        }
         if step.status.satisfies_needs() {
             steps.insert(
                 step.step_id.clone(),
@@ -188,6 +193,9 @@ pub(super) struct AttemptSpec<'a> {
     pub(super) timeout: Duration,
     pub(super) schedule_to_start: Option<Duration>,
     pub(super) heartbeat_timeout: Option<Duration>,
+    /// For an instance of a `for_each` step, its index and item, recorded
+    /// with its dispatch.
+    pub(super) instance: Option<(usize, &'a Value)>,
 }
 
 /// Error code of a step whose task could never be published.
@@ -269,11 +277,16 @@ pub(super) fn dispatch(
             time::deadline_after(now, wait),
         );
     }
+    let mut data = json!({ "task_id": task_id, "handler": spec.handler, "queue": spec.queue });
+    if let (Some((index, item)), Some(fields)) = (spec.instance, data.as_object_mut()) {
+        fields.insert("index".into(), json!(index));
+        fields.insert("item".into(), item.clone());
+    }
     run.record(
         attempt_event(spec.kind, AttemptEvent::Dispatched),
         Some(step_id),
         Some(attempt),
-        json!({ "task_id": task_id, "handler": spec.handler, "queue": spec.queue }),
+        data,
     );
     let idempotency_key = match spec.kind {
         TaskKind::Action => format!("{}/{step_id}", run.run_id),
@@ -317,7 +330,8 @@ pub fn attempt_failed(
     worker: Option<&str>,
 ) -> Result<(), RunError> {
     let promise = run.promise.clone();
-    let Some(step) = promise.step(step_id) else {
+    // An instance of a for_each step retries under its step's policy.
+    let Some((step, _)) = promise.step_of_row(step_id) else {
         return Err(RunError::Corrupt(format!(
             "step {step_id} is not in the Promise"
         )));
@@ -361,8 +375,9 @@ pub fn attempt_failed(
                 )?;
             }
         }
+        // Labelled by the step, not the instance: labels stay bounded.
         run.observe(crate::metrics::Observed::Retry {
-            step: step_id.to_string(),
+            step: step.id.clone(),
         });
         run.record(
             attempt_event(kind, AttemptEvent::RetryScheduled),
