@@ -129,7 +129,10 @@ async fn a_killed_engine_neither_loses_nor_doubles_the_instances_of_a_for_each_s
     let doubles = double_applied(&stack.pool).await?;
     ensure!(doubles.is_empty(), "results applied twice: {doubles:?}");
     let odd = not_completed_once(&stack.pool).await?;
-    ensure!(odd.is_empty(), "steps without exactly one step.succeeded: {odd:?}");
+    ensure!(
+        odd.is_empty(),
+        "steps without exactly one step.succeeded: {odd:?}"
+    );
     ensure!(dead_letters(&stack).await? == 0, "dead letters");
 
     // Every instance called the service at least once (none lost), at most

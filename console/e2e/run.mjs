@@ -891,7 +891,7 @@ async function forEachSteps() {
   const regions = Array.from({ length: 40 }, (_, i) => `r${i}`);
   const { run_id: runId } = await fileRequest('e2e-for-each', { regions });
   ctx.runs.forEach = runId;
-  const r = await runUntil(runId, (run) => run.status === 'succeeded', 'the for_each run succeeds');
+  const r = await runUntil(runId, (run) => run.status === 'succeeded', 'the for_each run succeeds', 45_000);
   const instances = r.steps.filter((s) => s.instance_of === 'deploy');
   if (instances.length !== 40) throw new Failure(`GET /v1/runs/${runId} lists ${instances.length} instances of deploy, not 40`);
   await goto(`/ui/runs/${runId}`);
@@ -973,9 +973,10 @@ const SCENARIOS = [
   ['d', 'approve', approve],
   ['e', 'replay a dead letter', replayDeadLetter],
   ['f', 'filter the run list', filterRuns],
+  // Before g: its 2,000 tasks would queue ahead of these.
+  ['i', 'a for_each step: instances grouped, item and index shown', forEachSteps],
   ['g', `${FANOUT_WIDTH.toLocaleString('en')}-step fan-out`, fanout, { ms: FANOUT_MS }],
   ['h', 'every page, both themes', everyPage, { ms: 180_000 }],
-  ['i', 'a for_each step: instances grouped, item and index shown', forEachSteps],
 ];
 
 // ---------------------------------------------------------------- main

@@ -252,3 +252,26 @@ fn for_each_and_max_parallel_are_checked_at_their_paths() {
         "secrets",
     );
 }
+
+#[test]
+fn the_multi_region_example_is_a_valid_for_each_promise() {
+    let p = Promise::parse(include_str!("../../workflows/multi-region.yaml")).unwrap();
+    let deploy = p.step("deploy").unwrap();
+    assert_eq!(p.max_parallel_of(deploy), 2);
+    let run = RenderContext {
+        params: json!({ "app": "shop", "regions": ["eu-west", "us-east"] }),
+        ..RenderContext::default()
+    };
+    let item = json!("us-east");
+    let input = p
+        .with_of(deploy)
+        .unwrap()
+        .render(&ItemContext {
+            run: &run,
+            item: &item,
+            index: 1,
+        })
+        .unwrap();
+    assert_eq!(input["url"], "https://shop.us-east.example.com");
+    assert_eq!(input["order"], 1);
+}
