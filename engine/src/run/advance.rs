@@ -22,9 +22,10 @@ use chrono::Utc;
 use fulfil_core::dag::CompensationStatus;
 use fulfil_core::expr::RenderContext;
 use fulfil_core::ids::{StepId, TaskId};
+use fulfil_core::promise::Compensation;
 use fulfil_core::time;
 use fulfil_core::wire::{SecretSlot, StepFailure, TaskKind, TaskMessage};
-use fulfil_core::{Graph, RunStatus, StepStatus};
+use fulfil_core::{Graph, Promise, RunStatus, Step, StepStatus};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -49,14 +50,7 @@ pub fn render_context(run: &Run) -> RenderContext {
             continue;
         }
         if step.status.satisfies_needs() {
-            steps.insert(
-                step.step_id.clone(),
-                json!({
-                    "status": step.status.as_str(),
-                    "outputs": step.outputs.clone().unwrap_or_else(|| json!({})),
-                    "inputs": step.input.clone().unwrap_or_else(|| json!({})),
-                }),
-            );
+            steps.insert(step.step_id.clone(), step_variables(step));
         }
     }
     RenderContext {
@@ -65,6 +59,15 @@ pub fn render_context(run: &Run) -> RenderContext {
         vars: run.context.get("vars").cloned().unwrap_or(Value::Null),
         steps: Value::Object(steps),
     }
+}
+
+/// What `steps.<id>` holds for a step row: its status, outputs and inputs.
+pub(super) fn step_variables(row: &super::StepRow) -> Value {
+    json!({
+        "status": row.status.as_str(),
+        "outputs": row.outputs.clone().unwrap_or_else(|| json!({})),
+        "inputs": row.input.clone().unwrap_or_else(|| json!({})),
+    })
 }
 
 /// A step whose compiled expressions its run's Promise does not hold: the
@@ -196,6 +199,38 @@ pub(super) struct AttemptSpec<'a> {
     /// For an instance of a `for_each` step, its index and item, recorded
     /// with its dispatch.
     pub(super) instance: Option<(usize, &'a Value)>,
+}
+
+impl<'a> AttemptSpec<'a> {
+    /// An attempt of `step`'s action, under its settings.
+    pub(super) fn action(promise: &'a Promise, step: &'a Step) -> Self {
+        AttemptSpec {
+            kind: TaskKind::Action,
+            handler: &step.uses,
+            queue: promise.queue_of(step),
+            timeout: promise.timeout_of(step),
+            schedule_to_start: promise.schedule_to_start_of(step),
+            heartbeat_timeout: promise.heartbeat_timeout_of(step),
+            instance: None,
+        }
+    }
+
+    /// An attempt of `step`'s compensation, under its settings.
+    pub(super) fn compensation(
+        promise: &'a Promise,
+        step: &'a Step,
+        compensation: &'a Compensation,
+    ) -> Self {
+        AttemptSpec {
+            kind: TaskKind::Compensation,
+            handler: &compensation.uses,
+            queue: promise.queue_of(step),
+            timeout: promise.compensation_timeout_of(compensation),
+            schedule_to_start: promise.schedule_to_start_of(step),
+            heartbeat_timeout: promise.heartbeat_timeout_of(step),
+            instance: None,
+        }
+    }
 }
 
 /// Error code of a step whose task could never be published.

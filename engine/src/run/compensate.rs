@@ -155,15 +155,7 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
     if let Some(message) = too_large(&input) {
         return fail_compensation(run, &step.id, attempt, TASK_TOO_LARGE, &message);
     }
-    let spec = AttemptSpec {
-        kind: TaskKind::Compensation,
-        handler: &compensation.uses,
-        queue: promise.queue_of(step),
-        timeout: promise.compensation_timeout_of(compensation),
-        schedule_to_start: promise.schedule_to_start_of(step),
-        heartbeat_timeout: promise.heartbeat_timeout_of(step),
-        instance: None,
-    };
+    let spec = AttemptSpec::compensation(&promise, step, compensation);
     set_compensation(
         run,
         &step.id,

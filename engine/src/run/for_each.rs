@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 
 use super::advance::{
     AttemptSpec, TASK_TOO_LARGE, dispatch, fail_step, not_compiled, render_context,
-    set_compensation, set_step, too_large,
+    set_compensation, set_step, step_variables, too_large,
 };
 use super::compensate::fail_compensation;
 use super::event::{self, AttemptEvent, attempt_event};
@@ -162,7 +162,42 @@ fn item(run: &Run, step_id: &str, index: usize) -> Result<Value, RunError> {
     })
 }
 
-/// Where a `for_each` step's instances stand.
+/// Where one instance's action (or compensation) stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Pending,
+    InFlight,
+    Succeeded,
+    Failed,
+    /// Cancelled or skipped: it will not run.
+    Over,
+}
+
+fn phase(run: &Run, step_id: &str, index: usize, kind: TaskKind) -> Phase {
+    let row = run.steps.get(&instance_id(step_id, index));
+    match kind {
+        TaskKind::Action => match row.map_or(StepStatus::Pending, |row| row.status) {
+            StepStatus::Pending => Phase::Pending,
+            StepStatus::Succeeded => Phase::Succeeded,
+            StepStatus::Failed => Phase::Failed,
+            s if s.is_in_flight() => Phase::InFlight,
+            _ => Phase::Over,
+        },
+        TaskKind::Compensation => match row
+            .and_then(|row| row.compensation)
+            .unwrap_or(CompensationStatus::Pending)
+        {
+            CompensationStatus::Pending => Phase::Pending,
+            CompensationStatus::Succeeded => Phase::Succeeded,
+            CompensationStatus::Failed => Phase::Failed,
+            c if c.is_in_flight() => Phase::InFlight,
+            _ => Phase::Over,
+        },
+    }
+}
+
+/// Where some instances of a `for_each` step stand: their actions, or
+/// their compensations.
 #[derive(Default)]
 struct Tally {
     succeeded: usize,
@@ -175,76 +210,67 @@ struct Tally {
 }
 
 impl Tally {
-    fn of_actions(run: &Run, step_id: &str, count: usize) -> Tally {
+    fn of(
+        run: &Run,
+        step_id: &str,
+        indexes: impl IntoIterator<Item = usize>,
+        kind: TaskKind,
+    ) -> Tally {
         let mut tally = Tally::default();
-        for index in 0..count {
-            let status = run
-                .steps
-                .get(&instance_id(step_id, index))
-                .map_or(StepStatus::Pending, |row| row.status);
-            match status {
-                StepStatus::Succeeded => tally.succeeded += 1,
-                StepStatus::Failed => tally.failed(index),
-                StepStatus::Pending => tally.pending.push(index),
-                s if s.is_in_flight() => tally.in_flight += 1,
-                _ => {}
+        for index in indexes {
+            match phase(run, step_id, index, kind) {
+                Phase::Succeeded => tally.succeeded += 1,
+                Phase::Failed => {
+                    tally.failed.get_or_insert(index);
+                    tally.failures += 1;
+                }
+                Phase::Pending => tally.pending.push(index),
+                Phase::InFlight => tally.in_flight += 1,
+                Phase::Over => {}
             }
         }
         tally
     }
+}
 
-    /// The compensations of the instances `undo` names.
-    fn of_compensations(run: &Run, step_id: &str, undo: &[usize]) -> Tally {
-        let mut tally = Tally::default();
-        for &index in undo {
-            let compensation = run
-                .steps
-                .get(&instance_id(step_id, index))
-                .and_then(|row| row.compensation)
-                .unwrap_or(CompensationStatus::Pending);
-            match compensation {
-                CompensationStatus::Succeeded => tally.succeeded += 1,
-                CompensationStatus::Failed => tally.failed(index),
-                CompensationStatus::Pending => tally.pending.push(index),
-                c if c.is_in_flight() => tally.in_flight += 1,
-                _ => {}
+/// Dispatches `tally`'s pending instances (their actions, or their
+/// compensations), in index order, while fewer than `max_parallel` are in
+/// flight; stops at the first that fails before it is sent.
+fn fill(run: &mut Run, step: &Step, tally: &Tally, kind: TaskKind) -> Result<(), RunError> {
+    let room = run
+        .promise
+        .max_parallel_of(step)
+        .saturating_sub(tally.in_flight);
+    // Instances never change what the run's expressions see: one context
+    // serves every dispatch of this round.
+    let context = render_context(run);
+    for &index in tally.pending.iter().take(room) {
+        let attempt = run
+            .steps
+            .get(&instance_id(&step.id, index))
+            .map_or(0, |row| row.current_attempt(kind))
+            + 1;
+        match kind {
+            TaskKind::Action => dispatch_instance_with(run, step, index, attempt, &context)?,
+            TaskKind::Compensation => {
+                dispatch_instance_compensation_with(run, step, index, attempt, &context)?;
             }
         }
-        tally
+        if phase(run, &step.id, index, kind) == Phase::Failed {
+            break;
+        }
     }
-
-    fn failed(&mut self, index: usize) {
-        self.failed.get_or_insert(index);
-        self.failures += 1;
-    }
+    Ok(())
 }
 
 /// Moves one running `for_each` step on; returns whether it is failing.
 fn settle_step(run: &mut Run, step: &Step, stopping: bool) -> Result<bool, RunError> {
     let count = items(run, &step.id)?.len();
-    let tally = Tally::of_actions(run, &step.id, count);
+    let tally = Tally::of(run, &step.id, 0..count, TaskKind::Action);
     if !stopping && tally.failed.is_none() {
-        let room = run
-            .promise
-            .max_parallel_of(step)
-            .saturating_sub(tally.in_flight);
-        // Instances never change what the run's expressions see: one
-        // context serves every dispatch of this round.
-        let context = render_context(run);
-        for &index in tally.pending.iter().take(room) {
-            let id = instance_id(&step.id, index);
-            let attempt = run.steps.get(&id).map_or(0, |row| row.attempt) + 1;
-            dispatch_instance_with(run, step, index, attempt, &context)?;
-            if run
-                .steps
-                .get(&id)
-                .is_some_and(|row| row.status == StepStatus::Failed)
-            {
-                break;
-            }
-        }
+        fill(run, step, &tally, TaskKind::Action)?;
     }
-    let tally = Tally::of_actions(run, &step.id, count);
+    let tally = Tally::of(run, &step.id, 0..count, TaskKind::Action);
     if tally.in_flight > 0 {
         return Ok(tally.failed.is_some());
     }
@@ -366,13 +392,8 @@ fn dispatch_instance_with(
         return fail_step(run, &id, Some(attempt), TASK_TOO_LARGE, &message);
     }
     let spec = AttemptSpec {
-        kind: TaskKind::Action,
-        handler: &step.uses,
-        queue: promise.queue_of(step),
-        timeout: promise.timeout_of(step),
-        schedule_to_start: promise.schedule_to_start_of(step),
-        heartbeat_timeout: promise.heartbeat_timeout_of(step),
         instance: Some((index, &item)),
+        ..AttemptSpec::action(&promise, step)
     };
     let row = run.set_step_status(&id, StepStatus::Ready)?;
     row.attempt = attempt;
@@ -442,27 +463,12 @@ pub(super) fn settle_compensation(run: &mut Run) -> Result<(), RunError> {
 
 fn settle_compensation_step(run: &mut Run, step: &Step) -> Result<(), RunError> {
     let undo = instances_to_undo(run, &step.id);
-    let tally = Tally::of_compensations(run, &step.id, &undo);
+    let tally = Tally::of(run, &step.id, undo.iter().copied(), TaskKind::Compensation);
     // A saga handed off to a delete starts no more undos.
     if tally.failed.is_none() && run.handoff.is_none() {
-        let room = run
-            .promise
-            .max_parallel_of(step)
-            .saturating_sub(tally.in_flight);
-        for &index in tally.pending.iter().take(room) {
-            let id = instance_id(&step.id, index);
-            let attempt = run.steps.get(&id).map_or(0, |row| row.compensation_attempt) + 1;
-            dispatch_instance_compensation(run, step, index, attempt)?;
-            if run
-                .steps
-                .get(&id)
-                .is_some_and(|row| row.compensation == Some(CompensationStatus::Failed))
-            {
-                break;
-            }
-        }
+        fill(run, step, &tally, TaskKind::Compensation)?;
     }
-    let tally = Tally::of_compensations(run, &step.id, &undo);
+    let tally = Tally::of(run, &step.id, undo.iter().copied(), TaskKind::Compensation);
     if tally.in_flight > 0 {
         return Ok(());
     }
@@ -520,6 +526,17 @@ pub fn dispatch_instance_compensation(
     index: usize,
     attempt: i32,
 ) -> Result<(), RunError> {
+    let context = render_context(run);
+    dispatch_instance_compensation_with(run, step, index, attempt, &context)
+}
+
+fn dispatch_instance_compensation_with(
+    run: &mut Run,
+    step: &Step,
+    index: usize,
+    attempt: i32,
+    context: &RenderContext,
+) -> Result<(), RunError> {
     let Some(compensation) = &step.compensate else {
         return Err(RunError::Corrupt(format!(
             "step {} has no compensation",
@@ -532,16 +549,9 @@ pub fn dispatch_instance_compensation(
     let with = promise
         .compensation_with_of(step)
         .ok_or_else(|| not_compiled(&step.id))?;
-    let mut context = render_context(run);
+    let mut context = context.clone();
     if let (Some(steps), Some(row)) = (context.steps.as_object_mut(), run.steps.get(&id)) {
-        steps.insert(
-            step.id.clone(),
-            json!({
-                "status": row.status.as_str(),
-                "outputs": row.outputs.clone().unwrap_or_else(|| json!({})),
-                "inputs": row.input.clone().unwrap_or_else(|| json!({})),
-            }),
-        );
+        steps.insert(step.id.clone(), step_variables(row));
     }
     let scope = ItemContext {
         run: &context,
@@ -556,13 +566,8 @@ pub fn dispatch_instance_compensation(
         return fail_compensation(run, &id, attempt, TASK_TOO_LARGE, &message);
     }
     let spec = AttemptSpec {
-        kind: TaskKind::Compensation,
-        handler: &compensation.uses,
-        queue: promise.queue_of(step),
-        timeout: promise.compensation_timeout_of(compensation),
-        schedule_to_start: promise.schedule_to_start_of(step),
-        heartbeat_timeout: promise.heartbeat_timeout_of(step),
         instance: Some((index, &item)),
+        ..AttemptSpec::compensation(&promise, step, compensation)
     };
     set_compensation(run, &id, CompensationStatus::Ready, Some(attempt), None)?;
     dispatch(run, &id, attempt, input, secrets, spec)

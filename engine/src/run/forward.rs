@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use fulfil_core::dag::Outcome;
 use fulfil_core::status::RunKind;
-use fulfil_core::wire::TaskKind;
 use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::json;
 
@@ -171,15 +170,7 @@ pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), R
     if let Some(message) = too_large(&input) {
         return fail_step(run, &step.id, Some(attempt), TASK_TOO_LARGE, &message);
     }
-    let spec = AttemptSpec {
-        kind: TaskKind::Action,
-        handler: &step.uses,
-        queue: promise.queue_of(step),
-        timeout: promise.timeout_of(step),
-        schedule_to_start: promise.schedule_to_start_of(step),
-        heartbeat_timeout: promise.heartbeat_timeout_of(step),
-        instance: None,
-    };
+    let spec = AttemptSpec::action(&promise, step);
     let row = run.set_step_status(&step.id, StepStatus::Ready)?;
     row.attempt = attempt;
     row.error = None;
