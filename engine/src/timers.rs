@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::run::event::{self, AttemptEvent, attempt_event};
 use crate::run::{
     AttemptUpdate, Run, RunError, advance, attempt_failed, dispatch_action, dispatch_compensation,
-    dispatch_instance, dispatch_instance_compensation, lock_run, stop_in_flight,
+    dispatch_instance, lock_run, stop_in_flight,
 };
 use crate::{Engine, EngineConfig};
 
@@ -224,7 +224,9 @@ pub(crate) fn fire_on(
             {
                 match instance {
                     None => dispatch_action(run, step, row.attempt + 1)?,
-                    Some(index) => dispatch_instance(run, step, index, row.attempt + 1)?,
+                    Some(index) => {
+                        dispatch_instance(run, step, index, TaskKind::Action, row.attempt + 1)?;
+                    }
                 }
             }
         }
@@ -236,7 +238,9 @@ pub(crate) fn fire_on(
                 let attempt = row.compensation_attempt + 1;
                 match instance {
                     None => dispatch_compensation(run, step, attempt)?,
-                    Some(index) => dispatch_instance_compensation(run, step, index, attempt)?,
+                    Some(index) => {
+                        dispatch_instance(run, step, index, TaskKind::Compensation, attempt)?;
+                    }
                 }
             }
         }

@@ -355,15 +355,22 @@ fn settle_step(run: &mut Run, step: &Step, stopping: bool) -> Result<bool, RunEr
     Ok(false)
 }
 
-/// Renders instance `index`'s input and queues attempt `attempt` of it.
+/// Renders the input of instance `index`'s action (or compensation) and
+/// queues attempt `attempt` of it: what a retry timer of an instance does.
 pub fn dispatch_instance(
     run: &mut Run,
     step: &Step,
     index: usize,
+    kind: TaskKind,
     attempt: i32,
 ) -> Result<(), RunError> {
     let context = render_context(run);
-    dispatch_instance_with(run, step, index, attempt, &context)
+    match kind {
+        TaskKind::Action => dispatch_instance_with(run, step, index, attempt, &context),
+        TaskKind::Compensation => {
+            dispatch_instance_compensation_with(run, step, index, attempt, &context)
+        }
+    }
 }
 
 fn dispatch_instance_with(
@@ -520,16 +527,6 @@ fn settle_compensation_step(run: &mut Run, step: &Step) -> Result<(), RunError> 
 /// Renders the compensation input of instance `index` and queues attempt
 /// `attempt` of it: over the instance's `item` and `index`, with
 /// `steps.<step>` reading the instance's own status, inputs and outputs.
-pub fn dispatch_instance_compensation(
-    run: &mut Run,
-    step: &Step,
-    index: usize,
-    attempt: i32,
-) -> Result<(), RunError> {
-    let context = render_context(run);
-    dispatch_instance_compensation_with(run, step, index, attempt, &context)
-}
-
 fn dispatch_instance_compensation_with(
     run: &mut Run,
     step: &Step,

@@ -53,7 +53,7 @@ pub use apply::{
 };
 pub(crate) use cache::{RunCache, Stored};
 pub use compensate::dispatch_compensation;
-pub use for_each::{dispatch_instance, dispatch_instance_compensation};
+pub use for_each::dispatch_instance;
 pub use forward::dispatch_action;
 pub use load::{KnownAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};

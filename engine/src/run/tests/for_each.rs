@@ -4,7 +4,7 @@
 use super::*;
 
 /// plan -> deploy (once per region, two at a time, each undone) -> report.
-/// An instance retries once, 1s later.
+/// An instance, and an instance's undo, retries once, 1s later.
 const FAN_OUT: &str = r#"
 apiVersion: fulfil.dev/v1
 kind: Promise
@@ -24,6 +24,7 @@ spec:
         compensate:
           uses: h.undeploy
           with: { region: "${{ item }}", slot: "${{ index }}", id: "${{ steps.deploy.outputs.id }}" }
+          retry: { max_attempts: 2, initial: 1s }
       - id: report
         needs: [deploy]
         uses: h.report
@@ -198,6 +199,19 @@ fn a_failed_instance_stops_new_ones_fails_the_step_and_each_succeeded_instance_i
     assert_eq!(
         event_of(&writes, event::RUN_COMPENSATING).data["undo"],
         json!(["deploy"])
+    );
+    // An undo that fails retries under the compensation's policy, with the
+    // same instance's input.
+    let writes = h.fail("deploy[2]", TaskKind::Compensation, retryable("busy"));
+    assert_eq!(armed(&writes), vec![("compensation_retry", "deploy[2]")]);
+    let writes = h.fire("compensation_retry", "deploy[2]");
+    assert_eq!(
+        dispatched(&writes),
+        vec![("deploy[2]".into(), TaskKind::Compensation, 2)]
+    );
+    assert_eq!(
+        tasks(&writes)[0].input,
+        json!({ "region": "ap", "slot": 2, "id": "c" })
     );
     h.succeed("deploy[2]", TaskKind::Compensation, json!({}));
     assert_eq!(
