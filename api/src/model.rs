@@ -241,6 +241,47 @@ pub struct Step {
     /// otherwise.
     #[serde(default)]
     pub waiting_for: Option<Value>,
+    /// For an instance of a `for_each` step (its id is `<step>[<index>]`):
+    /// that step; absent on other steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_of: Option<String>,
+    /// For an instance: its index in the step's list, from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<i32>,
+    /// For an instance: the item it runs over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
+    /// For a `for_each` step that started: how many of its instances are in
+    /// each state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstanceCounts>,
+}
+
+/// How many instances of a `for_each` step are in each state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceCounts {
+    pub total: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Dispatched, running or waiting to retry.
+    pub running: u32,
+    pub pending: u32,
+    pub cancelled: u32,
+    pub compensated: u32,
+}
+
+impl From<inspect::InstanceCounts> for InstanceCounts {
+    fn from(c: inspect::InstanceCounts) -> Self {
+        Self {
+            total: c.total,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            running: c.running,
+            pending: c.pending,
+            cancelled: c.cancelled,
+            compensated: c.compensated,
+        }
+    }
 }
 
 /// One dispatched attempt of a step.
@@ -437,6 +478,10 @@ impl From<inspect::StepView> for Step {
             error: s.error,
             duration_ms: s.duration_ms,
             waiting_for: s.waiting_for,
+            instance_of: s.instance_of,
+            index: s.index,
+            item: s.item,
+            instances: s.instances.map(InstanceCounts::from),
         }
     }
 }
@@ -714,6 +759,10 @@ mod tests {
                 attempt: 1,
                 duration_ms: None,
                 waiting_for: None,
+                instance_of: None,
+                index: None,
+                item: None,
+                instances: None,
                 attempts: vec![inspect::AttemptView {
                     attempt: 1,
                     kind: "action".into(),

@@ -79,12 +79,18 @@ pub fn print_run(run: &Run) {
         println!("{line}");
     }
     println!();
+    // Runs with for_each steps show each instance's item, and how far each
+    // for_each step is.
+    let fan_out = run
+        .steps()
+        .iter()
+        .any(|s| s.instances.is_some() || s.instance_of.is_some());
     let rows = run
         .steps()
         .iter()
         .map(|s| {
             let last = s.attempts.last();
-            vec![
+            let mut row = vec![
                 s.id.clone(),
                 s.status.clone(),
                 s.attempt.to_string(),
@@ -92,15 +98,20 @@ pub fn print_run(run: &Run) {
                 opt(s.duration_ms.map(human_ms)),
                 at(last.and_then(|a| a.finished_at)),
                 s.error.clone().unwrap_or_default(),
-            ]
+            ];
+            if fan_out {
+                row.insert(2, item_column(s));
+            }
+            row
         })
         .collect();
-    print_table(
-        &[
-            "STEP", "STATUS", "ATTEMPT", "WORKER", "DURATION", "FINISHED", "ERROR",
-        ],
-        rows,
-    );
+    let mut headers = vec![
+        "STEP", "STATUS", "ATTEMPT", "WORKER", "DURATION", "FINISHED", "ERROR",
+    ];
+    if fan_out {
+        headers.insert(2, "ITEM");
+    }
+    print_table(&headers, rows);
     let waiting: Vec<Vec<String>> = run
         .steps()
         .iter()
@@ -120,6 +131,15 @@ pub fn print_run(run: &Run) {
         println!();
         print_table(&["WAITING", "FOR", "WHAT", "UNTIL"], waiting);
     }
+}
+
+/// An instance's item, or how many instances of a for_each step
+/// succeeded; `-` for other steps.
+fn item_column(step: &Step) -> String {
+    if let Some(counts) = &step.instances {
+        return format!("{}/{} succeeded", counts.succeeded, counts.total);
+    }
+    step.item.as_ref().map_or_else(|| "-".to_string(), compact)
 }
 
 fn text_of(v: &Value) -> String {
@@ -237,6 +257,16 @@ fn detail(event: &HistoryEvent) -> String {
         if let Some(value) = data[key].as_str() {
             parts.push(format!("{key} {value}"));
         }
+    }
+    // An instance of a for_each step says which item it runs.
+    if let Some(item) = data.get("item") {
+        parts.push(format!("item {}", compact(item)));
+    }
+    if let Some(count) = data.get("count").filter(|_| data.get("items").is_some()) {
+        parts.push(format!(
+            "{count} instances, max_parallel {}",
+            data["max_parallel"]
+        ));
     }
     if let Some(error) = data.get("error").filter(|e| !e.is_null()) {
         let code = error["code"].as_str();

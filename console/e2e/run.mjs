@@ -780,6 +780,30 @@ async function fanout() {
   ctx.fanout = { renderMs, drawnAtMs, visibleMs, expandMs, count, succeeded, status: r.status, secs: (Date.now() - t0) / 1000 };
 }
 
+async function forEachSteps() {
+  const regions = Array.from({ length: 40 }, (_, i) => `r${i}`);
+  const { run_id: runId } = await fileRequest('e2e-for-each', { regions });
+  ctx.runs.forEach = runId;
+  const r = await runUntil(runId, (run) => run.status === 'succeeded', 'the for_each run succeeds', 45_000);
+  const instances = r.steps.filter((s) => s.instance_of === 'deploy');
+  if (instances.length !== 40) throw new Failure(`GET /v1/runs/${runId} lists ${instances.length} instances of deploy, not 40`);
+  await goto(`/ui/runs/${runId}`);
+  await nodeStatus('deploy', 'succeeded');
+  await nodeStatus('summary', 'succeeded');
+  const sub = await node('deploy').textContent();
+  if (!sub.includes('40/40 instances')) throw new Failure(`the node of deploy says ${JSON.stringify(sub)}, not "40/40 instances"`);
+  const group = await see(page.locator('g.node.group[data-count="40"]'), 'a group node g.node.group[data-count="40"] for the instances of deploy');
+  if ((await group.getAttribute('aria-expanded')) !== 'true') await group.click();
+  const item = page.locator('[data-testid=dag] button[data-step="deploy[7]"]');
+  await (await see(item, 'the instance deploy[7] listed in the expanded group')).click();
+  const panel = await see(page.locator('[data-testid=step-panel][data-step="deploy[7]"]'), 'the step panel of deploy[7]');
+  const text = await panel.innerText();
+  for (const want of ['Instance of', 'deploy', '"r7"']) {
+    if (!text.includes(want)) throw new Failure(`the panel of deploy[7] does not show ${want}: ${JSON.stringify(text.slice(0, 400))}`);
+  }
+  await shot('i-for-each');
+}
+
 async function everyPage() {
   const pages = [
     ['h-runs', '/ui/runs', 'tr[data-run-id]', true],
@@ -842,6 +866,8 @@ const SCENARIOS = [
   ['d', 'approve', approve],
   ['e', 'replay a dead letter', replayDeadLetter],
   ['f', 'filter the run list', filterRuns],
+  // Before g: its 2,000 tasks would queue ahead of these.
+  ['i', 'a for_each step: instances grouped, item and index shown', forEachSteps],
   ['g', `${FANOUT_WIDTH.toLocaleString('en')}-step fan-out`, fanout, { ms: FANOUT_MS }],
   ['h', 'every page, both themes', everyPage, { ms: 180_000 }],
 ];

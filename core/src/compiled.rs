@@ -52,6 +52,9 @@ pub(crate) struct Compiled {
     pub var_references: Vec<String>,
     /// `spec.reconcile`, if any.
     pub reconcile: Option<ReconcilePolicy>,
+    /// Some step of `spec.workflow` has `for_each`: what lets the engine
+    /// skip everything about instances for the Promises that have none.
+    pub has_for_each: bool,
 }
 
 /// One step's expressions, compiled.
@@ -60,6 +63,8 @@ pub(crate) struct StepExpressions {
     pub with: CompiledTemplate,
     pub condition: Option<CompiledCondition>,
     pub compensation_with: Option<CompiledTemplate>,
+    /// A `for_each` step's list, to evaluate when the step starts.
+    pub for_each: Option<CompiledTemplate>,
     /// For an engine-run step (see [`crate::wait`]), what it waits with.
     pub engine: Option<EngineStep>,
 }
@@ -85,11 +90,14 @@ impl StepExpressions {
                 .compensate
                 .as_ref()
                 .map(|c| CompiledTemplate::compile(&c.with)),
+            for_each: step.for_each.as_ref().map(CompiledTemplate::compile),
         }
     }
 
     fn templates(&self) -> impl Iterator<Item = &CompiledTemplate> {
-        std::iter::once(&self.with).chain(self.compensation_with.as_ref())
+        std::iter::once(&self.with)
+            .chain(self.compensation_with.as_ref())
+            .chain(self.for_each.as_ref())
     }
 }
 
@@ -247,6 +255,7 @@ pub(crate) fn compile(spec: &PromiseSpec) -> Result<Compiled, DurationError> {
         triggers,
         var_references,
         reconcile: spec.reconcile.as_ref().map(reconcile).transpose()?,
+        has_for_each: spec.workflow.steps.iter().any(|s| s.for_each.is_some()),
     })
 }
 

@@ -92,6 +92,19 @@ pub const SECRETS_ROOT: &str = "secrets";
 /// [`ROOTS`], and secrets, as exact references only.
 pub const WORKER_ROOTS: [&str; 5] = ["params", "request", "vars", "steps", SECRETS_ROOT];
 
+/// What a `for_each` step's `with` and `compensate.with` may reference:
+/// the [`WORKER_ROOTS`], and the instance's `item` and `index` (see
+/// [`crate::for_each`]).
+pub const FOR_EACH_ROOTS: [&str; 7] = [
+    "params",
+    "request",
+    "vars",
+    "steps",
+    SECRETS_ROOT,
+    crate::for_each::ITEM,
+    crate::for_each::INDEX,
+];
+
 /// The secret's name if `source` (one expression's source) is exactly
 /// `secrets.NAME`, NAME being `[A-Za-z_][A-Za-z0-9_]*`. Recognized as text,
 /// not through CEL: anything else that reads `secrets` would compute with
@@ -214,6 +227,15 @@ impl Template {
 
     pub fn is_literal(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
+    /// The expression's source when the template is exactly one `${{ }}`
+    /// (which renders to the expression's own JSON type, not to text).
+    pub fn single_expression(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [Part::Expr(source)] => Some(source),
+            _ => None,
+        }
     }
 }
 
@@ -823,6 +845,16 @@ pub struct MatchContext<'a> {
     pub run: &'a RenderContext,
 }
 
+/// The variables an instance of a `for_each` step renders its `with` (and
+/// its compensation's) over: the run's, and the instance's `item` and
+/// `index` (see [`crate::for_each`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemContext<'a> {
+    pub run: &'a RenderContext,
+    pub item: &'a Value,
+    pub index: usize,
+}
+
 /// The variables an admission policy's rules are evaluated over (see
 /// [`crate::policy`]): the request's validated params, the Promise
 /// (`name`, `version`, `owner`, `labels`), the principal filing it (`id`,
@@ -851,6 +883,7 @@ impl Scope for RenderContext {}
 impl Scope for EventContext<'_> {}
 impl Scope for MatchContext<'_> {}
 impl Scope for PolicyContext<'_> {}
+impl Scope for ItemContext<'_> {}
 
 impl scope::Sealed for RenderContext {
     fn to_cel(&self) -> cel::Context<'static, 'static> {
@@ -878,6 +911,20 @@ impl scope::Sealed for MatchContext<'_> {
             ("vars", &self.run.vars),
             ("steps", &self.run.steps),
         ])
+    }
+}
+
+impl scope::Sealed for ItemContext<'_> {
+    fn to_cel(&self) -> cel::Context<'static, 'static> {
+        let mut context = scope::Sealed::to_cel(self.run);
+        // Unlike the roots, an item is a value in its own right: a null
+        // item stays null rather than becoming an empty map.
+        context.add_variable_from_value(crate::for_each::ITEM, json_to_cel(self.item));
+        context.add_variable_from_value(
+            crate::for_each::INDEX,
+            cel::Value::Int(i64::try_from(self.index).unwrap_or(i64::MAX)),
+        );
+        context
     }
 }
 

@@ -10,6 +10,7 @@ pub mod compiled;
 pub mod dag;
 pub mod document;
 pub mod expr;
+pub mod for_each;
 pub mod ids;
 pub mod params;
 pub mod pointer;

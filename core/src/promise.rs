@@ -199,6 +199,15 @@ pub struct Step {
     /// CEL condition; when false the step is skipped.
     #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<String>,
+    /// Runs the step once per item of a list: an expression that evaluates
+    /// to one (`"${{ params.regions }}"`) or a literal list. Its `with` and
+    /// `compensate.with` read `item` and `index` (see [`crate::for_each`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<Value>,
+    /// Most instances of a `for_each` step in flight at once; at least 1,
+    /// default all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
     /// Per-attempt timeout from the moment a worker starts it, e.g. `30s`.
@@ -514,6 +523,46 @@ impl Promise {
     pub fn compensation_with_of(&self, step: &Step) -> Option<&CompiledTemplate> {
         self.step_expressions(step)
             .and_then(|e| e.compensation_with.as_ref())
+    }
+
+    /// A `for_each` step's list, compiled; `None` for a step without
+    /// `for_each` or not of this Promise.
+    pub fn for_each_of(&self, step: &Step) -> Option<&CompiledTemplate> {
+        self.step_expressions(step)
+            .and_then(|e| e.for_each.as_ref())
+    }
+
+    /// Most instances of a `for_each` step in flight at once: its
+    /// `max_parallel`, else all of them; within 1 ..=
+    /// [`crate::for_each::MAX_ITEMS`] whatever a stored Promise says.
+    pub fn max_parallel_of(&self, step: &Step) -> usize {
+        let max = crate::for_each::MAX_ITEMS;
+        step.max_parallel
+            .map_or(max, |n| usize::try_from(n).unwrap_or(max))
+            .clamp(1, max)
+    }
+
+    /// Whether some step of the workflow has `for_each`.
+    pub fn has_for_each(&self) -> bool {
+        self.compiled.has_for_each
+    }
+
+    /// The step a step row of a run belongs to, and for an instance of a
+    /// `for_each` step (`deploy[3]`) its index: `None` for a row that is
+    /// neither a step of `spec.workflow` nor an instance of a `for_each`
+    /// one. A step id is looked up first, so a plain step costs what
+    /// [`Self::step`] does.
+    pub fn step_of_row(&self, row_id: &str) -> Option<(&Step, Option<usize>)> {
+        if let Some(step) = self.step(row_id) {
+            return Some((step, None));
+        }
+        if !self.compiled.has_for_each {
+            return None;
+        }
+        let (id, index) = crate::for_each::parse_instance(row_id)?;
+        self.step(id)
+            .filter(|step| step.for_each.is_some())
+            .map(|step| (step, Some(index)))
     }
 
     /// What the step waits with, if it is an engine-run step (`wait.event`,

@@ -20,9 +20,10 @@ use serde_json::Value;
 use crate::dag::{Graph, Reachability};
 use crate::document::{MAX_NEEDS, MAX_STEPS};
 use crate::expr::{
-    MATCH_ROOTS, ParsedExpression, ROOTS, SECRETS_ROOT, Template, WORKER_ROOTS, condition_source,
-    secret_reference,
+    FOR_EACH_ROOTS, MATCH_ROOTS, ParsedExpression, ROOTS, SECRETS_ROOT, Template, WORKER_ROOTS,
+    condition_source, secret_reference,
 };
+use crate::for_each::{INDEX, ITEM, MAX_ITEMS};
 use crate::promise::{API_VERSION, AccessSpec, KIND, Promise, ReconcileSpec, RetrySpec, Step};
 use crate::status::WaitKind;
 use crate::time::parse_duration;
@@ -503,6 +504,7 @@ fn check_workflow(
         if let Some(queue) = &step.queue {
             check_queue(&format!("{at}.queue"), queue, err);
         }
+        check_for_each_shape(&at, step, err);
         if let Some(comp) = &step.compensate {
             if comp.uses.trim().is_empty() {
                 err(
@@ -571,11 +573,27 @@ fn check_workflow(
     for (i, step) in steps.iter().enumerate() {
         let at = format!("{path}.steps[{i}]");
         let mut refs = Vec::new();
+        // An instance of a for_each step also reads its item and index.
+        let worker_roots: &[&str] = if step.for_each.is_some() {
+            &FOR_EACH_ROOTS
+        } else {
+            &WORKER_ROOTS
+        };
         match WaitKind::of_handler(&step.uses) {
             Some(kind) => check_engine_step(&at, step, kind, context, err, &mut refs),
-            None => {
-                check_worker_templates(&format!("{at}.with"), &step.with, context, err, &mut refs)
-            }
+            None => check_templates_in(
+                &format!("{at}.with"),
+                &step.with,
+                worker_roots,
+                context,
+                err,
+                &mut refs,
+            ),
+        }
+        if let Some(list) = &step.for_each {
+            // Evaluated once for the whole step, before any instance: it
+            // reads what the step's `if` may read, and no item.
+            check_templates(&format!("{at}.for_each"), list, context, err, &mut refs);
         }
         if let Some(condition) = &step.condition {
             check_expression(
@@ -588,9 +606,10 @@ fn check_workflow(
         }
         let own_refs = refs.len();
         if let Some(comp) = &step.compensate {
-            check_worker_templates(
+            check_templates_in(
                 &format!("{at}.compensate.with"),
                 &comp.with,
+                worker_roots,
                 context,
                 err,
                 &mut refs,
@@ -622,6 +641,79 @@ fn check_workflow(
         }
     }
     Some(graph)
+}
+
+/// Checks what can be checked of `for_each` and `max_parallel` before the
+/// expressions: the list's shape (an expression or a list), the bound on
+/// `max_parallel`, and that the step is one a worker runs.
+fn check_for_each_shape(at: &str, step: &Step, err: &mut Report<'_>) {
+    if let Some(max) = step.max_parallel {
+        if step.for_each.is_none() {
+            err(
+                format!("{at}.max_parallel"),
+                "invalid_value",
+                "max_parallel bounds the instances of a for_each step; this step has no for_each"
+                    .into(),
+            );
+        } else if max == 0 || max as usize > MAX_ITEMS {
+            err(
+                format!("{at}.max_parallel"),
+                "invalid_value",
+                format!(
+                    "max_parallel must be between 1 and {MAX_ITEMS}, not {max}; omit it to run \
+                     every instance at once"
+                ),
+            );
+        }
+    }
+    let Some(list) = &step.for_each else {
+        return;
+    };
+    let path = format!("{at}.for_each");
+    if let Some(kind) = WaitKind::of_handler(&step.uses) {
+        err(
+            path.clone(),
+            "invalid_value",
+            format!(
+                "a {} step is run by the engine, not a worker, and cannot have for_each: \
+                 for_each runs a worker step once per item",
+                kind.handler()
+            ),
+        );
+    }
+    match list {
+        Value::String(text) => match Template::parse(text) {
+            // Reported with the expressions.
+            Err(_) => {}
+            Ok(template) if template.single_expression().is_some() => {}
+            Ok(_) => err(
+                path,
+                "invalid_value",
+                format!(
+                    "for_each must be a list, or one expression that evaluates to a list such as \
+                     \"${{{{ params.regions }}}}\"; {text:?} is text"
+                ),
+            ),
+        },
+        Value::Array(items) if items.len() > MAX_ITEMS => err(
+            path,
+            "too_large",
+            format!(
+                "for_each lists {} items; a for_each step runs over at most {MAX_ITEMS}",
+                items.len()
+            ),
+        ),
+        Value::Array(_) => {}
+        other => err(
+            path,
+            "invalid_value",
+            format!(
+                "for_each must be a list, or one expression that evaluates to a list such as \
+                 \"${{{{ params.regions }}}}\", not {}",
+                crate::for_each::json_type(other)
+            ),
+        ),
+    }
 }
 
 /// Checks an engine-run step (`wait.event`, `approval`, `sleep`): the keys
@@ -817,18 +909,6 @@ fn check_templates(
     check_templates_in(path, value, &ROOTS, context, err, refs);
 }
 
-/// [`check_templates`] for a worker step's `with` or `compensate.with`,
-/// which may also hold `${{ secrets.NAME }}` references, the worker resolves.
-fn check_worker_templates(
-    path: &str,
-    value: &Value,
-    context: &ValidationContext,
-    err: &mut Report<'_>,
-    refs: &mut Vec<StepRef>,
-) {
-    check_templates_in(path, value, &WORKER_ROOTS, context, err, refs);
-}
-
 /// [`check_templates`] for expressions that may read only `roots`.
 pub(crate) fn check_templates_in(
     path: &str,
@@ -925,6 +1005,16 @@ pub(crate) fn check_expression_in(
                     ),
                 );
             }
+        } else if (var == ITEM || var == INDEX) && !roots.contains(&var.as_str()) {
+            err(
+                path.into(),
+                "unknown_variable",
+                format!(
+                    "expression {quoted} reads {var}, which only the with and compensate.with of \
+                     a step with for_each may read (each instance's item and its index in the \
+                     list)"
+                ),
+            );
         } else if var == "env" {
             err(
                 path.into(),

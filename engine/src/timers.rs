@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::run::event::{self, AttemptEvent, attempt_event};
 use crate::run::{
     AttemptUpdate, Run, RunError, advance, attempt_failed, dispatch_action, dispatch_compensation,
-    lock_run, stop_in_flight,
+    dispatch_instance, lock_run, stop_in_flight,
 };
 use crate::{Engine, EngineConfig};
 
@@ -216,21 +216,32 @@ pub(crate) fn fire_on(
     let timer_kind = TimerKind::parse(&timer.kind)?;
     match timer_kind {
         TimerKind::Retry => {
-            if let (Some(row), Some(step)) = (row, promise.step(&timer.step_id))
+            if let (Some(row), Some((step, instance))) = (row, promise.step_of_row(&timer.step_id))
                 && row.status == StepStatus::Retrying
                 && run.status() == RunStatus::Running
                 && !run.cancel_requested()
                 && run.stop_reason().is_none()
             {
-                dispatch_action(run, step, row.attempt + 1)?;
+                match instance {
+                    None => dispatch_action(run, step, row.attempt + 1)?,
+                    Some(index) => {
+                        dispatch_instance(run, step, index, TaskKind::Action, row.attempt + 1)?;
+                    }
+                }
             }
         }
         TimerKind::CompensationRetry => {
-            if let (Some(row), Some(step)) = (row, promise.step(&timer.step_id))
+            if let (Some(row), Some((step, instance))) = (row, promise.step_of_row(&timer.step_id))
                 && row.compensation == Some(CompensationStatus::Retrying)
                 && run.status() == RunStatus::Compensating
             {
-                dispatch_compensation(run, step, row.compensation_attempt + 1)?;
+                let attempt = row.compensation_attempt + 1;
+                match instance {
+                    None => dispatch_compensation(run, step, attempt)?,
+                    Some(index) => {
+                        dispatch_instance(run, step, index, TaskKind::Compensation, attempt)?;
+                    }
+                }
             }
         }
         TimerKind::ScheduleToStart | TimerKind::AttemptTimeout | TimerKind::HeartbeatTimeout => {

@@ -104,6 +104,13 @@ fn run(r: model::Run) -> proto::Run {
                 waiting_for: s.waiting_for.map(to_proto),
                 attempts: s.attempts.into_iter().map(attempt).collect(),
                 duration_ms: s.duration_ms,
+                instance_of: s.instance_of,
+                index: s.index,
+                item: s.item.map(to_proto),
+                instances: s
+                    .instances
+                    .and_then(|counts| serde_json::to_value(counts).ok())
+                    .map(to_proto),
             })
             .collect(),
         owner: r.owner.unwrap_or_default(),

@@ -232,7 +232,15 @@ export default async function render(ctx) {
           {},
           h('button', { type: 'button', class: 'linkish step-select', title: 'Show in the graph', onclick: () => select(s.id) }, h('code', { text: s.id })),
         ),
-        h('td', {}, h('code', { text: s.uses })),
+        h(
+          'td',
+          {},
+          h('code', { text: s.uses }),
+          // A for_each step runs once per item of its list.
+          s.for_each != null
+            ? h('span', { class: 'muted', text: ` for each of ${typeof s.for_each === 'string' ? s.for_each : JSON.stringify(s.for_each)}${s.max_parallel ? `, ${s.max_parallel} at a time` : ''}` })
+            : null,
+        ),
         h('td', {}, s.needs?.length ? s.needs.map((n, i) => [i ? ', ' : '', h('code', { text: n })]) : dash()),
         h('td', {}, s.if ? h('code', { text: s.if }) : dash()),
         h('td', {}, retryText(s.retry, defaults.retry)),

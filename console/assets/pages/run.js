@@ -144,7 +144,7 @@ export default async function render(ctx) {
   }
 
   function maxAttempts(stepId) {
-    const def = state.defs.get(stepId);
+    const def = state.defs.get(stepById(stepId)?.instance_of || stepId);
     return def?.retry?.max_attempts ?? state.defaults?.retry?.max_attempts ?? 1;
   }
 
@@ -159,6 +159,7 @@ export default async function render(ctx) {
 
   /** The graph node's second line. */
   function subOf(step) {
+    if (step.instances) return `${step.instances.succeeded}/${step.instances.total} instances`;
     const wf = step.waiting_for;
     const max = maxAttempts(step.id);
     if (wf?.kind === 'approval') return `approval ${approvals(wf)}/${wf.quorum ?? 1}`;
@@ -172,8 +173,32 @@ export default async function render(ctx) {
       if (step.status === 'failed') return `${code}${actions.length > 1 ? ` ×${actions.length}` : ''}`;
     }
     if ((step.status === 'running' || step.status === 'dispatched') && step.attempt > 1) return `attempt ${step.attempt}/${max}`;
+    if (step.instance_of) return `item ${JSON.stringify(step.item)}`;
     if (step.status === 'succeeded' || step.status === 'compensated') return step.duration_ms != null ? duration(step.duration_ms) : '';
     return state.defs.get(step.id)?.uses || '';
+  }
+
+  /**
+   * The Promise's edges, and a for_each step's instances between the step
+   * and its dependents: each instance needs its step and is needed by what
+   * needs the step, so a wide fan-out is grouped like any other.
+   */
+  function edges() {
+    const instances = new Map();
+    for (const s of state.run.steps || []) {
+      if (!s.instance_of) continue;
+      if (!instances.has(s.instance_of)) instances.set(s.instance_of, []);
+      instances.get(s.instance_of).push(s.id);
+    }
+    if (!instances.size) return state.edges;
+    const out = [...state.edges];
+    for (const [from, to] of state.edges) {
+      for (const instance of instances.get(from) || []) out.push([instance, to]);
+    }
+    for (const [step, ids] of instances) {
+      for (const instance of ids) out.push([step, instance]);
+    }
+    return out;
   }
 
   function nodes() {
@@ -234,7 +259,7 @@ export default async function render(ctx) {
   }
 
   function renderGraphTab() {
-    renderGraph(dag, { nodes: nodes(), edges: state.edges, selected: state.selected, onSelect: select });
+    renderGraph(dag, { nodes: nodes(), edges: edges(), selected: state.selected, onSelect: select });
   }
 
   function renderTimelineTab() {
@@ -302,7 +327,8 @@ export default async function render(ctx) {
       mount(panel, h('div', { class: 'step-head' }, h('h2', { text: state.selected }), h('span', { class: 'spacer' }), close), h('p', { class: 'muted', text: `This run has no step ${state.selected}.` }));
       return;
     }
-    const def = state.defs.get(step.id);
+    // An instance of a for_each step is described by its step.
+    const def = state.defs.get(step.instance_of || step.id);
     const wf = step.waiting_for;
     const buttons = [];
     if (step.status === 'waiting' && wf?.kind === 'approval') {
@@ -321,6 +347,15 @@ export default async function render(ctx) {
       ENGINE_RUN.has(def?.uses) ? null : ['Max attempts', `${maxAttempts(step.id)} (retry policy)`],
       ['Duration', duration(step.duration_ms)],
     ];
+    if (step.instance_of) {
+      facts.push(['Instance of', h('button', { type: 'button', class: 'linkish', text: step.instance_of, onclick: () => select(step.instance_of) })]);
+      facts.push(['Index', `${step.index}`]);
+      facts.push(['Item', h('code', { text: JSON.stringify(step.item) })]);
+    }
+    if (step.instances) {
+      const c = step.instances;
+      facts.push(['Instances', `${c.total}: ${c.succeeded} succeeded, ${c.running} running, ${c.pending} pending, ${c.failed} failed, ${c.cancelled} cancelled, ${c.compensated} compensated`]);
+    }
     if (def?.if) facts.push(['Condition', h('code', { text: def.if })]);
     if (step.error) facts.push(['Error', h('span', { class: 'err-text', text: step.error })]);
 

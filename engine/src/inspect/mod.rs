@@ -12,7 +12,7 @@ mod run_list;
 mod run_view;
 
 pub use run_list::{RunFilter, RunSummary, WaitingFor, explain_list_runs, list_runs};
-pub use run_view::{AttemptView, RunView, StepView, get_run};
+pub use run_view::{AttemptView, InstanceCounts, RunView, StepView, get_run};
 
 use chrono::{DateTime, Utc};
 use fulfil_core::ids::{RequestId, RunId};

@@ -43,6 +43,45 @@ pub struct StepView {
     /// next_attempt_at}`; a step on a worker `{kind: worker, queue, worker,
     /// since}` (`worker` null until one started it).
     pub waiting_for: Option<Value>,
+    /// For an instance of a `for_each` step (`<step>[<index>]`): that step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_of: Option<String>,
+    /// For an instance: its index in the step's list, from 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<i32>,
+    /// For an instance: the item it runs over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
+    /// For a `for_each` step that started: where its instances stand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstanceCounts>,
+}
+
+/// How many instances of a `for_each` step are in each state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct InstanceCounts {
+    pub total: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Dispatched, running or waiting to retry.
+    pub running: u32,
+    pub pending: u32,
+    pub cancelled: u32,
+    pub compensated: u32,
+}
+
+impl InstanceCounts {
+    fn add(&mut self, status: &str) {
+        self.total += 1;
+        match status {
+            "succeeded" => self.succeeded += 1,
+            "failed" => self.failed += 1,
+            "pending" => self.pending += 1,
+            "cancelled" | "skipped" => self.cancelled += 1,
+            "compensated" => self.compensated += 1,
+            _ => self.running += 1,
+        }
+    }
 }
 
 /// One attempt at a step (its action or its compensation).
@@ -76,6 +115,9 @@ struct StepRow {
     outputs: Option<Value>,
     error: Option<String>,
     waiting_for: Option<Value>,
+    instance_of: Option<String>,
+    instance_index: Option<i32>,
+    item: Option<Value>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -106,10 +148,11 @@ pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, Inspec
                     CASE WHEN w.kind = 'approval'
                          THEN w.waiting_for || jsonb_build_object('decisions', w.decisions)
                          ELSE w.waiting_for END
-                END AS waiting_for
+                END AS waiting_for,
+                s.instance_of, s.instance_index, s.item
          FROM fulfil.steps s
               LEFT JOIN fulfil.waits w ON w.run_id = s.run_id AND w.step_id = s.step_id
-         WHERE s.run_id = $1 ORDER BY s.position",
+         WHERE s.run_id = $1 ORDER BY s.position, s.instance_index NULLS FIRST",
     )
     .bind(id.as_uuid())
     .fetch_all(pool)
@@ -140,6 +183,12 @@ pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, Inspec
     .into_iter()
     .collect();
     let now = Utc::now();
+    let mut instances: HashMap<String, InstanceCounts> = HashMap::new();
+    for row in &steps {
+        if let Some(of) = &row.instance_of {
+            instances.entry(of.clone()).or_default().add(&row.status);
+        }
+    }
     let steps = steps
         .into_iter()
         .map(|row| {
@@ -151,6 +200,10 @@ pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, Inspec
             StepView {
                 duration_ms: step_duration(&attempts, now),
                 waiting_for,
+                instances: instances.remove(&row.step_id),
+                instance_of: row.instance_of,
+                index: row.instance_index,
+                item: row.item,
                 attempts,
                 id: row.step_id,
                 status: row.status,

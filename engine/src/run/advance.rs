@@ -22,9 +22,10 @@ use chrono::Utc;
 use fulfil_core::dag::CompensationStatus;
 use fulfil_core::expr::RenderContext;
 use fulfil_core::ids::{StepId, TaskId};
+use fulfil_core::promise::Compensation;
 use fulfil_core::time;
 use fulfil_core::wire::{SecretSlot, StepFailure, TaskKind, TaskMessage};
-use fulfil_core::{Graph, RunStatus, StepStatus};
+use fulfil_core::{Graph, Promise, RunStatus, Step, StepStatus};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -42,16 +43,14 @@ const UNBOUNDED_QUEUE_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// The variables a step's expressions see at this point of the run.
 pub fn render_context(run: &Run) -> RenderContext {
     let mut steps = Map::new();
+    // Instances are read through their step (its outputs are theirs, as a
+    // list), never by their own ids.
     for step in run.steps.values() {
+        if super::for_each::is_instance(run, &step.step_id) {
+            continue;
+        }
         if step.status.satisfies_needs() {
-            steps.insert(
-                step.step_id.clone(),
-                json!({
-                    "status": step.status.as_str(),
-                    "outputs": step.outputs.clone().unwrap_or_else(|| json!({})),
-                    "inputs": step.input.clone().unwrap_or_else(|| json!({})),
-                }),
-            );
+            steps.insert(step.step_id.clone(), step_variables(step));
         }
     }
     RenderContext {
@@ -60,6 +59,15 @@ pub fn render_context(run: &Run) -> RenderContext {
         vars: run.context.get("vars").cloned().unwrap_or(Value::Null),
         steps: Value::Object(steps),
     }
+}
+
+/// What `steps.<id>` holds for a step row: its status, outputs and inputs.
+pub(super) fn step_variables(row: &super::StepRow) -> Value {
+    json!({
+        "status": row.status.as_str(),
+        "outputs": row.outputs.clone().unwrap_or_else(|| json!({})),
+        "inputs": row.input.clone().unwrap_or_else(|| json!({})),
+    })
 }
 
 /// A step whose compiled expressions its run's Promise does not hold: the
@@ -188,6 +196,41 @@ pub(super) struct AttemptSpec<'a> {
     pub(super) timeout: Duration,
     pub(super) schedule_to_start: Option<Duration>,
     pub(super) heartbeat_timeout: Option<Duration>,
+    /// For an instance of a `for_each` step, its index and item, recorded
+    /// with its dispatch.
+    pub(super) instance: Option<(usize, &'a Value)>,
+}
+
+impl<'a> AttemptSpec<'a> {
+    /// An attempt of `step`'s action, under its settings.
+    pub(super) fn action(promise: &'a Promise, step: &'a Step) -> Self {
+        AttemptSpec {
+            kind: TaskKind::Action,
+            handler: &step.uses,
+            queue: promise.queue_of(step),
+            timeout: promise.timeout_of(step),
+            schedule_to_start: promise.schedule_to_start_of(step),
+            heartbeat_timeout: promise.heartbeat_timeout_of(step),
+            instance: None,
+        }
+    }
+
+    /// An attempt of `step`'s compensation, under its settings.
+    pub(super) fn compensation(
+        promise: &'a Promise,
+        step: &'a Step,
+        compensation: &'a Compensation,
+    ) -> Self {
+        AttemptSpec {
+            kind: TaskKind::Compensation,
+            handler: &compensation.uses,
+            queue: promise.queue_of(step),
+            timeout: promise.compensation_timeout_of(compensation),
+            schedule_to_start: promise.schedule_to_start_of(step),
+            heartbeat_timeout: promise.heartbeat_timeout_of(step),
+            instance: None,
+        }
+    }
 }
 
 /// Error code of a step whose task could never be published.
@@ -269,11 +312,16 @@ pub(super) fn dispatch(
             time::deadline_after(now, wait),
         );
     }
+    let mut data = json!({ "task_id": task_id, "handler": spec.handler, "queue": spec.queue });
+    if let (Some((index, item)), Some(fields)) = (spec.instance, data.as_object_mut()) {
+        fields.insert("index".into(), json!(index));
+        fields.insert("item".into(), item.clone());
+    }
     run.record(
         attempt_event(spec.kind, AttemptEvent::Dispatched),
         Some(step_id),
         Some(attempt),
-        json!({ "task_id": task_id, "handler": spec.handler, "queue": spec.queue }),
+        data,
     );
     let idempotency_key = match spec.kind {
         TaskKind::Action => format!("{}/{step_id}", run.run_id),
@@ -317,7 +365,8 @@ pub fn attempt_failed(
     worker: Option<&str>,
 ) -> Result<(), RunError> {
     let promise = run.promise.clone();
-    let Some(step) = promise.step(step_id) else {
+    // An instance of a for_each step retries under its step's policy.
+    let Some((step, _)) = promise.step_of_row(step_id) else {
         return Err(RunError::Corrupt(format!(
             "step {step_id} is not in the Promise"
         )));
@@ -361,8 +410,9 @@ pub fn attempt_failed(
                 )?;
             }
         }
+        // Labelled by the step, not the instance: labels stay bounded.
         run.observe(crate::metrics::Observed::Retry {
-            step: step_id.to_string(),
+            step: step.id.clone(),
         });
         run.record(
             attempt_event(kind, AttemptEvent::RetryScheduled),

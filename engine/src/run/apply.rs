@@ -363,17 +363,20 @@ async fn apply_locked(
 /// worker's clock, and its wait from dispatch (the instant its UUIDv7 task
 /// id was minted) to the worker's start.
 fn observe_result(run: &mut Run, step_id: &str, result: &ResultMessage) {
-    let queue = run
+    // An instance of a for_each step counts as its step: labels stay
+    // bounded.
+    let (step, queue) = run
         .promise
-        .step(step_id)
-        .map_or("", |step| run.promise.queue_of(step))
-        .to_string();
+        .step_of_row(step_id)
+        .map_or((step_id.to_string(), String::new()), |(step, _)| {
+            (step.id.clone(), run.promise.queue_of(step).to_string())
+        });
     let dispatched_at = result.task_id.as_uuid().get_timestamp().and_then(|t| {
         let (secs, nanos) = t.to_unix();
         chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
     });
     run.observe(crate::metrics::Observed::StepFinished {
-        step: step_id.to_string(),
+        step,
         queue,
         ok: matches!(result.outcome, Outcome::Ok { .. }),
         duration_secs: crate::metrics::seconds_between(result.started_at, result.finished_at),
@@ -432,8 +435,8 @@ pub(super) fn apply_result_to(
     let may_have_timers = attempt.status == AttemptStatus::Running
         || run
             .promise
-            .step(&step_id)
-            .is_some_and(|s| run.promise.schedule_to_start_of(s).is_some());
+            .step_of_row(&step_id)
+            .is_some_and(|(s, _)| run.promise.schedule_to_start_of(s).is_some());
     if may_have_timers {
         run.clear_attempt_timers(result.task_id, None);
     }

@@ -27,6 +27,11 @@ pub(super) fn to_undo(run: &Run) -> BTreeSet<String> {
         .iter()
         .filter(|s| s.compensate.is_some())
         .filter(|s| {
+            // A for_each step is undone instance by instance, whatever it
+            // ended as: an instance that failed leaves its siblings to undo.
+            if s.for_each.is_some() {
+                return super::for_each::has_instances_to_undo(run, &s.id);
+            }
             run.steps.get(&s.id).is_some_and(|row| {
                 row.status == StepStatus::Succeeded
                     || (row.status == StepStatus::Compensated && row.compensation.is_some())
@@ -39,6 +44,10 @@ pub(super) fn to_undo(run: &Run) -> BTreeSet<String> {
 /// One round of saga planning: finish the run once every undo is done
 /// (or one failed for good), or start the undos that may run now.
 pub(super) fn plan_compensation(run: &mut Run, graph: &Graph) -> Result<Next, RunError> {
+    // Instance compensations move first: they may finish their step's.
+    if run.promise.has_for_each() {
+        super::for_each::settle_compensation(run)?;
+    }
     if run.handoff.is_some() {
         return stop_for_delete(run);
     }
@@ -57,10 +66,12 @@ pub(super) fn plan_compensation(run: &mut Run, graph: &Graph) -> Result<Next, Ru
             } else {
                 RunStatus::Compensated
             };
+            // A failed instance is named by its step's error.
             let failed: Vec<String> = run
                 .steps
                 .values()
                 .filter(|s| s.status == StepStatus::Failed)
+                .filter(|s| !super::for_each::is_instance(run, &s.step_id))
                 .map(|s| s.step_id.clone())
                 .collect();
             let reason = format!(
@@ -100,6 +111,10 @@ pub(super) fn plan_compensation(run: &mut Run, graph: &Graph) -> Result<Next, Ru
             .get(&step_id)
             .map_or(0, |s| s.compensation_attempt)
             + 1;
+        if step.for_each.is_some() {
+            super::for_each::start_compensation(run, step)?;
+            continue;
+        }
         dispatch_compensation(run, step, attempt)?;
     }
     Ok(Next::Again)
@@ -140,14 +155,7 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
     if let Some(message) = too_large(&input) {
         return fail_compensation(run, &step.id, attempt, TASK_TOO_LARGE, &message);
     }
-    let spec = AttemptSpec {
-        kind: TaskKind::Compensation,
-        handler: &compensation.uses,
-        queue: promise.queue_of(step),
-        timeout: promise.compensation_timeout_of(compensation),
-        schedule_to_start: promise.schedule_to_start_of(step),
-        heartbeat_timeout: promise.heartbeat_timeout_of(step),
-    };
+    let spec = AttemptSpec::compensation(&promise, step, compensation);
     set_compensation(
         run,
         &step.id,
@@ -161,7 +169,7 @@ pub fn dispatch_compensation(run: &mut Run, step: &Step, attempt: i32) -> Result
 /// Fails a compensation for good before it is dispatched: its input could
 /// not be rendered or could never be sent. The saga then ends `failed`
 /// naming it, as for any compensation that failed.
-fn fail_compensation(
+pub(super) fn fail_compensation(
     run: &mut Run,
     step_id: &str,
     attempt: i32,

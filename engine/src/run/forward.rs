@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use fulfil_core::dag::Outcome;
 use fulfil_core::status::RunKind;
-use fulfil_core::wire::TaskKind;
 use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::json;
 
@@ -23,6 +22,9 @@ use super::{Run, RunError};
 /// compensation, or start the steps whose needs are met.
 pub(super) fn plan_forward(run: &mut Run, graph: &Graph) -> Result<Next, RunError> {
     let promise = run.promise.clone();
+    // Instances move first: they may finish their step, which this round
+    // then plans from.
+    let failing = promise.has_for_each() && super::for_each::settle(run)?;
     let statuses: HashMap<String, StepStatus> = run
         .steps
         .iter()
@@ -79,7 +81,9 @@ pub(super) fn plan_forward(run: &mut Run, graph: &Graph) -> Result<Next, RunErro
         }
         None => {}
     }
-    if plan.start.is_empty() {
+    // A for_each step about to fail (an instance failed, others are still
+    // in flight) stops new work as a failed step does.
+    if plan.start.is_empty() || failing {
         return Ok(Next::Done);
     }
     for step_id in plan.start {
@@ -116,6 +120,10 @@ pub(super) fn plan_forward(run: &mut Run, graph: &Graph) -> Result<Next, RunErro
                     continue;
                 }
             }
+        }
+        if step.for_each.is_some() {
+            super::for_each::start(run, step)?;
+            continue;
         }
         let attempt = run.steps.get(&step_id).map_or(0, |s| s.attempt) + 1;
         dispatch_action(run, step, attempt)?;
@@ -162,14 +170,7 @@ pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), R
     if let Some(message) = too_large(&input) {
         return fail_step(run, &step.id, Some(attempt), TASK_TOO_LARGE, &message);
     }
-    let spec = AttemptSpec {
-        kind: TaskKind::Action,
-        handler: &step.uses,
-        queue: promise.queue_of(step),
-        timeout: promise.timeout_of(step),
-        schedule_to_start: promise.schedule_to_start_of(step),
-        heartbeat_timeout: promise.heartbeat_timeout_of(step),
-    };
+    let spec = AttemptSpec::action(&promise, step);
     let row = run.set_step_status(&step.id, StepStatus::Ready)?;
     row.attempt = attempt;
     row.error = None;

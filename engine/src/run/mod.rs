@@ -18,6 +18,7 @@ mod apply;
 mod cache;
 mod compensate;
 pub mod deleting;
+mod for_each;
 mod forward;
 mod load;
 mod operator;
@@ -52,12 +53,14 @@ pub use apply::{
 };
 pub(crate) use cache::{RunCache, Stored};
 pub use compensate::dispatch_compensation;
+pub use for_each::dispatch_instance;
 pub use forward::dispatch_action;
 pub use load::{KnownAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
 pub(crate) use waiting::{ENGINE_QUEUE, complete_wait, fail_wait, fire_wait_timer};
 pub(crate) use writes::{
-    AttemptUpdate, LeadingPart, RequestUpdate, RunEnding, fits_one_statement, flush, flush_with,
+    AttemptUpdate, LeadingPart, NewInstance, RequestUpdate, RunEnding, fits_one_statement, flush,
+    flush_with,
 };
 pub use writes::{NewWait, OutboxMessage, PendingEvent, PendingStatus};
 
@@ -82,6 +85,9 @@ pub mod event {
     pub const WAIT_MATCHED: &str = "wait.matched";
     /// Someone approved or rejected an approval step.
     pub const APPROVAL_DECIDED: &str = "approval.decided";
+    /// A `for_each` step's list was evaluated and its instances created;
+    /// data `{count, max_parallel, items}`.
+    pub const FOR_EACH_EXPANDED: &str = "for_each.expanded";
 
     use fulfil_core::wire::TaskKind;
 
@@ -452,6 +458,20 @@ impl Run {
     /// Keeps the request's status in step with the run.
     pub(crate) fn set_request_status(&mut self, update: RequestUpdate) {
         self.writes.request = Some(update);
+    }
+
+    /// Adds a pending instance of a `for_each` step: its row, in memory and
+    /// to insert. An instance the run already has (a retried run's) is kept
+    /// as it is.
+    pub(crate) fn add_instance(&mut self, instance: NewInstance) {
+        if self.steps.contains_key(&instance.step_id) {
+            return;
+        }
+        self.steps.insert(
+            instance.step_id.clone(),
+            StepRow::new(instance.step_id.clone()),
+        );
+        self.writes.new_instances.push(instance);
     }
 
     /// Marks a step's in-memory row for writing back.

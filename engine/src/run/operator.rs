@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use fulfil_core::dag::CompensationStatus;
+use fulfil_core::for_each::{instance_id, parse_instance};
 use fulfil_core::ids::RunId;
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{Graph, RunStatus, StepStatus};
@@ -139,10 +140,24 @@ pub(super) fn cancel_locked(
     Ok(())
 }
 
+/// The ids of the instances a `for_each` step has in `run`, in index
+/// order; none before it started.
+fn instance_ids(run: &Run, step_id: &str) -> Vec<String> {
+    let count = match run.steps.get(step_id).and_then(|row| row.input.as_ref()) {
+        Some(serde_json::Value::Array(items)) => items.len(),
+        _ => 0,
+    };
+    (0..count)
+        .map(|index| instance_id(step_id, index))
+        .filter(|id| run.steps.contains_key(id))
+        .collect()
+}
+
 /// What a retry re-runs and what it keeps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RetryPlan {
-    /// Steps reset to pending, in workflow order.
+    /// Steps reset to pending, in workflow order (a `for_each` step's
+    /// instances after it, in index order).
     pub rerun: Vec<String>,
     /// Steps whose outputs are kept.
     pub kept: Vec<String>,
@@ -232,16 +247,33 @@ pub(super) fn retry_locked(
         }
         reset.insert(step.to_string());
     }
-    for id in reset.clone() {
-        reset.extend(graph.descendants(&id));
-    }
-    let order: Vec<String> = promise
-        .spec
-        .workflow
-        .steps
+    // An instance of a for_each step re-runs within its step.
+    let steps_of_instances: Vec<String> = reset
         .iter()
-        .map(|s| s.id.clone())
+        .filter_map(|id| parse_instance(id).map(|(step, _)| step.to_string()))
         .collect();
+    reset.extend(steps_of_instances);
+    // Steps re-run whole: downstream of a re-run step, or named.
+    let mut whole: BTreeSet<String> = step.map(str::to_string).into_iter().collect();
+    for id in reset.clone() {
+        let downstream = graph.descendants(&id);
+        whole.extend(downstream.iter().cloned());
+        reset.extend(downstream);
+    }
+    // A for_each step re-run whole re-runs every instance (what they read
+    // may change); one re-run because some instances did not succeed
+    // re-runs just those, keeping the others' outputs.
+    let mut order: Vec<String> = Vec::with_capacity(run.steps.len());
+    for s in &promise.spec.workflow.steps {
+        order.push(s.id.clone());
+        if s.for_each.is_some() {
+            let instances = instance_ids(run, &s.id);
+            if whole.contains(&s.id) {
+                reset.extend(instances.iter().cloned());
+            }
+            order.extend(instances);
+        }
+    }
     let plan = RetryPlan {
         rerun: order
             .iter()
@@ -262,11 +294,22 @@ pub(super) fn retry_locked(
         });
     }
     for id in &plan.rerun {
-        run.set_step_status(id, StepStatus::Pending)?;
+        if run
+            .steps
+            .get(id)
+            .is_some_and(|row| row.status != StepStatus::Pending)
+        {
+            run.set_step_status(id, StepStatus::Pending)?;
+        }
+        // A for_each step keeps the list it recorded: its instances re-run
+        // over the same items.
+        let keeps_list = promise.step(id).is_some_and(|s| s.for_each.is_some());
         if let Some(row) = run.steps.get_mut(id) {
             row.outputs = None;
             row.error = None;
-            row.input = None;
+            if !keeps_list {
+                row.input = None;
+            }
             row.compensation = None;
             row.compensation_outputs = None;
             row.compensation_error = None;

@@ -38,7 +38,7 @@ pub(super) fn apply_progress_to(
     }
     let kind = attempt.task_kind();
     let promise = run.promise.clone();
-    let step = promise.step(&attempt.step_id).ok_or_else(|| {
+    let (step, _) = promise.step_of_row(&attempt.step_id).ok_or_else(|| {
         RunError::Corrupt(format!("step {} is not in the Promise", attempt.step_id))
     })?;
     let heartbeat_timeout = promise.heartbeat_timeout_of(step);

@@ -36,6 +36,7 @@ mod cancel;
 mod compensation;
 mod deleting;
 mod dispatch;
+mod for_each;
 mod invariants;
 mod operator;
 mod reconcile;

@@ -39,6 +39,17 @@ pub(super) struct Columns {
     cs_outputs: Vec<Option<Value>>,
     cs_input: Vec<Option<Value>>,
     cs_error: Vec<Option<String>>,
+    // instances of for_each steps, inserted with their state
+    ni_run: Vec<Uuid>,
+    ni_step: Vec<String>,
+    ni_position: Vec<i32>,
+    ni_status: Vec<&'static str>,
+    ni_attempt: Vec<i32>,
+    ni_input: Vec<Option<Value>>,
+    ni_error: Vec<Option<String>>,
+    ni_instance_of: Vec<String>,
+    ni_index: Vec<i32>,
+    ni_item: Vec<Value>,
     // history
     h_run: Vec<Uuid>,
     h_seq: Vec<i64>,
@@ -127,6 +138,7 @@ pub(super) struct RunCancel {
 impl Columns {
     pub(super) fn is_empty(&self) -> bool {
         self.c_run.is_empty()
+            && self.ni_run.is_empty()
             && self.h_run.is_empty()
             && self.st_run.is_empty()
             && self.outbox_subject.is_empty()
@@ -218,11 +230,28 @@ impl Columns {
             self.q_outputs.push(request.outputs);
         }
         // A new run's steps are inserted with their state.
-        let changed_steps = if is_new {
+        let mut changed_steps = if is_new {
             BTreeSet::new()
         } else {
             writes.steps
         };
+        // So are new instances: a sibling part's update would not see them.
+        for instance in writes.new_instances {
+            changed_steps.remove(&instance.step_id);
+            let Some(row) = run.steps.get(&instance.step_id) else {
+                continue;
+            };
+            self.ni_run.push(run_id.as_uuid());
+            self.ni_status.push(row.status.as_str());
+            self.ni_attempt.push(row.attempt);
+            self.ni_input.push(row.input.clone());
+            self.ni_error.push(row.error.clone());
+            self.ni_step.push(instance.step_id);
+            self.ni_position.push(instance.position);
+            self.ni_instance_of.push(instance.instance_of);
+            self.ni_index.push(instance.index);
+            self.ni_item.push(instance.item);
+        }
         for step_id in changed_steps {
             let Some(row) = run.steps.get(&step_id) else {
                 continue;
@@ -372,6 +401,27 @@ impl Columns {
                     a.add(&self.cs_outputs)?;
                     a.add(&self.cs_input)?;
                     a.add(&self.cs_error)
+                },
+            );
+        }
+        if !self.ni_run.is_empty() {
+            statement.part(
+                "new_instances",
+                "INSERT INTO fulfil.steps (run_id, step_id, position, status, attempt, input, error,
+                                           instance_of, instance_index, item)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[],
+                                      $6::jsonb[], $7::text[], $8::text[], $9::int[], $10::jsonb[])",
+                |a| {
+                    a.add(&self.ni_run)?;
+                    a.add(&self.ni_step)?;
+                    a.add(&self.ni_position)?;
+                    a.add(&self.ni_status)?;
+                    a.add(&self.ni_attempt)?;
+                    a.add(&self.ni_input)?;
+                    a.add(&self.ni_error)?;
+                    a.add(&self.ni_instance_of)?;
+                    a.add(&self.ni_index)?;
+                    a.add(&self.ni_item)
                 },
             );
         }

@@ -146,6 +146,22 @@ pub struct NewWait {
     pub event: Option<crate::waits::EventFiling>,
 }
 
+/// An instance of a `for_each` step to insert (see [`crate::run`]'s
+/// `for_each`); its state is taken from the run's in-memory row when the
+/// change is stored, so an instance dispatched by the change that created
+/// it is inserted as dispatched.
+#[derive(Debug, Clone)]
+pub(crate) struct NewInstance {
+    /// `<step>[<index>]`.
+    pub step_id: String,
+    /// The `for_each` step.
+    pub instance_of: String,
+    pub index: i32,
+    pub item: Value,
+    /// The `for_each` step's place in the workflow.
+    pub position: i32,
+}
+
 /// The run row's end-of-run columns: set when it finishes, cleared when an
 /// operator re-opens it.
 #[derive(Debug, Clone)]
@@ -178,6 +194,9 @@ pub(crate) struct Writes {
     pub outbox: Vec<OutboxMessage>,
     /// Steps whose in-memory row must be written back.
     pub steps: BTreeSet<String>,
+    /// Instances of `for_each` steps whose rows are new: inserted, not
+    /// updated.
+    pub new_instances: Vec<NewInstance>,
     /// The run row's status, flags or history sequence changed.
     pub run: bool,
     pub ending: Option<RunEnding>,
@@ -207,6 +226,7 @@ impl Writes {
             && self.events.is_empty()
             && self.outbox.is_empty()
             && self.steps.is_empty()
+            && self.new_instances.is_empty()
             && !self.run
             && self.ending.is_none()
             && self.request.is_none()
