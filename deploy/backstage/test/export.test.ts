@@ -35,6 +35,8 @@ const HEADER = '# Written by `fulfil backstage export`: edits are overwritten.';
 
 let fulfil: Fulfil;
 let out: string;
+/** The Promises applied: every example of workflows/, and bs-provision. */
+const applied: string[] = ['bs-provision'];
 
 beforeAll(async () => {
   fulfil = await new Fulfil().start();
@@ -45,6 +47,7 @@ beforeAll(async () => {
     const text = fs.readFileSync(path.join(WORKFLOWS, file), 'utf8').replace(/^  triggers:\n(?:    .*\n|\s*\n)*/m, '');
     const name = text.match(/^  name:\s*([a-z0-9-]+)/m)?.[1];
     await fulfil.api('PUT', `/v1/promises/${name}`, { body: text, contentType: 'application/yaml', expect: [200, 201] });
+    applied.push(name as string);
   }
   await fulfil.apply(path.join(FIXTURES, 'bs-provision.yaml'));
   out = fs.mkdtempSync(path.join(os.tmpdir(), 'fulfil-backstage-export-'));
@@ -134,7 +137,8 @@ test('every Promise becomes a Template and a Component, every live request a Res
 
   const files = await exportTo(out);
   const promises = (await fulfil.api('GET', '/v1/promises?limit=500')).items.map((p: any) => p.name).sort();
-  expect(promises).toEqual(['bs-provision', 'ml-environment', 'postgres-database', 'team-onboarding']);
+  expect(promises).toEqual([...applied].sort());
+  expect(promises).toContain('postgres-database');
   const byKind = (kind: string) => [...files.entries()].filter(([, e]) => e.kind === kind);
   expect(byKind('Template').map(([, e]) => e.metadata.name).sort()).toEqual(promises);
   expect(byKind('Component').map(([, e]) => e.metadata.name).sort()).toEqual(promises);
