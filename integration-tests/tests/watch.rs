@@ -326,6 +326,20 @@ async fn two_hundred_watchers_get_every_event_for_one_read_per_notification() ->
     stack.stop().await
 }
 
+/// The seqs a hub watch delivered, in order, once it ended (within [`WAIT`]).
+async fn seqs(
+    watch: impl futures::Stream<Item = fulfil_api::watch::WatchItem>,
+) -> anyhow::Result<Vec<i64>> {
+    let items: Vec<_> = tokio::time::timeout(WAIT, watch.collect()).await?;
+    Ok(items
+        .into_iter()
+        .filter_map(|item| match item {
+            fulfil_api::watch::WatchItem::Event(e) => Some(e.seq),
+            fulfil_api::watch::WatchItem::Failed(_) => None,
+        })
+        .collect())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_that_falls_behind_catches_up_without_gap_or_duplicate() -> anyhow::Result<()> {
     const STEPS: usize = 200;
@@ -347,22 +361,8 @@ async fn a_watcher_that_falls_behind_catches_up_without_gap_or_duplicate() -> an
     // seq instead of buffering.
     let slow = hub.watch(&stack.engine, Some(&stack.nats), run, 0).await?;
     let fast = hub.watch(&stack.engine, Some(&stack.nats), run, 0).await?;
-    let fast: Vec<i64> = tokio::time::timeout(WAIT, fast.collect::<Vec<_>>())
-        .await?
-        .into_iter()
-        .filter_map(|item| match item {
-            fulfil_api::watch::WatchItem::Event(e) => Some(e.seq),
-            fulfil_api::watch::WatchItem::Failed(_) => None,
-        })
-        .collect();
-    let slow: Vec<i64> = tokio::time::timeout(WAIT, slow.collect::<Vec<_>>())
-        .await?
-        .into_iter()
-        .filter_map(|item| match item {
-            fulfil_api::watch::WatchItem::Event(e) => Some(e.seq),
-            fulfil_api::watch::WatchItem::Failed(_) => None,
-        })
-        .collect();
+    let fast: Vec<i64> = seqs(fast).await?;
+    let slow: Vec<i64> = seqs(slow).await?;
     let history = stack.history(run).await?;
     let expected: Vec<i64> = history.iter().filter_map(|e| e["seq"].as_i64()).collect();
     assert!(
@@ -391,14 +391,7 @@ async fn a_watcher_that_falls_behind_catches_up_without_gap_or_duplicate() -> an
     let late = late_hub
         .watch(&stack.engine, Some(&stack.nats), run, 0)
         .await?;
-    let late: Vec<i64> = tokio::time::timeout(WAIT, late.collect::<Vec<_>>())
-        .await?
-        .into_iter()
-        .filter_map(|item| match item {
-            fulfil_api::watch::WatchItem::Event(e) => Some(e.seq),
-            fulfil_api::watch::WatchItem::Failed(_) => None,
-        })
-        .collect();
+    let late: Vec<i64> = seqs(late).await?;
     assert_eq!(late, expected, "a late watcher gets the whole history");
     stack.stop().await
 }
