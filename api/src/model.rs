@@ -93,8 +93,66 @@ pub struct Request {
     /// filed it or access control was off.
     #[serde(default)]
     pub team: Option<String>,
+    /// For a child request, filed by a promise step of another request's
+    /// run: that request, run and step; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+    /// `GET /v1/requests/{id}` only: the child requests its runs' promise
+    /// steps filed, oldest first; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildLink>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a child request comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ParentLink {
+    #[schema(value_type = uuid::Uuid)]
+    pub request_id: RequestId,
+    #[schema(value_type = uuid::Uuid)]
+    pub run_id: RunId,
+    /// The promise step that filed it.
+    pub step: String,
+}
+
+/// A child request, as its parent shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ChildLink {
+    #[schema(value_type = uuid::Uuid)]
+    pub request_id: RequestId,
+    /// The child's configure run.
+    #[schema(value_type = Option<uuid::Uuid>)]
+    pub run_id: Option<RunId>,
+    pub promise: String,
+    /// The parent's promise step that filed it.
+    pub step: String,
+    #[schema(schema_with = schemas::request_status)]
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<fulfil_engine::children::ChildLink> for ChildLink {
+    fn from(c: fulfil_engine::children::ChildLink) -> Self {
+        Self {
+            request_id: c.request_id,
+            run_id: c.run_id,
+            promise: c.promise,
+            step: c.step,
+            status: c.status,
+            created_at: c.created_at,
+        }
+    }
+}
+
+impl From<fulfil_engine::children::ParentRef> for ParentLink {
+    fn from(p: fulfil_engine::children::ParentRef) -> Self {
+        Self {
+            request_id: p.request_id,
+            run_id: p.run_id,
+            step: p.step,
+        }
+    }
 }
 
 /// The 202 answer to `DELETE /v1/requests/{id}[?force=true]`.
@@ -202,6 +260,14 @@ pub struct Run {
     pub waiting_for: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Step>>,
+    /// `GET /v1/runs/{id}` only: the child requests the run's promise steps
+    /// filed, oldest first; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildLink>,
+    /// `GET /v1/runs/{id}` only: where the run's request comes from, if a
+    /// promise step of another run filed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
 }
 
 impl Run {
@@ -236,6 +302,8 @@ pub struct Step {
     pub duration_ms: Option<i64>,
     /// What an unfinished step waits for: `{kind: "event" | "approval" |
     /// "sleep", ..., until}` for a waiting step (DESIGN.md "Waits"),
+    /// `{kind: "child", promise, request_id, run_id, status, since}` for a
+    /// promise step waiting for its child request,
     /// `{kind: "retry", attempt, next_attempt_at}` for a retrying one,
     /// `{kind: "worker", queue, worker, since}` for one on a worker; null
     /// otherwise.
@@ -255,6 +323,9 @@ pub struct Step {
     /// each state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<InstanceCounts>,
+    /// For a promise step: the child request its latest attempt filed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<ChildLink>,
 }
 
 /// How many instances of a `for_each` step are in each state.
@@ -432,6 +503,15 @@ impl From<inspect::RequestView> for Request {
             idempotency_key: r.idempotency_key,
             created_by: r.created_by,
             team: r.team,
+            parent: match (r.parent_request_id, r.parent_run_id, r.parent_step) {
+                (Some(request_id), Some(run_id), Some(step)) => Some(ParentLink {
+                    request_id,
+                    run_id,
+                    step,
+                }),
+                _ => None,
+            },
+            children: Vec::new(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -454,6 +534,8 @@ impl From<inspect::RunSummary> for Run {
             finished_at: r.finished_at,
             waiting_for: r.waiting_for.iter().map(|w| w.to_string()).collect(),
             steps: None,
+            children: Vec::new(),
+            parent: None,
         }
     }
 }
@@ -462,6 +544,8 @@ impl From<inspect::RunView> for Run {
     fn from(r: inspect::RunView) -> Self {
         Self {
             steps: Some(r.steps.into_iter().map(Step::from).collect()),
+            children: r.children.into_iter().map(ChildLink::from).collect(),
+            parent: r.parent.map(ParentLink::from),
             ..Self::from(r.run)
         }
     }
@@ -482,6 +566,7 @@ impl From<inspect::StepView> for Step {
             index: s.index,
             item: s.item,
             instances: s.instances.map(InstanceCounts::from),
+            child: s.child.map(ChildLink::from),
         }
     }
 }
@@ -763,6 +848,7 @@ mod tests {
                 index: None,
                 item: None,
                 instances: None,
+                child: None,
                 attempts: vec![inspect::AttemptView {
                     attempt: 1,
                     kind: "action".into(),
@@ -782,6 +868,8 @@ mod tests {
                 outputs: None,
                 error: None,
             }],
+            children: Vec::new(),
+            parent: None,
         };
         let engine = serde_json::to_value(&view)?;
         let model = serde_json::to_value(Run::from(view))?;
@@ -805,6 +893,9 @@ mod tests {
             idempotency_key: None,
             created_by: Some("api".into()),
             team: None,
+            parent_request_id: None,
+            parent_run_id: None,
+            parent_step: None,
             created_at: at,
             updated_at: at,
         };

@@ -144,7 +144,7 @@ async fn operator_reads_list_explain_and_print_timelines() -> anyhow::Result<()>
         let refused = fulfil(&stack, &["run", "list", "--waiting-for", "human"])?;
         assert!(!refused.status.success());
         assert!(
-            text(&refused).contains("retry, event, approval, sleep, worker"),
+            text(&refused).contains("retry, event, approval, sleep, child, worker"),
             "{}",
             text(&refused)
         );

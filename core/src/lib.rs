@@ -6,6 +6,7 @@
 //! JetStream plumbing; it never links the engine or a database driver.
 
 pub mod access;
+pub mod child;
 pub mod compiled;
 pub mod dag;
 pub mod document;

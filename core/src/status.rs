@@ -409,6 +409,12 @@ vocabulary! {
         WaitTimeout = "wait_timeout",
         /// A `sleep` step's time came.
         SleepDone = "sleep_done",
+        /// A promise step started: file its child request.
+        ChildFile = "child_file",
+        /// A promise step's child request's run (or its delete) ended.
+        ChildDone = "child_done",
+        /// A promise step is compensated: delete its child request.
+        ChildDelete = "child_delete",
     }
 }
 
@@ -420,6 +426,12 @@ impl TimerKind {
             self,
             Self::WaitMatched | Self::WaitTimeout | Self::SleepDone
         )
+    }
+
+    /// Timers of a promise step, which cross to its child request; they
+    /// name the step's attempt's task id.
+    pub fn is_child_timer(self) -> bool {
+        matches!(self, Self::ChildFile | Self::ChildDone | Self::ChildDelete)
     }
 
     /// Timers about one attempt name its task id.

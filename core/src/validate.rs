@@ -581,6 +581,9 @@ fn check_workflow(
         };
         match WaitKind::of_handler(&step.uses) {
             Some(kind) => check_engine_step(&at, step, kind, context, err, &mut refs),
+            None if crate::child::is_promise_step(&step.uses) => {
+                check_promise_step(&at, step, context, err, &mut refs);
+            }
             None => check_templates_in(
                 &format!("{at}.with"),
                 &step.with,
@@ -670,14 +673,16 @@ fn check_for_each_shape(at: &str, step: &Step, err: &mut Report<'_>) {
         return;
     };
     let path = format!("{at}.for_each");
-    if let Some(kind) = WaitKind::of_handler(&step.uses) {
+    let engine_run = WaitKind::of_handler(&step.uses)
+        .map(WaitKind::handler)
+        .or_else(|| crate::child::is_promise_step(&step.uses).then_some(crate::child::PROMISE));
+    if let Some(uses) = engine_run {
         err(
             path.clone(),
             "invalid_value",
             format!(
-                "a {} step is run by the engine, not a worker, and cannot have for_each: \
-                 for_each runs a worker step once per item",
-                kind.handler()
+                "a {uses} step is run by the engine, not a worker, and cannot have for_each: \
+                 for_each runs a worker step once per item"
             ),
         );
     }
@@ -896,6 +901,99 @@ fn check_engine_step(
         err,
         refs,
     );
+}
+
+/// Checks a step that files a child request (see [`crate::child`]): its
+/// `with` names the child's Promise literally (so cycles are found when
+/// Promises are applied) and gives its params; it sets none of the
+/// settings the child's own steps carry, and no compensation: undoing it is
+/// deleting the child request.
+fn check_promise_step(
+    at: &str,
+    step: &Step,
+    context: &ValidationContext,
+    err: &mut Report<'_>,
+    refs: &mut Vec<StepRef>,
+) {
+    for (field, set, why) in [
+        ("retry", step.retry.is_some(), "the child's own steps retry"),
+        ("queue", step.queue.is_some(), "no worker runs it"),
+        (
+            "timeout",
+            step.timeout.is_some(),
+            "the child's own steps and run time out",
+        ),
+        (
+            "schedule_to_start",
+            step.schedule_to_start.is_some(),
+            "no worker runs it",
+        ),
+        (
+            "heartbeat_timeout",
+            step.heartbeat_timeout.is_some(),
+            "no worker runs it",
+        ),
+        (
+            "compensate",
+            step.compensate.is_some(),
+            "compensating it deletes the child request, which runs the child's delete workflow",
+        ),
+    ] {
+        if set {
+            err(
+                format!("{at}.{field}"),
+                "invalid_value",
+                format!("a promise step files a child request and takes no {field}: {why}"),
+            );
+        }
+    }
+    let Some(with) = step.with.as_object() else {
+        err(
+            format!("{at}.with"),
+            "invalid_value",
+            "with of a promise step must be an object: {promise: <name>, params: {...}}".into(),
+        );
+        return;
+    };
+    for key in with.keys() {
+        if !["promise", "params"].contains(&key.as_str()) {
+            err(
+                format!("{at}.with.{key}"),
+                "unknown_field",
+                format!("a promise step takes no {key:?}; it accepts: promise, params"),
+            );
+        }
+    }
+    match with.get("promise") {
+        Some(Value::String(name)) if name.contains("${{") => err(
+            format!("{at}.with.promise"),
+            "invalid_value",
+            "the child's Promise must be named literally, not computed, so a cycle of Promises \
+             filing each other is found when they are applied"
+                .into(),
+        ),
+        Some(Value::String(name)) if !name.trim().is_empty() => {}
+        _ => err(
+            format!("{at}.with.promise"),
+            "invalid_value",
+            "with.promise must name the Promise the child request is filed against".into(),
+        ),
+    }
+    match with.get("params") {
+        None | Some(Value::Object(_)) => {}
+        Some(Value::String(text)) if text.contains("${{") => {}
+        Some(other) => err(
+            format!("{at}.with.params"),
+            "invalid_value",
+            format!(
+                "with.params must be an object of the child's parameters, not a {}",
+                crate::for_each::json_type(other)
+            ),
+        ),
+    }
+    // Rendered by the engine: like an engine-run step's, its templates may
+    // not read secrets (they would be stored in the child's params).
+    check_templates(&format!("{at}.with"), &step.with, context, err, refs);
 }
 
 /// Checks every template in a JSON value, collecting the steps each reads.

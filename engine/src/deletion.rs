@@ -133,6 +133,46 @@ async fn try_delete(
     force: bool,
 ) -> Result<Option<Deletion>, DeleteError> {
     let mut tx = engine.pool().begin().await?;
+    let Some((deletion, rows)) = try_delete_on(engine, &mut tx, request_id, actor, force).await?
+    else {
+        return Ok(None);
+    };
+    tx.commit().await?;
+    engine.after_commit(rows);
+    Ok(Some(deletion))
+}
+
+/// Deletes request `request_id` (not forced) on `conn`, a transaction the
+/// caller commits, then hands the rows to [`Engine::after_commit`]: how a
+/// parent's compensation deletes its child request in the transaction that
+/// consumes the timer asking for it.
+pub(crate) async fn delete_on(
+    engine: &Engine,
+    conn: &mut PgConnection,
+    request_id: RequestId,
+    actor: &str,
+) -> Result<(Deletion, Vec<crate::outbox::OutboxRow>), DeleteError> {
+    for _ in 0..TRIES {
+        // A try that returns `None` wrote nothing: trying again on the same
+        // transaction is safe.
+        if let Some(done) = try_delete_on(engine, conn, request_id, actor, false).await? {
+            return Ok(done);
+        }
+    }
+    Err(RunError::Corrupt(format!(
+        "request {request_id} kept starting reconcile runs while being deleted; nothing changed, try again"
+    ))
+    .into())
+}
+
+/// [`try_delete`] on `tx`, without committing.
+async fn try_delete_on(
+    engine: &Engine,
+    tx: &mut PgConnection,
+    request_id: RequestId,
+    actor: &str,
+    force: bool,
+) -> Result<Option<(Deletion, Vec<crate::outbox::OutboxRow>)>, DeleteError> {
     // A request's configure run never changes; its latest reconcile run
     // may, and is read again under the request's lock below.
     let ids: Option<(Option<Uuid>, Option<Uuid>)> =
@@ -149,8 +189,8 @@ async fn try_delete(
     let reconcile_run_id = reconcile_run_id.map(RunId::from);
     // The run that stops or that the teardown follows: a reconcile run in
     // flight is stopped at its step boundary as a configure run is.
-    let run_id = crate::reconcile::current_run(&mut tx, run_id, reconcile_run_id).await?;
-    let Some(mut configure) = lock_run(engine, &mut tx, run_id, actor.to_string()).await? else {
+    let run_id = crate::reconcile::current_run(&mut *tx, run_id, reconcile_run_id).await?;
+    let Some(mut configure) = lock_run(engine, &mut *tx, run_id, actor.to_string()).await? else {
         return Err(
             RunError::Corrupt(format!("run {run_id} of request {request_id} is missing")).into(),
         );
@@ -173,15 +213,23 @@ async fn try_delete(
     // changes are stored (which may end one of them, and set it again).
     let mut settled = RequestStatus::Deleting;
     match status {
-        RequestStatus::Deleted => return Ok(Some(replay(request_id, status, row.delete_run_id))),
+        RequestStatus::Deleted => {
+            return Ok(Some((
+                replay(request_id, status, row.delete_run_id),
+                Vec::new(),
+            )));
+        }
         RequestStatus::Deleting | RequestStatus::DeleteFailed if !force => {
-            return Ok(Some(replay(request_id, status, row.delete_run_id)));
+            return Ok(Some((
+                replay(request_id, status, row.delete_run_id),
+                Vec::new(),
+            )));
         }
         RequestStatus::Deleting | RequestStatus::DeleteFailed => {
             // Forced over a delete in progress or failed: whatever is still
             // going stops now, and the request is deleted.
             let delete = match row.delete_run_id {
-                Some(id) => lock_run(engine, &mut tx, id, actor.to_string()).await?,
+                Some(id) => lock_run(engine, &mut *tx, id, actor.to_string()).await?,
                 None => None,
             };
             delete_run_id = delete.as_ref().map(Run::run_id);
@@ -199,7 +247,7 @@ async fn try_delete(
                 Some(delete) => delete,
                 None => configure,
             };
-            let (run, now) = force_on(&mut tx, target, forced, request_id).await?;
+            let (run, now) = force_on(&mut *tx, target, forced, request_id).await?;
             runs.push(run);
             settled = now;
         }
@@ -235,7 +283,7 @@ async fn try_delete(
                         forced: false,
                     };
                     hand_off(&mut configure, handoff.clone())?;
-                    persist_handoff(&mut tx, configure.run_id(), &handoff).await?;
+                    persist_handoff(&mut *tx, configure.run_id(), &handoff).await?;
                     runs.push(configure);
                 }
             } else {
@@ -244,7 +292,7 @@ async fn try_delete(
                     actor: actor.to_string(),
                     forced: force,
                 };
-                let (run, now) = force_on(&mut tx, configure, handoff, request_id).await?;
+                let (run, now) = force_on(&mut *tx, configure, handoff, request_id).await?;
                 runs.push(run);
                 settled = now;
             }
@@ -263,22 +311,21 @@ async fn try_delete(
     .bind(delete_run_id.as_ref().map(RunId::as_uuid))
     .execute(&mut *tx)
     .await?;
-    crate::reconcile::forget(&mut tx, request_id).await?;
-    let rows = flush(&mut tx, &mut runs).await?;
+    crate::reconcile::forget(&mut *tx, request_id).await?;
+    let rows = flush(&mut *tx, &mut runs).await?;
     let status: String = sqlx::query_scalar("SELECT status FROM fulfil.requests WHERE id = $1")
         .bind(request_id.as_uuid())
         .fetch_one(&mut *tx)
         .await?;
     let status = RequestStatus::parse(&status)?;
-    tx.commit().await?;
-    engine.after_commit(rows);
-    Ok(Some(Deletion {
+    let deletion = Deletion {
         request_id,
         status,
         run_id: delete_run_id,
         forced: force,
         replayed: false,
-    }))
+    };
+    Ok(Some((deletion, rows)))
 }
 
 fn replay(request_id: RequestId, status: RequestStatus, run_id: Option<RunId>) -> Deletion {

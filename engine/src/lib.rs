@@ -14,6 +14,7 @@
 //!   lock ([`run::apply_result`]);
 //! * any number of engine processes may run against one database.
 
+pub mod children;
 pub mod db;
 pub mod deletion;
 pub mod engine;

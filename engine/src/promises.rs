@@ -9,12 +9,12 @@
 //! back with [`Promise::from_stored`], never validated again (validation is
 //! the expensive part, and the vars it checked against may have changed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use fulfil_core::params::{ParamsError, ParamsSchema};
-use fulfil_core::{Promise, SpecErrors};
+use fulfil_core::{Promise, SpecError, SpecErrors};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -193,6 +193,7 @@ pub async fn apply(pool: &PgPool, promise: &Promise) -> Result<ApplyOutcome, Pro
     })?;
     let digest = spec.to_string();
     let mut tx = pool.begin().await?;
+    refuse_child_cycles(&mut tx, promise).await?;
     let inserted = sqlx::query(
         "INSERT INTO fulfil.promises (name, version, spec, digest, owner) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (name, version) DO NOTHING",
@@ -234,6 +235,73 @@ pub async fn apply(pool: &PgPool, promise: &Promise) -> Result<ApplyOutcome, Pro
     } else {
         ApplyOutcome::Unchanged
     })
+}
+
+/// First key of the advisory lock that serialises applies of Promises
+/// with promise steps, so two applies cannot each close half a cycle.
+const CHILD_GRAPH_LOCK: i64 = 0x4348_494c_4447_5248; // "CHILDGRH"
+
+/// Refuses `promise` if it would close a cycle of Promises filing each
+/// other's requests (see [`fulfil_core::child`]), naming the cycle at the
+/// promise step that closes it.
+async fn refuse_child_cycles(
+    conn: &mut sqlx::PgConnection,
+    promise: &Promise,
+) -> Result<(), PromiseError> {
+    let own = fulfil_core::child::references(promise);
+    if own.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHILD_GRAPH_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        "SELECT h.name, s.step->'with'->>'promise'
+         FROM fulfil.promise_heads h
+              JOIN fulfil.promises p ON p.name = h.name AND p.version = h.version
+              CROSS JOIN LATERAL jsonb_array_elements(
+                  COALESCE(p.spec->'spec'->'workflow'->'steps', '[]'::jsonb)
+                  || COALESCE(p.spec->'spec'->'delete'->'steps', '[]'::jsonb)) AS s(step)
+         WHERE s.step->>'uses' = $1 AND h.name <> $2
+               AND jsonb_typeof(s.step->'with'->'promise') = 'string'",
+    )
+    .bind(fulfil_core::child::PROMISE)
+    .bind(&promise.metadata.name)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut refs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, to) in edges {
+        refs.entry(from).or_default().insert(to);
+    }
+    refs.insert(promise.metadata.name.clone(), own);
+    let Some(cycle) = fulfil_core::child::find_cycle(&promise.metadata.name, &refs) else {
+        return Ok(());
+    };
+    let closing = cycle.get(1).cloned().unwrap_or_default();
+    let at = promise
+        .spec
+        .workflow
+        .steps
+        .iter()
+        .position(|s| {
+            fulfil_core::child::is_promise_step(&s.uses)
+                && s.with.get("promise").and_then(serde_json::Value::as_str)
+                    == Some(closing.as_str())
+        })
+        .map_or_else(
+            || "spec.delete".to_string(),
+            |i| format!("spec.workflow.steps[{i}].with.promise"),
+        );
+    Err(PromiseError::Invalid(SpecErrors::one(SpecError::new(
+        at,
+        "cycle",
+        format!(
+            "Promises would file each other's requests without end: {}; a Promise may not \
+             (transitively) file a request against itself",
+            cycle.join(" -> ")
+        ),
+    ))))
 }
 
 #[derive(sqlx::FromRow)]

@@ -203,21 +203,6 @@ async fn validate_and_store(
     if let Some(principal) = &request.principal {
         crate::ownership::may_file(principal, &promise).map_err(RequestError::Refused)?;
     }
-    let params = engine
-        .promises()
-        .params_schema(&promise)
-        .and_then(|schema| schema.validate(request.params.clone()))
-        .map_err(|e| match e {
-            ParamsError::Invalid(violations) => RequestError::InvalidParams {
-                promise: request.promise.clone(),
-                violations,
-            },
-            ParamsError::Schema(message) => RequestError::Promise(PromiseError::Corrupt {
-                name: promise.metadata.name.clone(),
-                version: promise.metadata.version.clone(),
-                message,
-            }),
-        })?;
     // The engine's own callers act for the Promise's owner (see
     // `crate::policies::engine_principal`).
     let engine_caller;
@@ -231,10 +216,7 @@ async fn validate_and_store(
             &engine_caller
         }
     };
-    let violations = crate::policies::admit(engine, &promise, &params, principal).await?;
-    if !violations.is_empty() {
-        return Err(RequestError::PolicyDenied { violations });
-    }
+    let params = admit_params(engine, &promise, request.params.clone(), principal).await?;
 
     let mut prepared = prepare(
         engine,
@@ -246,6 +228,36 @@ async fn validate_and_store(
     );
     prepared.team = request.principal.as_ref().and_then(|p| p.team.clone());
     crate::intake::submit(engine, prepared).await
+}
+
+/// `params` as `promise`'s schema makes them (defaults applied), if they
+/// pass it and every admission policy admits them for `principal`.
+pub(crate) async fn admit_params(
+    engine: &Engine,
+    promise: &Promise,
+    params: Value,
+    principal: &fulfil_core::access::Principal,
+) -> Result<Value, RequestError> {
+    let params = engine
+        .promises()
+        .params_schema(promise)
+        .and_then(|schema| schema.validate(params))
+        .map_err(|e| match e {
+            ParamsError::Invalid(violations) => RequestError::InvalidParams {
+                promise: promise.metadata.name.clone(),
+                violations,
+            },
+            ParamsError::Schema(message) => RequestError::Promise(PromiseError::Corrupt {
+                name: promise.metadata.name.clone(),
+                version: promise.metadata.version.clone(),
+                message,
+            }),
+        })?;
+    let violations = crate::policies::admit(engine, promise, &params, principal).await?;
+    if !violations.is_empty() {
+        return Err(RequestError::PolicyDenied { violations });
+    }
+    Ok(params)
 }
 
 /// A request for `promise` whose `params` passed its schema (defaults

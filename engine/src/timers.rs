@@ -101,9 +101,10 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
             .await;
         fired += 1;
         let failure = match outcome {
-            Ok(Some(run)) => match run.commit(tx).instrument(span.clone()).await {
+            Ok(Some((run, also))) => match run.commit(tx).instrument(span.clone()).await {
                 Ok(rows) => {
                     engine.after_commit(rows);
+                    also.committed(engine);
                     continue;
                 }
                 Err(e) => e,
@@ -130,13 +131,32 @@ pub async fn fire_due(engine: &Engine) -> Result<usize, RunError> {
     Ok(fired)
 }
 
+/// What a fired timer wrote besides its run's changes (a child request
+/// filed or deleted), handed to this process once the transaction commits.
+#[derive(Default)]
+struct AlsoWritten {
+    staged: Option<crate::requests::Staged>,
+    rows: Vec<crate::outbox::OutboxRow>,
+}
+
+impl AlsoWritten {
+    fn committed(self, engine: &Engine) {
+        if let Some(staged) = self.staged {
+            staged.committed(engine);
+        }
+        if !self.rows.is_empty() {
+            engine.after_commit(self.rows);
+        }
+    }
+}
+
 /// Deletes `timer`, fires it on its locked run and advances the run; the
 /// run, with its changes not yet stored, or `None` if there is no such run.
 async fn fire_one(
     engine: &Engine,
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     timer: &DueTimer,
-) -> Result<Option<Run>, RunError> {
+) -> Result<Option<(Run, AlsoWritten)>, RunError> {
     sqlx::query("DELETE FROM fulfil.timers WHERE id = $1")
         .bind(timer.id)
         .execute(&mut **tx)
@@ -145,9 +165,75 @@ async fn fire_one(
     let Some(mut run) = lock_run(engine, tx, timer.run_id, actor).await? else {
         return Ok(None);
     };
-    fire(tx, &mut run, timer).await?;
+    let kind = TimerKind::parse(&timer.kind)?;
+    let also = if kind.is_child_timer() {
+        fire_child_timer(engine, tx, &mut run, timer, kind).await?
+    } else {
+        fire(tx, &mut run, timer).await?;
+        AlsoWritten::default()
+    };
     advance(&mut run)?;
-    Ok(Some(run))
+    Ok(Some((run, also)))
+}
+
+/// Fires a promise step's timer (see `crate::run::child`): files its
+/// child, reads it, or deletes it, on the timer's transaction.
+async fn fire_child_timer(
+    engine: &Engine,
+    conn: &mut sqlx::PgConnection,
+    run: &mut Run,
+    timer: &DueTimer,
+    kind: TimerKind,
+) -> Result<AlsoWritten, RunError> {
+    use crate::run::child;
+    let Some(task_id) = timer.task_id else {
+        return Err(RunError::Corrupt(format!(
+            "{} timer without a task id",
+            timer.kind
+        )));
+    };
+    // The attempt is gone only if its run was retried from scratch: stale.
+    let Some(attempt) = crate::children::timer_attempt(conn, task_id).await? else {
+        return Ok(AlsoWritten::default());
+    };
+    let step = timer.step_id.as_str();
+    let mut also = AlsoWritten::default();
+    match kind {
+        TimerKind::ChildFile => {
+            if child::waits_on(run, step, &attempt) {
+                let (filed, staged) =
+                    crate::children::file(engine, conn, run, step, &attempt).await?;
+                also.staged = staged;
+                child::filed(run, step, &attempt, filed)?;
+            }
+        }
+        TimerKind::ChildDone => {
+            let compensation =
+                crate::children::compensation_attempt(conn, run.run_id(), step).await?;
+            let current = run
+                .step(step)
+                .is_some_and(|row| row.attempt == attempt.attempt);
+            let child =
+                crate::children::child_of(conn, run.run_id(), step, attempt.attempt).await?;
+            if let (true, Some(child)) = (current, child) {
+                child::child_changed(run, step, &attempt, compensation.as_ref(), &child)?;
+            }
+        }
+        TimerKind::ChildDelete => {
+            if child::compensates(run, step, &attempt) {
+                let (outcome, rows) = crate::children::delete(engine, conn, run, step).await?;
+                also.rows = rows;
+                child::delete_requested(run, step, &attempt, outcome)?;
+            }
+        }
+        _ => {
+            return Err(RunError::Corrupt(format!(
+                "{} is not a promise step's timer",
+                timer.kind
+            )));
+        }
+    }
+    Ok(also)
 }
 
 /// Moves a timer that can never fire to `fulfil.parked_timers`.
@@ -307,7 +393,12 @@ pub(crate) fn fire_on(
             );
             attempt_failed(run, &timer.step_id, kind, attempt.attempt, &failure, None)?;
         }
-        TimerKind::WaitMatched | TimerKind::WaitTimeout | TimerKind::SleepDone => {
+        TimerKind::WaitMatched
+        | TimerKind::WaitTimeout
+        | TimerKind::SleepDone
+        | TimerKind::ChildFile
+        | TimerKind::ChildDone
+        | TimerKind::ChildDelete => {
             return Err(RunError::Corrupt(format!(
                 "{} timer fired without its wait",
                 timer.kind

@@ -178,7 +178,12 @@ pub async fn get(
         .await
         .map_err(inspect_error)?
         .ok_or_else(|| Problem::not_found("request", &id))?;
-    Ok(Json(request.into()))
+    let children = fulfil_engine::children::children_of_request(state.engine.pool(), request_id)
+        .await
+        .map_err(|e| inspect_error(e.into()))?;
+    let mut request: model::Request = request.into();
+    request.children = children.into_iter().map(model::ChildLink::from).collect();
+    Ok(Json(request))
 }
 
 #[derive(Deserialize, IntoParams)]

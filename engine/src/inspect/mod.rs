@@ -58,6 +58,16 @@ pub struct RequestView {
     /// The filing principal's team; `None` for requests the engine filed
     /// (triggers, schedules) or filed with access control off.
     pub team: Option<String>,
+    /// For a child request (filed by a promise step): its parent request,
+    /// run and step (the API nests them as `parent`).
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    #[serde(skip)]
+    pub parent_request_id: Option<RequestId>,
+    #[sqlx(try_from = "crate::db::NullableUuid")]
+    #[serde(skip)]
+    pub parent_run_id: Option<RunId>,
+    #[serde(skip)]
+    pub parent_step: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -113,6 +123,7 @@ pub async fn get_request(
 ) -> Result<Option<RequestView>, InspectError> {
     Ok(sqlx::query_as(
         "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by, team,
+                parent_request_id, parent_run_id, parent_step,
                 created_at, updated_at
          FROM fulfil.requests WHERE id = $1",
     )
@@ -137,6 +148,7 @@ pub async fn list_requests(
     let limit = page_size(filter.limit);
     let mut query = sqlx::QueryBuilder::new(
         "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by, team,
+                parent_request_id, parent_run_id, parent_step,
                 created_at, updated_at
          FROM fulfil.requests WHERE true",
     );

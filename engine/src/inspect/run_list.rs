@@ -66,15 +66,18 @@ pub enum WaitingFor {
     Worker,
     /// An engine-run step waits for an event, approvals or a time.
     Wait(WaitKind),
+    /// A promise step waits for its child request's run.
+    Child,
 }
 
 impl WaitingFor {
     /// Every value, in the order help texts list them.
-    pub const ALL: [WaitingFor; 5] = [
+    pub const ALL: [WaitingFor; 6] = [
         WaitingFor::Retry,
         WaitingFor::Wait(WaitKind::Event),
         WaitingFor::Wait(WaitKind::Approval),
         WaitingFor::Wait(WaitKind::Sleep),
+        WaitingFor::Child,
         WaitingFor::Worker,
     ];
 
@@ -83,6 +86,7 @@ impl WaitingFor {
         match self {
             WaitingFor::Retry => "retry",
             WaitingFor::Worker => "worker",
+            WaitingFor::Child => "child",
             WaitingFor::Wait(kind) => kind.as_str(),
         }
     }
@@ -171,7 +175,9 @@ async fn add_waits(pool: &PgPool, items: &mut [RunSummary]) -> Result<(), Inspec
          UNION ALL
          SELECT run_id, kind FROM fulfil.waits WHERE run_id = ANY($1)
          UNION ALL
-         SELECT a.run_id, 'worker' FROM fulfil.attempts a
+         SELECT a.run_id, CASE WHEN a.queue = 'engine' AND a.handler = 'promise'
+                               THEN 'child' ELSE 'worker' END
+         FROM fulfil.attempts a
          WHERE a.run_id = ANY($1) AND a.status IN ('dispatched', 'running')
            AND NOT EXISTS (SELECT 1 FROM fulfil.waits w WHERE w.task_id = a.task_id)",
     )
@@ -246,12 +252,21 @@ fn list_query(
         }
         Some(WaitingFor::Worker) => {
             // An engine-run step's attempt is open too while it waits; its
-            // wait row says it is not on a worker.
+            // wait row (or, for a promise step, its engine queue) says it is
+            // not on a worker.
             query.push(
                 " AND id = ANY(ARRAY(SELECT a.run_id FROM fulfil.attempts a
                                      WHERE a.status IN ('dispatched', 'running')
+                                       AND NOT (a.queue = 'engine' AND a.handler = 'promise')
                                        AND NOT EXISTS (SELECT 1 FROM fulfil.waits w
                                                        WHERE w.task_id = a.task_id)))",
+            );
+        }
+        Some(WaitingFor::Child) => {
+            query.push(
+                " AND id = ANY(ARRAY(SELECT a.run_id FROM fulfil.attempts a
+                                     WHERE a.status IN ('dispatched', 'running')
+                                       AND a.queue = 'engine' AND a.handler = 'promise'))",
             );
         }
     }
@@ -299,7 +314,7 @@ mod tests {
         }
         let err = "human".parse::<WaitingFor>().unwrap_err();
         assert_eq!(err.value, "human");
-        assert_eq!(err.expected, "retry, event, approval, sleep, worker");
+        assert_eq!(err.expected, "retry, event, approval, sleep, child, worker");
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub struct RunView {
     #[serde(flatten)]
     pub run: RunSummary,
     pub steps: Vec<StepView>,
+    /// The child requests the run's promise steps filed, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<crate::children::ChildLink>,
+    /// Where the run's request comes from, if a promise step filed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::children::ParentRef>,
 }
 
 /// A step of a run.
@@ -55,6 +61,9 @@ pub struct StepView {
     /// For a `for_each` step that started: where its instances stand.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<InstanceCounts>,
+    /// For a promise step: the child request its latest attempt filed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child: Option<crate::children::ChildLink>,
 }
 
 /// How many instances of a `for_each` step are in each state.
@@ -182,6 +191,12 @@ pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, Inspec
     .await?
     .into_iter()
     .collect();
+    let children: Vec<crate::children::ChildLink> = crate::children::children_of_runs(pool, &[id])
+        .await?
+        .into_iter()
+        .map(|(_, child)| child)
+        .collect();
+    let parent = crate::children::parent_of(pool, run.request_id).await?;
     let now = Utc::now();
     let mut instances: HashMap<String, InstanceCounts> = HashMap::new();
     for row in &steps {
@@ -193,14 +208,21 @@ pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, Inspec
         .into_iter()
         .map(|row| {
             let attempts = attempts.remove(&row.step_id).unwrap_or_default();
+            // Children come oldest first: the last is the latest attempt's.
+            let child = children
+                .iter()
+                .rev()
+                .find(|c| c.step == row.step_id)
+                .cloned();
             let waiting_for = match row.waiting_for.clone() {
                 Some(wait) => Some(wait),
-                None => waiting_for(&row, &attempts, retries.get(&row.step_id)),
+                None => waiting_for(&row, &attempts, retries.get(&row.step_id), child.as_ref()),
             };
             StepView {
                 duration_ms: step_duration(&attempts, now),
                 waiting_for,
                 instances: instances.remove(&row.step_id),
+                child,
                 instance_of: row.instance_of,
                 index: row.instance_index,
                 item: row.item,
@@ -213,15 +235,22 @@ pub async fn get_run(pool: &PgPool, id: RunId) -> Result<Option<RunView>, Inspec
             }
         })
         .collect();
-    Ok(Some(RunView { run, steps }))
+    Ok(Some(RunView {
+        run,
+        steps,
+        children,
+        parent,
+    }))
 }
 
-/// What a step that is not an engine-run wait waits for: its retry timer, or
-/// the worker holding its open attempt.
+/// What a step that is not an engine-run wait waits for: its retry timer,
+/// its child request (a promise step), or the worker holding its open
+/// attempt.
 fn waiting_for(
     row: &StepRow,
     attempts: &[AttemptView],
     retry_at: Option<&DateTime<Utc>>,
+    child: Option<&crate::children::ChildLink>,
 ) -> Option<Value> {
     if let Some(at) = retry_at {
         return Some(json!({
@@ -234,6 +263,19 @@ fn waiting_for(
         .iter()
         .rev()
         .find(|a| a.status == "dispatched" || a.status == "running")?;
+    if open.queue == crate::run::ENGINE_QUEUE && fulfil_core::child::is_promise_step(&open.handler)
+    {
+        // Before the child is filed (a moment), only its Promise is known.
+        let filed = child.filter(|c| c.created_at >= open.dispatched_at);
+        return Some(json!({
+            "kind": "child",
+            "promise": open.input.get("promise"),
+            "request_id": filed.map(|c| c.request_id),
+            "run_id": filed.and_then(|c| c.run_id),
+            "status": filed.map(|c| c.status.as_str()),
+            "since": open.dispatched_at,
+        }));
+    }
     Some(json!({
         "kind": "worker",
         "queue": open.queue,

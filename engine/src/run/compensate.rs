@@ -25,8 +25,21 @@ pub(super) fn to_undo(run: &Run) -> BTreeSet<String> {
         .workflow
         .steps
         .iter()
-        .filter(|s| s.compensate.is_some())
+        .filter(|s| s.compensate.is_some() || fulfil_core::child::is_promise_step(&s.uses))
         .filter(|s| {
+            // A promise step that started may have filed a child, which
+            // is deleted whatever the step ended as (a failed child still
+            // holds what its teardown removes); one that filed none has
+            // nothing to undo, and its compensation says so.
+            if fulfil_core::child::is_promise_step(&s.uses) {
+                return run.steps.get(&s.id).is_some_and(|row| {
+                    let ended = matches!(
+                        row.status,
+                        StepStatus::Succeeded | StepStatus::Failed | StepStatus::Cancelled
+                    );
+                    row.compensation.is_some() || (row.attempt > 0 && ended)
+                });
+            }
             // A for_each step is undone instance by instance, whatever it
             // ended as: an instance that failed leaves its siblings to undo.
             if s.for_each.is_some() {
@@ -113,6 +126,10 @@ pub(super) fn plan_compensation(run: &mut Run, graph: &Graph) -> Result<Next, Ru
             + 1;
         if step.for_each.is_some() {
             super::for_each::start_compensation(run, step)?;
+            continue;
+        }
+        if fulfil_core::child::is_promise_step(&step.uses) {
+            super::child::start_compensation(run, step, attempt)?;
             continue;
         }
         dispatch_compensation(run, step, attempt)?;

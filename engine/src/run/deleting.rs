@@ -184,6 +184,7 @@ pub(super) fn settle_request(
     outputs: Option<Value>,
     error: Option<&str>,
 ) -> Result<(), RunError> {
+    super::child::notify_parent(run);
     if let Some(handoff) = run.handoff.clone() {
         match handoff.delete_run_id {
             Some(delete_run_id) => {

@@ -155,6 +155,9 @@ fn cancel_pending(run: &mut Run) -> Result<(), RunError> {
 /// Renders the step's input and queues attempt `attempt` of its action.
 pub fn dispatch_action(run: &mut Run, step: &Step, attempt: i32) -> Result<(), RunError> {
     let promise = run.promise.clone();
+    if fulfil_core::child::is_promise_step(&step.uses) {
+        return super::child::start(run, step, attempt);
+    }
     if let Some(engine_step) = promise.engine_step_of(step) {
         return super::waiting::start_wait(run, step, engine_step, attempt);
     }

@@ -16,6 +16,7 @@
 mod advance;
 mod apply;
 mod cache;
+pub(crate) mod child;
 mod compensate;
 pub mod deleting;
 mod for_each;
@@ -88,6 +89,12 @@ pub mod event {
     /// A `for_each` step's list was evaluated and its instances created;
     /// data `{count, max_parallel, items}`.
     pub const FOR_EACH_EXPANDED: &str = "for_each.expanded";
+    /// A promise step filed its child request (or found it filed);
+    /// data `{request_id, run_id, promise, replayed}`.
+    pub const CHILD_FILED: &str = "child.filed";
+    /// A promise step's compensation asked to delete its child request;
+    /// data `{request_id, promise, status}`.
+    pub const CHILD_DELETE_REQUESTED: &str = "child.delete_requested";
 
     use fulfil_core::wire::TaskKind;
 
@@ -488,10 +495,29 @@ impl Run {
         fire_at: DateTime<Utc>,
     ) {
         self.writes.new_timers.push(writes::NewTimer {
+            for_run: None,
             step_id: step_id.to_string(),
             kind,
             task_id,
             fire_at,
+        });
+    }
+
+    /// Arms a timer of another run, due now: how a child request's run
+    /// tells its parent's that it ended (see [`child`]).
+    pub(crate) fn add_timer_for(
+        &mut self,
+        run_id: RunId,
+        kind: TimerKind,
+        step_id: &str,
+        task_id: TaskId,
+    ) {
+        self.writes.new_timers.push(writes::NewTimer {
+            for_run: Some(run_id),
+            step_id: step_id.to_string(),
+            kind,
+            task_id: Some(task_id),
+            fire_at: Utc::now(),
         });
     }
 

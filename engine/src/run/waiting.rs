@@ -80,19 +80,7 @@ pub(super) fn start_wait(
         }
     }
 
-    let task_id = TaskId::generate();
-    run.insert_attempt(NewAttempt {
-        task_id,
-        step_id: step.id.clone(),
-        attempt,
-        kind: TaskKind::Action,
-        handler: step.uses.clone(),
-        queue: ENGINE_QUEUE.into(),
-        input: input.clone(),
-        deadline: until.unwrap_or_else(|| {
-            fulfil_core::time::deadline_after(now, fulfil_core::time::MAX_DURATION)
-        }),
-    });
+    let task_id = insert_engine_attempt(run, step, attempt, TaskKind::Action, &input, until);
     let row = run.set_step_status(&step.id, StepStatus::Waiting)?;
     row.attempt = attempt;
     row.error = None;
@@ -120,6 +108,33 @@ pub(super) fn start_wait(
         event,
     });
     Ok(())
+}
+
+/// Inserts attempt `attempt` of `kind` of an engine-run `step`, on the
+/// engine's queue, open until `until` (none: for as long as it takes);
+/// its task id.
+pub(super) fn insert_engine_attempt(
+    run: &mut Run,
+    step: &Step,
+    attempt: i32,
+    kind: TaskKind,
+    input: &Value,
+    until: Option<chrono::DateTime<Utc>>,
+) -> TaskId {
+    let task_id = TaskId::generate();
+    run.insert_attempt(NewAttempt {
+        task_id,
+        step_id: step.id.clone(),
+        attempt,
+        kind,
+        handler: step.uses.clone(),
+        queue: ENGINE_QUEUE.into(),
+        input: input.clone(),
+        deadline: until.unwrap_or_else(|| {
+            fulfil_core::time::deadline_after(Utc::now(), fulfil_core::time::MAX_DURATION)
+        }),
+    });
+    task_id
 }
 
 /// Applies a wait's timer (`wait_matched`, `wait_timeout`, `sleep_done`)

@@ -299,7 +299,7 @@ impl Columns {
             self.td_run.push(run_id.as_uuid());
         }
         for t in writes.new_timers {
-            self.t_run.push(run_id.as_uuid());
+            self.t_run.push(t.for_run.unwrap_or(run_id).as_uuid());
             self.t_step.push(t.step_id);
             self.t_kind.push(t.kind.as_str());
             self.t_task.push(t.task_id.map(Uuid::from));

@@ -126,6 +126,9 @@ pub(crate) struct AttemptCancel {
 /// A durable timer to arm.
 #[derive(Debug, Clone)]
 pub(crate) struct NewTimer {
+    /// The run it fires on, when not the run that arms it: a child request's
+    /// run telling its parent's that it ended.
+    pub for_run: Option<fulfil_core::ids::RunId>,
     pub step_id: String,
     pub kind: TimerKind,
     pub task_id: Option<TaskId>,
