@@ -434,6 +434,10 @@ pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
     if let Some(outputs) = &request.outputs {
         println!("outputs          {outputs}");
     }
+    if let Some(parent) = &request.parent {
+        println!("{}", crate::output::parent_line(parent));
+    }
+    crate::output::print_children(&request.children);
     Ok(ExitCode::SUCCESS)
 }
 

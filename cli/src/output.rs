@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
-use fulfil_api::model::{HistoryEvent, Page, Run, Step};
+use fulfil_api::model::{ChildLink, HistoryEvent, Page, ParentLink, Run, Step};
 use serde_json::Value;
 
 use crate::Format;
@@ -75,6 +75,9 @@ pub fn print_run(run: &Run) {
     if let Some(outputs) = &run.outputs {
         println!("outputs          {outputs}");
     }
+    if let Some(parent) = &run.parent {
+        println!("{}", parent_line(parent));
+    }
     for line in run.steps().iter().filter_map(|s| why_waiting(s, now)) {
         println!("{line}");
     }
@@ -131,6 +134,37 @@ pub fn print_run(run: &Run) {
         println!();
         print_table(&["WAITING", "FOR", "WHAT", "UNTIL"], waiting);
     }
+    print_children(&run.children);
+}
+
+/// Where a child request comes from, as one line.
+pub fn parent_line(parent: &ParentLink) -> String {
+    format!(
+        "parent           request {} (run {}, step {})",
+        parent.request_id, parent.run_id, parent.step
+    )
+}
+
+/// The child requests a run's promise steps filed, as a table after a
+/// blank line; nothing when there are none.
+pub fn print_children(children: &[ChildLink]) {
+    if children.is_empty() {
+        return;
+    }
+    println!();
+    let rows = children
+        .iter()
+        .map(|c| {
+            vec![
+                c.step.clone(),
+                c.promise.clone(),
+                c.request_id.to_string(),
+                opt(c.run_id),
+                c.status.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["CHILD OF", "PROMISE", "REQUEST", "RUN", "STATUS"], rows);
 }
 
 /// An instance's item, or how many instances of a for_each step
@@ -156,6 +190,16 @@ fn text_of(v: &Value) -> String {
 pub fn waiting_what(waiting_for: &Value) -> String {
     let mut parts = Vec::new();
     match waiting_for["kind"].as_str() {
+        Some("child") => {
+            parts.push(format!("Promise {}", text_of(&waiting_for["promise"])));
+            match waiting_for["request_id"].as_str() {
+                Some(request) => parts.push(format!(
+                    "request {request} ({})",
+                    text_of(&waiting_for["status"])
+                )),
+                None => parts.push("being filed".into()),
+            }
+        }
         Some("event") => {
             for (key, label) in [
                 ("type", "type"),

@@ -804,6 +804,35 @@ async function forEachSteps() {
   await shot('i-for-each');
 }
 
+async function compoundLinks() {
+  const { run_id: runId } = await fileRequest('e2e-compound', { app: 'shop' });
+  const r = await runUntil(runId, (run) => run.status === 'succeeded', 'the compound run succeeds', 45_000);
+  const child = (r.children || [])[0];
+  if (!child) throw new Failure(`GET /v1/runs/${runId} lists no child request`);
+  if (r.outputs?.endpoint !== 'shop-db.internal:5432') throw new Failure(`the run's outputs are ${JSON.stringify(r.outputs)}`);
+  await goto(`/ui/runs/${runId}`);
+  await nodeStatus('database', 'succeeded');
+  await node('database').first().click();
+  const panel = await see(page.locator('[data-testid=step-panel][data-step="database"]'), 'the step panel of database');
+  const text = await panel.innerText();
+  for (const want of ['Child request', `e2e-child …${child.request_id.slice(-8)}`]) {
+    if (!text.includes(want)) throw new Failure(`the panel of database does not show ${want}: ${JSON.stringify(text.slice(0, 400))}`);
+  }
+  await shot('j-compound-parent');
+  await (await see(panel.getByRole('link', { name: 'open its run' }), 'the link to the child run in the step panel')).click();
+  await until('the child run page', (id) => location.pathname === `/ui/runs/${id}`, child.run_id);
+  const parent = await see(page.locator('.parent-link'), 'the Parent row of the child run (.parent-link)');
+  const parentText = await parent.innerText();
+  if (!parentText.includes(`run …${runId.slice(-8)} step database`)) throw new Failure(`the Parent row says ${JSON.stringify(parentText)}`);
+  await shot('j-compound-child');
+  await (await see(parent.getByRole('link', { name: /^run / }), 'the link back to the parent run')).click();
+  await until('back on the parent run page', (id) => location.pathname === `/ui/runs/${id}`, runId);
+  await goto(`/ui/requests/${child.request_id}`);
+  await see(page.locator('.parent-link'), 'the Parent row of the child request');
+  await goto(`/ui/requests/${r.request_id}`);
+  await see(page.locator(`ul.children a[href="/ui/requests/${child.request_id}"]`), 'the parent request listing its child');
+}
+
 async function everyPage() {
   const pages = [
     ['h-runs', '/ui/runs', 'tr[data-run-id]', true],
@@ -868,6 +897,7 @@ const SCENARIOS = [
   ['f', 'filter the run list', filterRuns],
   // Before g: its 2,000 tasks would queue ahead of these.
   ['i', 'a for_each step: instances grouped, item and index shown', forEachSteps],
+  ['j', 'a compound Promise: parent and child linked both ways', compoundLinks],
   ['g', `${FANOUT_WIDTH.toLocaleString('en')}-step fan-out`, fanout, { ms: FANOUT_MS }],
   ['h', 'every page, both themes', everyPage, { ms: 180_000 }],
 ];

@@ -312,7 +312,8 @@ async fn try_delete_on(
     .execute(&mut *tx)
     .await?;
     crate::reconcile::forget(&mut *tx, request_id).await?;
-    let rows = flush(&mut *tx, &mut runs).await?;
+    let mut rows = flush(&mut *tx, &mut runs).await?;
+    rows.extend(delete_children(engine, &mut *tx, request_id, actor, force).await?);
     let status: String = sqlx::query_scalar("SELECT status FROM fulfil.requests WHERE id = $1")
         .bind(request_id.as_uuid())
         .fetch_one(&mut *tx)
@@ -326,6 +327,46 @@ async fn try_delete_on(
         replayed: false,
     };
     Ok(Some((deletion, rows)))
+}
+
+/// Deletes the child requests of `request_id` (filed by its runs' promise
+/// steps, see `crate::run::child`) that are not being deleted already, on
+/// `tx`, as their parent is (forced or not), each with its own teardown and
+/// its own children: a compound request leaves nothing behind. A parent's
+/// compensation has deleted the children of the steps it undid.
+async fn delete_children(
+    engine: &Engine,
+    tx: &mut PgConnection,
+    request_id: RequestId,
+    actor: &str,
+    force: bool,
+) -> Result<Vec<crate::outbox::OutboxRow>, DeleteError> {
+    let children: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM fulfil.requests
+         WHERE parent_request_id = $1 AND status NOT IN ('deleting', 'deleted')
+         ORDER BY created_at, id",
+    )
+    .bind(request_id.as_uuid())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut rows = Vec::new();
+    for child in children {
+        let child = RequestId::from(child);
+        // Boxed: a child's delete deletes its own children in turn (depth
+        // bounded by `fulfil_core::child::MAX_DEPTH`).
+        let deleted = Box::pin(try_delete_on(engine, tx, child, actor, force)).await?;
+        match deleted {
+            Some((_, child_rows)) => rows.extend(child_rows),
+            None => {
+                return Err(RunError::Corrupt(format!(
+                    "child request {child} started a reconcile run while its parent \
+                     {request_id} was being deleted; nothing changed, try again"
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(rows)
 }
 
 fn replay(request_id: RequestId, status: RequestStatus, run_id: Option<RunId>) -> Deletion {

@@ -84,6 +84,33 @@ pub fn workflows_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows")
 }
 
+/// Runs the `fulfil` binary `bin` (a CLI test's `CARGO_BIN_EXE_fulfil`)
+/// with `args` against the stack's API, from the repository root (where
+/// the README's commands run), without blocking the test's runtime (which
+/// runs the stack's engine).
+pub async fn run_cli(
+    bin: &str,
+    stack: &TestStack,
+    args: &[&str],
+) -> std::io::Result<std::process::Output> {
+    tokio::process::Command::new(bin)
+        .args(args)
+        .env("FULFIL_API_URL", &stack.api)
+        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .kill_on_drop(true)
+        .output()
+        .await
+}
+
+/// A command's stdout then stderr, as text.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// What `fulfil dev` lets `exec` run: `psql`, and the scripts of
 /// `workflows/scripts/`.
 pub fn example_exec_allow() -> ExecAllowList {

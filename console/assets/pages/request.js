@@ -63,6 +63,23 @@ export default async function render(ctx) {
     if (r.reconcile_run_id) rows.push(['Latest reconcile run', runLink(r.reconcile_run_id)]);
     if (r.delete_run_id) rows.push(['Delete run', runLink(r.delete_run_id)]);
     if (r.idempotency_key) rows.push(['Idempotency key', h('code', { text: r.idempotency_key })]);
+    if (r.parent) {
+      rows.push([
+        'Parent',
+        h('span', { class: 'parent-link' }, link(`/ui/requests/${enc(r.parent.request_id)}`, 'request ', shortId(r.parent.request_id)), ', ', link(`/ui/runs/${enc(r.parent.run_id)}?step=${enc(r.parent.step)}`, `step ${r.parent.step}`)),
+      ]);
+    }
+    const children = r.children || [];
+    if (children.length) {
+      rows.push([
+        'Children',
+        h(
+          'ul',
+          { class: 'children' },
+          children.map((c) => h('li', {}, link(`/ui/requests/${enc(c.request_id)}`, `${c.promise} `, shortId(c.request_id)), ' ', badge(c.status), ` from step ${c.step}`)),
+        ),
+      ]);
+    }
     mount(
       details,
       h('dl', { class: 'kv' }, rows.map(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)])),

@@ -14,7 +14,7 @@ const FINISHED = new Set(['succeeded', 'failed', 'compensated', 'cancelled']);
 const RETRYABLE = new Set(['failed', 'compensated', 'cancelled']);
 const CANCELLABLE = new Set(['pending', 'running']);
 /** Steps the engine runs itself: no worker, no retry policy. */
-const ENGINE_RUN = new Set(['approval', 'sleep', 'wait.event']);
+const ENGINE_RUN = new Set(['approval', 'sleep', 'wait.event', 'promise']);
 const TABS = [
   ['graph', 'Graph'],
   ['timeline', 'Timeline'],
@@ -166,6 +166,8 @@ export default async function render(ctx) {
     if (wf?.kind === 'event') return `event ${wf.type || wf.subject || wf.source || ''}`.trim();
     if (wf?.kind === 'sleep') return wf.until ? `until ${clock(wf.until)}` : 'sleep';
     if (wf?.kind === 'retry') return `retry ${wf.attempt}/${max}`;
+    if (wf?.kind === 'child') return `child ${wf.promise || ''}`.trim();
+    if (step.child) return `child ${step.child.status}`;
     const actions = (step.attempts || []).filter((a) => a.kind !== 'compensation');
     if (step.status === 'failed' || step.status === 'compensated') {
       const err = lastOf(actions, (a) => a.error)?.error;
@@ -219,6 +221,7 @@ export default async function render(ctx) {
       ['Version', link(`/ui/promises/${enc(r.promise)}?version=${enc(r.promise_version)}`, r.promise_version)],
       ['Kind', r.kind],
       ['Request', link(`/ui/requests/${enc(r.request_id)}`, shortId(r.request_id))],
+      r.parent ? ['Parent', h('span', { class: 'parent-link' }, link(`/ui/runs/${enc(r.parent.run_id)}?step=${enc(r.parent.step)}`, 'run ', shortId(r.parent.run_id)), ` step ${r.parent.step}`)] : null,
       ['Owner', r.owner || h('span', { class: 'muted', text: '—' })],
       ['Created', time(r.created_at)],
       ['Finished', time(r.finished_at)],
@@ -236,7 +239,7 @@ export default async function render(ctx) {
         [...counts.entries()].map(([s, n]) => h('span', { class: `badge st-${s}`, text: `${n.toLocaleString('en-US')} ${s}` })),
       ),
     ]);
-    const kv = h('dl', { class: 'kv' }, rows.map(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)]));
+    const kv = h('dl', { class: 'kv' }, rows.filter(Boolean).map(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)]));
     mount(
       summary,
       kv,
@@ -352,6 +355,20 @@ export default async function render(ctx) {
       facts.push(['Index', `${step.index}`]);
       facts.push(['Item', h('code', { text: JSON.stringify(step.item) })]);
     }
+    if (step.child) {
+      const c = step.child;
+      facts.push([
+        'Child request',
+        h(
+          'span',
+          { class: 'child-link' },
+          link(`/ui/requests/${enc(c.request_id)}`, `${c.promise} `, shortId(c.request_id)),
+          ' ',
+          badge(c.status),
+          c.run_id ? [' ', link(`/ui/runs/${enc(c.run_id)}`, 'open its run')] : null,
+        ),
+      ]);
+    }
     if (step.instances) {
       const c = step.instances;
       facts.push(['Instances', `${c.total}: ${c.succeeded} succeeded, ${c.running} running, ${c.pending} pending, ${c.failed} failed, ${c.cancelled} cancelled, ${c.compensated} compensated`]);
@@ -455,6 +472,15 @@ export default async function render(ctx) {
         );
       case 'sleep':
         return h('dl', { class: 'kv' }, row('Kind', 'sleep'), row('Wakes at', time(wf.until)));
+      case 'child':
+        return h(
+          'dl',
+          { class: 'kv' },
+          row('Kind', 'child request'),
+          row('Promise', link(`/ui/promises/${enc(wf.promise || '')}`, wf.promise || '—')),
+          row('Request', wf.request_id ? link(`/ui/requests/${enc(wf.request_id)}`, shortId(wf.request_id)) : 'being filed'),
+          wf.run_id ? row('Run', link(`/ui/runs/${enc(wf.run_id)}`, shortId(wf.run_id), ` (${wf.status})`)) : null,
+        );
       case 'retry':
         return h('dl', { class: 'kv' }, row('Kind', 'retry'), row('Next attempt', `${wf.attempt} of ${maxAttempts(step.id)}`), row('At', time(wf.next_attempt_at)));
       case 'worker':
