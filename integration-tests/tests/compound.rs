@@ -6,6 +6,7 @@
 //! cycles refused when applied; a child the schema refuses fails the step
 //! and stores nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,19 +17,23 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Every call a test handler got: (handler, name).
+/// Every call a test handler got: (handler, name); and whether
+/// `test.verify` fails every call (an outage the operator then fixes).
 #[derive(Default)]
-struct Calls(Mutex<Vec<(String, String)>>);
+struct Calls {
+    seen: Mutex<Vec<(String, String)>>,
+    verify_down: AtomicBool,
+}
 
 impl Calls {
     fn push(&self, handler: &str, name: &str) {
-        if let Ok(mut calls) = self.0.lock() {
+        if let Ok(mut calls) = self.seen.lock() {
             calls.push((handler.to_string(), name.to_string()));
         }
     }
 
     fn of(&self, handler: &str) -> Vec<String> {
-        self.0
+        self.seen
             .lock()
             .map(|calls| {
                 calls
@@ -52,7 +57,8 @@ impl Handler for Recording {
     async fn handle(&self, _: &TaskContext, input: Value) -> Result<Value, StepError> {
         let name = input["name"].as_str().unwrap_or_default().to_string();
         self.calls.push(self.handler, &name);
-        if input["fail"] == true {
+        let down = self.handler == "test.verify" && self.calls.verify_down.load(Ordering::SeqCst);
+        if input["fail"] == true || down {
             return Err(
                 StepError::permanent(format!("{} refused {name}", self.handler))
                     .with_code("refused"),
@@ -451,5 +457,162 @@ spec:
     let text = body.to_string();
     assert!(text.contains("named literally"), "{text}");
     assert!(text.contains("takes no retry"), "{text}");
+    stack.stop().await
+}
+
+#[tokio::test]
+async fn retrying_a_compensated_parent_files_a_new_child_for_the_new_attempt() -> anyhow::Result<()>
+{
+    let calls = Arc::new(Calls::default());
+    calls.verify_down.store(true, Ordering::SeqCst);
+    let stack = stack(calls.clone()).await?;
+    let run_id = stack.request("test-app", json!({ "app": "wiki" })).await?;
+    let run = stack.wait_finished(run_id, WAIT).await?;
+    assert_eq!(run["status"], "compensated", "{run:#}");
+    let (first_child, _) = the_child(&run)?;
+    wait_for(
+        &stack,
+        &format!("/v1/requests/{first_child}"),
+        "status",
+        "deleted",
+    )
+    .await?;
+
+    // The outage is over; the operator retries the run.
+    calls.verify_down.store(false, Ordering::SeqCst);
+    let response = stack
+        .http
+        .post(format!("{}/v1/runs/{run_id}/retry", stack.api))
+        .header("Fulfil-Actor", "cli:ops")
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "{}",
+        response.text().await?
+    );
+    let run = stack.wait_finished(run_id, WAIT).await?;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    // A new attempt of the step, a new child; the deleted one stays deleted.
+    let children = run["children"].as_array().cloned().unwrap_or_default();
+    assert_eq!(children.len(), 2, "{run:#}");
+    assert_eq!(children[0]["request_id"], first_child.as_str());
+    assert_eq!(children[0]["status"], "deleted");
+    assert_eq!(children[1]["status"], "succeeded");
+    let database = step(&run, "database");
+    assert_eq!(database["child"]["request_id"], children[1]["request_id"]);
+    assert_eq!(database["outputs"]["endpoint"], "wiki-db.db.internal:5432");
+    assert_eq!(calls.of("test.create"), vec!["wiki-db", "wiki-db"]);
+    stack.stop().await
+}
+
+/// A child that waits for an approval, so its parent's step stays waiting.
+const GATED: &str = r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: test-gated, version: 1.0.0 }
+spec:
+  api: { type: object }
+  workflow:
+    steps:
+      - { id: approve, uses: approval, with: { approvers: ["user:alice"] } }
+  outputs:
+    approved: "yes"
+"#;
+
+const WAITER: &str = r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: test-waiter, version: 1.0.0 }
+spec:
+  api: { type: object }
+  workflow:
+    steps:
+      - { id: gated, uses: promise, with: { promise: test-gated } }
+"#;
+
+#[tokio::test]
+async fn a_filing_timer_fired_again_finds_the_child_it_filed_and_files_no_other()
+-> anyhow::Result<()> {
+    let stack = TestStack::start().await?;
+    stack.apply(GATED).await?;
+    stack.apply(WAITER).await?;
+    let run_id = stack.request("test-waiter", json!({})).await?;
+    // Wait (bounded) until the child is filed and waits for its approval.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (child_request, child_run) = loop {
+        let run = stack.run(run_id).await?;
+        if let (Some(child), Some("child")) = (
+            run["children"].as_array().and_then(|c| c.first()),
+            step(&run, "gated")["waiting_for"]["kind"].as_str(),
+        ) {
+            let waiting = step(&run, "gated")["waiting_for"].clone();
+            assert_eq!(waiting["promise"], "test-gated", "{run:#}");
+            assert_eq!(waiting["request_id"], child["request_id"], "{run:#}");
+            break (
+                child["request_id"].as_str().unwrap_or_default().to_string(),
+                child["run_id"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never filed: {run:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (status, list) = stack.get("/v1/runs?waiting_for=child").await?;
+    assert_eq!(status, 200);
+    assert!(list.to_string().contains(&run_id.to_string()), "{list:#}");
+
+    // The same attempt's filing timer, fired a second time (as a replay
+    // after a crash would): it finds the child and files nothing.
+    sqlx::query(
+        "INSERT INTO fulfil.timers (run_id, step_id, kind, task_id, fire_at)
+         SELECT run_id, step_id, 'child_file', task_id, now() FROM fulfil.attempts
+         WHERE run_id = $1 AND step_id = 'gated' AND kind = 'action'",
+    )
+    .bind(run_id.as_uuid())
+    .execute(&stack.pool)
+    .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let filed = stack
+            .history(run_id)
+            .await?
+            .into_iter()
+            .filter(|e| e["type"] == "child.filed")
+            .collect::<Vec<_>>();
+        if filed.len() == 2 {
+            assert_eq!(filed[0]["data"]["replayed"], false);
+            assert_eq!(filed[1]["data"]["replayed"], true);
+            assert_eq!(filed[1]["data"]["request_id"], child_request.as_str());
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{filed:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stack.count("requests").await?, 2);
+
+    let approved = stack
+        .http
+        .post(format!(
+            "{}/v1/runs/{child_run}/steps/approve/approve",
+            stack.api
+        ))
+        .header("Fulfil-Actor", "user:alice")
+        .send()
+        .await?;
+    assert_eq!(
+        approved.status().as_u16(),
+        200,
+        "{}",
+        approved.text().await?
+    );
+    let run = stack.wait_finished(run_id, WAIT).await?;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(step(&run, "gated")["outputs"], json!({ "approved": "yes" }));
+    assert_eq!(stack.count("requests").await?, 2);
     stack.stop().await
 }
