@@ -55,6 +55,9 @@ pub(crate) struct Compiled {
     /// Some step of `spec.workflow` has `for_each`: what lets the engine
     /// skip everything about instances for the Promises that have none.
     pub has_for_each: bool,
+    /// Some step of `spec.workflow` or `spec.delete` files a child request
+    /// (`uses: promise`).
+    pub has_promise_steps: bool,
 }
 
 /// One step's expressions, compiled.
@@ -256,6 +259,12 @@ pub(crate) fn compile(spec: &PromiseSpec) -> Result<Compiled, DurationError> {
         var_references,
         reconcile: spec.reconcile.as_ref().map(reconcile).transpose()?,
         has_for_each: spec.workflow.steps.iter().any(|s| s.for_each.is_some()),
+        has_promise_steps: spec
+            .workflow
+            .steps
+            .iter()
+            .chain(spec.delete.iter().flat_map(|d| d.steps.iter()))
+            .any(|s| crate::child::is_promise_step(&s.uses)),
     })
 }
 

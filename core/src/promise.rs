@@ -571,13 +571,16 @@ impl Promise {
         self.step_expressions(step).and_then(|e| e.engine.as_ref())
     }
 
-    /// Whether any step of the workflow or the teardown is engine-run.
+    /// Whether any step of the workflow or the teardown is engine-run
+    /// (a wait, or a promise step filing a child request).
     pub fn has_engine_steps(&self) -> bool {
-        self.compiled
-            .workflow_expressions
-            .iter()
-            .chain(&self.compiled.delete_expressions)
-            .any(|e| e.engine.is_some())
+        self.compiled.has_promise_steps
+            || self
+                .compiled
+                .workflow_expressions
+                .iter()
+                .chain(&self.compiled.delete_expressions)
+                .any(|e| e.engine.is_some())
     }
 
     /// `spec.outputs`, compiled, in name order.

@@ -240,19 +240,7 @@ pub(crate) async fn run_relay(
     config: EngineConfig,
     shutdown: CancellationToken,
 ) {
-    let mut listener = match PgListener::connect_with(engine.pool()).await {
-        Ok(mut l) => match l.listen(CHANNEL).await {
-            Ok(()) => Some(l),
-            Err(e) => {
-                warn!(error = %e, "LISTEN failed; the outbox relay falls back to polling");
-                None
-            }
-        },
-        Err(e) => {
-            warn!(error = %e, "LISTEN connection failed; the outbox relay falls back to polling");
-            None
-        }
-    };
+    let mut listener = listen(&engine, CHANNEL, "the outbox relay").await;
     loop {
         let drained = match relay_batch(&engine, &js, config.outbox_batch).await {
             Ok(n) => {
@@ -287,7 +275,26 @@ pub(crate) async fn run_relay(
     }
 }
 
-async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
+/// A connection listening on `channel` for `who`; `None` (`who` polls)
+/// if it cannot be had.
+pub(crate) async fn listen(engine: &Engine, channel: &str, who: &str) -> Option<PgListener> {
+    match PgListener::connect_with(engine.pool()).await {
+        Ok(mut l) => match l.listen(channel).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "LISTEN failed; {who} falls back to polling");
+                None
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "LISTEN connection failed; {who} falls back to polling");
+            None
+        }
+    }
+}
+
+/// The next notification on `listener`; never, without one.
+pub(crate) async fn recv(listener: &mut Option<PgListener>) -> Result<(), sqlx::Error> {
     match listener {
         Some(l) => l.recv().await.map(|_| ()),
         None => std::future::pending().await,

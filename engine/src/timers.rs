@@ -30,7 +30,13 @@ use crate::{Engine, EngineConfig};
 /// Timers fired per wake-up, so one busy engine cannot starve its other loops.
 const MAX_FIRED_PER_ROUND: usize = 256;
 
+/// The Postgres channel a commit notifies when it arms a timer other
+/// engines should fire now rather than at their next poll (a promise
+/// step's, see `crate::run::child`).
+pub(crate) const CHANNEL: &str = "fulfil_timers";
+
 pub(crate) async fn run_timers(engine: Engine, config: EngineConfig, shutdown: CancellationToken) {
+    let mut listener = crate::outbox::listen(&engine, CHANNEL, "the timer loop").await;
     loop {
         let wait = match fire_due(&engine).await {
             Ok(_) => next_wait(&engine, config.poll_interval).await,
@@ -43,6 +49,12 @@ pub(crate) async fn run_timers(engine: Engine, config: EngineConfig, shutdown: C
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
             () = engine.timers_woken() => {}
+            notification = crate::outbox::recv(&mut listener) => {
+                if let Err(e) = notification {
+                    warn!(error = %e, "LISTEN connection lost; the timer loop polls until it is back");
+                    listener = None;
+                }
+            }
         }
     }
 }

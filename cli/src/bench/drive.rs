@@ -18,6 +18,9 @@ use super::{BenchArgs, BenchAuth, Scenario, Topology};
 use crate::client::retry_after;
 
 const PROMISE: &str = "bench";
+/// The Promise of `--scenario compound`'s child requests: one noop step.
+const CHILD_PROMISE: &str = "bench-child";
+const CHILD_PROMISE_YAML: &str = "apiVersion: fulfil.dev/v1\nkind: Promise\nmetadata: { name: bench-child, version: \"1\" }\nspec:\n  api: { type: object }\n  workflow:\n    steps:\n      - { id: create, uses: noop }\n";
 
 /// The services whose CPU the bench reports beside Fulfil's own processes,
 /// by process name; only meaningful when they run on this machine.
@@ -48,6 +51,14 @@ fn promise_yaml(args: &BenchArgs) -> String {
         | Scenario::Queries => {
             steps.push_str(&step("provision", &[]));
             steps.push_str(&step("configure", &["provision".into()]));
+            steps.push_str(&step("alert", &["configure".into()]));
+        }
+        Scenario::Compound => {
+            steps.push_str(&step("provision", &[]));
+            steps.push_str(&format!(
+                "      - {{ id: configure, uses: promise, needs: [provision], \
+                 with: {{ promise: {CHILD_PROMISE} }} }}\n"
+            ));
             steps.push_str(&step("alert", &["configure".into()]));
         }
         Scenario::Chain => {
@@ -437,6 +448,19 @@ async fn ready(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if args.scenario == Scenario::Compound {
+        let applied = http
+            .put(format!("{api}/v1/promises/{CHILD_PROMISE}"))
+            .body(CHILD_PROMISE_YAML)
+            .send()
+            .await?;
+        if !applied.status().is_success() {
+            bail!(
+                "the bench's child Promise was refused: {}",
+                applied.text().await?
+            );
+        }
+    }
     let promise = match args.scenario {
         Scenario::Events => super::events::promise_yaml(prefix),
         Scenario::Waits => super::waits::promise_yaml(prefix),
@@ -481,6 +505,11 @@ async fn measure(
             else {
                 continue;
             };
+            // Child requests' runs (`--scenario compound`) are not the
+            // bench's workflows.
+            if event["data"]["promise"] != PROMISE {
+                continue;
+            }
             // `run.started` is a run event too; only a run's end completes it.
             let Some(status) = event["data"]["status"]
                 .as_str()
@@ -602,7 +631,7 @@ async fn stage_breakdown(pool: &sqlx::PgPool, request_ids: &[Uuid]) -> anyhow::R
                 (extract(epoch FROM a.finished_at - a.started_at) * 1000)::float8,
                 (extract(epoch FROM h.at - a.finished_at) * 1000)::float8
          FROM fulfil.requests q
-         JOIN fulfil.attempts a ON a.run_id = q.run_id
+         JOIN fulfil.attempts a ON a.run_id = q.run_id AND a.queue <> 'engine'
          JOIN fulfil.history h ON h.run_id = a.run_id AND h.step_id = a.step_id AND h.attempt = a.attempt
                                AND h.type = 'step.succeeded'
          WHERE q.id = ANY($1)",

@@ -51,6 +51,10 @@ pub enum Scenario {
     Watch,
     /// Operator queries over `--runs` seeded runs (see `queries.rs`).
     Queries,
+    /// provision -> configure -> alert where configure is a promise step
+    /// filing a one-step child request: three-step's figures plus the cost
+    /// of a child request
+    Compound,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,6 +158,8 @@ impl BenchArgs {
     pub fn shape(&self) -> (usize, usize) {
         match self.scenario {
             Scenario::ThreeStep | Scenario::Events => (3, 3),
+            // The child's one step runs on the parent's critical path.
+            Scenario::Compound => (4, 4),
             Scenario::Waits | Scenario::Schedules | Scenario::Queries => (1, 1),
             Scenario::Watch => {
                 let n = self.steps.unwrap_or(20).max(1) + 1;

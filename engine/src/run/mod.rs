@@ -494,6 +494,7 @@ impl Run {
         task_id: Option<TaskId>,
         fire_at: DateTime<Utc>,
     ) {
+        self.writes.wake_timers |= kind.is_child_timer();
         self.writes.new_timers.push(writes::NewTimer {
             for_run: None,
             step_id: step_id.to_string(),
@@ -512,6 +513,7 @@ impl Run {
         step_id: &str,
         task_id: TaskId,
     ) {
+        self.writes.wake_timers = true;
         self.writes.new_timers.push(writes::NewTimer {
             for_run: Some(run_id),
             step_id: step_id.to_string(),

@@ -27,6 +27,7 @@ pub(crate) fn fits_one_statement(runs: &[Run]) -> bool {
     runs.iter().all(|run| {
         run.writes.cancels.is_empty()
             && !run.writes.has_wait_writes()
+            && !run.writes.wake_timers
             && (run.fast_publish || run.writes.outbox.is_empty())
     })
 }
@@ -64,6 +65,7 @@ pub(crate) async fn flush_with(
     let mut cancels = Vec::new();
     let mut waits = crate::waits::WaitWrites::default();
     let mut slow_outbox = false;
+    let mut wake_timers = false;
     let mut observed = Vec::new();
     for run in runs.iter_mut() {
         // A run this change created (a delete run a handed-off run starts
@@ -96,6 +98,7 @@ pub(crate) async fn flush_with(
             if !run.fast_publish && !writes.outbox.is_empty() {
                 slow_outbox = true;
             }
+            wake_timers |= writes.wake_timers;
             columns.add(run, writes, &mut cancels);
         }
     }
@@ -117,6 +120,12 @@ pub(crate) async fn flush_with(
     if slow_outbox {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(crate::outbox::CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if wake_timers {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::timers::CHANNEL)
             .execute(&mut *conn)
             .await?;
     }

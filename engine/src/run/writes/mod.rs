@@ -212,6 +212,10 @@ pub(crate) struct Writes {
     /// Disarm every timer the run had before this change.
     pub cleared_run_timers: bool,
     pub new_timers: Vec<NewTimer>,
+    /// A timer due now that another run or engine waits on (a promise
+    /// step's): the flush wakes every engine's timer loop rather than let
+    /// it find the timer at its next poll.
+    pub wake_timers: bool,
     /// Engine-run steps that began waiting.
     pub new_waits: Vec<NewWait>,
     /// Steps whose wait is over (completed, failed or cancelled).
