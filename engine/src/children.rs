@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use fulfil_core::child::ChildWith;
 use fulfil_core::ids::{RequestId, RunId, TaskId};
-use fulfil_core::status::{AttemptStatus, RequestStatus};
+use fulfil_core::status::{AttemptStatus, RequestStatus, RunKind};
 use fulfil_core::wire::TaskKind;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -98,22 +98,75 @@ pub(crate) async fn child_of(
     .bind(&key)
     .fetch_optional(conn)
     .await?;
-    row.map(|row| {
-        let run_id = row
+    row.map(ChildRow::into_state).transpose()
+}
+
+impl ChildRow {
+    fn into_state(self) -> Result<ChildState, RunError> {
+        let run_id = self
             .run_id
             .map(RunId::from)
-            .ok_or_else(|| RunError::Corrupt(format!("child request {} has no run", row.id)))?;
+            .ok_or_else(|| RunError::Corrupt(format!("child request {} has no run", self.id)))?;
         Ok(ChildState {
-            request_id: RequestId::from(row.id),
+            request_id: RequestId::from(self.id),
             run_id,
-            promise: row.promise,
-            status: RequestStatus::parse(&row.status)?,
-            outputs: row.outputs,
-            error: row.error,
+            promise: self.promise,
+            status: RequestStatus::parse(&self.status)?,
+            outputs: self.outputs,
+            error: self.error,
             replayed: true,
         })
-    })
-    .transpose()
+    }
+}
+
+/// Arms the `child_done` timer of `parent`'s step, due now, and wakes the
+/// engines' timer loops: for a child whose change no run of its own ends
+/// with (a forced delete). A timer that finds nothing to do is harmless.
+pub(crate) async fn tell_parent(
+    conn: &mut PgConnection,
+    parent: &fulfil_core::child::ParentLink,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO fulfil.timers (run_id, step_id, kind, task_id, fire_at)
+         VALUES ($1, $2, 'child_done', $3, now())",
+    )
+    .bind(parent.run_id.as_uuid())
+    .bind(&parent.step)
+    .bind(parent.task_id.as_uuid())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(crate::timers::CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The child a reconcile (or upgrade) run's promise step stands for: the
+/// latest child its request's runs filed at that step that is not being
+/// deleted. Such runs re-run the configure workflow over live resources;
+/// they take the child's outputs rather than file a second child (the
+/// child's own Promise reconciles it).
+async fn live_child_of_request(
+    conn: &mut PgConnection,
+    request_id: RequestId,
+    step_id: &str,
+) -> Result<Option<ChildState>, RunError> {
+    let row: Option<ChildRow> = sqlx::query_as(
+        "SELECT r.id, r.run_id, r.promise, r.status, r.outputs,
+                COALESCE(d.error, c.error) AS error
+         FROM fulfil.requests r
+              LEFT JOIN fulfil.runs c ON c.id = COALESCE(r.reconcile_run_id, r.run_id)
+              LEFT JOIN fulfil.runs d ON d.id = r.delete_run_id
+         WHERE r.parent_request_id = $1 AND r.parent_step = $2
+               AND r.status NOT IN ('deleting', 'deleted')
+         ORDER BY r.created_at DESC, r.id DESC LIMIT 1",
+    )
+    .bind(request_id.as_uuid())
+    .bind(step_id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(ChildRow::into_state).transpose()
 }
 
 /// Files the child of `attempt` of promise step `step_id` of the locked
@@ -129,6 +182,11 @@ pub(crate) async fn file(
     attempt: &TimerAttempt,
 ) -> Result<(Result<ChildState, String>, Option<Staged>), RunError> {
     if let Some(child) = child_of(conn, run.run_id(), step_id, attempt.attempt).await? {
+        return Ok((Ok(child), None));
+    }
+    if !matches!(run.kind(), RunKind::Configure | RunKind::Delete)
+        && let Some(child) = live_child_of_request(conn, run.request_id(), step_id).await?
+    {
         return Ok((Ok(child), None));
     }
     let input = run.step(step_id).and_then(|row| row.input.clone());

@@ -195,6 +195,9 @@ async fn try_delete_on(
             RunError::Corrupt(format!("run {run_id} of request {request_id} is missing")).into(),
         );
     };
+    // A child request tells its parent when it is deleted here and now
+    // (forced, or without a teardown): no run of it ends to say so.
+    let parent = fulfil_core::child::ParentLink::of_context(configure.context());
     let row: RequestRow = sqlx::query_as(
         "SELECT status, outputs, delete_run_id, reconcile_run_id
          FROM fulfil.requests WHERE id = $1 FOR UPDATE",
@@ -319,6 +322,9 @@ async fn try_delete_on(
         .fetch_one(&mut *tx)
         .await?;
     let status = RequestStatus::parse(&status)?;
+    if let Some(parent) = parent.filter(|_| status == RequestStatus::Deleted) {
+        crate::children::tell_parent(&mut *tx, &parent).await?;
+    }
     let deletion = Deletion {
         request_id,
         status,

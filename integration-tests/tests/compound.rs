@@ -259,6 +259,26 @@ async fn a_promise_step_files_a_child_and_succeeds_with_its_outputs_linked_both_
     assert_eq!(filed[0]["data"]["request_id"], child_request.as_str());
     assert_eq!(filed[0]["data"]["replayed"], false);
     assert_eq!(stack.count("requests").await?, 2);
+
+    // A reconcile of the parent re-runs its configure workflow over the
+    // live child: it takes the child's outputs and files no second child.
+    let reconcile = stack
+        .http
+        .post(format!("{}/v1/requests/{request_id}/reconcile", stack.api))
+        .send()
+        .await?;
+    assert_eq!(reconcile.status().as_u16(), 202);
+    let reconcile: Value = reconcile.json().await?;
+    let reconcile_run = reconcile["run_id"].as_str().unwrap_or_default().parse()?;
+    let reconciled = stack.wait_finished(reconcile_run, WAIT).await?;
+    assert_eq!(reconciled["status"], "succeeded", "{reconciled:#}");
+    assert_eq!(reconciled["kind"], "reconcile");
+    assert_eq!(
+        step(&reconciled, "database")["outputs"],
+        json!({ "endpoint": "shop-db.db.internal:5432" })
+    );
+    assert_eq!(stack.count("requests").await?, 2);
+    assert_eq!(calls.of("test.create"), vec!["shop-db"]);
     stack.stop().await
 }
 

@@ -193,6 +193,21 @@ fn settle_action(
         child.request_id, child.promise
     );
     match child.status {
+        // A reconcile run's step stands for a child its configure run
+        // filed, whose end is told to that run, not this one.
+        RequestStatus::Accepted | RequestStatus::Running
+            if child.replayed && !matches!(run.kind, RunKind::Configure | RunKind::Delete) =>
+        {
+            let message = format!("{about} is still running; reconcile again once it ended");
+            fail_wait(
+                run,
+                step_id,
+                attempt.attempt,
+                attempt.task_id,
+                CHILD_FAILED,
+                &message,
+            )
+        }
         RequestStatus::Accepted | RequestStatus::Running => Ok(()),
         RequestStatus::Succeeded => {
             let outputs = child.outputs.clone().unwrap_or_else(|| json!({}));
