@@ -60,6 +60,8 @@ pub struct RequestView {
     pub team: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Pinned to its version: no rollout upgrades it (`crate::rollout`).
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -113,7 +115,7 @@ pub async fn get_request(
 ) -> Result<Option<RequestView>, InspectError> {
     Ok(sqlx::query_as(
         "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by, team,
-                created_at, updated_at
+                created_at, updated_at, pinned
          FROM fulfil.requests WHERE id = $1",
     )
     .bind(id.as_uuid())
@@ -137,7 +139,7 @@ pub async fn list_requests(
     let limit = page_size(filter.limit);
     let mut query = sqlx::QueryBuilder::new(
         "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by, team,
-                created_at, updated_at
+                created_at, updated_at, pinned
          FROM fulfil.requests WHERE true",
     );
     if let Some(promise) = &filter.promise {
