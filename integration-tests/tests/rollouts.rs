@@ -607,3 +607,54 @@ async fn a_request_with_a_run_in_flight_is_upgraded_after_it() -> anyhow::Result
     assert_eq!(busy_request["outputs"]["gen"], 2);
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_deleted_during_its_upgrade_is_skipped() -> anyhow::Result<()> {
+    let gate = Arc::new(AtomicBool::new(true));
+    let stack = stack(1, Nap::default(), gate.clone()).await?;
+    stack.apply(&promise("blob", "1", 1, 20, false)).await?;
+    let ids = file_all(&stack, "blob", &["kept".to_string(), "gone".to_string()]).await?;
+    // Version 2's first step waits at the gate.
+    gate.store(false, Ordering::SeqCst);
+    stack.apply(&promise("blob", "2", 2, 20, true)).await?;
+    let (status, created) = rollout(&stack, "blob", json!({"to_version": "2"})).await?;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap_or_default().to_string();
+    wait_rollout(&stack, &id, WAIT, |r| r["progress"]["running"] == 2).await?;
+    // The delete finds the upgrade run in flight (the request's latest
+    // re-run) and stops it at its step boundary.
+    let (status, deletion) = stack.delete_request(&ids[1]).await?;
+    assert_eq!(status, 202, "{deletion}");
+    gate.store(true, Ordering::SeqCst);
+    let done = wait_rollout(&stack, &id, WAIT, |r| r["status"] != "running").await?;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["progress"]["succeeded"], 1, "{done}");
+    assert_eq!(done["progress"]["skipped"], 1, "{done}");
+    let (state, error, run): (String, Option<String>, Uuid) = sqlx::query_as(
+        "SELECT state, error, run_id FROM fulfil.rollout_targets WHERE request_id = $1",
+    )
+    .bind(ids[1].parse::<Uuid>()?)
+    .fetch_one(&stack.pool)
+    .await?;
+    assert_eq!(state, "skipped");
+    assert!(
+        error.as_deref().unwrap_or_default().contains("deleted"),
+        "{error:?}"
+    );
+    let (_, upgrade) = stack.get(&format!("/v1/runs/{run}")).await?;
+    assert_eq!(upgrade["kind"], "upgrade");
+    assert_eq!(upgrade["status"], "cancelled", "{upgrade}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, request) = stack.get(&format!("/v1/requests/{}", ids[1])).await?;
+        if request["status"] == "deleted" {
+            assert_eq!(request["promise_version"], "1");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never deleted: {request}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, kept) = stack.get(&format!("/v1/requests/{}", ids[0])).await?;
+    assert_eq!(kept["promise_version"], "2", "{kept}");
+    stack.stop().await
+}
