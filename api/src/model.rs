@@ -7,7 +7,7 @@
 //! fields they do not know, so a newer server can add some.
 
 use chrono::{DateTime, Utc};
-use fulfil_core::ids::{RequestId, RunId, TaskId};
+use fulfil_core::ids::{RequestId, RolloutId, RunId, TaskId};
 use fulfil_engine::inspect;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -103,6 +103,10 @@ pub struct Request {
     pub children: Vec<ChildLink>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Pinned to its `promise_version`: no rollout upgrades it
+    /// (`POST`/`DELETE /v1/requests/{id}/pin`).
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 /// Where a child request comes from.
@@ -514,6 +518,7 @@ impl From<inspect::RequestView> for Request {
             children: Vec::new(),
             created_at: r.created_at,
             updated_at: r.updated_at,
+            pinned: r.pinned,
         }
     }
 }
@@ -611,6 +616,110 @@ impl<T, U: From<T>> From<inspect::Page<T>> for Page<U> {
         Page {
             items: p.items.into_iter().map(U::from).collect(),
             next_cursor: p.next_cursor,
+        }
+    }
+}
+
+/// `POST /v1/promises/{name}/rollout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({ "to_version": "2", "max_concurrent": 10, "selector": "params.size == 'small'" }))]
+pub struct CreateRollout {
+    /// The version to move the requests to; it must exist.
+    #[schema(min_length = 1)]
+    pub to_version: String,
+    /// Most upgrade runs in flight at once, 1 to 1000; 10 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_concurrent: Option<i64>,
+    /// CEL over `params` and `request` (`id`, `promise`,
+    /// `promise_version`, `status`, `created_by`, `team`, `outputs`): only
+    /// the live requests it selects are upgraded. Absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+/// How many targets of a rollout are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutProgress {
+    pub total: i64,
+    pub pending: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+/// A target of a rollout whose upgrade did not succeed; the request kept
+/// its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutFailure {
+    #[schema(value_type = uuid::Uuid)]
+    pub request_id: RequestId,
+    /// The version the request kept.
+    pub from_version: String,
+    /// The upgrade run; null when none could be created.
+    #[schema(value_type = Option<uuid::Uuid>)]
+    pub run_id: Option<RunId>,
+    pub error: Option<String>,
+}
+
+/// A rollout: `GET /v1/rollouts/{id}`, items of `GET
+/// /v1/promises/{name}/rollouts`, and the answer to creating, pausing,
+/// resuming and cancelling one (docs/rollouts.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Rollout {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: RolloutId,
+    pub promise: String,
+    pub to_version: String,
+    pub max_concurrent: i32,
+    pub selector: Option<String>,
+    #[schema(schema_with = schemas::rollout_status)]
+    pub status: fulfil_core::status::RolloutStatus,
+    /// Who created it.
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When it ended (succeeded, completed with failures or cancelled).
+    pub finished_at: Option<DateTime<Utc>>,
+    pub progress: RolloutProgress,
+    /// The failed targets, oldest failure first (at most 1000).
+    pub failures: Vec<RolloutFailure>,
+}
+
+impl From<fulfil_engine::rollout::RolloutView> for Rollout {
+    fn from(r: fulfil_engine::rollout::RolloutView) -> Self {
+        let p = r.progress;
+        Self {
+            id: r.id,
+            promise: r.promise,
+            to_version: r.to_version,
+            max_concurrent: r.max_concurrent,
+            selector: r.selector,
+            status: r.status,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+            progress: RolloutProgress {
+                total: p.total,
+                pending: p.pending,
+                running: p.running,
+                succeeded: p.succeeded,
+                failed: p.failed,
+                skipped: p.skipped,
+            },
+            failures: r
+                .failures
+                .into_iter()
+                .map(|f| RolloutFailure {
+                    request_id: f.request_id,
+                    from_version: f.from_version,
+                    run_id: f.run_id,
+                    error: f.error,
+                })
+                .collect(),
         }
     }
 }
@@ -898,6 +1007,7 @@ mod tests {
             parent_step: None,
             created_at: at,
             updated_at: at,
+            pinned: false,
         };
         assert_eq!(
             serde_json::to_value(Request::from(request.clone()))?,

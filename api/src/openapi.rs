@@ -38,10 +38,11 @@ use utoipa::{Modify, OpenApi, ToSchema};
         components(schemas(crate::Problem, crate::ProblemCode)),
     tags(
         (name = "promises", description = "Promises and filing requests for them"),
-        (name = "requests", description = "Requests: read, delete, reconcile"),
+        (name = "requests", description = "Requests: read, delete, reconcile, pin"),
         (name = "runs", description = "Runs: read, follow, cancel, retry, approve"),
         (name = "events", description = "Inbound CloudEvents, the event ledger and dead letters"),
         (name = "schedules", description = "Schedules and their tick ledgers"),
+        (name = "rollouts", description = "Controlled upgrades of a Promise's requests to another version"),
         (name = "policies", description = "Admission policies every new request must pass"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
         (name = "tokens", description = "API tokens (admin): create, list, revoke"),
@@ -329,6 +330,46 @@ impl Links {
             "$response.body#/request_id",
         ),
         (
+            "create_request",
+            "202",
+            "PinRequest",
+            "pin_request",
+            "id",
+            "$response.body#/request_id",
+        ),
+        (
+            "create_rollout",
+            "202",
+            "GetRollout",
+            "get_rollout",
+            "id",
+            "$response.body#/id",
+        ),
+        (
+            "create_rollout",
+            "202",
+            "PauseRollout",
+            "pause_rollout",
+            "id",
+            "$response.body#/id",
+        ),
+        (
+            "create_rollout",
+            "202",
+            "ResumeRollout",
+            "resume_rollout",
+            "id",
+            "$response.body#/id",
+        ),
+        (
+            "create_rollout",
+            "202",
+            "CancelRollout",
+            "cancel_rollout",
+            "id",
+            "$response.body#/id",
+        ),
+        (
             "send_event",
             "202",
             "GetEvent",
@@ -440,8 +481,8 @@ impl Modify for Links {
 pub(crate) mod schemas {
     use fulfil_core::RunStatus;
     use fulfil_core::status::{
-        AttemptStatus, Decision, EventOutcome, EventVia, OverlapPolicy, RequestStatus, RunKind,
-        StepStatus, TaskKind, TickOutcome,
+        AttemptStatus, Decision, EventOutcome, EventVia, OverlapPolicy, RequestStatus,
+        RolloutStatus, RunKind, StepStatus, TaskKind, TickOutcome,
     };
     use utoipa::openapi::schema::{ArrayBuilder, Object, ObjectBuilder, Type};
 
@@ -458,6 +499,10 @@ pub(crate) mod schemas {
 
     pub fn run_kind() -> Object {
         one_of(RunKind::ALL.iter().map(|s| s.as_str()))
+    }
+
+    pub fn rollout_status() -> Object {
+        one_of(RolloutStatus::ALL.iter().map(|s| s.as_str()))
     }
 
     pub fn request_status() -> Object {

@@ -46,6 +46,10 @@
 //! | `policy-denied` | 403 | admission policies refused the request; `violations[]` gives each rule's message |
 //! | `invalid-policy` | 422 | the Policy document is not valid; `errors[].path` |
 //! | `token-name-taken` | 409 | a live API token already has this name |
+//! | `unknown-version` | 422 | the Promise has no such version (`promise`, `version`) |
+//! | `invalid-selector` | 422 | a rollout's selector does not compile, or fails for a request (`selector`, `request_id`) |
+//! | `rollout-in-progress` | 409 | another rollout of the Promise is running or paused (`rollout_id`) |
+//! | `rollout-finished` | 409 | the rollout ended; it cannot be paused, resumed or cancelled (`rollout_status`) |
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -126,11 +130,19 @@ pub enum ProblemCode {
     InvalidPolicy,
     /// 409: a live API token already has this name.
     TokenNameTaken,
+    /// 422: the Promise has no such version.
+    UnknownVersion,
+    /// 422: a rollout's selector does not compile, or fails for a request.
+    InvalidSelector,
+    /// 409: another rollout of the Promise is running or paused.
+    RolloutInProgress,
+    /// 409: the rollout ended.
+    RolloutFinished,
 }
 
 impl ProblemCode {
     /// Every code, in the order of the module's table.
-    pub const ALL: [ProblemCode; 35] = [
+    pub const ALL: [ProblemCode; 39] = [
         Self::BadRequest,
         Self::InvalidJson,
         Self::InvalidBody,
@@ -166,6 +178,10 @@ impl ProblemCode {
         Self::PolicyDenied,
         Self::InvalidPolicy,
         Self::TokenNameTaken,
+        Self::UnknownVersion,
+        Self::InvalidSelector,
+        Self::RolloutInProgress,
+        Self::RolloutFinished,
     ];
 
     /// The code as it appears on the wire, the last segment of `type`.
@@ -206,6 +222,10 @@ impl ProblemCode {
             Self::PolicyDenied => "policy-denied",
             Self::InvalidPolicy => "invalid-policy",
             Self::TokenNameTaken => "token-name-taken",
+            Self::UnknownVersion => "unknown-version",
+            Self::InvalidSelector => "invalid-selector",
+            Self::RolloutInProgress => "rollout-in-progress",
+            Self::RolloutFinished => "rollout-finished",
         }
     }
 
@@ -650,6 +670,10 @@ mod tests {
                 "policy-denied",
                 "invalid-policy",
                 "token-name-taken",
+                "unknown-version",
+                "invalid-selector",
+                "rollout-in-progress",
+                "rollout-finished",
             ]
         );
         assert_eq!(

@@ -414,14 +414,20 @@ async fn follow_run(
 
 pub async fn request_get(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode> {
     let body = Api::new(args)?.get(&format!("/v1/requests/{id}")).await?;
+    print_request(args, &body)
+}
+
+/// A request answer, as a table of its fields or as `--output` asks.
+pub(crate) fn print_request(args: &ClientArgs, body: &Value) -> anyhow::Result<ExitCode> {
     if args.output != Format::Table {
-        return print_structured(args.output, &body);
+        return print_structured(args.output, body);
     }
-    let request: model::Request = model(&body, "request")?;
+    let request: model::Request = model(body, "request")?;
     for (key, value) in [
         ("id", request.id.to_string()),
         ("promise", request.promise),
         ("promise_version", request.promise_version),
+        ("pinned", request.pinned.to_string()),
         ("status", request.status),
         ("run_id", opt(request.run_id)),
         ("delete_run_id", opt(request.delete_run_id)),
@@ -654,7 +660,7 @@ pub async fn request_list(
 
 /// Prints a list endpoint's items as a table, a row per item, or the whole
 /// answer as JSON.
-async fn print_list<T: serde::de::DeserializeOwned>(
+pub(crate) async fn print_list<T: serde::de::DeserializeOwned>(
     args: &ClientArgs,
     path: &str,
     headers: &[&str],
@@ -729,7 +735,7 @@ pub async fn run_history(args: &ClientArgs, id: &str) -> anyhow::Result<ExitCode
 }
 
 /// Who the CLI acts as in run history: `cli:<user>`.
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());

@@ -2,7 +2,7 @@
 //!
 //! Server commands (`dev`, `serve`, `migrate`) talk to Postgres and NATS;
 //! operator commands (`apply`, `promise`, `request`, `run`, `event`,
-//! `dead-letter`, `schedule`, `backstage`) talk to the HTTP API.
+//! `dead-letter`, `schedule`, `rollout`, `backstage`) talk to the HTTP API.
 
 mod backstage;
 mod bench;
@@ -12,6 +12,7 @@ mod oidc_args;
 mod output;
 mod policies;
 mod report;
+mod rollouts;
 mod schedules;
 mod server;
 mod telemetry;
@@ -98,6 +99,10 @@ enum Command {
     /// Inspect, pause and resume Schedules and read their tick ledger.
     #[command(subcommand)]
     Schedule(schedules::ScheduleCommand),
+    /// Follow, pause, resume and cancel rollouts (controlled upgrades to
+    /// another Promise version; start one with `fulfil promise rollout`).
+    #[command(subcommand)]
+    Rollout(rollouts::RolloutCommand),
     /// Create, list and revoke API tokens (admin); `create --bootstrap`
     /// writes a first admin token straight into the database.
     #[command(subcommand)]
@@ -278,6 +283,16 @@ enum PromiseCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Upgrade the Promise's live requests to another version, at bounded
+    /// concurrency (a rollout; see `fulfil rollout --help`).
+    ///
+    /// Their configure workflow is re-run on that version (runs of kind
+    /// `upgrade`), at most --max-concurrent at once, never while another
+    /// run of the same request is in flight. A request whose upgrade fails
+    /// keeps its version and outputs (nothing is undone). Pinned requests
+    /// (`fulfil request pin`) are left out. Follow it with `fulfil rollout
+    /// get ID --wait`, pause it with `fulfil rollout pause ID`.
+    Rollout(rollouts::RolloutArgs),
 }
 
 #[derive(Subcommand)]
@@ -352,6 +367,19 @@ enum RequestCommand {
         /// How long --wait waits.
         #[arg(long, default_value = "10m", value_parser = humantime_duration)]
         timeout: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Pin a request to its current Promise version: no rollout upgrades
+    /// it until it is unpinned.
+    Pin {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Unpin a request: the next rollout of its Promise may upgrade it.
+    Unpin {
+        id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -624,6 +652,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 version,
                 client,
             } => client::promise_get(&client, &name, version.as_deref()).await,
+            PromiseCommand::Rollout(args) => rollouts::create(&args).await,
         },
         Command::Request(cmd) => match cmd {
             RequestCommand::Create {
@@ -662,6 +691,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout,
                 client,
             } => client::request_reconcile(&client, &id, wait, timeout).await,
+            RequestCommand::Pin { id, client } => rollouts::pin(&client, &id, true).await,
+            RequestCommand::Unpin { id, client } => rollouts::pin(&client, &id, false).await,
             RequestCommand::List {
                 promise,
                 status,
@@ -713,6 +744,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetter(cmd) => events::run_dead_letter(cmd).await,
         Command::Apply { file, client } => schedules::apply(&client, &file).await,
         Command::Schedule(cmd) => schedules::run_schedule(cmd).await,
+        Command::Rollout(cmd) => rollouts::run(cmd).await,
         Command::Token(cmd) => tokens::run_token(cmd).await,
         Command::Policy(cmd) => policies::run_policy(cmd).await,
         Command::Backstage(cmd) => backstage::run(cmd).await,

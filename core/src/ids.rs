@@ -73,6 +73,12 @@ uuid_id! {
 }
 
 uuid_id! {
+    /// A rollout: a controlled upgrade of a Promise's live requests to
+    /// another version (see docs/rollouts.md).
+    RolloutId
+}
+
+uuid_id! {
     /// One attempt's task; results are applied by it, and it is the task
     /// message's `Nats-Msg-Id`.
     TaskId

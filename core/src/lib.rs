@@ -18,6 +18,7 @@ pub mod pointer;
 pub mod policy;
 pub mod promise;
 pub mod schedule;
+pub mod selector;
 pub mod status;
 pub mod time;
 pub mod trigger;

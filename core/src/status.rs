@@ -281,6 +281,58 @@ vocabulary! {
         Delete = "delete",
         /// Re-runs configure to correct drift.
         Reconcile = "reconcile",
+        /// Re-runs configure on another version of the Promise, for a
+        /// rollout; like a reconcile run it undoes nothing.
+        Upgrade = "upgrade",
+    }
+}
+
+impl RunKind {
+    /// Whether the run re-runs the configure workflow of a live request
+    /// (`reconcile`, `upgrade`): it undoes nothing when it fails, and its
+    /// request's status does not move while it is in flight.
+    pub fn reruns_configure(self) -> bool {
+        matches!(self, Self::Reconcile | Self::Upgrade)
+    }
+}
+
+vocabulary! {
+    /// Where a rollout stands (docs/rollouts.md). `running` and `paused`
+    /// are active (at most one per Promise); the others are final.
+    pub enum RolloutStatus as "rollout status" {
+        /// Starting targets, at most `max_concurrent` at once.
+        Running = "running",
+        /// Starts nothing new; upgrade runs in flight finish.
+        Paused = "paused",
+        /// Every target succeeded (or was skipped).
+        Succeeded = "succeeded",
+        /// Every target ended, and at least one failed.
+        CompletedWithFailures = "completed_with_failures",
+        /// Cancelled: its pending targets were skipped.
+        Cancelled = "cancelled",
+    }
+}
+
+impl RolloutStatus {
+    /// Whether the rollout is still active (running or paused).
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
+
+vocabulary! {
+    /// Where one request of a rollout stands.
+    pub enum RolloutTargetState as "rollout target state" {
+        /// Not started yet.
+        Pending = "pending",
+        /// Its upgrade run is in flight.
+        Running = "running",
+        /// Its upgrade run succeeded: the request is on the new version.
+        Succeeded = "succeeded",
+        /// Its upgrade run did not succeed: the request kept its version.
+        Failed = "failed",
+        /// Never started: the request was deleted, or the rollout cancelled.
+        Skipped = "skipped",
     }
 }
 

@@ -384,6 +384,15 @@ impl Engine {
                 move || crate::reconcile::run_loop(engine.clone(), stop.clone()),
             )
         };
+        let rollouts = {
+            let (engine, stop) = (self.clone(), shutdown.clone());
+            supervise(
+                roles.clone(),
+                "rollouts".into(),
+                shutdown.clone(),
+                move || crate::rollout::run_loop(engine.clone(), stop.clone()),
+            )
+        };
         let run_retention = {
             let (pool, stop) = (self.pool().clone(), shutdown.clone());
             let (roles, shutdown) = (roles.clone(), shutdown.clone());
@@ -424,6 +433,7 @@ impl Engine {
             retention,
             timers,
             reconcile,
+            rollouts,
             schedules,
             run_retention,
             gauges

@@ -31,6 +31,7 @@ pub mod requests;
 pub mod results;
 pub mod retention;
 pub mod roles;
+pub mod rollout;
 pub mod run;
 pub mod schedules;
 pub mod status_events;

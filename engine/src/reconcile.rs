@@ -40,7 +40,9 @@
 //!   `succeeded` with the run's outputs; otherwise `failed` (the run holds
 //!   the error) with the outputs it had. While the run is in flight the
 //!   request's status does not move. `requests.reconcile_run_id` is its
-//!   latest reconcile run.
+//!   latest reconcile run, or its latest upgrade run (`crate::rollout`),
+//!   whichever started last: the re-run of its configure workflow a
+//!   delete must stop.
 //! * **Delete** during a reconcile run stops that run at its step boundary,
 //!   as for a configure run, then starts the delete run
 //!   (`crate::deletion`); the request leaves the queue.
@@ -99,7 +101,7 @@ const ENROL_BATCH: i64 = 1000;
 const LOCK_CLASS: i32 = 0x5245_4331; // "REC1"
 
 /// The statuses of a run in flight, as stored.
-const IN_FLIGHT: [&str; 3] = ["pending", "running", "compensating"];
+pub(crate) const IN_FLIGHT: [&str; 3] = ["pending", "running", "compensating"];
 
 /// The request's phase within `every`: the bits of its id, mixed by a fixed
 /// function so ids minted in the same millisecond (UUID v7: timestamp and
@@ -186,20 +188,25 @@ impl From<PromiseError> for ReconcileError {
     }
 }
 
-/// A request as a reconcile reads it, under its row lock.
+/// A request as a reconcile (or a rollout, `crate::rollout`) reads it,
+/// under its row lock.
 #[derive(sqlx::FromRow)]
-struct RequestRow {
+pub(crate) struct RequestRow {
     #[sqlx(try_from = "Uuid")]
-    id: RequestId,
-    promise: String,
-    promise_version: String,
-    status: String,
+    pub(crate) id: RequestId,
+    pub(crate) promise: String,
+    pub(crate) promise_version: String,
+    pub(crate) status: String,
     #[sqlx(try_from = "crate::db::NullableUuid")]
-    run_id: Option<RunId>,
-    outputs: Option<Value>,
+    pub(crate) run_id: Option<RunId>,
+    pub(crate) outputs: Option<Value>,
+    /// Pinned to its version: no rollout upgrades it.
+    pub(crate) pinned: bool,
 }
 
-const LOCK_REQUESTS: &str = "SELECT id, promise, promise_version, status, run_id, outputs
+/// Reads [`RequestRow`]s by id (`$1`); the caller appends its lock clause.
+pub(crate) const LOCK_REQUESTS: &str =
+    "SELECT id, promise, promise_version, status, run_id, outputs, pinned
      FROM fulfil.requests WHERE id = ANY($1)";
 
 /// Who asked for a reconcile run, recorded in its history.
@@ -326,12 +333,14 @@ pub(crate) async fn current_run(
     })
 }
 
-fn is_live(status: RequestStatus) -> bool {
+/// Whether a request in `status` is live: its configure run ended and it
+/// is not being deleted.
+pub(crate) fn is_live(status: RequestStatus) -> bool {
     matches!(status, RequestStatus::Succeeded | RequestStatus::Failed)
 }
 
 /// The run in flight of each of `requests` that has one.
-async fn in_flight_runs(
+pub(crate) async fn in_flight_runs(
     conn: &mut PgConnection,
     requests: &[RequestId],
 ) -> sqlx::Result<HashMap<RequestId, RunId>> {
@@ -351,7 +360,7 @@ async fn in_flight_runs(
 }
 
 /// The context of each request's configure run, by configure run id.
-async fn configure_contexts<'a>(
+pub(crate) async fn configure_contexts<'a>(
     conn: &mut PgConnection,
     requests: impl Iterator<Item = &'a RequestRow>,
 ) -> sqlx::Result<HashMap<RunId, Value>> {
@@ -378,6 +387,48 @@ fn start_run(
     contexts: &HashMap<RunId, Value>,
     asked: Asked,
 ) -> Result<Run, RunError> {
+    let configure = request.run_id;
+    start_rerun(
+        engine,
+        request,
+        contexts,
+        Rerun {
+            kind: RunKind::Reconcile,
+            promise,
+            actor: asked.actor.clone(),
+            requested: kinds::RECONCILE_REQUESTED,
+            data: json!({ "request_id": request.id, "configure_run_id": configure,
+                          "manual": asked.manual, "requested_by": asked.actor,
+                          "requested_at": asked.requested_at }),
+        },
+    )
+}
+
+/// A re-run of a live request's configure workflow: what it is, the
+/// Promise version it follows, and its first history event.
+pub(crate) struct Rerun {
+    /// `reconcile` or `upgrade`.
+    pub(crate) kind: RunKind,
+    /// The version it follows: the request's own for a reconcile, the
+    /// rollout's for an upgrade.
+    pub(crate) promise: Arc<Promise>,
+    /// Who asked, recorded in history.
+    pub(crate) actor: String,
+    /// The kind of its first history event, and that event's data.
+    pub(crate) requested: &'static str,
+    pub(crate) data: Value,
+}
+
+/// The re-run of `request`'s configure workflow, started in memory with
+/// its configure run's context (params, captured vars) and the request's
+/// outputs as `request.outputs`: its first events, its run timeout, its
+/// root tasks. The caller flushes it.
+pub(crate) fn start_rerun(
+    engine: &Engine,
+    request: &RequestRow,
+    contexts: &HashMap<RunId, Value>,
+    rerun: Rerun,
+) -> Result<Run, RunError> {
     let configure = request
         .run_id
         .ok_or_else(|| RunError::Corrupt(format!("request {} has no run", request.id)))?;
@@ -390,24 +441,18 @@ fn start_run(
     // The configure run's inputs, and the request's live outputs as
     // `request.outputs` (as a teardown sees them).
     let context = delete_context(configure_context, request.outputs.as_ref());
+    let promise = rerun.promise;
     let mut run = Run::new(NewRun {
-        kind: RunKind::Reconcile,
+        kind: rerun.kind,
         run_id: RunId::generate(),
         request_id: request.id,
         context,
         promise: promise.clone(),
         names: engine.names().clone(),
-        actor: asked.actor.clone(),
+        actor: rerun.actor,
         fast_publish: engine.has_fast_publisher(),
     });
-    run.record(
-        kinds::RECONCILE_REQUESTED,
-        None,
-        None,
-        json!({ "request_id": request.id, "configure_run_id": configure,
-                "manual": asked.manual, "requested_by": asked.actor,
-                "requested_at": asked.requested_at }),
-    );
+    run.record(rerun.requested, None, None, rerun.data);
     run.record(
         event::RUN_STARTED,
         None,
@@ -507,19 +552,30 @@ impl QueueChanges {
                 .await?;
         }
         if !self.started.is_empty() {
-            let (requests, runs): (Vec<Uuid>, Vec<Uuid>) = self.started.into_iter().unzip();
-            sqlx::query(
-                "UPDATE fulfil.requests q SET reconcile_run_id = u.run_id
-                   FROM UNNEST($1::uuid[], $2::uuid[]) AS u(request_id, run_id)
-                  WHERE q.id = u.request_id",
-            )
-            .bind(&requests)
-            .bind(&runs)
-            .execute(&mut *conn)
-            .await?;
+            record_reruns(conn, self.started).await?;
         }
         Ok(())
     }
+}
+
+/// Stores each (request, run) as the request's latest re-run of its
+/// configure workflow (`requests.reconcile_run_id`): how a delete finds it
+/// in flight to stop it at its step boundary.
+pub(crate) async fn record_reruns(
+    conn: &mut PgConnection,
+    started: Vec<(Uuid, Uuid)>,
+) -> sqlx::Result<()> {
+    let (requests, runs): (Vec<Uuid>, Vec<Uuid>) = started.into_iter().unzip();
+    sqlx::query(
+        "UPDATE fulfil.requests q SET reconcile_run_id = u.run_id
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS u(request_id, run_id)
+          WHERE q.id = u.request_id",
+    )
+    .bind(&requests)
+    .bind(&runs)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A claimed row of the queue.

@@ -56,6 +56,41 @@ const REST: &[(&str, &str, &str, &str, &str)] = &[
         "fff+f+",
         "fffff+",
     ),
+    ("POST", "/v1/requests/{id}/pin", "uuu", "fff+f+", "fffff+"),
+    ("DELETE", "/v1/requests/{id}/pin", "uuu", "fff+f+", "fffff+"),
+    // The Promise has no request on another version: a rollout ends at
+    // once, so each creation is a new one, never a 409.
+    (
+        "POST",
+        "/v1/promises/{name}/rollout",
+        "uuu",
+        "ffff++",
+        "fffff+",
+    ),
+    (
+        "GET",
+        "/v1/promises/{name}/rollouts",
+        "uuu",
+        "++++++",
+        "++++++",
+    ),
+    ("GET", "/v1/rollouts/{id}", "uuu", "++++++", "++++++"),
+    // An unknown rollout: the role gate, then 404.
+    ("POST", "/v1/rollouts/{id}/pause", "uuu", "ffff++", "ffff++"),
+    (
+        "POST",
+        "/v1/rollouts/{id}/resume",
+        "uuu",
+        "ffff++",
+        "ffff++",
+    ),
+    (
+        "POST",
+        "/v1/rollouts/{id}/cancel",
+        "uuu",
+        "ffff++",
+        "ffff++",
+    ),
     ("GET", "/v1/runs", "uuu", "++++++", "++++++"),
     ("GET", "/v1/runs/{id}", "uuu", "++++++", "++++++"),
     ("GET", "/v1/runs/{id}/history", "uuu", "++++++", "++++++"),
@@ -323,6 +358,7 @@ async fn every_route_and_rpc_answers_each_caller_as_the_table_says() -> anyhow::
                 ("PUT", "/v1/schedules/{name}") => request.header("content-type", "application/yaml").body(SCHEDULE),
                 ("PUT", _) => request.header("content-type", "application/yaml").body("kind: Policy"),
                 ("POST", "/v1/promises/{name}/requests") => request.json(&json!({"params": {"name": "matrix"}})),
+                ("POST", "/v1/promises/{name}/rollout") => request.json(&json!({"to_version": "1"})),
                 ("POST", "/v1/events") => request.header("content-type", "application/cloudevents+json").body(json!({"specversion": "1.0", "id": "m", "source": "matrix", "type": "matrix.test"}).to_string()),
                 ("POST", "/v1/tokens") => {
                     token_names += 1;

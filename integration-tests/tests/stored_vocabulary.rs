@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use fulfil_core::status::{
-    AttemptStatus, CompensationStatus, EventVia, OverlapPolicy, RequestStatus, RunKind, RunStatus,
-    StatusEventKind, StepStatus, TaskKind, TickOutcome, TimerKind, WaitKind,
+    AttemptStatus, CompensationStatus, EventVia, OverlapPolicy, RequestStatus, RolloutStatus,
+    RolloutTargetState, RunKind, RunStatus, StatusEventKind, StepStatus, TaskKind, TickOutcome,
+    TimerKind, WaitKind,
 };
 use fulfil_engine::db;
 use fulfil_integration_tests::{database_url, with_database};
@@ -88,6 +89,14 @@ async fn check_constraints_list_exactly_the_enum_spellings() -> anyhow::Result<(
         (
             "schedule_ticks_outcome_check",
             spellings(TickOutcome::ALL, TickOutcome::as_str),
+        ),
+        (
+            "rollouts_status_check",
+            spellings(RolloutStatus::ALL, RolloutStatus::as_str),
+        ),
+        (
+            "rollout_targets_state_check",
+            spellings(RolloutTargetState::ALL, RolloutTargetState::as_str),
         ),
     ];
     for (constraint, spellings) in expected {

@@ -17,8 +17,8 @@
 //! | viewer | every `GET` under `/v1` but `/v1/tokens` |
 //! | requester | `POST /v1/promises/{name}/requests`, `DELETE /v1/requests/{id}`, `POST /v1/events` |
 //! | approver | `POST /v1/runs/{id}/steps/{step}/approve` and `/reject` |
-//! | operator | `POST /v1/runs/{id}/cancel`, `/retry`, `POST /v1/requests/{id}/reconcile`, `POST /v1/dead-letters/{id}/replay`, `POST /v1/schedules/{name}/pause` and `/resume` |
-//! | author | `PUT /v1/promises/{name}`, `PUT` and `DELETE /v1/schedules/{name}` |
+//! | operator | `POST /v1/runs/{id}/cancel`, `/retry`, `POST /v1/requests/{id}/reconcile`, `POST` and `DELETE /v1/requests/{id}/pin`, `POST /v1/dead-letters/{id}/replay`, `POST /v1/schedules/{name}/pause` and `/resume` |
+//! | author | `PUT /v1/promises/{name}`, `PUT` and `DELETE /v1/schedules/{name}`, `POST /v1/promises/{name}/rollout`, `POST /v1/rollouts/{id}/pause`, `/resume` and `/cancel` |
 //! | admin | `/v1/tokens` (every method), `PUT` and `DELETE /v1/policies/{name}` |
 
 use axum::http::Method;
@@ -53,6 +53,15 @@ pub const TABLE: &[(&str, &str, Access)] = &[
     ("GET", "/v1/requests/{id}", R(Role::Viewer)),
     ("DELETE", "/v1/requests/{id}", R(Role::Requester)),
     ("POST", "/v1/requests/{id}/reconcile", R(Role::Operator)),
+    ("POST", "/v1/requests/{id}/pin", R(Role::Operator)),
+    ("DELETE", "/v1/requests/{id}/pin", R(Role::Operator)),
+    // Rollouts.
+    ("POST", "/v1/promises/{name}/rollout", R(Role::Author)),
+    ("GET", "/v1/promises/{name}/rollouts", R(Role::Viewer)),
+    ("GET", "/v1/rollouts/{id}", R(Role::Viewer)),
+    ("POST", "/v1/rollouts/{id}/pause", R(Role::Author)),
+    ("POST", "/v1/rollouts/{id}/resume", R(Role::Author)),
+    ("POST", "/v1/rollouts/{id}/cancel", R(Role::Author)),
     // Runs.
     ("GET", "/v1/runs", R(Role::Viewer)),
     ("GET", "/v1/runs/{id}", R(Role::Viewer)),

@@ -6,6 +6,7 @@ mod health;
 mod policies;
 mod promises;
 mod requests;
+mod rollouts;
 mod runs;
 mod schedules;
 mod scope;
@@ -34,6 +35,13 @@ pub fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(requests::list))
         .routes(routes!(requests::get, requests::delete))
         .routes(routes!(requests::reconcile))
+        .routes(routes!(requests::pin, requests::unpin))
+        .routes(routes!(rollouts::create))
+        .routes(routes!(rollouts::list))
+        .routes(routes!(rollouts::get))
+        .routes(routes!(rollouts::pause))
+        .routes(routes!(rollouts::resume))
+        .routes(routes!(rollouts::cancel))
         .routes(routes!(runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(runs::history))

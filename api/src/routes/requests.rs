@@ -343,3 +343,75 @@ pub async fn list(
     .map_err(inspect_error)?;
     Ok(Json(page.into()))
 }
+
+/// Pins or unpins request `id`, then answers it as it now stands.
+async fn set_pinned(
+    state: &ApiState,
+    caller: &fulfil_core::access::Principal,
+    id: &str,
+    pinned: bool,
+) -> Result<Json<model::Request>, Problem> {
+    let request_id: RequestId = parse_id("request", id)?;
+    super::scope::request(
+        state,
+        caller,
+        request_id,
+        if pinned { "pin" } else { "unpin" },
+    )
+    .await?;
+    if !fulfil_engine::rollout::set_pinned(&state.engine, request_id, pinned)
+        .await
+        .map_err(|e| crate::problem::from_db(&e))?
+    {
+        return Err(Problem::not_found("request", id));
+    }
+    let request = inspect::get_request(state.engine.pool(), request_id)
+        .await
+        .map_err(inspect_error)?
+        .ok_or_else(|| Problem::not_found("request", id))?;
+    Ok(Json(request.into()))
+}
+
+/// `POST /v1/requests/{id}/pin`: pins the request to its current version;
+/// no rollout upgrades it until it is unpinned (docs/rollouts.md).
+#[utoipa::path(
+    post,
+    path = "/v1/requests/{id}/pin",
+    operation_id = "pin_request",
+    tag = "requests",
+    params(("id" = uuid::Uuid, Path, description = "The request")),
+    responses(
+        (status = 200, description = "The request, `pinned: true` (pinning twice changes nothing)", body = model::Request),
+        (status = 403, description = "`forbidden`: the caller acts for neither the Promise's owner team nor the request's team", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such request", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn pin(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Caller(caller): Caller,
+) -> Result<Json<model::Request>, Problem> {
+    set_pinned(&state, &caller, &id, true).await
+}
+
+/// `DELETE /v1/requests/{id}/pin`: unpins the request; the next rollout
+/// of its Promise may upgrade it.
+#[utoipa::path(
+    delete,
+    path = "/v1/requests/{id}/pin",
+    operation_id = "unpin_request",
+    tag = "requests",
+    params(("id" = uuid::Uuid, Path, description = "The request")),
+    responses(
+        (status = 200, description = "The request, `pinned: false`", body = model::Request),
+        (status = 403, description = "`forbidden`: the caller acts for neither the Promise's owner team nor the request's team", body = crate::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such request", body = crate::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn unpin(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Caller(caller): Caller,
+) -> Result<Json<model::Request>, Problem> {
+    set_pinned(&state, &caller, &id, false).await
+}

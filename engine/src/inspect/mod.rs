@@ -70,6 +70,8 @@ pub struct RequestView {
     pub parent_step: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Pinned to its version: no rollout upgrades it (`crate::rollout`).
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -124,7 +126,7 @@ pub async fn get_request(
     Ok(sqlx::query_as(
         "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by, team,
                 parent_request_id, parent_run_id, parent_step,
-                created_at, updated_at
+                created_at, updated_at, pinned
          FROM fulfil.requests WHERE id = $1",
     )
     .bind(id.as_uuid())
@@ -149,7 +151,7 @@ pub async fn list_requests(
     let mut query = sqlx::QueryBuilder::new(
         "SELECT id, promise, promise_version, params, status, run_id, delete_run_id, reconcile_run_id, outputs, idempotency_key, created_by, team,
                 parent_request_id, parent_run_id, parent_step,
-                created_at, updated_at
+                created_at, updated_at, pinned
          FROM fulfil.requests WHERE true",
     );
     if let Some(promise) = &filter.promise {

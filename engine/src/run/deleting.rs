@@ -27,13 +27,13 @@ use std::sync::Arc;
 
 use fulfil_core::dag::CompensationStatus;
 use fulfil_core::ids::RunId;
-use fulfil_core::status::{RequestStatus, RunKind, TimerKind};
+use fulfil_core::status::{RequestStatus, RolloutTargetState, RunKind, TimerKind};
 use fulfil_core::wire::TaskKind;
 use fulfil_core::{Promise, RunStatus, StepStatus};
 use serde_json::{Value, json};
 
 use super::advance::{advance, finish, set_compensation, set_step, stop_in_flight};
-use super::{NewRun, RequestUpdate, Run, RunError, event};
+use super::{NewRun, RequestUpdate, Run, RunError, TargetEnding, event};
 
 /// History kinds of the delete lifecycle, as stored in `history.type`.
 pub mod kinds {
@@ -94,7 +94,7 @@ pub(crate) fn promise_for(kind: RunKind, promise: Arc<Promise>) -> Result<Arc<Pr
                 promise.metadata.name, promise.metadata.version
             ))
         }),
-        RunKind::Configure | RunKind::Reconcile => Ok(promise),
+        RunKind::Configure | RunKind::Reconcile | RunKind::Upgrade => Ok(promise),
     }
 }
 
@@ -174,8 +174,9 @@ fn kept_outputs(run: &Run) -> Option<Value> {
 
 /// Keeps the request's status in step with a run that ends with `status`:
 /// a configure run's request follows it ([`RequestStatus::following`]); a
-/// reconcile run's becomes `succeeded` with the run's outputs or `failed`
-/// with its outputs kept; a
+/// reconcile or upgrade run's becomes `succeeded` with the run's outputs
+/// (an upgrade's also on the run's version) or `failed` with its outputs
+/// and version kept, and an upgrade run's rollout target follows; a
 /// delete run's becomes `deleted` or `delete_failed`; a handed-off run's is
 /// left to the delete (which it starts now, or which ends with it).
 pub(super) fn settle_request(
@@ -185,6 +186,10 @@ pub(super) fn settle_request(
     error: Option<&str>,
 ) -> Result<(), RunError> {
     super::child::notify_parent(run);
+    if run.kind == RunKind::Upgrade {
+        // The rollout's target moves with the run's end, in its change.
+        run.set_rollout_target(upgrade_target(run, status, error));
+    }
     if let Some(handoff) = run.handoff.clone() {
         match handoff.delete_run_id {
             Some(delete_run_id) => {
@@ -205,6 +210,7 @@ pub(super) fn settle_request(
                 run.set_request_status(RequestUpdate {
                     status: RequestStatus::Deleted,
                     outputs: None,
+                    promise_version: None,
                 });
                 let data = json!({ "request_id": run.request_id, "forced": handoff.forced,
                                    "reason": if handoff.forced { "forced" } else { "the Promise has no delete workflow" } });
@@ -222,6 +228,7 @@ pub(super) fn settle_request(
                 run.set_request_status(RequestUpdate {
                     status: RequestStatus::Deleted,
                     outputs,
+                    promise_version: None,
                 });
                 run.record(
                     kinds::REQUEST_DELETED,
@@ -233,6 +240,7 @@ pub(super) fn settle_request(
                 run.set_request_status(RequestUpdate {
                     status: RequestStatus::DeleteFailed,
                     outputs,
+                    promise_version: None,
                 });
                 run.record(
                     kinds::REQUEST_DELETE_FAILED,
@@ -246,22 +254,28 @@ pub(super) fn settle_request(
             run.set_request_status(RequestUpdate {
                 status: RequestStatus::following(status),
                 outputs,
+                promise_version: None,
             });
         }
         // Succeeded: the request's outputs are the run's. Otherwise the
         // request is `failed` (the run says why) and keeps the outputs it
         // had, which still describe its live resources: a reconcile run
         // undoes nothing (see `crate::reconcile`).
-        RunKind::Reconcile => {
+        // An upgrade run's succeeded request also moves to the version the
+        // run followed (`crate::rollout`); a failed one keeps its own.
+        RunKind::Reconcile | RunKind::Upgrade => {
             let update = if status == RunStatus::Succeeded {
                 RequestUpdate {
                     status: RequestStatus::Succeeded,
                     outputs,
+                    promise_version: (run.kind == RunKind::Upgrade)
+                        .then(|| run.promise.metadata.version.clone()),
                 }
             } else {
                 RequestUpdate {
                     status: RequestStatus::Failed,
                     outputs: kept_outputs(run),
+                    promise_version: None,
                 }
             };
             run.set_request_status(update);
@@ -270,22 +284,51 @@ pub(super) fn settle_request(
     Ok(())
 }
 
+/// Where an upgrade run ending with `status` leaves its rollout target:
+/// `succeeded`, `failed` with the run's error, or `skipped` when the run
+/// stopped because its request is being deleted.
+fn upgrade_target(run: &Run, status: RunStatus, error: Option<&str>) -> TargetEnding {
+    let (state, error) = match (&run.handoff, status) {
+        (Some(handoff), _) => (
+            RolloutTargetState::Skipped,
+            Some(format!(
+                "the request was deleted by {} during its upgrade",
+                handoff.actor
+            )),
+        ),
+        (None, RunStatus::Succeeded) => (RolloutTargetState::Succeeded, None),
+        (None, other) => (
+            RolloutTargetState::Failed,
+            Some(
+                error
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("the upgrade run ended {other}")),
+            ),
+        ),
+    };
+    TargetEnding { state, error }
+}
+
 /// The request's status while an operator's retry re-opens `run`.
 pub(super) fn reopened_request(run: &Run) -> RequestUpdate {
     match run.kind {
         RunKind::Delete => RequestUpdate {
             status: RequestStatus::Deleting,
             outputs: kept_outputs(run),
+            promise_version: None,
         },
         RunKind::Configure => RequestUpdate {
             status: RequestStatus::Running,
             outputs: None,
+            promise_version: None,
         },
-        // A reconcile run in flight never moves its request: it stays as
-        // the run's failure left it, with its outputs.
-        RunKind::Reconcile => RequestUpdate {
+        // A reconcile or upgrade run in flight never moves its request: it
+        // stays as the run's failure left it, with its outputs (and its
+        // version).
+        RunKind::Reconcile | RunKind::Upgrade => RequestUpdate {
             status: RequestStatus::Failed,
             outputs: kept_outputs(run),
+            promise_version: None,
         },
     }
 }

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use fulfil_core::dag::Outcome;
-use fulfil_core::status::RunKind;
 use fulfil_core::{Graph, RunStatus, Step, StepStatus};
 use serde_json::json;
 
@@ -51,10 +50,11 @@ pub(super) fn plan_forward(run: &mut Run, graph: &Graph) -> Result<Next, RunErro
             if run.handoff.is_some() {
                 return finish(run, RunStatus::Cancelled, Some(reason)).map(|()| Next::Done);
             }
-            // A reconcile run undoes nothing either: what it would undo is
-            // the request's live resources, which a failed drift
-            // correction must leave as they are (`crate::reconcile`).
-            if run.kind == RunKind::Reconcile {
+            // A reconcile or upgrade run undoes nothing either: what it
+            // would undo is the request's live resources, which a failed
+            // drift correction or upgrade must leave as they are
+            // (`crate::reconcile`, `crate::rollout`).
+            if run.kind.reruns_configure() {
                 let status = if run.cancel_requested {
                     RunStatus::Cancelled
                 } else {

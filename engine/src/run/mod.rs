@@ -60,8 +60,8 @@ pub use load::{KnownAttempt, lock_run};
 pub use operator::{OperatorError, RetryPlan, cancel_run, retry_run};
 pub(crate) use waiting::{ENGINE_QUEUE, complete_wait, fail_wait, fire_wait_timer};
 pub(crate) use writes::{
-    AttemptUpdate, LeadingPart, NewInstance, RequestUpdate, RunEnding, fits_one_statement, flush,
-    flush_with,
+    AttemptUpdate, LeadingPart, NewInstance, RequestUpdate, RunEnding, TargetEnding,
+    fits_one_statement, flush, flush_with,
 };
 pub use writes::{NewWait, OutboxMessage, PendingEvent, PendingStatus};
 
@@ -465,6 +465,11 @@ impl Run {
     /// Keeps the request's status in step with the run.
     pub(crate) fn set_request_status(&mut self, update: RequestUpdate) {
         self.writes.request = Some(update);
+    }
+
+    /// Moves the rollout target of this (upgrade) run as it ends.
+    pub(crate) fn set_rollout_target(&mut self, ending: writes::TargetEnding) {
+        self.writes.rollout_target = Some(ending);
     }
 
     /// Adds a pending instance of a `for_each` step: its row, in memory and

@@ -44,6 +44,7 @@ mod retry;
 mod stale;
 mod status_events;
 mod timeouts;
+mod upgrade;
 mod waits;
 
 const ENGINE: &str = "engine-test";
@@ -173,6 +174,12 @@ impl Harness {
             run.add_timer(TimerKind::RunTimeout, "", None, fire_at);
         }
         advance(&mut run).expect("a new run advances");
+        Harness::of(run)
+    }
+
+    /// A harness over `run`, not stored yet; returns the writes it has
+    /// buffered.
+    fn of(run: Run) -> (Harness, Writes) {
         let mut harness = Harness {
             run,
             attempts: HashMap::new(),
@@ -181,6 +188,27 @@ impl Harness {
         };
         let writes = harness.store();
         (harness, writes)
+    }
+
+    /// A re-run of kind `kind` (reconcile, upgrade) of `yaml`'s workflow
+    /// for a request filed with `{name: orders}` whose live outputs are
+    /// `{db: db-1}`, started as `crate::reconcile::start_rerun` starts one.
+    fn rerun(kind: RunKind, yaml: &str) -> (Harness, Writes) {
+        let promise = Arc::new(Promise::parse(yaml).expect("the test Promise is valid"));
+        let mut run = Run::new(NewRun {
+            kind,
+            run_id: RunId::generate(),
+            request_id: RequestId::generate(),
+            context: json!({ "params": { "name": "orders" },
+                             "request": { "outputs": { "db": "db-1" } } }),
+            promise,
+            names: NatsNames::new("test").expect("a valid prefix"),
+            actor: "user:ops".to_string(),
+            fast_publish: true,
+        });
+        run.record(event::RUN_STARTED, None, None, json!({}));
+        advance(&mut run).expect("a new run advances");
+        Harness::of(run)
     }
 
     /// Takes the writes buffered by the last decision and applies them to

@@ -57,18 +57,6 @@ fn hand_off_run(h: &mut Harness, delete_run_id: Option<RunId>, forced: bool) -> 
     h.store()
 }
 
-/// A harness over a run that is not yet stored (a spawned delete run).
-fn harness_of(run: Run) -> (Harness, Writes) {
-    let mut h = Harness {
-        run,
-        attempts: HashMap::new(),
-        timers: Vec::new(),
-        history: Vec::new(),
-    };
-    let writes = h.store();
-    (h, writes)
-}
-
 #[test]
 fn delete_stops_a_configure_run_at_its_step_boundary_then_starts_the_delete_run() {
     let (mut h, _) = Harness::start(DATABASE, json!({ "name": "orders" }));
@@ -129,7 +117,7 @@ fn delete_stops_a_configure_run_at_its_step_boundary_then_starts_the_delete_run(
     assert_eq!(delete.kind, RunKind::Delete);
     assert_eq!(delete.request_id, h.run.request_id);
     assert_eq!(delete.actor, DELETER);
-    let (d, writes) = harness_of(delete);
+    let (d, writes) = Harness::of(delete);
     assert!(writes.created.is_some(), "its rows are inserted");
     assert_eq!(
         events(&writes)[..2],
@@ -234,7 +222,7 @@ fn delete_run_settles_the_request_and_an_operator_retry_reopens_it() {
     hand_off_run(&mut h, Some(RunId::generate()), false);
     h.succeed("grant", TaskKind::Action, json!({}));
     let delete = h.run.take_spawned().expect("the delete run starts");
-    let (mut d, _) = harness_of(delete);
+    let (mut d, _) = Harness::of(delete);
 
     let writes = d.fail("revoke", TaskKind::Action, permanent("role in use"));
     assert_eq!(d.run.status, RunStatus::Failed);

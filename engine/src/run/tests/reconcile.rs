@@ -7,7 +7,7 @@ use crate::run::deleting::{Handoff, hand_off};
 
 /// create (with an undo) -> grant (with an undo, no retry); outputs read
 /// both steps.
-const DATABASE: &str = r#"
+pub(super) const DATABASE: &str = r#"
 apiVersion: fulfil.dev/v1
 kind: Promise
 metadata: { name: database, version: 1.0.0 }
@@ -34,28 +34,7 @@ spec:
 /// A reconcile run of a request whose live outputs are `{db: db-1}`,
 /// started as `crate::reconcile` starts one.
 fn start_reconcile() -> (Harness, Writes) {
-    let promise = Arc::new(Promise::parse(DATABASE).expect("the test Promise is valid"));
-    let mut run = Run::new(NewRun {
-        kind: RunKind::Reconcile,
-        run_id: RunId::generate(),
-        request_id: RequestId::generate(),
-        context: json!({ "params": { "name": "orders" },
-                         "request": { "outputs": { "db": "db-1" } } }),
-        promise,
-        names: NatsNames::new("test").expect("a valid prefix"),
-        actor: "user:ops".to_string(),
-        fast_publish: true,
-    });
-    run.record(event::RUN_STARTED, None, None, json!({}));
-    advance(&mut run).expect("a new run advances");
-    let mut h = Harness {
-        run,
-        attempts: HashMap::new(),
-        timers: Vec::new(),
-        history: Vec::new(),
-    };
-    let writes = h.store();
-    (h, writes)
+    Harness::rerun(RunKind::Reconcile, DATABASE)
 }
 
 #[test]

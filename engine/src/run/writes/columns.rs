@@ -86,6 +86,11 @@ pub(super) struct Columns {
     q_id: Vec<Uuid>,
     q_status: Vec<&'static str>,
     q_outputs: Vec<Option<Value>>,
+    q_version: Vec<Option<String>>,
+    // rollout targets of ended upgrade runs
+    rt_run: Vec<Uuid>,
+    rt_state: Vec<&'static str>,
+    rt_error: Vec<Option<String>>,
     // steps
     s_run: Vec<Uuid>,
     s_step: Vec<String>,
@@ -150,6 +155,7 @@ impl Columns {
             && self.td_task.is_empty()
             && self.td_run.is_empty()
             && self.t_run.is_empty()
+            && self.rt_run.is_empty()
     }
 
     /// The outbox rows this process publishes itself, with the ids the
@@ -228,6 +234,12 @@ impl Columns {
             self.q_id.push(run.request_id.as_uuid());
             self.q_status.push(request.status.as_str());
             self.q_outputs.push(request.outputs);
+            self.q_version.push(request.promise_version);
+        }
+        if let Some(target) = writes.rollout_target {
+            self.rt_run.push(run_id.as_uuid());
+            self.rt_state.push(target.state.as_str());
+            self.rt_error.push(target.error);
         }
         // A new run's steps are inserted with their state.
         let mut changed_steps = if is_new {
@@ -496,13 +508,31 @@ impl Columns {
         if !self.q_id.is_empty() {
             statement.part(
                 "requests",
-                "UPDATE fulfil.requests q SET status = u.status, outputs = u.outputs, updated_at = now()
-                 FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) AS u(id, status, outputs)
+                "UPDATE fulfil.requests q SET status = u.status, outputs = u.outputs,
+                        promise_version = COALESCE(u.version, q.promise_version), updated_at = now()
+                 FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[])
+                      AS u(id, status, outputs, version)
                  WHERE q.id = u.id",
                 |a| {
                     a.add(&self.q_id)?;
                     a.add(&self.q_status)?;
-                    a.add(&self.q_outputs)
+                    a.add(&self.q_outputs)?;
+                    a.add(&self.q_version)
+                },
+            );
+        }
+        if !self.rt_run.is_empty() {
+            // A target skipped meanwhile (its rollout cancelled) stays so.
+            statement.part(
+                "rollout_targets",
+                "UPDATE fulfil.rollout_targets t SET state = u.state, error = u.error,
+                        updated_at = now()
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS u(run_id, state, error)
+                 WHERE t.run_id = u.run_id AND t.state <> 'skipped'",
+                |a| {
+                    a.add(&self.rt_run)?;
+                    a.add(&self.rt_state)?;
+                    a.add(&self.rt_error)
                 },
             );
         }

@@ -179,6 +179,17 @@ pub(crate) struct RunEnding {
 pub(crate) struct RequestUpdate {
     pub status: RequestStatus,
     pub outputs: Option<Value>,
+    /// The request's new Promise version (a succeeded upgrade run's);
+    /// `None` keeps the one it has.
+    pub promise_version: Option<String>,
+}
+
+/// Where an upgrade run's end leaves its rollout target (see
+/// `crate::rollout`): written by the statement that ends the run.
+#[derive(Debug, Clone)]
+pub(crate) struct TargetEnding {
+    pub state: fulfil_core::status::RolloutTargetState,
+    pub error: Option<String>,
 }
 
 /// What a new run's row holds beyond its state.
@@ -204,6 +215,8 @@ pub(crate) struct Writes {
     pub run: bool,
     pub ending: Option<RunEnding>,
     pub request: Option<RequestUpdate>,
+    /// An upgrade run ended: its rollout target's new state.
+    pub rollout_target: Option<TargetEnding>,
     pub new_attempts: Vec<NewAttempt>,
     pub attempt_updates: Vec<(TaskId, AttemptUpdate)>,
     pub cancels: Vec<AttemptCancel>,
@@ -237,6 +250,7 @@ impl Writes {
             && !self.run
             && self.ending.is_none()
             && self.request.is_none()
+            && self.rollout_target.is_none()
             && self.new_attempts.is_empty()
             && self.attempt_updates.is_empty()
             && self.cancels.is_empty()
