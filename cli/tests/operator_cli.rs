@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Context;
-use fulfil_integration_tests::TestStack;
+use fulfil_integration_tests::{TestStack, output_text as text};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -17,14 +17,6 @@ fn fulfil(stack: &TestStack, args: &[&str]) -> std::io::Result<Output> {
         .args(args)
         .env("FULFIL_API_URL", &stack.api)
         .output()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Runs `fulfil args` and returns its stdout, failing unless it succeeded.

@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use fulfil_integration_tests::TestStack;
+use fulfil_integration_tests::{TestStack, output_text as text};
 
 fn fulfil(stack: &TestStack, args: &[&str]) -> std::io::Result<Output> {
     std::process::Command::new(env!("CARGO_BIN_EXE_fulfil"))
@@ -12,14 +12,6 @@ fn fulfil(stack: &TestStack, args: &[&str]) -> std::io::Result<Output> {
         .env("FULFIL_API_URL", &stack.api)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[tokio::test]

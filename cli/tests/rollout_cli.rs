@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use fulfil_integration_tests::TestStack;
+use fulfil_integration_tests::{TestStack, output_text as text};
 use serde_json::Value;
 
 fn fulfil(stack: &TestStack, args: &[&str]) -> std::io::Result<Output> {
@@ -14,14 +14,6 @@ fn fulfil(stack: &TestStack, args: &[&str]) -> std::io::Result<Output> {
         .env("FULFIL_API_URL", &stack.api)
         .env_remove("FULFIL_TOKEN")
         .output()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn json_of(output: &Output) -> anyhow::Result<Value> {

@@ -5,7 +5,7 @@
 
 use std::process::Output;
 
-use fulfil_integration_tests::TestStack;
+use fulfil_integration_tests::{TestStack, output_text as text};
 use serde_json::{Value, json};
 
 fn fulfil(stack: &TestStack, args: &[&str]) -> std::io::Result<Output> {
@@ -13,14 +13,6 @@ fn fulfil(stack: &TestStack, args: &[&str]) -> std::io::Result<Output> {
         .args(args)
         .env("FULFIL_API_URL", &stack.api)
         .output()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Fails for good: nothing listens on port 1.

@@ -6,7 +6,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use fulfil_integration_tests::TestStack;
+use fulfil_integration_tests::{TestStack, output_text as text};
 use serde_json::Value;
 
 fn fulfil(
@@ -25,14 +25,6 @@ fn fulfil(
         command.env("FULFIL_TOKEN", token);
     }
     command.output()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
