@@ -111,10 +111,32 @@ fn run(r: model::Run) -> proto::Run {
                     .instances
                     .and_then(|counts| serde_json::to_value(counts).ok())
                     .map(to_proto),
+                child: s.child.map(child_link),
             })
             .collect(),
         owner: r.owner.unwrap_or_default(),
         waiting_for: r.waiting_for,
+        children: r.children.into_iter().map(child_link).collect(),
+        parent: r.parent.map(parent_link),
+    }
+}
+
+fn parent_link(p: model::ParentLink) -> proto::ParentLink {
+    proto::ParentLink {
+        request_id: p.request_id.to_string(),
+        run_id: p.run_id.to_string(),
+        step: p.step,
+    }
+}
+
+fn child_link(c: model::ChildLink) -> proto::ChildLink {
+    proto::ChildLink {
+        request_id: c.request_id.to_string(),
+        run_id: opt(c.run_id),
+        promise: c.promise,
+        step: c.step,
+        status: c.status,
+        created_at: c.created_at.to_rfc3339(),
     }
 }
 
@@ -219,6 +241,9 @@ impl Fulfil for FulfilService {
             created_by: q.created_by.unwrap_or_default(),
             created_at: q.created_at.to_rfc3339(),
             updated_at: q.updated_at.to_rfc3339(),
+            parent: q.parent.map(parent_link),
+            children: q.children.into_iter().map(child_link).collect(),
+            pinned: q.pinned,
         }))
     }
 

@@ -411,3 +411,67 @@ async fn every_family_answers_what_rest_answers() -> anyhow::Result<()> {
     server.abort();
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_run_and_get_request_link_a_compound_parent_and_its_child() -> anyhow::Result<()> {
+    let (stack, url, server) = start().await?;
+    stack
+        .apply(
+            r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: grpc-child, version: 1.0.0 }
+spec:
+  api: { type: object }
+  workflow:
+    steps:
+      - { id: make, uses: noop }
+"#,
+        )
+        .await?;
+    stack
+        .apply(
+            r#"
+apiVersion: fulfil.dev/v1
+kind: Promise
+metadata: { name: grpc-parent, version: 1.0.0 }
+spec:
+  api: { type: object }
+  workflow:
+    steps:
+      - { id: part, uses: promise, with: { promise: grpc-child } }
+"#,
+        )
+        .await?;
+    let run_id = stack.request("grpc-parent", json!({})).await?;
+    let finished = stack.wait_finished(run_id, Duration::from_secs(60)).await?;
+    assert_eq!(finished["status"], "succeeded", "{finished:#}");
+    let mut client = FulfilClient::new(Channel::from_shared(url)?.connect().await?);
+    let run = client
+        .get_run(proto::IdRequest {
+            id: run_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(run.children.len(), 1, "{run:?}");
+    let child = &run.children[0];
+    assert_eq!(child.promise, "grpc-child");
+    assert_eq!(child.step, "part");
+    assert_eq!(child.status, "succeeded");
+    assert_eq!(
+        run.steps[0].child.as_ref().map(|c| c.request_id.as_str()),
+        Some(child.request_id.as_str())
+    );
+    let request = client
+        .get_request(proto::IdRequest {
+            id: child.request_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let parent = request.parent.unwrap_or_default();
+    assert_eq!(parent.run_id, run_id.to_string());
+    assert_eq!(parent.step, "part");
+    assert!(!request.pinned);
+    server.abort();
+    stack.stop().await
+}
