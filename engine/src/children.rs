@@ -67,6 +67,14 @@ pub(crate) async fn compensation_attempt(
     }
 }
 
+/// A child request as [`ChildRow`] reads it: with the error of its latest
+/// run (its delete run's, once deleting).
+const CHILD_ROW: &str = "SELECT r.id, r.run_id, r.promise, r.status, r.outputs,
+                COALESCE(d.error, c.error) AS error
+         FROM fulfil.requests r
+              LEFT JOIN fulfil.runs c ON c.id = COALESCE(r.reconcile_run_id, r.run_id)
+              LEFT JOIN fulfil.runs d ON d.id = r.delete_run_id";
+
 #[derive(sqlx::FromRow)]
 struct ChildRow {
     id: Uuid,
@@ -86,14 +94,9 @@ pub(crate) async fn child_of(
     attempt: i32,
 ) -> Result<Option<ChildState>, RunError> {
     let key = fulfil_core::child::idempotency_key(run_id, step_id, attempt);
-    let row: Option<ChildRow> = sqlx::query_as(
-        "SELECT r.id, r.run_id, r.promise, r.status, r.outputs,
-                COALESCE(d.error, c.error) AS error
-         FROM fulfil.requests r
-              LEFT JOIN fulfil.runs c ON c.id = COALESCE(r.reconcile_run_id, r.run_id)
-              LEFT JOIN fulfil.runs d ON d.id = r.delete_run_id
-         WHERE r.parent_run_id = $1 AND r.idempotency_key = $2",
-    )
+    let row: Option<ChildRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{CHILD_ROW} WHERE r.parent_run_id = $1 AND r.idempotency_key = $2"
+    )))
     .bind(run_id.as_uuid())
     .bind(&key)
     .fetch_optional(conn)
@@ -152,16 +155,11 @@ async fn live_child_of_request(
     request_id: RequestId,
     step_id: &str,
 ) -> Result<Option<ChildState>, RunError> {
-    let row: Option<ChildRow> = sqlx::query_as(
-        "SELECT r.id, r.run_id, r.promise, r.status, r.outputs,
-                COALESCE(d.error, c.error) AS error
-         FROM fulfil.requests r
-              LEFT JOIN fulfil.runs c ON c.id = COALESCE(r.reconcile_run_id, r.run_id)
-              LEFT JOIN fulfil.runs d ON d.id = r.delete_run_id
-         WHERE r.parent_request_id = $1 AND r.parent_step = $2
+    let row: Option<ChildRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{CHILD_ROW} WHERE r.parent_request_id = $1 AND r.parent_step = $2
                AND r.status NOT IN ('deleting', 'deleted')
-         ORDER BY r.created_at DESC, r.id DESC LIMIT 1",
-    )
+         ORDER BY r.created_at DESC, r.id DESC LIMIT 1"
+    )))
     .bind(request_id.as_uuid())
     .bind(step_id)
     .fetch_optional(conn)

@@ -220,14 +220,20 @@ async fn fire_child_timer(
             }
         }
         TimerKind::ChildDone => {
-            let compensation =
-                crate::children::compensation_attempt(conn, run.run_id(), step).await?;
+            // A child of an earlier attempt of the step ended: stale, and
+            // nothing is read for it.
             let current = run
                 .step(step)
                 .is_some_and(|row| row.attempt == attempt.attempt);
-            let child =
-                crate::children::child_of(conn, run.run_id(), step, attempt.attempt).await?;
-            if let (true, Some(child)) = (current, child) {
+            let child = match current {
+                true => {
+                    crate::children::child_of(conn, run.run_id(), step, attempt.attempt).await?
+                }
+                false => None,
+            };
+            if let Some(child) = child {
+                let compensation =
+                    crate::children::compensation_attempt(conn, run.run_id(), step).await?;
                 child::child_changed(run, step, &attempt, compensation.as_ref(), &child)?;
             }
         }
